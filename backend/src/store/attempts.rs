@@ -1,0 +1,185 @@
+//! Job attempts: one row per time a job was handed to a builder. The attempt number is the
+//! fencing token and each attempt carries its own job token (stored hashed).
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::connection::DbConnection;
+use super::error::StoreError;
+use super::ids::{Attempt, BuilderId, JobId};
+use super::jobs::{load_job_row, parse_column, JobRow};
+use super::schema::job_attempts;
+use super::secret;
+use super::state::AttemptOutcome;
+use super::Store;
+
+/// One hand-over of a job to a builder. Live while `finished_at` is `None`; at most one
+/// attempt of a job is live, and it is the job's current attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobAttempt {
+    pub job: JobId,
+    pub attempt: Attempt,
+    /// `None` once the builder was removed.
+    pub builder: Option<BuilderId>,
+    /// False once the job token was revoked (the attempt ended).
+    pub token_valid: bool,
+    pub lease_expires_at: i64,
+    pub outcome: Option<AttemptOutcome>,
+    pub exit_status: Option<i32>,
+    pub error: Option<String>,
+    pub assigned_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl JobAttempt {
+    pub fn is_live(&self) -> bool {
+        self.finished_at.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = job_attempts)]
+pub(crate) struct AttemptRow {
+    pub(crate) job_id: i64,
+    pub(crate) attempt: i32,
+    pub(crate) builder_id: Option<i64>,
+    pub(crate) job_token_hash: Option<String>,
+    pub(crate) lease_expires_at: i64,
+    pub(crate) outcome: Option<String>,
+    pub(crate) exit_status: Option<i32>,
+    pub(crate) error: Option<String>,
+    pub(crate) assigned_at: i64,
+    pub(crate) started_at: Option<i64>,
+    pub(crate) finished_at: Option<i64>,
+}
+
+impl TryFrom<AttemptRow> for JobAttempt {
+    type Error = StoreError;
+
+    fn try_from(row: AttemptRow) -> Result<Self, StoreError> {
+        Ok(JobAttempt {
+            job: JobId(row.job_id),
+            attempt: Attempt(row.attempt),
+            builder: row.builder_id.map(BuilderId),
+            token_valid: row.job_token_hash.is_some(),
+            lease_expires_at: row.lease_expires_at,
+            outcome: row.outcome.as_deref().map(parse_column).transpose()?,
+            exit_status: row.exit_status,
+            error: row.error,
+            assigned_at: row.assigned_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+pub(crate) fn load_attempts(
+    conn: &mut DbConnection,
+    query: job_attempts::BoxedQuery<'_, <DbConnection as Connection>::Backend>,
+) -> Result<Vec<JobAttempt>, StoreError> {
+    query
+        .select(AttemptRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(JobAttempt::try_from)
+        .collect()
+}
+
+/// The fence: the job and its attempt row, provided `attempt` is the job's current attempt
+/// and still live. Anything else is [`StoreError::StaleAttempt`].
+pub(crate) fn live_attempt(
+    conn: &mut DbConnection,
+    job: JobId,
+    attempt: Attempt,
+) -> Result<(JobRow, AttemptRow), StoreError> {
+    let job_row = load_job_row(conn, job)?;
+    let stale = || StoreError::StaleAttempt {
+        job,
+        attempt,
+        current: Attempt(job_row.attempt),
+    };
+    if job_row.attempt != attempt.0 {
+        return Err(stale());
+    }
+    let row = job_attempts::table
+        .filter(job_attempts::job_id.eq(job.0))
+        .filter(job_attempts::attempt.eq(attempt.0))
+        .select(AttemptRow::as_select())
+        .first(conn)
+        .optional()?;
+    match row {
+        Some(row) if row.finished_at.is_none() => Ok((job_row, row)),
+        // Not handed out yet (queued), or already over.
+        _ => Err(stale()),
+    }
+}
+
+/// Ends a live attempt and revokes its token. Returns false if it was not live (a
+/// concurrent writer ended it first).
+pub(crate) fn finish_attempt(
+    conn: &mut DbConnection,
+    job: JobId,
+    attempt: Attempt,
+    outcome: AttemptOutcome,
+    exit_status: Option<i32>,
+    error: Option<&str>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let updated = diesel::update(
+        job_attempts::table
+            .filter(job_attempts::job_id.eq(job.0))
+            .filter(job_attempts::attempt.eq(attempt.0))
+            .filter(job_attempts::finished_at.is_null()),
+    )
+    .set((
+        job_attempts::outcome.eq(outcome.as_str()),
+        job_attempts::exit_status.eq(exit_status),
+        job_attempts::error.eq(error),
+        job_attempts::finished_at.eq(now),
+        job_attempts::job_token_hash.eq(None::<String>),
+    ))
+    .execute(conn)?;
+    Ok(updated == 1)
+}
+
+impl Store {
+    /// Every attempt of a job, oldest first.
+    pub fn job_attempts(&self, job: JobId) -> Result<Vec<JobAttempt>, StoreError> {
+        load_attempts(
+            &mut self.conn()?,
+            job_attempts::table
+                .filter(job_attempts::job_id.eq(job.0))
+                .order(job_attempts::attempt.asc())
+                .into_boxed(),
+        )
+    }
+
+    /// Checks a job token: valid only for the job's current, live attempt. Returns that
+    /// attempt. Every failure (unknown job, revoked or wrong token) is
+    /// [`StoreError::InvalidJobToken`], so a caller can't probe which it was.
+    pub fn verify_job_token(&self, job: JobId, token: &str) -> Result<(JobId, Attempt), StoreError> {
+        let conn = &mut self.conn()?;
+        let current: Option<i32> = super::schema::jobs::table
+            .find(job.0)
+            .select(super::schema::jobs::attempt)
+            .first(conn)
+            .optional()?;
+        let Some(current) = current else {
+            return Err(StoreError::InvalidJobToken(job));
+        };
+        let stored: Option<Option<String>> = job_attempts::table
+            .filter(job_attempts::job_id.eq(job.0))
+            .filter(job_attempts::attempt.eq(current))
+            .filter(job_attempts::finished_at.is_null())
+            .select(job_attempts::job_token_hash)
+            .first(conn)
+            .optional()?;
+        match stored.flatten() {
+            Some(stored) if secret::hashes_match(&stored, &secret::hash(token)) => {
+                Ok((job, Attempt(current)))
+            }
+            _ => Err(StoreError::InvalidJobToken(job)),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Admitted builders: identity (SSH key fingerprint), labels, enabled flag, last contact.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::connection::{write_transaction, DbConnection};
+use super::error::StoreError;
+use super::ids::BuilderId;
+use super::labels::{self, Labels};
+use super::schema::{builders, job_attempts};
+use super::Store;
+
+/// A builder an operator admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Builder {
+    pub id: BuilderId,
+    pub name: String,
+    /// The OpenSSH public key line, as admitted.
+    pub public_key: String,
+    /// `SHA256:…` as `ssh-keygen -lf` prints it.
+    pub fingerprint: String,
+    pub enabled: bool,
+    pub labels: Labels,
+    pub created_at: i64,
+    pub last_seen_at: Option<i64>,
+}
+
+/// What an operator admits. The store does not parse keys: the caller passes the key and its
+/// fingerprint.
+#[derive(Debug, Clone)]
+pub struct NewBuilder {
+    pub name: String,
+    pub public_key: String,
+    pub fingerprint: String,
+    pub labels: Labels,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = builders)]
+struct BuilderRow {
+    id: i64,
+    name: String,
+    public_key: String,
+    fingerprint: String,
+    enabled: bool,
+    labels: String,
+    created_at: i64,
+    last_seen_at: Option<i64>,
+}
+
+impl TryFrom<BuilderRow> for Builder {
+    type Error = StoreError;
+
+    fn try_from(row: BuilderRow) -> Result<Self, StoreError> {
+        Ok(Builder {
+            id: BuilderId(row.id),
+            labels: labels::decode("builders.labels", &row.labels)?,
+            name: row.name,
+            public_key: row.public_key,
+            fingerprint: row.fingerprint,
+            enabled: row.enabled,
+            created_at: row.created_at,
+            last_seen_at: row.last_seen_at,
+        })
+    }
+}
+
+fn load_one(
+    conn: &mut DbConnection,
+    query: builders::BoxedQuery<'_, <DbConnection as Connection>::Backend>,
+) -> Result<Option<Builder>, StoreError> {
+    query
+        .select(BuilderRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(Builder::try_from)
+        .transpose()
+}
+
+pub(crate) fn require_builder(
+    conn: &mut DbConnection,
+    id: BuilderId,
+) -> Result<Builder, StoreError> {
+    load_one(conn, builders::table.filter(builders::id.eq(id.0)).into_boxed())?
+        .ok_or_else(|| StoreError::not_found("builder", id))
+}
+
+impl Store {
+    /// Admits a builder, enabled. Names and fingerprints are unique.
+    pub fn admit_builder(&self, new: NewBuilder) -> Result<Builder, StoreError> {
+        if new.name.trim().is_empty() {
+            return Err(StoreError::InvalidInput("builder name is empty".into()));
+        }
+        if !new.fingerprint.starts_with("SHA256:") {
+            return Err(StoreError::InvalidInput(format!(
+                "fingerprint {:?} is not of the form SHA256:…",
+                new.fingerprint
+            )));
+        }
+        let now = self.now_ms();
+        let labels = labels::encode(&new.labels)?;
+        write_transaction(&mut self.conn()?, |conn| {
+            let taken: Option<(String, String)> = builders::table
+                .filter(
+                    builders::name
+                        .eq(&new.name)
+                        .or(builders::fingerprint.eq(&new.fingerprint)),
+                )
+                .select((builders::name, builders::fingerprint))
+                .first(conn)
+                .optional()?;
+            if let Some((name, _)) = taken {
+                let key = if name == new.name {
+                    format!("named {name:?}")
+                } else {
+                    format!("with fingerprint {}", new.fingerprint)
+                };
+                return Err(StoreError::AlreadyExists {
+                    entity: "builder",
+                    key,
+                });
+            }
+            let row = diesel::insert_into(builders::table)
+                .values((
+                    builders::name.eq(&new.name),
+                    builders::public_key.eq(&new.public_key),
+                    builders::fingerprint.eq(&new.fingerprint),
+                    builders::enabled.eq(true),
+                    builders::labels.eq(&labels),
+                    builders::created_at.eq(now),
+                ))
+                .returning(BuilderRow::as_returning())
+                .get_result(conn)?;
+            Builder::try_from(row)
+        })
+    }
+
+    pub fn builder_by_id(&self, id: BuilderId) -> Result<Option<Builder>, StoreError> {
+        load_one(
+            &mut self.conn()?,
+            builders::table.filter(builders::id.eq(id.0)).into_boxed(),
+        )
+    }
+
+    pub fn builder_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Builder>, StoreError> {
+        load_one(
+            &mut self.conn()?,
+            builders::table
+                .filter(builders::fingerprint.eq(fingerprint))
+                .into_boxed(),
+        )
+    }
+
+    pub fn builder_by_name(&self, name: &str) -> Result<Option<Builder>, StoreError> {
+        load_one(
+            &mut self.conn()?,
+            builders::table.filter(builders::name.eq(name)).into_boxed(),
+        )
+    }
+
+    /// All builders, by name.
+    pub fn list_builders(&self) -> Result<Vec<Builder>, StoreError> {
+        builders::table
+            .order(builders::name.asc())
+            .select(BuilderRow::as_select())
+            .load(&mut self.conn()?)?
+            .into_iter()
+            .map(Builder::try_from)
+            .collect()
+    }
+
+    /// Enables or disables a builder. A disabled builder keeps its running attempts but is
+    /// handed no new work.
+    pub fn set_builder_enabled(&self, id: BuilderId, enabled: bool) -> Result<Builder, StoreError> {
+        self.update_builder(id, |conn| {
+            diesel::update(builders::table.find(id.0))
+                .set(builders::enabled.eq(enabled))
+                .execute(conn)
+        })
+    }
+
+    /// Replaces a builder's labels (builders announce them when they connect).
+    pub fn set_builder_labels(&self, id: BuilderId, labels: &Labels) -> Result<Builder, StoreError> {
+        let encoded = labels::encode(labels)?;
+        self.update_builder(id, |conn| {
+            diesel::update(builders::table.find(id.0))
+                .set(builders::labels.eq(&encoded))
+                .execute(conn)
+        })
+    }
+
+    /// Records contact from a builder now.
+    pub fn touch_builder_last_seen(&self, id: BuilderId) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let updated = diesel::update(builders::table.find(id.0))
+            .set(builders::last_seen_at.eq(now))
+            .execute(&mut self.conn()?)?;
+        if updated == 0 {
+            return Err(StoreError::not_found("builder", id));
+        }
+        Ok(())
+    }
+
+    /// Removes a builder. Refused with [`StoreError::BuilderBusy`] while it holds live
+    /// attempts: disable it first and let its leases end (or requeue), so no job is left
+    /// pointing at a builder that no longer exists. Past attempts keep their history with the
+    /// builder reference cleared.
+    pub fn remove_builder(&self, id: BuilderId) -> Result<(), StoreError> {
+        write_transaction(&mut self.conn()?, |conn| {
+            require_builder(conn, id)?;
+            let active: i64 = job_attempts::table
+                .filter(job_attempts::builder_id.eq(id.0))
+                .filter(job_attempts::finished_at.is_null())
+                .count()
+                .get_result(conn)?;
+            if active > 0 {
+                return Err(StoreError::BuilderBusy {
+                    builder: id,
+                    active: usize::try_from(active).unwrap_or(usize::MAX),
+                });
+            }
+            diesel::delete(builders::table.find(id.0)).execute(conn)?;
+            Ok(())
+        })
+    }
+
+    fn update_builder(
+        &self,
+        id: BuilderId,
+        update: impl FnOnce(&mut DbConnection) -> QueryResult<usize>,
+    ) -> Result<Builder, StoreError> {
+        write_transaction(&mut self.conn()?, |conn| {
+            if update(conn)? == 0 {
+                return Err(StoreError::not_found("builder", id));
+            }
+            require_builder(conn, id)
+        })
+    }
+}

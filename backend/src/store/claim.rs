@@ -1,0 +1,178 @@
+//! The claim: hand queued jobs to a builder, atomically, on either backend.
+
+use diesel::prelude::*;
+
+use super::builders::require_builder;
+use super::connection::{write_transaction, DbConnection};
+use super::error::StoreError;
+use super::ids::{Attempt, BuilderId};
+use super::jobs::{Job, JobRow};
+use super::labels::{self, Labels};
+use super::schema::{job_attempts, jobs};
+use super::secret;
+use super::state::JobState;
+use super::transitions::{apply_transition, JobChanges};
+use super::Store;
+
+/// A builder asking for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub builder: BuilderId,
+    /// Recipes the builder knows.
+    pub recipes: Vec<String>,
+    /// Labels the builder offers now.
+    pub labels: Labels,
+    /// At most this many jobs (the builder's free slots).
+    pub limit: usize,
+    pub lease_ms: i64,
+    pub now_ms: i64,
+}
+
+/// A job handed to a builder.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// The job, now `assigned`.
+    pub job: Job,
+    pub attempt: Attempt,
+    /// The job token in plain text: shown this once, only its hash is stored.
+    pub job_token: String,
+    pub lease_expires_at: i64,
+}
+
+/// Candidates fetched per round: a few more than wanted, since some may need labels the
+/// builder lacks.
+fn batch_size(limit: usize) -> i64 {
+    i64::try_from(limit.saturating_mul(4).clamp(16, 512)).unwrap_or(512)
+}
+
+/// How far down the queue one claim looks for jobs whose labels match, so a long run of
+/// jobs for other builders can't make a claim scan the whole table.
+const MAX_SCANNED: usize = 2048;
+
+const JOB_TOKEN_PREFIX: &str = "bfjob_";
+
+impl Store {
+    /// Up to `limit` queued jobs this builder can run (recipe known, required labels
+    /// offered), highest priority first, then oldest. Each becomes `assigned` with a new
+    /// attempt row, a fresh job token and a lease until `now + lease_ms`.
+    ///
+    /// Atomic on both backends: PostgreSQL locks the candidates with `FOR UPDATE SKIP
+    /// LOCKED`, so concurrent claims (also from other replicas) take disjoint jobs without
+    /// waiting; SQLite runs the whole claim in one `BEGIN IMMEDIATE` transaction.
+    pub fn claim_jobs(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        if request.limit == 0 || request.recipes.is_empty() {
+            return Ok(Vec::new());
+        }
+        if request.lease_ms <= 0 {
+            return Err(StoreError::InvalidInput("lease_ms must be positive".into()));
+        }
+        write_transaction(&mut self.conn()?, |conn| {
+            let builder = require_builder(conn, request.builder)?;
+            if !builder.enabled {
+                return Err(StoreError::BuilderDisabled(builder.id));
+            }
+            let chosen = choose_jobs(conn, request)?;
+            chosen
+                .into_iter()
+                .map(|row| assign(conn, request, &row))
+                .collect()
+        })
+    }
+}
+
+/// Walks the queue in claim order, batch by batch, keeping the jobs whose labels match.
+fn choose_jobs(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+) -> Result<Vec<JobRow>, StoreError> {
+    let mut chosen = Vec::with_capacity(request.limit);
+    let mut after: Option<(i32, i64)> = None;
+    let mut scanned = 0;
+    while chosen.len() < request.limit && scanned < MAX_SCANNED {
+        let batch = lock_queued_batch(conn, &request.recipes, after, batch_size(request.limit))?;
+        let Some(last) = batch.last() else { break };
+        after = Some((last.priority, last.id));
+        scanned += batch.len();
+        for row in batch {
+            let required = labels::decode("jobs.required_labels", &row.required_labels)?;
+            if labels::satisfies(&request.labels, &required) {
+                chosen.push(row);
+                if chosen.len() == request.limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// The next `batch` queued jobs for `recipes` after the `(priority, id)` position `after`, in
+/// claim order. The one place where the SQL differs by backend: PostgreSQL locks the rows
+/// and skips ones another claim holds; SQLite's immediate transaction already excludes
+/// every other writer.
+fn lock_queued_batch(
+    conn: &mut DbConnection,
+    recipes: &[String],
+    after: Option<(i32, i64)>,
+    batch: i64,
+) -> Result<Vec<JobRow>, StoreError> {
+    // Keyset position: lower priority, or same priority and younger.
+    let (after_priority, after_id) = after.unwrap_or((i32::MAX, i64::MIN));
+    let past_position = jobs::priority
+        .lt(after_priority)
+        .or(jobs::priority.eq(after_priority).and(jobs::id.gt(after_id)));
+    let queued = jobs::state.eq(JobState::Queued.as_str());
+    let order = (jobs::priority.desc(), jobs::id.asc());
+    let rows = match conn {
+        DbConnection::Postgresql(pg) => jobs::table
+            .filter(queued)
+            .filter(jobs::recipe.eq_any(recipes))
+            .filter(past_position)
+            .order(order)
+            .limit(batch)
+            .select(JobRow::as_select())
+            .for_update()
+            .skip_locked()
+            .load(pg)?,
+        DbConnection::Sqlite(lite) => jobs::table
+            .filter(queued)
+            .filter(jobs::recipe.eq_any(recipes))
+            .filter(past_position)
+            .order(order)
+            .limit(batch)
+            .select(JobRow::as_select())
+            .load(lite)?,
+    };
+    Ok(rows)
+}
+
+fn assign(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    row: &JobRow,
+) -> Result<ClaimedJob, StoreError> {
+    let now = request.now_ms;
+    let lease_expires_at = now.saturating_add(request.lease_ms);
+    let changes = JobChanges {
+        builder_id: Some(Some(request.builder.0)),
+        ..JobChanges::default()
+    };
+    let job = apply_transition(conn, row, JobState::Assigned, changes, now, None)?;
+    let job_token = secret::generate(JOB_TOKEN_PREFIX);
+    diesel::insert_into(job_attempts::table)
+        .values((
+            job_attempts::job_id.eq(row.id),
+            job_attempts::attempt.eq(row.attempt),
+            job_attempts::builder_id.eq(request.builder.0),
+            job_attempts::job_token_hash.eq(secret::hash(&job_token)),
+            job_attempts::lease_expires_at.eq(lease_expires_at),
+            job_attempts::assigned_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(ClaimedJob {
+        attempt: job.attempt,
+        job,
+        job_token,
+        lease_expires_at,
+    })
+}

@@ -1,0 +1,356 @@
+//! Jobs: submission, lookup, listing, history (events) and queue statistics.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::connection::{write_transaction, DbConnection};
+use super::error::StoreError;
+use super::ids::{Attempt, BuilderId, JobId};
+use super::labels::{self, Labels};
+use super::schema::{job_events, jobs};
+use super::state::{JobMode, JobState};
+use super::Store;
+
+/// A job and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub id: JobId,
+    pub source_url: String,
+    /// Lowercase hex SHA-256 of the source archive.
+    pub source_sha256: String,
+    pub source_max_bytes: i64,
+    pub recipe: String,
+    pub parameters: Labels,
+    /// Labels a builder must offer (same key, same value) to be given this job.
+    pub required_labels: Labels,
+    pub mode: JobMode,
+    pub priority: i32,
+    pub state: JobState,
+    /// The current attempt: the live one while assigned or running, the next one while
+    /// queued, the last one once terminal.
+    pub attempt: Attempt,
+    pub max_attempts: i32,
+    /// Attempts lost to expired leases since submission or the last retry.
+    pub failed_attempts: i32,
+    pub timeout_secs: i64,
+    pub submitter: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// Set when a cancel was asked for while a builder held the job.
+    pub cancel_requested_at: Option<i64>,
+    pub error: Option<String>,
+    /// Builder of the current attempt (or of the last one, once terminal).
+    pub builder_id: Option<BuilderId>,
+}
+
+/// A job as submitted.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub source_url: String,
+    pub source_sha256: String,
+    pub source_max_bytes: i64,
+    pub recipe: String,
+    pub parameters: Labels,
+    pub required_labels: Labels,
+    pub mode: JobMode,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub timeout_secs: i64,
+    pub submitter: String,
+}
+
+/// Which jobs [`Store::list_jobs`] returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub recipe: Option<String>,
+    pub builder: Option<BuilderId>,
+    /// Only jobs older than this one (keyset paging: pass the last id of the previous page).
+    pub before_id: Option<JobId>,
+    /// At most this many; 0 means [`JobFilter::DEFAULT_LIMIT`].
+    pub limit: usize,
+}
+
+impl JobFilter {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 1000;
+}
+
+/// One recorded state change of a job. `from` is `None` for the submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobEvent {
+    pub id: i64,
+    pub job: JobId,
+    pub attempt: Attempt,
+    pub from: Option<JobState>,
+    pub to: JobState,
+    pub at: i64,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = jobs)]
+pub(crate) struct JobRow {
+    pub(crate) id: i64,
+    pub(crate) source_url: String,
+    pub(crate) source_sha256: String,
+    pub(crate) source_max_bytes: i64,
+    pub(crate) recipe: String,
+    pub(crate) parameters: String,
+    pub(crate) required_labels: String,
+    pub(crate) mode: String,
+    pub(crate) priority: i32,
+    pub(crate) state: String,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    pub(crate) failed_attempts: i32,
+    pub(crate) timeout_secs: i64,
+    pub(crate) submitter: String,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) started_at: Option<i64>,
+    pub(crate) finished_at: Option<i64>,
+    pub(crate) cancel_requested_at: Option<i64>,
+    pub(crate) error: Option<String>,
+    pub(crate) builder_id: Option<i64>,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = StoreError;
+
+    fn try_from(row: JobRow) -> Result<Self, StoreError> {
+        Ok(Job {
+            id: JobId(row.id),
+            parameters: labels::decode("jobs.parameters", &row.parameters)?,
+            required_labels: labels::decode("jobs.required_labels", &row.required_labels)?,
+            mode: parse_column(&row.mode)?,
+            state: parse_column(&row.state)?,
+            source_url: row.source_url,
+            source_sha256: row.source_sha256,
+            source_max_bytes: row.source_max_bytes,
+            recipe: row.recipe,
+            priority: row.priority,
+            attempt: Attempt(row.attempt),
+            max_attempts: row.max_attempts,
+            failed_attempts: row.failed_attempts,
+            timeout_secs: row.timeout_secs,
+            submitter: row.submitter,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            cancel_requested_at: row.cancel_requested_at,
+            error: row.error,
+            builder_id: row.builder_id.map(BuilderId),
+        })
+    }
+}
+
+/// Parses an enum column, calling a bad value what it is: a corrupt row.
+pub(crate) fn parse_column<T>(text: &str) -> Result<T, StoreError>
+where
+    T: std::str::FromStr<Err = super::state::UnknownValue>,
+{
+    text.parse()
+        .map_err(|e: super::state::UnknownValue| StoreError::Corrupt(e.to_string()))
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = job_events)]
+struct JobEventRow {
+    id: i64,
+    job_id: i64,
+    attempt: i32,
+    from_state: Option<String>,
+    to_state: String,
+    at: i64,
+    detail: Option<String>,
+}
+
+impl TryFrom<JobEventRow> for JobEvent {
+    type Error = StoreError;
+
+    fn try_from(row: JobEventRow) -> Result<Self, StoreError> {
+        Ok(JobEvent {
+            id: row.id,
+            job: JobId(row.job_id),
+            attempt: Attempt(row.attempt),
+            from: row.from_state.as_deref().map(parse_column).transpose()?,
+            to: parse_column(&row.to_state)?,
+            at: row.at,
+            detail: row.detail,
+        })
+    }
+}
+
+pub(crate) fn load_job_row(conn: &mut DbConnection, id: JobId) -> Result<JobRow, StoreError> {
+    jobs::table
+        .find(id.0)
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| StoreError::not_found("job", id))
+}
+
+pub(crate) fn load_job(conn: &mut DbConnection, id: JobId) -> Result<Job, StoreError> {
+    Job::try_from(load_job_row(conn, id)?)
+}
+
+pub(crate) fn record_event(
+    conn: &mut DbConnection,
+    job: JobId,
+    attempt: Attempt,
+    from: Option<JobState>,
+    to: JobState,
+    at: i64,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    diesel::insert_into(job_events::table)
+        .values((
+            job_events::job_id.eq(job.0),
+            job_events::attempt.eq(attempt.0),
+            job_events::from_state.eq(from.map(JobState::as_str)),
+            job_events::to_state.eq(to.as_str()),
+            job_events::at.eq(at),
+            job_events::detail.eq(detail),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+fn validate(new: &NewJob) -> Result<(), StoreError> {
+    let problem = if new.source_url.trim().is_empty() {
+        Some("source_url is empty".to_owned())
+    } else if new.source_sha256.len() != 64
+        || !new
+            .source_sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Some(format!(
+            "source_sha256 {:?} is not 64 lowercase hex digits",
+            new.source_sha256
+        ))
+    } else if new.source_max_bytes <= 0 {
+        Some("source_max_bytes must be positive".to_owned())
+    } else if new.recipe.trim().is_empty() {
+        Some("recipe is empty".to_owned())
+    } else if new.max_attempts < 1 {
+        Some("max_attempts must be at least 1".to_owned())
+    } else if new.timeout_secs <= 0 {
+        Some("timeout_secs must be positive".to_owned())
+    } else {
+        None
+    };
+    problem.map_or(Ok(()), |p| Err(StoreError::InvalidInput(p)))
+}
+
+impl Store {
+    /// Queues a job: state `queued`, attempt 1.
+    pub fn submit_job(&self, new: NewJob) -> Result<Job, StoreError> {
+        validate(&new)?;
+        let now = self.now_ms();
+        let parameters = labels::encode(&new.parameters)?;
+        let required_labels = labels::encode(&new.required_labels)?;
+        write_transaction(&mut self.conn()?, |conn| {
+            let row = diesel::insert_into(jobs::table)
+                .values((
+                    jobs::source_url.eq(&new.source_url),
+                    jobs::source_sha256.eq(&new.source_sha256),
+                    jobs::source_max_bytes.eq(new.source_max_bytes),
+                    jobs::recipe.eq(&new.recipe),
+                    jobs::parameters.eq(&parameters),
+                    jobs::required_labels.eq(&required_labels),
+                    jobs::mode.eq(new.mode.as_str()),
+                    jobs::priority.eq(new.priority),
+                    jobs::state.eq(JobState::Queued.as_str()),
+                    jobs::attempt.eq(Attempt::FIRST.0),
+                    jobs::max_attempts.eq(new.max_attempts),
+                    jobs::failed_attempts.eq(0),
+                    jobs::timeout_secs.eq(new.timeout_secs),
+                    jobs::submitter.eq(&new.submitter),
+                    jobs::created_at.eq(now),
+                    jobs::updated_at.eq(now),
+                ))
+                .returning(JobRow::as_returning())
+                .get_result(conn)?;
+            let job = Job::try_from(row)?;
+            record_event(conn, job.id, job.attempt, None, JobState::Queued, now, None)?;
+            Ok(job)
+        })
+    }
+
+    pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        match load_job(&mut self.conn()?, id) {
+            Ok(job) => Ok(Some(job)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let limit = match filter.limit {
+            0 => JobFilter::DEFAULT_LIMIT,
+            n => n.min(JobFilter::MAX_LIMIT),
+        };
+        let mut query = jobs::table.select(JobRow::as_select()).into_boxed();
+        if let Some(state) = filter.state {
+            query = query.filter(jobs::state.eq(state.as_str()));
+        }
+        if let Some(recipe) = &filter.recipe {
+            query = query.filter(jobs::recipe.eq(recipe.clone()));
+        }
+        if let Some(builder) = filter.builder {
+            query = query.filter(jobs::builder_id.eq(builder.0));
+        }
+        if let Some(before) = filter.before_id {
+            query = query.filter(jobs::id.lt(before.0));
+        }
+        query
+            .order(jobs::id.desc())
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .load(&mut self.conn()?)?
+            .into_iter()
+            .map(Job::try_from)
+            .collect()
+    }
+
+    /// A job's recorded state changes, oldest first.
+    pub fn job_events(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+        job_events::table
+            .filter(job_events::job_id.eq(id.0))
+            .order(job_events::id.asc())
+            .select(JobEventRow::as_select())
+            .load(&mut self.conn()?)?
+            .into_iter()
+            .map(JobEvent::try_from)
+            .collect()
+    }
+
+    /// How many jobs are in each state (every state present, zero included).
+    pub fn count_jobs_by_state(&self) -> Result<BTreeMap<JobState, i64>, StoreError> {
+        let rows: Vec<(String, i64)> = jobs::table
+            .group_by(jobs::state)
+            .select((jobs::state, diesel::dsl::count_star()))
+            .load(&mut self.conn()?)?;
+        let mut counts: BTreeMap<JobState, i64> =
+            JobState::ALL.iter().map(|s| (*s, 0)).collect();
+        for (state, count) in rows {
+            counts.insert(parse_column(&state)?, count);
+        }
+        Ok(counts)
+    }
+
+    /// Jobs waiting for a builder.
+    pub fn queue_depth(&self) -> Result<i64, StoreError> {
+        Ok(jobs::table
+            .filter(jobs::state.eq(JobState::Queued.as_str()))
+            .count()
+            .get_result(&mut self.conn()?)?)
+    }
+}

@@ -1,0 +1,206 @@
+//! Leases: a builder holds each live attempt until its lease expires. Heartbeats renew
+//! leases; a disconnect shortens them to the grace period; the sweep requeues what expired.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::attempts::{load_attempts, JobAttempt};
+use super::connection::{write_transaction, DbConnection};
+use super::error::StoreError;
+use super::ids::{Attempt, BuilderId, JobId};
+use super::jobs::{load_job_row, parse_column, Job};
+use super::schema::job_attempts;
+use super::state::{AttemptOutcome, JobState};
+use super::transitions::{apply_transition, JobChanges};
+use super::Store;
+
+/// A lease [`Store::renew_leases`] extended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RenewedLease {
+    pub job: JobId,
+    pub attempt: Attempt,
+    pub lease_expires_at: i64,
+}
+
+/// An attempt the sweep ended because its lease expired, and where its job went: `queued`
+/// for the next attempt, `failed` once `max_attempts` leases were lost, or `cancelled` if a
+/// cancel was pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeued {
+    pub lost_attempt: Attempt,
+    pub builder: Option<BuilderId>,
+    pub job: Job,
+}
+
+fn live_of(builder: BuilderId) -> job_attempts::BoxedQuery<'static, <DbConnection as Connection>::Backend> {
+    job_attempts::table
+        .filter(job_attempts::builder_id.eq(builder.0))
+        .filter(job_attempts::finished_at.is_null())
+        .into_boxed()
+}
+
+impl Store {
+    /// Extends the leases of the named attempts to `now + lease_ms`, for those that are
+    /// still live and held by `builder`; returns the ones renewed. An attempt whose lease
+    /// ran out but that the sweep has not ended yet is renewed too (a builder that came
+    /// back in time).
+    pub fn renew_leases(
+        &self,
+        builder: BuilderId,
+        attempts: &[(JobId, Attempt)],
+        lease_ms: i64,
+        now: i64,
+    ) -> Result<Vec<RenewedLease>, StoreError> {
+        let lease_expires_at = now.saturating_add(lease_ms);
+        write_transaction(&mut self.conn()?, |conn| {
+            let mut renewed = Vec::with_capacity(attempts.len());
+            for &(job, attempt) in attempts {
+                let updated = diesel::update(
+                    job_attempts::table
+                        .filter(job_attempts::job_id.eq(job.0))
+                        .filter(job_attempts::attempt.eq(attempt.0))
+                        .filter(job_attempts::builder_id.eq(builder.0))
+                        .filter(job_attempts::finished_at.is_null()),
+                )
+                .set(job_attempts::lease_expires_at.eq(lease_expires_at))
+                .execute(conn)?;
+                if updated == 1 {
+                    renewed.push(RenewedLease {
+                        job,
+                        attempt,
+                        lease_expires_at,
+                    });
+                }
+            }
+            Ok(renewed)
+        })
+    }
+
+    /// Sets the lease of every live attempt of `builder` to `expires_at` (on disconnect:
+    /// now + the reconnect grace period). Returns how many attempts that touched.
+    pub fn set_builder_lease_expiry(
+        &self,
+        builder: BuilderId,
+        expires_at: i64,
+    ) -> Result<usize, StoreError> {
+        Ok(diesel::update(
+            job_attempts::table
+                .filter(job_attempts::builder_id.eq(builder.0))
+                .filter(job_attempts::finished_at.is_null()),
+        )
+        .set(job_attempts::lease_expires_at.eq(expires_at))
+        .execute(&mut self.conn()?)?)
+    }
+
+    /// Live attempts held by `builder`.
+    pub fn active_attempts_for_builder(
+        &self,
+        builder: BuilderId,
+    ) -> Result<Vec<JobAttempt>, StoreError> {
+        load_attempts(
+            &mut self.conn()?,
+            live_of(builder).order(job_attempts::job_id.asc()),
+        )
+    }
+
+    /// Every live attempt (recovery after a restart).
+    pub fn active_attempts(&self) -> Result<Vec<JobAttempt>, StoreError> {
+        load_attempts(
+            &mut self.conn()?,
+            job_attempts::table
+                .filter(job_attempts::finished_at.is_null())
+                .order(job_attempts::job_id.asc())
+                .into_boxed(),
+        )
+    }
+
+    /// Ends every live attempt whose lease expired at or before `now`: the attempt is
+    /// marked lost and its token revoked; the job goes back to `queued` with the next attempt
+    /// and one more failed attempt, or to `failed` once `max_attempts` attempts were lost.
+    /// Each job is its own transaction; a lease renewed meanwhile is left alone.
+    pub fn requeue_expired_leases(&self, now: i64) -> Result<Vec<Requeued>, StoreError> {
+        let conn = &mut self.conn()?;
+        let expired: Vec<(i64, i32, Option<i64>)> = job_attempts::table
+            .filter(job_attempts::finished_at.is_null())
+            .filter(job_attempts::lease_expires_at.le(now))
+            .order(job_attempts::lease_expires_at.asc())
+            .select((
+                job_attempts::job_id,
+                job_attempts::attempt,
+                job_attempts::builder_id,
+            ))
+            .load(conn)?;
+        let mut requeued = Vec::new();
+        for (job, attempt, builder) in expired {
+            let (job, attempt) = (JobId(job), Attempt(attempt));
+            match write_transaction(conn, |conn| expire(conn, job, attempt, now)) {
+                Ok(job) => requeued.push(Requeued {
+                    lost_attempt: attempt,
+                    builder: builder.map(BuilderId),
+                    job,
+                }),
+                // Someone else moved the job or renewed the lease first: not ours to end.
+                Err(
+                    StoreError::Conflict { .. }
+                    | StoreError::StaleAttempt { .. }
+                    | StoreError::IllegalTransition { .. },
+                ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(requeued)
+    }
+}
+
+fn expire(
+    conn: &mut DbConnection,
+    job: JobId,
+    attempt: Attempt,
+    now: i64,
+) -> Result<Job, StoreError> {
+    let row = load_job_row(conn, job)?;
+    let state: JobState = parse_column(&row.state)?;
+    if row.attempt != attempt.0 || !state.is_active() {
+        return Err(StoreError::Conflict { job });
+    }
+    let failed_attempts = row.failed_attempts + 1;
+    let (to, changes, detail) = if row.cancel_requested_at.is_some() {
+        let changes = JobChanges::finish(now, Some("cancelled; builder lost".into()));
+        (JobState::Cancelled, changes, "lease expired".to_owned())
+    } else if failed_attempts >= row.max_attempts {
+        let error = format!("builder lost {failed_attempts} time(s); giving up");
+        let changes = JobChanges {
+            failed_attempts: Some(failed_attempts),
+            ..JobChanges::finish(now, Some(error.clone()))
+        };
+        (JobState::Failed, changes, error)
+    } else {
+        let changes = JobChanges {
+            failed_attempts: Some(failed_attempts),
+            ..JobChanges::requeue(&row)
+        };
+        (JobState::Queued, changes, "lease expired".to_owned())
+    };
+    // The job row first (it locks it on PostgreSQL), then the attempt: the same order as
+    // every other transition, so two transactions never wait on each other in a cycle.
+    let job_now = apply_transition(conn, &row, to, changes, now, Some(&detail))?;
+    let ended = diesel::update(
+        job_attempts::table
+            .filter(job_attempts::job_id.eq(job.0))
+            .filter(job_attempts::attempt.eq(attempt.0))
+            .filter(job_attempts::finished_at.is_null())
+            .filter(job_attempts::lease_expires_at.le(now)),
+    )
+    .set((
+        job_attempts::outcome.eq(AttemptOutcome::Lost.as_str()),
+        job_attempts::error.eq("lease expired"),
+        job_attempts::finished_at.eq(now),
+        job_attempts::job_token_hash.eq(None::<String>),
+    ))
+    .execute(conn)?;
+    if ended == 0 {
+        // Renewed after we listed it: roll the transition back.
+        return Err(StoreError::Conflict { job });
+    }
+    Ok(job_now)
+}

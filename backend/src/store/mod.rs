@@ -1,0 +1,122 @@
+//! Persistence: one Diesel code base over PostgreSQL and embedded SQLite.
+//!
+//! [`Store`] wraps an r2d2 pool of [`DbConnection`]s. Every method is synchronous; callers on
+//! an async runtime run them on a blocking thread pool. Each state change of a job is one
+//! transaction, checked against [`JobState::can_become`] and recorded in `job_events`. The
+//! attempt number fences builders: a write naming an attempt that is not the job's live one is
+//! refused with [`StoreError::StaleAttempt`].
+
+mod artifacts;
+mod attempts;
+mod builders;
+mod claim;
+mod clock;
+mod connection;
+mod error;
+mod ids;
+mod jobs;
+mod labels;
+mod leases;
+mod logs;
+mod migrations;
+pub mod schema;
+mod secret;
+mod sources;
+mod state;
+mod tokens;
+mod transitions;
+
+use std::sync::Arc;
+
+use r2d2::{Pool, PooledConnection};
+
+pub use artifacts::{Artifact, NewArtifact, Publication};
+pub use attempts::JobAttempt;
+pub use builders::{Builder, NewBuilder};
+pub use claim::{ClaimRequest, ClaimedJob};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use connection::{connect, Backend, DatabaseUrl, DbConnection};
+pub use error::StoreError;
+pub use ids::{ApiTokenId, Attempt, BuilderId, JobId};
+pub use jobs::{Job, JobEvent, JobFilter, NewJob};
+pub use labels::{satisfies as labels_satisfy, Labels};
+pub use leases::{Requeued, RenewedLease};
+pub use logs::{LogChunk, NewLogChunk};
+pub use migrations::{pending_migrations, revert_all_migrations, run_migrations};
+pub use sources::Source;
+pub use state::{AttemptOutcome, JobMode, JobState, Outcome, UnknownValue};
+pub use tokens::{ApiToken, TokenScope};
+pub use transitions::{CancelResult, Completion};
+
+use connection::{ConfigureOnAcquire, ConnectionManager, POOL_CHECKOUT_TIMEOUT};
+
+type Conn = PooledConnection<ConnectionManager>;
+
+/// The database, shared by every part of the backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<ConnectionManager>,
+    backend: Backend,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("pool", &self.pool.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens a pool of at most `pool_size` connections to `database_url` (see
+    /// [`DatabaseUrl::parse`]) and applies pending migrations.
+    pub fn open(database_url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        let url = DatabaseUrl::parse(database_url)?;
+        let backend = url.backend;
+        let pool = Pool::builder()
+            .max_size(pool_size.max(1))
+            // Open connections as needed, not all at start: replicas share PostgreSQL's limit.
+            .min_idle(Some(1))
+            .connection_timeout(POOL_CHECKOUT_TIMEOUT)
+            .connection_customizer(Box::new(ConfigureOnAcquire))
+            .build(ConnectionManager::new(url))?;
+        let store = Store {
+            pool,
+            backend,
+            clock: Arc::new(SystemClock),
+        };
+        let applied = run_migrations(&mut store.conn()?)?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied database migrations");
+        }
+        Ok(store)
+    }
+
+    /// The same store, stamping rows with `clock` (tests use a [`ManualClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The store's idea of now, in unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Checks that a connection can be had and answers (for `/healthz`).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        use diesel::r2d2::R2D2Connection;
+        self.conn()?.ping()?;
+        Ok(())
+    }
+
+    fn conn(&self) -> Result<Conn, StoreError> {
+        Ok(self.pool.get()?)
+    }
+}

@@ -1,0 +1,139 @@
+//! Hand-written Diesel schema that fits both backends: only types that PostgreSQL and SQLite
+//! map the same way (BigInt, Integer, Text, Bool). Keep in step with `migrations/*/`.
+
+diesel::table! {
+    builders (id) {
+        id -> BigInt,
+        name -> Text,
+        public_key -> Text,
+        fingerprint -> Text,
+        enabled -> Bool,
+        labels -> Text,
+        created_at -> BigInt,
+        last_seen_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> BigInt,
+        source_url -> Text,
+        source_sha256 -> Text,
+        source_max_bytes -> BigInt,
+        recipe -> Text,
+        parameters -> Text,
+        required_labels -> Text,
+        mode -> Text,
+        priority -> Integer,
+        state -> Text,
+        attempt -> Integer,
+        max_attempts -> Integer,
+        failed_attempts -> Integer,
+        timeout_secs -> BigInt,
+        submitter -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+        cancel_requested_at -> Nullable<BigInt>,
+        error -> Nullable<Text>,
+        builder_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    job_attempts (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        attempt -> Integer,
+        builder_id -> Nullable<BigInt>,
+        job_token_hash -> Nullable<Text>,
+        lease_expires_at -> BigInt,
+        outcome -> Nullable<Text>,
+        exit_status -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        assigned_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    job_events (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        attempt -> Integer,
+        from_state -> Nullable<Text>,
+        to_state -> Text,
+        at -> BigInt,
+        detail -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    log_chunks (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        attempt -> Integer,
+        first_seq -> BigInt,
+        last_seq -> BigInt,
+        location -> Text,
+        byte_offset -> BigInt,
+        length -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    artifacts (id) {
+        id -> BigInt,
+        job_id -> BigInt,
+        attempt -> Integer,
+        name -> Text,
+        size -> BigInt,
+        sha256 -> Text,
+        storage_key -> Text,
+        statement -> Nullable<Text>,
+        statement_signature -> Nullable<Text>,
+        published -> Bool,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sources (sha256) {
+        sha256 -> Text,
+        size -> BigInt,
+        storage_key -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_tokens (id) {
+        id -> BigInt,
+        token_hash -> Text,
+        scope -> Text,
+        description -> Text,
+        created_at -> BigInt,
+        expires_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(jobs -> builders (builder_id));
+diesel::joinable!(job_attempts -> jobs (job_id));
+diesel::joinable!(job_events -> jobs (job_id));
+diesel::joinable!(log_chunks -> jobs (job_id));
+diesel::joinable!(artifacts -> jobs (job_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    builders,
+    jobs,
+    job_attempts,
+    job_events,
+    log_chunks,
+    artifacts,
+    sources,
+    api_tokens,
+);

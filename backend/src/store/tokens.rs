@@ -1,0 +1,145 @@
+//! API tokens: bearer secrets for admin actions and job submission, stored as SHA-256.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::connection::write_transaction;
+use super::error::StoreError;
+use super::ids::ApiTokenId;
+use super::jobs::parse_column;
+use super::schema::api_tokens;
+use super::secret;
+use super::state::string_enum;
+use super::Store;
+
+string_enum!(
+    /// What a token may do.
+    TokenScope, "token scope" {
+        /// Everything: builders, tokens, jobs.
+        Admin => "admin",
+        /// Submit, cancel and retry jobs.
+        Submit => "submit",
+    }
+);
+
+impl TokenScope {
+    /// Whether a token of this scope may do what `needed` allows.
+    pub fn allows(self, needed: TokenScope) -> bool {
+        self == TokenScope::Admin || self == needed
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiToken {
+    pub id: ApiTokenId,
+    pub scope: TokenScope,
+    pub description: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = api_tokens)]
+struct ApiTokenRow {
+    id: i64,
+    scope: String,
+    description: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<ApiTokenRow> for ApiToken {
+    type Error = StoreError;
+
+    fn try_from(row: ApiTokenRow) -> Result<Self, StoreError> {
+        Ok(ApiToken {
+            id: ApiTokenId(row.id),
+            scope: parse_column(&row.scope)?,
+            description: row.description,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+        })
+    }
+}
+
+const API_TOKEN_PREFIX: &str = "bfapi_";
+
+impl Store {
+    /// Creates a token; returns it with its secret, which is shown this once.
+    pub fn create_api_token(
+        &self,
+        scope: TokenScope,
+        description: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(ApiToken, String), StoreError> {
+        let now = self.now_ms();
+        let plaintext = secret::generate(API_TOKEN_PREFIX);
+        let token_hash = secret::hash(&plaintext);
+        let row = write_transaction(&mut self.conn()?, |conn| {
+            Ok(diesel::insert_into(api_tokens::table)
+                .values((
+                    api_tokens::token_hash.eq(&token_hash),
+                    api_tokens::scope.eq(scope.as_str()),
+                    api_tokens::description.eq(description),
+                    api_tokens::created_at.eq(now),
+                    api_tokens::expires_at.eq(expires_at),
+                ))
+                .returning(ApiTokenRow::as_returning())
+                .get_result(conn)?)
+        })?;
+        Ok((ApiToken::try_from(row)?, plaintext))
+    }
+
+    /// The token a bearer secret belongs to, if it is neither revoked nor expired at `now`.
+    /// Looked up by hash: the database never sees the secret, and a timing difference in
+    /// the lookup reveals only bits of a hash.
+    pub fn verify_api_token(&self, plaintext: &str, now: i64) -> Result<Option<ApiToken>, StoreError> {
+        let row = api_tokens::table
+            .filter(api_tokens::token_hash.eq(secret::hash(plaintext)))
+            .filter(api_tokens::revoked_at.is_null())
+            .filter(
+                api_tokens::expires_at
+                    .is_null()
+                    .or(api_tokens::expires_at.gt(now)),
+            )
+            .select(ApiTokenRow::as_select())
+            .first(&mut self.conn()?)
+            .optional()?;
+        row.map(ApiToken::try_from).transpose()
+    }
+
+    /// Revokes a token now. Revoking a revoked token keeps its first revocation time.
+    pub fn revoke_api_token(&self, id: ApiTokenId) -> Result<ApiToken, StoreError> {
+        let now = self.now_ms();
+        write_transaction(&mut self.conn()?, |conn| {
+            diesel::update(
+                api_tokens::table
+                    .find(id.0)
+                    .filter(api_tokens::revoked_at.is_null()),
+            )
+            .set(api_tokens::revoked_at.eq(now))
+            .execute(conn)?;
+            api_tokens::table
+                .find(id.0)
+                .select(ApiTokenRow::as_select())
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("api token", id))
+                .and_then(ApiToken::try_from)
+        })
+    }
+
+    /// Every token (without secrets), oldest first.
+    pub fn list_api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        api_tokens::table
+            .order(api_tokens::id.asc())
+            .select(ApiTokenRow::as_select())
+            .load(&mut self.conn()?)?
+            .into_iter()
+            .map(ApiToken::try_from)
+            .collect()
+    }
+}

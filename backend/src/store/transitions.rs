@@ -1,0 +1,285 @@
+//! Job state changes after the claim: accept (running), reject, complete, cancel, retry.
+//! Each is one transaction that checks the transition table, applies it as a
+//! compare-and-set on the job row and records a job event.
+
+use diesel::prelude::*;
+
+use super::artifacts::{publish_in, Publication};
+use super::attempts::{finish_attempt, live_attempt, AttemptRow, JobAttempt};
+use super::connection::{write_transaction, DbConnection};
+use super::error::StoreError;
+use super::ids::{Attempt, JobId};
+use super::jobs::{load_job, load_job_row, parse_column, record_event, Job, JobRow};
+use super::schema::{job_attempts, jobs};
+use super::state::{AttemptOutcome, JobState, Outcome};
+use super::Store;
+
+/// How a builder reports the end of an attempt.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub outcome: Outcome,
+    pub exit_status: Option<i32>,
+    pub error: Option<String>,
+    /// A verified build statement: publishes the attempt's artifacts in the same transaction.
+    pub publication: Option<Publication>,
+}
+
+/// What [`Store::cancel_job`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelResult {
+    /// The job was queued and is now cancelled.
+    Cancelled(Job),
+    /// A builder holds the job: the cancel is recorded on the job; the scheduler tells the
+    /// builder, then ends the attempt with [`Outcome::Cancelled`] via
+    /// [`Store::complete_attempt`]. Should the builder vanish instead, lease expiry cancels
+    /// the job rather than requeueing it.
+    Requested { job: Job, attempt: JobAttempt },
+}
+
+/// Columns a transition may change besides `state` and `updated_at`. `Some(None)` sets NULL.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = jobs)]
+pub(crate) struct JobChanges {
+    pub(crate) attempt: Option<i32>,
+    pub(crate) failed_attempts: Option<i32>,
+    pub(crate) started_at: Option<Option<i64>>,
+    pub(crate) finished_at: Option<Option<i64>>,
+    pub(crate) cancel_requested_at: Option<Option<i64>>,
+    pub(crate) error: Option<Option<String>>,
+    pub(crate) builder_id: Option<Option<i64>>,
+}
+
+impl JobChanges {
+    /// Back to the queue for the next attempt, with nothing left of the last one.
+    pub(crate) fn requeue(before: &JobRow) -> JobChanges {
+        JobChanges {
+            attempt: Some(before.attempt + 1),
+            started_at: Some(None),
+            builder_id: Some(None),
+            ..JobChanges::default()
+        }
+    }
+
+    /// Into a terminal state.
+    pub(crate) fn finish(now: i64, error: Option<String>) -> JobChanges {
+        JobChanges {
+            finished_at: Some(Some(now)),
+            error: Some(error),
+            ..JobChanges::default()
+        }
+    }
+}
+
+/// Moves the job in `before` to `to`: checks the transition table, updates the row only if it
+/// still holds `before`'s state and attempt (a concurrent writer makes this fail instead of
+/// being overwritten), and records the event under `before`'s attempt.
+pub(crate) fn apply_transition(
+    conn: &mut DbConnection,
+    before: &JobRow,
+    to: JobState,
+    changes: JobChanges,
+    now: i64,
+    detail: Option<&str>,
+) -> Result<Job, StoreError> {
+    let job = JobId(before.id);
+    let from: JobState = parse_column(&before.state)?;
+    if !from.can_become(to) {
+        return Err(StoreError::IllegalTransition { job, from, to });
+    }
+    let updated = diesel::update(
+        jobs::table
+            .filter(jobs::id.eq(before.id))
+            .filter(jobs::state.eq(&before.state))
+            .filter(jobs::attempt.eq(before.attempt)),
+    )
+    .set((
+        jobs::state.eq(to.as_str()),
+        jobs::updated_at.eq(now),
+        &changes,
+    ))
+    .execute(conn)?;
+    if updated == 0 {
+        return Err(explain_lost_race(conn, before, to)?);
+    }
+    record_event(conn, job, Attempt(before.attempt), Some(from), to, now, detail)?;
+    load_job(conn, job)
+}
+
+/// The compare-and-set found the row changed (PostgreSQL, a concurrent transaction
+/// committed first): name the refusal the caller would get if it came second.
+fn explain_lost_race(
+    conn: &mut DbConnection,
+    before: &JobRow,
+    to: JobState,
+) -> Result<StoreError, StoreError> {
+    let job = JobId(before.id);
+    let now = load_job_row(conn, job)?;
+    if now.attempt != before.attempt {
+        return Ok(StoreError::StaleAttempt {
+            job,
+            attempt: Attempt(before.attempt),
+            current: Attempt(now.attempt),
+        });
+    }
+    let from: JobState = parse_column(&now.state)?;
+    if from != parse_column::<JobState>(&before.state)? && !from.can_become(to) {
+        return Ok(StoreError::IllegalTransition { job, from, to });
+    }
+    Ok(StoreError::Conflict { job })
+}
+
+fn require_state(
+    row: &JobRow,
+    allowed: &[JobState],
+    to: JobState,
+) -> Result<JobState, StoreError> {
+    let from: JobState = parse_column(&row.state)?;
+    if allowed.contains(&from) {
+        Ok(from)
+    } else {
+        Err(StoreError::IllegalTransition {
+            job: JobId(row.id),
+            from,
+            to,
+        })
+    }
+}
+
+impl Store {
+    /// The builder accepted the assignment: `assigned → running`.
+    pub fn mark_running(&self, job: JobId, attempt: Attempt) -> Result<Job, StoreError> {
+        let now = self.now_ms();
+        write_transaction(&mut self.conn()?, |conn| {
+            let (row, _) = live_attempt(conn, job, attempt)?;
+            let changes = JobChanges {
+                started_at: Some(Some(now)),
+                ..JobChanges::default()
+            };
+            let job_now = apply_transition(conn, &row, JobState::Running, changes, now, None)?;
+            diesel::update(
+                job_attempts::table
+                    .filter(job_attempts::job_id.eq(job.0))
+                    .filter(job_attempts::attempt.eq(attempt.0)),
+            )
+            .set(job_attempts::started_at.eq(now))
+            .execute(conn)?;
+            Ok(job_now)
+        })
+    }
+
+    /// The builder turned the assignment down: `assigned → queued` with the next attempt.
+    /// Does not count against `max_attempts` (the job never ran). A job whose cancel was
+    /// requested is cancelled instead.
+    pub fn reject_assignment(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        reason: &str,
+    ) -> Result<Job, StoreError> {
+        let now = self.now_ms();
+        write_transaction(&mut self.conn()?, |conn| {
+            let (row, _) = live_attempt(conn, job, attempt)?;
+            require_state(&row, &[JobState::Assigned], JobState::Queued)?;
+            let job_now = if row.cancel_requested_at.is_some() {
+                let changes = JobChanges::finish(now, Some("cancelled".into()));
+                apply_transition(conn, &row, JobState::Cancelled, changes, now, Some(reason))?
+            } else {
+                let changes = JobChanges::requeue(&row);
+                apply_transition(conn, &row, JobState::Queued, changes, now, Some(reason))?
+            };
+            finish_attempt(
+                conn,
+                job,
+                attempt,
+                AttemptOutcome::Rejected,
+                None,
+                Some(reason),
+                now,
+            )?;
+            Ok(job_now)
+        })
+    }
+
+    /// The builder reports the end of its attempt: the job becomes terminal, the attempt
+    /// records the outcome and its token is revoked.
+    pub fn complete_attempt(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        completion: Completion,
+    ) -> Result<Job, StoreError> {
+        let now = self.now_ms();
+        write_transaction(&mut self.conn()?, |conn| {
+            let (row, _): (JobRow, AttemptRow) = live_attempt(conn, job, attempt)?;
+            let to = completion.outcome.job_state();
+            let changes = JobChanges::finish(now, completion.error.clone());
+            let job_now = apply_transition(conn, &row, to, changes, now, None)?;
+            finish_attempt(
+                conn,
+                job,
+                attempt,
+                completion.outcome.into(),
+                completion.exit_status,
+                completion.error.as_deref(),
+                now,
+            )?;
+            if let Some(publication) = &completion.publication {
+                publish_in(conn, job, attempt, publication)?;
+            }
+            Ok(job_now)
+        })
+    }
+
+    /// Cancels a job: at once if queued; if a builder holds it, records the request and
+    /// returns the live attempt (see [`CancelResult::Requested`]). A terminal job is an
+    /// [`StoreError::IllegalTransition`].
+    pub fn cancel_job(&self, job: JobId) -> Result<CancelResult, StoreError> {
+        let now = self.now_ms();
+        write_transaction(&mut self.conn()?, |conn| {
+            let row = load_job_row(conn, job)?;
+            let from = require_state(
+                &row,
+                &[JobState::Queued, JobState::Assigned, JobState::Running],
+                JobState::Cancelled,
+            )?;
+            if from == JobState::Queued {
+                let changes = JobChanges::finish(now, Some("cancelled".into()));
+                let job_now =
+                    apply_transition(conn, &row, JobState::Cancelled, changes, now, None)?;
+                return Ok(CancelResult::Cancelled(job_now));
+            }
+            let (row, attempt_row) = live_attempt(conn, job, Attempt(row.attempt))?;
+            if row.cancel_requested_at.is_none() {
+                diesel::update(jobs::table.find(job.0))
+                    .set((jobs::cancel_requested_at.eq(now), jobs::updated_at.eq(now)))
+                    .execute(conn)?;
+            }
+            Ok(CancelResult::Requested {
+                job: load_job(conn, job)?,
+                attempt: JobAttempt::try_from(attempt_row)?,
+            })
+        })
+    }
+
+    /// Puts a failed, cancelled or timed-out job back in the queue with the next attempt and
+    /// a fresh retry budget.
+    pub fn retry_job(&self, job: JobId) -> Result<Job, StoreError> {
+        let now = self.now_ms();
+        write_transaction(&mut self.conn()?, |conn| {
+            let row = load_job_row(conn, job)?;
+            require_state(
+                &row,
+                &[JobState::Failed, JobState::Cancelled, JobState::TimedOut],
+                JobState::Queued,
+            )?;
+            let changes = JobChanges {
+                failed_attempts: Some(0),
+                finished_at: Some(None),
+                cancel_requested_at: Some(None),
+                error: Some(None),
+                ..JobChanges::requeue(&row)
+            };
+            apply_transition(conn, &row, JobState::Queued, changes, now, Some("retry"))
+        })
+    }
+}
