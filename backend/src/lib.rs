@@ -1,3 +1,15 @@
-//! Buildfleet backend library: the binary in `main.rs` is a thin shell over it.
+//! Buildfleet backend library: the binary in `main.rs` is a thin shell over it, and the
+//! integration tests start the real server through [`server::start`].
 
+pub mod actors;
+pub mod completion;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod logs;
+pub mod metrics;
+pub mod server;
+pub mod storage;
 pub mod store;
+pub mod tls;
+mod wire;

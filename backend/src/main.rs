@@ -1,1 +1,88 @@
-fn main() {}
+//! `buildfleet`: the backend server and its administration commands.
+
+use anyhow::Context;
+use buildfleet_backend::config::{ServeArgs, ServerConfig};
+use buildfleet_backend::server;
+use buildfleet_backend::store;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "buildfleet",
+    version,
+    about = "Buildfleet backend: job queue, builder sessions, API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the backend (the default when no command is given).
+    Serve(ServeArgs),
+    /// Apply or revert database migrations.
+    Migrate {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Revert every migration instead (drops all data).
+        #[arg(long)]
+        revert_all: bool,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BUILDFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn migrate(args: &ServeArgs, revert_all: bool) -> anyhow::Result<()> {
+    let config = ServerConfig::resolve(args)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let mut conn = store::connect(&config.database_url).context("connecting to the database")?;
+    let changed = if revert_all {
+        store::revert_all_migrations(&mut conn)?
+    } else {
+        store::run_migrations(&mut conn)?
+    };
+    let verb = if revert_all { "reverted" } else { "applied" };
+    if changed.is_empty() {
+        println!("nothing to do");
+    }
+    for name in changed {
+        println!("{verb} {name}");
+    }
+    Ok(())
+}
+
+async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = ServerConfig::resolve(args)?;
+    let data_dir = config.data_dir.clone();
+    let running = server::start(config).await?;
+    println!("Buildfleet backend listening on {}", running.public_url);
+    println!("  dashboard:   {}/", running.public_url);
+    println!(
+        "  admin token: {}",
+        match &args.admin_token {
+            Some(_) => "(from BUILDFLEET_ADMIN_TOKEN / --admin-token)".to_owned(),
+            None => format!("cat {}", server::admin_token_path(&data_dir).display()),
+        }
+    );
+    running.wait().await
+}
+
+fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Migrate { serve, revert_all }) => migrate(&serve, revert_all),
+        Some(Command::Serve(args)) => actix_web::rt::System::new().block_on(serve(&args)),
+        None => actix_web::rt::System::new().block_on(serve(&cli.serve)),
+    }
+}

@@ -1,1 +1,68 @@
-fn main() {}
+//! `buildfleet-builder run` and `buildfleet-builder keygen`.
+
+use anyhow::Context as _;
+use buildfleet_builder::config::{Cli, Command};
+use buildfleet_builder::Shutdown;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keygen(args) => {
+            let comment = format!("buildfleet-builder@{}", args.out.display());
+            let key = buildfleet_builder::identity::keygen(&args.out, &comment)?;
+            println!(
+                "wrote {} and {}",
+                key.private_path.display(),
+                key.public_path.display()
+            );
+            println!("public key:  {}", key.public_key);
+            println!("fingerprint: {}", key.fingerprint);
+            println!(
+                "admit it on the backend, then run: buildfleet-builder run --key {}",
+                key.private_path.display()
+            );
+            Ok(())
+        }
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let config = args.resolve().context("invalid configuration")?;
+            actix_rt::System::new().block_on(async move {
+                let builder = buildfleet_builder::start(config)
+                    .await
+                    .context("cannot start the builder")?;
+                let stopper = builder.stopper();
+                actix_rt::spawn(async move {
+                    if let Err(e) = stop_on_signals(stopper).await {
+                        tracing::error!(error = %e, "cannot listen for signals");
+                    }
+                });
+                builder
+                    .wait()
+                    .await
+                    .context("the builder stopped with an error")
+            })
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT drains, the second cancels running jobs.
+async fn stop_on_signals(stopper: actix::Recipient<Shutdown>) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    for mode in [Shutdown::Drain, Shutdown::Cancel] {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!(?mode, "signal received");
+        stopper.do_send(mode);
+    }
+    Ok(())
+}

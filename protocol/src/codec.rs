@@ -52,12 +52,24 @@ impl std::error::Error for DecodeError {}
 /// Decodes one frame of type `T`, refusing frames over `max_bytes` before parsing them.
 pub fn decode<T: DeserializeOwned>(text: &str, max_bytes: usize) -> Result<T, DecodeError> {
     if text.len() > max_bytes {
-        return Err(DecodeError::TooLarge { len: text.len(), max: max_bytes });
+        return Err(DecodeError::TooLarge {
+            len: text.len(),
+            max: max_bytes,
+        });
     }
-    serde_json::from_str(text).map_err(|e| match e.classify() {
+    let message = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => DecodeError::Invalid(e.to_string()),
         _ => DecodeError::Syntax(e.to_string()),
-    })
+    })?;
+    // serde also reads an internally tagged enum from a JSON array whose first element is
+    // the tag (`["job_request", 1]`); the protocol's frames are objects only.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(DecodeError::Invalid("a frame must be a JSON object".into()));
+    }
+    Ok(message)
 }
 
 fn encode<T: Serialize>(message: &T) -> String {

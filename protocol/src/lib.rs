@@ -12,4 +12,4 @@ pub mod types;
 pub use codec::{DecodeError, DEFAULT_MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 pub use messages::*;
 pub use ssh_key;
-pub use types::{Attempt, Fingerprint, InvalidValue, JobId, Sha256Digest};
+pub use types::{validate_artifact_name, Attempt, Fingerprint, InvalidValue, JobId, Sha256Digest};

@@ -151,7 +151,10 @@ pub fn sign_statement(
 ) -> Result<SignedStatement, SigningError> {
     let text = statement.to_signed_text();
     let signature = sign(key, STATEMENT_NAMESPACE, text.as_bytes())?;
-    Ok(SignedStatement { statement: text, signature })
+    Ok(SignedStatement {
+        statement: text,
+        signature,
+    })
 }
 
 /// Verifies the signature by `key` and parses the statement it covers.
@@ -159,7 +162,12 @@ pub fn verify_statement(
     key: &PublicKey,
     signed: &SignedStatement,
 ) -> Result<BuildStatement, SigningError> {
-    verify(key, STATEMENT_NAMESPACE, signed.statement.as_bytes(), &signed.signature)?;
+    verify(
+        key,
+        STATEMENT_NAMESPACE,
+        signed.statement.as_bytes(),
+        &signed.signature,
+    )?;
     let statement: BuildStatement = serde_json::from_str(&signed.statement)
         .map_err(|e| SigningError::Statement(e.to_string()))?;
     if statement.format != STATEMENT_FORMAT {
@@ -169,7 +177,9 @@ pub fn verify_statement(
         )));
     }
     if statement.builder != fingerprint(key) {
-        return Err(SigningError::Statement("statement names another builder".into()));
+        return Err(SigningError::Statement(
+            "statement names another builder".into(),
+        ));
     }
     Ok(statement)
 }
@@ -192,7 +202,9 @@ pub fn validate_builder_name(name: &str) -> Result<(), &'static str> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !safe || name.starts_with('.') {
-        return Err("builder names use letters, digits, '-', '_' and '.', and do not start with '.'");
+        return Err(
+            "builder names use letters, digits, '-', '_' and '.', and do not start with '.'",
+        );
     }
     Ok(())
 }

@@ -53,7 +53,10 @@ impl FromStr for Fingerprint {
         let parsed = ssh_key::Fingerprint::from_str(s)
             .map_err(|_| InvalidValue::new("fingerprint", "expected `SHA256:<base64>`"))?;
         if parsed.algorithm() != ssh_key::HashAlg::Sha256 {
-            return Err(InvalidValue::new("fingerprint", "only SHA256 fingerprints are accepted"));
+            return Err(InvalidValue::new(
+                "fingerprint",
+                "only SHA256 fingerprints are accepted",
+            ));
         }
         Ok(Fingerprint(parsed.to_string()))
     }
@@ -101,7 +104,10 @@ impl FromStr for Sha256Digest {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let valid = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !valid {
-            return Err(InvalidValue::new("sha256", "expected 64 lowercase hex characters"));
+            return Err(InvalidValue::new(
+                "sha256",
+                "expected 64 lowercase hex characters",
+            ));
         }
         Ok(Sha256Digest(s.to_owned()))
     }
@@ -147,3 +153,22 @@ impl fmt::Display for InvalidValue {
 }
 
 impl std::error::Error for InvalidValue {}
+
+/// Artifact names are file names in URLs and on disk: 1 to 128 characters from
+/// `[A-Za-z0-9._+-]`, not starting with a dot (so no `..`, no hidden files, no paths).
+pub fn validate_artifact_name(name: &str) -> Result<(), InvalidValue> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidValue::new(
+            "artifact name",
+            "1-128 characters of [A-Za-z0-9._+-], not starting with '.'",
+        ))
+    }
+}

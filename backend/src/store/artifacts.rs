@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::attempts::live_attempt;
-use super::connection::{write_transaction, DbConnection};
+use super::connection::{write_transaction, Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, JobId};
 use super::schema::artifacts;
@@ -82,7 +82,9 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
         || name == "."
         || name == ".."
         || name.len() > 255
-        || name.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
     if bad {
         return Err(StoreError::InvalidInput(format!(
             "artifact name {name:?} is not a plain file name"
@@ -121,7 +123,7 @@ impl Store {
             return Err(StoreError::InvalidInput("artifact size is negative".into()));
         }
         let now = self.now_ms();
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             live_attempt(conn, new.job, new.attempt)?;
             let existing = artifacts::table
                 .filter(artifacts::job_id.eq(new.job.0))
@@ -150,8 +152,8 @@ impl Store {
                     artifacts::published.eq(false),
                     artifacts::created_at.eq(now),
                 ))
-                .returning(ArtifactRow::as_returning())
-                .get_result(conn)?;
+                .returning(<ArtifactRow as Selectable<Db>>::construct_selection())
+                .get_result::<ArtifactRow>(conn)?;
             Ok(Artifact::from(row))
         })
     }
@@ -165,7 +167,7 @@ impl Store {
         attempt: Attempt,
         publication: &Publication,
     ) -> Result<usize, StoreError> {
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             live_attempt(conn, job, attempt)?;
             publish_in(conn, job, attempt, publication)
         })
@@ -182,7 +184,7 @@ impl Store {
         }
         Ok(query
             .order((artifacts::attempt.asc(), artifacts::name.asc()))
-            .load(&mut self.conn()?)?
+            .load(&mut *self.conn()?)?
             .into_iter()
             .map(Artifact::from)
             .collect())
@@ -196,7 +198,7 @@ impl Store {
             .filter(artifacts::published.eq(true))
             .order(artifacts::attempt.desc())
             .select(ArtifactRow::as_select())
-            .first(&mut self.conn()?)
+            .first(&mut *self.conn()?)
             .optional()?
             .map(Artifact::from))
     }

@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::DbConnection;
+use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::jobs::{load_job_row, parse_column, JobRow};
@@ -76,7 +76,7 @@ impl TryFrom<AttemptRow> for JobAttempt {
 
 pub(crate) fn load_attempts(
     conn: &mut DbConnection,
-    query: job_attempts::BoxedQuery<'_, <DbConnection as Connection>::Backend>,
+    query: job_attempts::BoxedQuery<'_, Db>,
 ) -> Result<Vec<JobAttempt>, StoreError> {
     query
         .select(AttemptRow::as_select())
@@ -147,7 +147,7 @@ impl Store {
     /// Every attempt of a job, oldest first.
     pub fn job_attempts(&self, job: JobId) -> Result<Vec<JobAttempt>, StoreError> {
         load_attempts(
-            &mut self.conn()?,
+            &mut *self.conn()?,
             job_attempts::table
                 .filter(job_attempts::job_id.eq(job.0))
                 .order(job_attempts::attempt.asc())
@@ -158,8 +158,12 @@ impl Store {
     /// Checks a job token: valid only for the job's current, live attempt. Returns that
     /// attempt. Every failure (unknown job, revoked or wrong token) is
     /// [`StoreError::InvalidJobToken`], so a caller can't probe which it was.
-    pub fn verify_job_token(&self, job: JobId, token: &str) -> Result<(JobId, Attempt), StoreError> {
-        let conn = &mut self.conn()?;
+    pub fn verify_job_token(
+        &self,
+        job: JobId,
+        token: &str,
+    ) -> Result<(JobId, Attempt), StoreError> {
+        let conn = &mut *self.conn()?;
         let current: Option<i32> = super::schema::jobs::table
             .find(job.0)
             .select(super::schema::jobs::attempt)

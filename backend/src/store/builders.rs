@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::{write_transaction, DbConnection};
+use super::connection::{write_transaction, Db, DbConnection};
 use super::error::StoreError;
 use super::ids::BuilderId;
 use super::labels::{self, Labels};
@@ -67,7 +67,7 @@ impl TryFrom<BuilderRow> for Builder {
 
 fn load_one(
     conn: &mut DbConnection,
-    query: builders::BoxedQuery<'_, <DbConnection as Connection>::Backend>,
+    query: builders::BoxedQuery<'_, Db>,
 ) -> Result<Option<Builder>, StoreError> {
     query
         .select(BuilderRow::as_select())
@@ -81,8 +81,11 @@ pub(crate) fn require_builder(
     conn: &mut DbConnection,
     id: BuilderId,
 ) -> Result<Builder, StoreError> {
-    load_one(conn, builders::table.filter(builders::id.eq(id.0)).into_boxed())?
-        .ok_or_else(|| StoreError::not_found("builder", id))
+    load_one(
+        conn,
+        builders::table.filter(builders::id.eq(id.0)).into_boxed(),
+    )?
+    .ok_or_else(|| StoreError::not_found("builder", id))
 }
 
 impl Store {
@@ -99,7 +102,7 @@ impl Store {
         }
         let now = self.now_ms();
         let labels = labels::encode(&new.labels)?;
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let taken: Option<(String, String)> = builders::table
                 .filter(
                     builders::name
@@ -129,22 +132,22 @@ impl Store {
                     builders::labels.eq(&labels),
                     builders::created_at.eq(now),
                 ))
-                .returning(BuilderRow::as_returning())
-                .get_result(conn)?;
+                .returning(<BuilderRow as Selectable<Db>>::construct_selection())
+                .get_result::<BuilderRow>(conn)?;
             Builder::try_from(row)
         })
     }
 
     pub fn builder_by_id(&self, id: BuilderId) -> Result<Option<Builder>, StoreError> {
         load_one(
-            &mut self.conn()?,
+            &mut *self.conn()?,
             builders::table.filter(builders::id.eq(id.0)).into_boxed(),
         )
     }
 
     pub fn builder_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Builder>, StoreError> {
         load_one(
-            &mut self.conn()?,
+            &mut *self.conn()?,
             builders::table
                 .filter(builders::fingerprint.eq(fingerprint))
                 .into_boxed(),
@@ -153,7 +156,7 @@ impl Store {
 
     pub fn builder_by_name(&self, name: &str) -> Result<Option<Builder>, StoreError> {
         load_one(
-            &mut self.conn()?,
+            &mut *self.conn()?,
             builders::table.filter(builders::name.eq(name)).into_boxed(),
         )
     }
@@ -163,7 +166,7 @@ impl Store {
         builders::table
             .order(builders::name.asc())
             .select(BuilderRow::as_select())
-            .load(&mut self.conn()?)?
+            .load(&mut *self.conn()?)?
             .into_iter()
             .map(Builder::try_from)
             .collect()
@@ -180,7 +183,11 @@ impl Store {
     }
 
     /// Replaces a builder's labels (builders announce them when they connect).
-    pub fn set_builder_labels(&self, id: BuilderId, labels: &Labels) -> Result<Builder, StoreError> {
+    pub fn set_builder_labels(
+        &self,
+        id: BuilderId,
+        labels: &Labels,
+    ) -> Result<Builder, StoreError> {
         let encoded = labels::encode(labels)?;
         self.update_builder(id, |conn| {
             diesel::update(builders::table.find(id.0))
@@ -194,7 +201,7 @@ impl Store {
         let now = self.now_ms();
         let updated = diesel::update(builders::table.find(id.0))
             .set(builders::last_seen_at.eq(now))
-            .execute(&mut self.conn()?)?;
+            .execute(&mut *self.conn()?)?;
         if updated == 0 {
             return Err(StoreError::not_found("builder", id));
         }
@@ -206,7 +213,7 @@ impl Store {
     /// pointing at a builder that no longer exists. Past attempts keep their history with the
     /// builder reference cleared.
     pub fn remove_builder(&self, id: BuilderId) -> Result<(), StoreError> {
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             require_builder(conn, id)?;
             let active: i64 = job_attempts::table
                 .filter(job_attempts::builder_id.eq(id.0))
@@ -229,7 +236,7 @@ impl Store {
         id: BuilderId,
         update: impl FnOnce(&mut DbConnection) -> QueryResult<usize>,
     ) -> Result<Builder, StoreError> {
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             if update(conn)? == 0 {
                 return Err(StoreError::not_found("builder", id));
             }

@@ -66,7 +66,7 @@ impl Store {
         if request.lease_ms <= 0 {
             return Err(StoreError::InvalidInput("lease_ms must be positive".into()));
         }
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let builder = require_builder(conn, request.builder)?;
             if !builder.enabled {
                 return Err(StoreError::BuilderDisabled(builder.id));
@@ -81,10 +81,7 @@ impl Store {
 }
 
 /// Walks the queue in claim order, batch by batch, keeping the jobs whose labels match.
-fn choose_jobs(
-    conn: &mut DbConnection,
-    request: &ClaimRequest,
-) -> Result<Vec<JobRow>, StoreError> {
+fn choose_jobs(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<JobRow>, StoreError> {
     let mut chosen = Vec::with_capacity(request.limit);
     let mut after: Option<(i32, i64)> = None;
     let mut scanned = 0;

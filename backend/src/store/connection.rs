@@ -18,6 +18,9 @@ pub enum DbConnection {
     Sqlite(SqliteConnection),
 }
 
+/// The backend type Diesel derives for [`DbConnection`].
+pub(crate) type Db = <DbConnection as Connection>::Backend;
+
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -101,8 +104,12 @@ impl r2d2::ManageConnection for ConnectionManager {
 
     fn connect(&self) -> Result<DbConnection, Self::Error> {
         let conn = match self.url.backend {
-            Backend::Postgres => PgConnection::establish(&self.url.target).map(DbConnection::Postgresql),
-            Backend::Sqlite => SqliteConnection::establish(&self.url.target).map(DbConnection::Sqlite),
+            Backend::Postgres => {
+                PgConnection::establish(&self.url.target).map(DbConnection::Postgresql)
+            }
+            Backend::Sqlite => {
+                SqliteConnection::establish(&self.url.target).map(DbConnection::Sqlite)
+            }
         };
         conn.map_err(diesel::r2d2::Error::ConnectionError)
     }
@@ -175,9 +182,15 @@ mod tests {
         let pg = DatabaseUrl::parse("postgresql://u@h/db").expect("postgresql url");
         assert_eq!(pg.backend, Backend::Postgres);
         let lite = DatabaseUrl::parse("sqlite://data/bf.db").expect("sqlite url");
-        assert_eq!((lite.backend, lite.target.as_str()), (Backend::Sqlite, "data/bf.db"));
+        assert_eq!(
+            (lite.backend, lite.target.as_str()),
+            (Backend::Sqlite, "data/bf.db")
+        );
         let lite = DatabaseUrl::parse("/var/lib/bf.db").expect("path");
-        assert_eq!((lite.backend, lite.target.as_str()), (Backend::Sqlite, "/var/lib/bf.db"));
+        assert_eq!(
+            (lite.backend, lite.target.as_str()),
+            (Backend::Sqlite, "/var/lib/bf.db")
+        );
         assert!(DatabaseUrl::parse("mysql://h/db").is_err());
         assert!(DatabaseUrl::parse("").is_err());
         assert!(DatabaseUrl::parse(":memory:").is_err());

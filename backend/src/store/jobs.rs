@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::{write_transaction, DbConnection};
+use super::connection::{write_transaction, Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::labels::{self, Labels};
@@ -256,7 +256,7 @@ impl Store {
         let now = self.now_ms();
         let parameters = labels::encode(&new.parameters)?;
         let required_labels = labels::encode(&new.required_labels)?;
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let row = diesel::insert_into(jobs::table)
                 .values((
                     jobs::source_url.eq(&new.source_url),
@@ -276,8 +276,8 @@ impl Store {
                     jobs::created_at.eq(now),
                     jobs::updated_at.eq(now),
                 ))
-                .returning(JobRow::as_returning())
-                .get_result(conn)?;
+                .returning(<JobRow as Selectable<Db>>::construct_selection())
+                .get_result::<JobRow>(conn)?;
             let job = Job::try_from(row)?;
             record_event(conn, job.id, job.attempt, None, JobState::Queued, now, None)?;
             Ok(job)
@@ -285,7 +285,7 @@ impl Store {
     }
 
     pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        match load_job(&mut self.conn()?, id) {
+        match load_job(&mut *self.conn()?, id) {
             Ok(job) => Ok(Some(job)),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -314,7 +314,7 @@ impl Store {
         query
             .order(jobs::id.desc())
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .load(&mut self.conn()?)?
+            .load(&mut *self.conn()?)?
             .into_iter()
             .map(Job::try_from)
             .collect()
@@ -326,7 +326,7 @@ impl Store {
             .filter(job_events::job_id.eq(id.0))
             .order(job_events::id.asc())
             .select(JobEventRow::as_select())
-            .load(&mut self.conn()?)?
+            .load(&mut *self.conn()?)?
             .into_iter()
             .map(JobEvent::try_from)
             .collect()
@@ -337,9 +337,8 @@ impl Store {
         let rows: Vec<(String, i64)> = jobs::table
             .group_by(jobs::state)
             .select((jobs::state, diesel::dsl::count_star()))
-            .load(&mut self.conn()?)?;
-        let mut counts: BTreeMap<JobState, i64> =
-            JobState::ALL.iter().map(|s| (*s, 0)).collect();
+            .load(&mut *self.conn()?)?;
+        let mut counts: BTreeMap<JobState, i64> = JobState::ALL.iter().map(|s| (*s, 0)).collect();
         for (state, count) in rows {
             counts.insert(parse_column(&state)?, count);
         }
@@ -351,6 +350,6 @@ impl Store {
         Ok(jobs::table
             .filter(jobs::state.eq(JobState::Queued.as_str()))
             .count()
-            .get_result(&mut self.conn()?)?)
+            .get_result(&mut *self.conn()?)?)
     }
 }

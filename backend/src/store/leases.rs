@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::attempts::{load_attempts, JobAttempt};
-use super::connection::{write_transaction, DbConnection};
+use super::connection::{write_transaction, Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::jobs::{load_job_row, parse_column, Job};
@@ -32,7 +32,7 @@ pub struct Requeued {
     pub job: Job,
 }
 
-fn live_of(builder: BuilderId) -> job_attempts::BoxedQuery<'static, <DbConnection as Connection>::Backend> {
+fn live_of(builder: BuilderId) -> job_attempts::BoxedQuery<'static, Db> {
     job_attempts::table
         .filter(job_attempts::builder_id.eq(builder.0))
         .filter(job_attempts::finished_at.is_null())
@@ -52,7 +52,7 @@ impl Store {
         now: i64,
     ) -> Result<Vec<RenewedLease>, StoreError> {
         let lease_expires_at = now.saturating_add(lease_ms);
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let mut renewed = Vec::with_capacity(attempts.len());
             for &(job, attempt) in attempts {
                 let updated = diesel::update(
@@ -89,7 +89,7 @@ impl Store {
                 .filter(job_attempts::finished_at.is_null()),
         )
         .set(job_attempts::lease_expires_at.eq(expires_at))
-        .execute(&mut self.conn()?)?)
+        .execute(&mut *self.conn()?)?)
     }
 
     /// Live attempts held by `builder`.
@@ -98,7 +98,7 @@ impl Store {
         builder: BuilderId,
     ) -> Result<Vec<JobAttempt>, StoreError> {
         load_attempts(
-            &mut self.conn()?,
+            &mut *self.conn()?,
             live_of(builder).order(job_attempts::job_id.asc()),
         )
     }
@@ -106,7 +106,7 @@ impl Store {
     /// Every live attempt (recovery after a restart).
     pub fn active_attempts(&self) -> Result<Vec<JobAttempt>, StoreError> {
         load_attempts(
-            &mut self.conn()?,
+            &mut *self.conn()?,
             job_attempts::table
                 .filter(job_attempts::finished_at.is_null())
                 .order(job_attempts::job_id.asc())
@@ -119,7 +119,7 @@ impl Store {
     /// and one more failed attempt, or to `failed` once `max_attempts` attempts were lost.
     /// Each job is its own transaction; a lease renewed meanwhile is left alone.
     pub fn requeue_expired_leases(&self, now: i64) -> Result<Vec<Requeued>, StoreError> {
-        let conn = &mut self.conn()?;
+        let conn = &mut *self.conn()?;
         let expired: Vec<(i64, i32, Option<i64>)> = job_attempts::table
             .filter(job_attempts::finished_at.is_null())
             .filter(job_attempts::lease_expires_at.le(now))

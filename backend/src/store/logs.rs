@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::attempts::live_attempt;
-use super::connection::write_transaction;
+use super::connection::{write_transaction, Db};
 use super::error::StoreError;
 use super::ids::{Attempt, JobId};
 use super::schema::log_chunks;
@@ -81,7 +81,7 @@ impl Store {
             ));
         }
         let now = self.now_ms();
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             live_attempt(conn, new.job, new.attempt)?;
             if let Some(stored_last_seq) = last_seq(conn, new.job, new.attempt)? {
                 if new.first_seq <= stored_last_seq {
@@ -104,8 +104,8 @@ impl Store {
                     log_chunks::length.eq(new.length),
                     log_chunks::created_at.eq(now),
                 ))
-                .returning(LogChunkRow::as_returning())
-                .get_result(conn)?;
+                .returning(<LogChunkRow as Selectable<Db>>::construct_selection())
+                .get_result::<LogChunkRow>(conn)?;
             Ok(LogChunk::from(row))
         })
     }
@@ -116,7 +116,7 @@ impl Store {
             .filter(log_chunks::job_id.eq(job.0))
             .order((log_chunks::attempt.asc(), log_chunks::first_seq.asc()))
             .select(LogChunkRow::as_select())
-            .load(&mut self.conn()?)?
+            .load(&mut *self.conn()?)?
             .into_iter()
             .map(LogChunk::from)
             .collect())
@@ -125,7 +125,7 @@ impl Store {
     /// The last sequence number stored for an attempt: what a reconnecting builder resumes
     /// after.
     pub fn last_log_seq(&self, job: JobId, attempt: Attempt) -> Result<Option<i64>, StoreError> {
-        last_seq(&mut self.conn()?, job, attempt)
+        last_seq(&mut *self.conn()?, job, attempt)
     }
 }
 

@@ -40,7 +40,7 @@ pub use error::StoreError;
 pub use ids::{ApiTokenId, Attempt, BuilderId, JobId};
 pub use jobs::{Job, JobEvent, JobFilter, NewJob};
 pub use labels::{satisfies as labels_satisfy, Labels};
-pub use leases::{Requeued, RenewedLease};
+pub use leases::{RenewedLease, Requeued};
 pub use logs::{LogChunk, NewLogChunk};
 pub use migrations::{pending_migrations, revert_all_migrations, run_migrations};
 pub use sources::Source;
@@ -87,7 +87,7 @@ impl Store {
             backend,
             clock: Arc::new(SystemClock),
         };
-        let applied = run_migrations(&mut store.conn()?)?;
+        let applied = run_migrations(&mut *store.conn()?)?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied database migrations");
         }

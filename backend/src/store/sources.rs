@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::write_transaction;
+use super::connection::{write_transaction, Db};
 use super::error::StoreError;
 use super::schema::sources;
 use super::Store;
@@ -20,12 +20,17 @@ pub struct Source {
 impl Store {
     /// Records a stored source archive. Idempotent: if the digest is known, the existing
     /// record is returned unchanged (same digest, same bytes).
-    pub fn put_source(&self, sha256: &str, size: i64, storage_key: &str) -> Result<Source, StoreError> {
+    pub fn put_source(
+        &self,
+        sha256: &str,
+        size: i64,
+        storage_key: &str,
+    ) -> Result<Source, StoreError> {
         if size < 0 {
             return Err(StoreError::InvalidInput("source size is negative".into()));
         }
         let now = self.now_ms();
-        let conn = &mut self.conn()?;
+        let conn = &mut *self.conn()?;
         let inserted = write_transaction(conn, |conn| {
             if let Some(existing) = find(conn, sha256)? {
                 return Ok(existing);
@@ -37,19 +42,20 @@ impl Store {
                     sources::storage_key.eq(storage_key),
                     sources::created_at.eq(now),
                 ))
-                .returning(Source::as_returning())
-                .get_result(conn)?)
+                .returning(<Source as Selectable<Db>>::construct_selection())
+                .get_result::<Source>(conn)?)
         });
         match inserted {
             // Two uploads of the same archive raced (PostgreSQL): the other one won.
-            Err(StoreError::AlreadyExists { .. }) => find(conn, sha256)?
-                .ok_or_else(|| StoreError::not_found("source", sha256)),
+            Err(StoreError::AlreadyExists { .. }) => {
+                find(conn, sha256)?.ok_or_else(|| StoreError::not_found("source", sha256))
+            }
             other => other,
         }
     }
 
     pub fn source(&self, sha256: &str) -> Result<Option<Source>, StoreError> {
-        find(&mut self.conn()?, sha256)
+        find(&mut *self.conn()?, sha256)
     }
 }
 

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::write_transaction;
+use super::connection::{write_transaction, Db};
 use super::error::StoreError;
 use super::ids::ApiTokenId;
 use super::jobs::parse_column;
@@ -78,7 +78,7 @@ impl Store {
         let now = self.now_ms();
         let plaintext = secret::generate(API_TOKEN_PREFIX);
         let token_hash = secret::hash(&plaintext);
-        let row = write_transaction(&mut self.conn()?, |conn| {
+        let row = write_transaction(&mut *self.conn()?, |conn| {
             Ok(diesel::insert_into(api_tokens::table)
                 .values((
                     api_tokens::token_hash.eq(&token_hash),
@@ -87,8 +87,8 @@ impl Store {
                     api_tokens::created_at.eq(now),
                     api_tokens::expires_at.eq(expires_at),
                 ))
-                .returning(ApiTokenRow::as_returning())
-                .get_result(conn)?)
+                .returning(<ApiTokenRow as Selectable<Db>>::construct_selection())
+                .get_result::<ApiTokenRow>(conn)?)
         })?;
         Ok((ApiToken::try_from(row)?, plaintext))
     }
@@ -96,7 +96,11 @@ impl Store {
     /// The token a bearer secret belongs to, if it is neither revoked nor expired at `now`.
     /// Looked up by hash: the database never sees the secret, and a timing difference in
     /// the lookup reveals only bits of a hash.
-    pub fn verify_api_token(&self, plaintext: &str, now: i64) -> Result<Option<ApiToken>, StoreError> {
+    pub fn verify_api_token(
+        &self,
+        plaintext: &str,
+        now: i64,
+    ) -> Result<Option<ApiToken>, StoreError> {
         let row = api_tokens::table
             .filter(api_tokens::token_hash.eq(secret::hash(plaintext)))
             .filter(api_tokens::revoked_at.is_null())
@@ -106,7 +110,7 @@ impl Store {
                     .or(api_tokens::expires_at.gt(now)),
             )
             .select(ApiTokenRow::as_select())
-            .first(&mut self.conn()?)
+            .first(&mut *self.conn()?)
             .optional()?;
         row.map(ApiToken::try_from).transpose()
     }
@@ -114,7 +118,7 @@ impl Store {
     /// Revokes a token now. Revoking a revoked token keeps its first revocation time.
     pub fn revoke_api_token(&self, id: ApiTokenId) -> Result<ApiToken, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             diesel::update(
                 api_tokens::table
                     .find(id.0)
@@ -137,7 +141,7 @@ impl Store {
         api_tokens::table
             .order(api_tokens::id.asc())
             .select(ApiTokenRow::as_select())
-            .load(&mut self.conn()?)?
+            .load(&mut *self.conn()?)?
             .into_iter()
             .map(ApiToken::try_from)
             .collect()

@@ -101,7 +101,15 @@ pub(crate) fn apply_transition(
     if updated == 0 {
         return Err(explain_lost_race(conn, before, to)?);
     }
-    record_event(conn, job, Attempt(before.attempt), Some(from), to, now, detail)?;
+    record_event(
+        conn,
+        job,
+        Attempt(before.attempt),
+        Some(from),
+        to,
+        now,
+        detail,
+    )?;
     load_job(conn, job)
 }
 
@@ -128,11 +136,7 @@ fn explain_lost_race(
     Ok(StoreError::Conflict { job })
 }
 
-fn require_state(
-    row: &JobRow,
-    allowed: &[JobState],
-    to: JobState,
-) -> Result<JobState, StoreError> {
+fn require_state(row: &JobRow, allowed: &[JobState], to: JobState) -> Result<JobState, StoreError> {
     let from: JobState = parse_column(&row.state)?;
     if allowed.contains(&from) {
         Ok(from)
@@ -149,7 +153,7 @@ impl Store {
     /// The builder accepted the assignment: `assigned → running`.
     pub fn mark_running(&self, job: JobId, attempt: Attempt) -> Result<Job, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let (row, _) = live_attempt(conn, job, attempt)?;
             let changes = JobChanges {
                 started_at: Some(Some(now)),
@@ -177,7 +181,7 @@ impl Store {
         reason: &str,
     ) -> Result<Job, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let (row, _) = live_attempt(conn, job, attempt)?;
             require_state(&row, &[JobState::Assigned], JobState::Queued)?;
             let job_now = if row.cancel_requested_at.is_some() {
@@ -209,7 +213,7 @@ impl Store {
         completion: Completion,
     ) -> Result<Job, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let (row, _): (JobRow, AttemptRow) = live_attempt(conn, job, attempt)?;
             let to = completion.outcome.job_state();
             let changes = JobChanges::finish(now, completion.error.clone());
@@ -235,7 +239,7 @@ impl Store {
     /// [`StoreError::IllegalTransition`].
     pub fn cancel_job(&self, job: JobId) -> Result<CancelResult, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let row = load_job_row(conn, job)?;
             let from = require_state(
                 &row,
@@ -265,7 +269,7 @@ impl Store {
     /// a fresh retry budget.
     pub fn retry_job(&self, job: JobId) -> Result<Job, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut self.conn()?, |conn| {
+        write_transaction(&mut *self.conn()?, |conn| {
             let row = load_job_row(conn, job)?;
             require_state(
                 &row,

@@ -1,0 +1,337 @@
+//! The `LogSink` actor: takes `job_event`s from sessions, writes them in chunks (one file
+//! append and one row per flush, never a row per line), acknowledges the highest stored
+//! sequence to the builder, drops resent duplicates, cuts a log at its size limit with a
+//! marker, and fans stored lines out to live viewers.
+
+use std::collections::HashMap;
+use std::mem;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use buildfleet_protocol::{EventAck, JobEvent, ServerMessage};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{blocking, Push};
+use crate::logs::LogRecord;
+use crate::metrics::Metrics;
+use crate::storage::{keys, Storage};
+use crate::store::{Attempt, JobId, NewLogChunk, Store, StoreError};
+
+/// Pending bytes of one attempt that trigger a flush before the timer does.
+const FLUSH_BYTES: usize = 256 * 1024;
+/// Per-viewer queue; a viewer that falls this far behind is dropped and re-reads by offset.
+pub const SUBSCRIBER_QUEUE: usize = 1024;
+/// Attempts without events for this long are forgotten (their state is in the database).
+const IDLE_FORGET: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct LogLimits {
+    pub max_bytes_per_attempt: u64,
+    pub max_line_bytes: usize,
+    pub flush_interval: Duration,
+}
+
+/// What is durably stored for an attempt; loaded from the database on first use.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    seq: u64,
+    bytes: u64,
+    truncated: bool,
+}
+
+#[derive(Default)]
+struct AttemptLog {
+    stored: Option<Stored>,
+    pending: Vec<JobEvent>,
+    pending_bytes: usize,
+    flushing: bool,
+    ack_to: Option<Recipient<Push>>,
+    waiters: Vec<oneshot::Sender<()>>,
+    last_activity: Option<Instant>,
+}
+
+pub struct LogSink {
+    store: Store,
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+    limits: LogLimits,
+    attempts: HashMap<(JobId, Attempt), AttemptLog>,
+    subscribers: HashMap<JobId, Vec<mpsc::Sender<(Attempt, Bytes)>>>,
+}
+
+impl LogSink {
+    pub fn new(
+        store: Store,
+        storage: Arc<dyn Storage>,
+        metrics: Arc<Metrics>,
+        limits: LogLimits,
+    ) -> Self {
+        LogSink {
+            store,
+            storage,
+            metrics,
+            limits,
+            attempts: HashMap::new(),
+            subscribers: HashMap::new(),
+        }
+    }
+
+    fn flush(&mut self, key: (JobId, Attempt), ctx: &mut Context<Self>) {
+        let Some(log) = self.attempts.get_mut(&key) else {
+            return;
+        };
+        if log.flushing {
+            return;
+        }
+        if log.pending.is_empty() {
+            for waiter in log.waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            return;
+        }
+        log.flushing = true;
+        let events = mem::take(&mut log.pending);
+        log.pending_bytes = 0;
+        let stored = log.stored;
+        let (store, storage, limits) = (
+            self.store.clone(),
+            self.storage.clone(),
+            self.limits.clone(),
+        );
+        ctx.spawn(
+            blocking(move || write_events(&store, &*storage, &limits, key, stored, events))
+                .into_actor(self)
+                .map(move |result, this, ctx| {
+                    let Some(log) = this.attempts.get_mut(&key) else { return };
+                    log.flushing = false;
+                    match result {
+                        Ok(written) => {
+                            log.stored = Some(written.stored);
+                            if let Some(ack_to) = &log.ack_to {
+                                ack_to.do_send(Push(ServerMessage::EventAck(EventAck {
+                                    job_id: key.0.into(),
+                                    attempt: key.1.into(),
+                                    acked_seq: written.stored.seq,
+                                })));
+                            }
+                            this.metrics.log_bytes_stored.fetch_add(written.bytes.len() as u64, Ordering::Relaxed);
+                            this.metrics.log_lines_stored.fetch_add(written.lines, Ordering::Relaxed);
+                            if !written.bytes.is_empty() {
+                                this.fan_out(key, written.bytes);
+                            }
+                        }
+                        // Not acknowledged, so the builder resends after it reconnects.
+                        Err(e) => tracing::warn!(job = %key.0, attempt = %key.1, error = %e, "storing log events failed; dropped unacknowledged"),
+                    }
+                    this.flush(key, ctx);
+                }),
+        );
+    }
+
+    fn fan_out(&mut self, (job, attempt): (JobId, Attempt), bytes: Bytes) {
+        if let Some(subscribers) = self.subscribers.get_mut(&job) {
+            subscribers.retain(|tx| tx.try_send((attempt, bytes.clone())).is_ok());
+            if subscribers.is_empty() {
+                self.subscribers.remove(&job);
+            }
+        }
+    }
+}
+
+struct Written {
+    stored: Stored,
+    bytes: Bytes,
+    lines: u64,
+}
+
+fn load_stored(store: &Store, key: (JobId, Attempt), limit: u64) -> Result<Stored, StoreError> {
+    let seq = store.last_log_seq(key.0, key.1)?.unwrap_or(0);
+    let bytes: i64 = store
+        .log_chunks(key.0)?
+        .iter()
+        .filter(|c| c.attempt == key.1)
+        .map(|c| c.length)
+        .sum();
+    let bytes = u64::try_from(bytes).unwrap_or(0);
+    Ok(Stored {
+        seq: u64::try_from(seq).unwrap_or(0),
+        bytes,
+        truncated: bytes >= limit,
+    })
+}
+
+/// Filters duplicates, applies the size limit, appends one chunk and records its row.
+fn write_events(
+    store: &Store,
+    storage: &dyn Storage,
+    limits: &LogLimits,
+    key: (JobId, Attempt),
+    stored: Option<Stored>,
+    mut events: Vec<JobEvent>,
+) -> Result<Written, anyhow::Error> {
+    let mut stored = match stored {
+        Some(s) => s,
+        None => load_stored(store, key, limits.max_bytes_per_attempt)?,
+    };
+    events.sort_by_key(|e| e.seq);
+    let mut buffer = Vec::new();
+    let mut first_seq = None;
+    let mut last_seq = stored.seq;
+    let mut lines = 0;
+    for event in &events {
+        if event.seq <= last_seq {
+            continue; // a resent duplicate
+        }
+        last_seq = event.seq;
+        if stored.truncated {
+            continue; // acknowledged, but past the limit
+        }
+        let mut record = LogRecord::from_event(event, limits.max_line_bytes).to_jsonl();
+        if stored.bytes + (buffer.len() + record.len()) as u64 > limits.max_bytes_per_attempt {
+            record = LogRecord::truncation_marker(
+                event.seq,
+                event.timestamp_ms,
+                limits.max_bytes_per_attempt,
+            )
+            .to_jsonl();
+            stored.truncated = true;
+        }
+        first_seq.get_or_insert(event.seq);
+        buffer.extend_from_slice(&record);
+        lines += 1;
+    }
+    if let Some(first_seq) = first_seq {
+        let location = keys::log(key.0, key.1);
+        let byte_offset = storage.append(&location, &buffer)?;
+        store.append_log_chunk(&NewLogChunk {
+            job: key.0,
+            attempt: key.1,
+            first_seq: i64::try_from(first_seq)?,
+            last_seq: i64::try_from(last_seq)?,
+            location,
+            byte_offset: i64::try_from(byte_offset)?,
+            length: i64::try_from(buffer.len())?,
+        })?;
+        stored.bytes += buffer.len() as u64;
+    }
+    stored.seq = last_seq;
+    Ok(Written {
+        stored,
+        bytes: Bytes::from(buffer),
+        lines,
+    })
+}
+
+impl Actor for LogSink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.limits.flush_interval, |this, ctx| {
+            let due: Vec<_> = this
+                .attempts
+                .iter()
+                .filter(|(_, log)| !log.pending.is_empty() && !log.flushing)
+                .map(|(key, _)| *key)
+                .collect();
+            for key in due {
+                this.flush(key, ctx);
+            }
+            this.attempts.retain(|_, log| {
+                log.flushing
+                    || !log.pending.is_empty()
+                    || !log.waiters.is_empty()
+                    || log.last_activity.is_some_and(|t| t.elapsed() < IDLE_FORGET)
+            });
+        });
+    }
+}
+
+/// Events of one frame, from the session of the builder that holds the attempt.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppendEvent {
+    pub event: JobEvent,
+    pub ack_to: Recipient<Push>,
+}
+
+impl Handler<AppendEvent> for LogSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppendEvent, ctx: &mut Self::Context) {
+        let key = (
+            JobId::from(msg.event.job_id),
+            Attempt::from(msg.event.attempt),
+        );
+        let log = self.attempts.entry(key).or_default();
+        log.ack_to = Some(msg.ack_to);
+        log.last_activity = Some(Instant::now());
+        if log.stored.is_some_and(|s| msg.event.seq <= s.seq) {
+            // Already stored: acknowledge again so the builder can drop it.
+            if let (Some(stored), Some(ack_to)) = (log.stored, &log.ack_to) {
+                ack_to.do_send(Push(ServerMessage::EventAck(EventAck {
+                    job_id: msg.event.job_id,
+                    attempt: msg.event.attempt,
+                    acked_seq: stored.seq,
+                })));
+            }
+            return;
+        }
+        log.pending_bytes += approximate_size(&msg.event);
+        log.pending.push(msg.event);
+        if log.pending_bytes >= FLUSH_BYTES {
+            self.flush(key, ctx);
+        }
+    }
+}
+
+fn approximate_size(event: &JobEvent) -> usize {
+    match &event.event {
+        buildfleet_protocol::JobEventKind::Log { line, .. } => line.len() + 64,
+        buildfleet_protocol::JobEventKind::Stage { .. } => 64,
+    }
+}
+
+/// Resolves once everything received for the attempt so far is stored.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushAttempt {
+    pub job: JobId,
+    pub attempt: Attempt,
+}
+
+impl Handler<FlushAttempt> for LogSink {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: FlushAttempt, ctx: &mut Self::Context) -> Self::Result {
+        let key = (msg.job, msg.attempt);
+        let Some(log) = self.attempts.get_mut(&key) else {
+            return Box::pin(async {});
+        };
+        let (tx, rx) = oneshot::channel();
+        log.waiters.push(tx);
+        self.flush(key, ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+/// Live stored lines of a job, as JSONL bytes with their attempt, until the receiver is
+/// dropped or falls behind.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub job: JobId,
+    pub tx: mpsc::Sender<(Attempt, Bytes)>,
+}
+
+impl Handler<Subscribe> for LogSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+        self.subscribers.entry(msg.job).or_default().push(msg.tx);
+    }
+}

@@ -1,0 +1,557 @@
+//! `BuilderSession`: one actor per builder WebSocket, driving the session state machine of
+//! docs/protocol.md. This is the only module that touches actix-web-actors, so a move to
+//! actix-ws changes this file alone.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use buildfleet_protocol::ssh_key::PublicKey;
+use buildfleet_protocol::{
+    AuthAccepted, AuthRejected, ChallengeRequest, ClientMessage, CompletionAck, ErrorCode,
+    ErrorFrame, JobRef, ServerMessage, SessionSettings, PROTOCOL_VERSION,
+};
+
+use super::auth::{Auth, BeginAuth, Challenge, CompleteAuth, Rejection};
+use super::log_sink::{AppendEvent, LogSink};
+use super::scheduler::{
+    AckWork, CompleteJob, GrantCredits, Register, RenewLeases, ResumeJobs, Scheduler,
+    SetCapabilities, Unregister,
+};
+use super::{CloseSession, Push, SessionHandle};
+use crate::store::BuilderId;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a session needs from the rest of the backend.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub auth: Addr<Auth>,
+    pub scheduler: Addr<Scheduler>,
+    pub log_sink: Addr<LogSink>,
+    pub backend_id: Arc<str>,
+    pub settings: SessionSettings,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+enum State {
+    AwaitingHello,
+    /// Waiting for the Auth actor; frames arriving meanwhile are out of order.
+    Authenticating,
+    AwaitingChallengeResponse(Box<Challenge>),
+    AwaitingCapabilities,
+    AwaitingResume,
+    Ready,
+    Closing,
+}
+
+struct Identity {
+    builder: BuilderId,
+    public_key: PublicKey,
+}
+
+pub struct BuilderSession {
+    id: u64,
+    peer: Option<IpAddr>,
+    ctx: SessionContext,
+    state: State,
+    identity: Option<Identity>,
+    /// Attempts this session may report on: assigned to it or continued by resume.
+    held: HashSet<JobRef>,
+    last_heard: Instant,
+}
+
+impl BuilderSession {
+    fn new(ctx: SessionContext, peer: Option<IpAddr>) -> Self {
+        BuilderSession {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            peer,
+            ctx,
+            state: State::AwaitingHello,
+            identity: None,
+            held: HashSet::new(),
+            last_heard: Instant::now(),
+        }
+    }
+
+    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, message: &ServerMessage) {
+        ctx.text(message.to_json());
+    }
+
+    /// The protocol's way out: an error frame, then a close.
+    fn fail(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
+        let message = message.into();
+        tracing::info!(session = self.id, code = code.as_str(), %message, "closing builder session");
+        if code != ErrorCode::SessionReplaced && code != ErrorCode::ShuttingDown {
+            self.ctx
+                .metrics
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.send(
+            ctx,
+            &ServerMessage::Error(ErrorFrame {
+                code,
+                message: message.clone(),
+            }),
+        );
+        self.close(ctx, &message);
+    }
+
+    fn reject(&mut self, ctx: &mut ws::WebsocketContext<Self>, rejection: Rejection) {
+        tracing::info!(session = self.id, code = rejection.code.as_str(), reason = %rejection.reason, "authentication rejected");
+        self.send(
+            ctx,
+            &ServerMessage::AuthRejected(AuthRejected {
+                code: rejection.code,
+                reason: rejection.reason.clone(),
+            }),
+        );
+        self.close(ctx, &rejection.reason);
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: &str) {
+        self.state = State::Closing;
+        let description: String = reason.chars().take(100).collect();
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Policy,
+            description: Some(description),
+        }));
+        ctx.stop();
+    }
+
+    fn unexpected(&mut self, ctx: &mut ws::WebsocketContext<Self>, message: &ClientMessage) {
+        let state = match self.state {
+            State::AwaitingHello => "awaiting_hello",
+            State::Authenticating => "authenticating",
+            State::AwaitingChallengeResponse(_) => "awaiting_challenge_response",
+            State::AwaitingCapabilities => "awaiting_capabilities",
+            State::AwaitingResume => "awaiting_resume",
+            State::Ready => "ready",
+            State::Closing => "closing",
+        };
+        self.fail(
+            ctx,
+            ErrorCode::UnexpectedMessage,
+            format!("`{}` is not allowed in state {state}", message.type_name()),
+        );
+    }
+
+    fn on_message(&mut self, message: ClientMessage, ctx: &mut ws::WebsocketContext<Self>) {
+        match (&self.state, message) {
+            (State::AwaitingHello, ClientMessage::Hello(hello)) => {
+                self.state = State::Authenticating;
+                let request = BeginAuth {
+                    hello,
+                    peer: self.peer,
+                };
+                ctx.wait(
+                    self.ctx.auth.send(request).into_actor(self).map(
+                        |reply, this, ctx| match reply {
+                            Ok(Ok(challenge)) => {
+                                let ttl = challenge
+                                    .expires_at
+                                    .saturating_duration_since(Instant::now());
+                                this.send(
+                                    ctx,
+                                    &ServerMessage::ChallengeRequest(ChallengeRequest {
+                                        challenge: challenge.challenge_hex.clone(),
+                                        backend_id: this.ctx.backend_id.to_string(),
+                                        expires_in_ms: u64::try_from(ttl.as_millis())
+                                            .unwrap_or(u64::MAX),
+                                    }),
+                                );
+                                this.state = State::AwaitingChallengeResponse(Box::new(challenge));
+                            }
+                            Ok(Err(rejection)) => this.reject(ctx, rejection),
+                            Err(_) => this.fail(
+                                ctx,
+                                ErrorCode::Internal,
+                                "authentication service unavailable",
+                            ),
+                        },
+                    ),
+                );
+            }
+            (State::AwaitingChallengeResponse(_), ClientMessage::ChallengeResponse(response)) => {
+                let State::AwaitingChallengeResponse(challenge) =
+                    std::mem::replace(&mut self.state, State::Authenticating)
+                else {
+                    return;
+                };
+                let public_key = challenge.public_key.clone();
+                let request = CompleteAuth {
+                    challenge: *challenge,
+                    signature: response.signature,
+                    peer: self.peer,
+                };
+                ctx.wait(self.ctx.auth.send(request).into_actor(self).map(move |reply, this, ctx| match reply {
+                    Ok(Ok(builder)) => {
+                        tracing::info!(session = this.id, builder = %builder.name, "builder authenticated");
+                        this.identity = Some(Identity { builder: builder.id, public_key });
+                        this.ctx.scheduler.do_send(Register {
+                            builder: builder.id,
+                            name: builder.name.clone(),
+                            session: SessionHandle {
+                                id: this.id,
+                                push: ctx.address().recipient(),
+                                close: ctx.address().recipient(),
+                            },
+                        });
+                        this.send(ctx, &ServerMessage::AuthAccepted(AuthAccepted {
+                            builder_id: builder.id.0,
+                            settings: this.ctx.settings.clone(),
+                        }));
+                        this.state = State::AwaitingCapabilities;
+                    }
+                    Ok(Err(rejection)) => this.reject(ctx, rejection),
+                    Err(_) => this.fail(ctx, ErrorCode::Internal, "authentication service unavailable"),
+                }));
+            }
+            (State::AwaitingCapabilities, ClientMessage::Capabilities(capabilities)) => {
+                let Some(builder) = self.builder() else {
+                    return;
+                };
+                self.ctx.scheduler.do_send(SetCapabilities {
+                    builder,
+                    session: self.id,
+                    capabilities,
+                });
+                self.state = State::AwaitingResume;
+            }
+            (State::AwaitingResume, ClientMessage::Resume(resume)) => {
+                let Some(builder) = self.builder() else {
+                    return;
+                };
+                let request = ResumeJobs {
+                    builder,
+                    session: self.id,
+                    held: resume.jobs,
+                };
+                // Nothing else is processed until resume is answered, so credits granted next
+                // cannot race the restored state.
+                ctx.wait(self.ctx.scheduler.send(request).into_actor(self).map(
+                    |reply, this, ctx| match reply {
+                        Ok(Ok(result)) => {
+                            for decision in &result.jobs {
+                                if matches!(
+                                    decision.decision,
+                                    buildfleet_protocol::ResumeAction::Continue { .. }
+                                ) {
+                                    this.held.insert(JobRef {
+                                        job_id: decision.job_id,
+                                        attempt: decision.attempt,
+                                    });
+                                }
+                            }
+                            this.send(ctx, &ServerMessage::ResumeResult(result));
+                            this.state = State::Ready;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "resume failed");
+                            this.fail(
+                                ctx,
+                                ErrorCode::Internal,
+                                "could not restore held jobs; reconnect",
+                            );
+                        }
+                        Err(_) => this.fail(ctx, ErrorCode::Internal, "scheduler unavailable"),
+                    },
+                ));
+            }
+            (State::Ready, ClientMessage::JobRequest(request)) => {
+                let Some(builder) = self.builder() else {
+                    return;
+                };
+                self.ctx.scheduler.do_send(GrantCredits {
+                    builder,
+                    session: self.id,
+                    credits: request.credits,
+                });
+            }
+            (State::Ready, ClientMessage::WorkAck(ack)) => {
+                let job = JobRef {
+                    job_id: ack.job_id,
+                    attempt: ack.attempt,
+                };
+                if !self.check_held(job, ctx) {
+                    return;
+                }
+                if matches!(
+                    ack.decision,
+                    buildfleet_protocol::WorkDecision::Reject { .. }
+                ) {
+                    self.held.remove(&job);
+                }
+                let Some(builder) = self.builder() else {
+                    return;
+                };
+                self.ctx.scheduler.do_send(AckWork {
+                    builder,
+                    session: self.id,
+                    ack,
+                });
+            }
+            (State::Ready, ClientMessage::JobEvent(event)) => {
+                if !self.check_held(
+                    JobRef {
+                        job_id: event.job_id,
+                        attempt: event.attempt,
+                    },
+                    ctx,
+                ) {
+                    return;
+                }
+                self.ctx.log_sink.do_send(AppendEvent {
+                    event,
+                    ack_to: ctx.address().recipient(),
+                });
+            }
+            (State::Ready, ClientMessage::Heartbeat(heartbeat)) => {
+                let Some(builder) = self.builder() else {
+                    return;
+                };
+                self.ctx.scheduler.do_send(RenewLeases {
+                    builder,
+                    session: self.id,
+                    active: heartbeat.active_jobs,
+                });
+            }
+            (State::Ready, ClientMessage::JobResponse(response)) => {
+                let job = JobRef {
+                    job_id: response.job_id,
+                    attempt: response.attempt,
+                };
+                if !self.check_held(job, ctx) {
+                    return;
+                }
+                let (Some(builder), Some(public_key)) = (
+                    self.builder(),
+                    self.identity.as_ref().map(|i| i.public_key.clone()),
+                ) else {
+                    return;
+                };
+                let request = CompleteJob {
+                    builder,
+                    public_key,
+                    response,
+                };
+                ctx.spawn(self.ctx.scheduler.send(request).into_actor(self).map(
+                    move |reply, this, ctx| {
+                        let result = match reply {
+                            Ok(result) => result,
+                            Err(_) => buildfleet_protocol::CompletionResult::Refused {
+                                code: ErrorCode::Internal,
+                                message: "scheduler unavailable; resend later".into(),
+                            },
+                        };
+                        if !matches!(
+                            &result,
+                            buildfleet_protocol::CompletionResult::Refused {
+                                code: ErrorCode::Internal,
+                                ..
+                            }
+                        ) {
+                            this.held.remove(&job);
+                        }
+                        this.send(
+                            ctx,
+                            &ServerMessage::CompletionAck(CompletionAck {
+                                job_id: job.job_id,
+                                attempt: job.attempt,
+                                result,
+                            }),
+                        );
+                    },
+                ));
+            }
+            (_, message) => self.unexpected(ctx, &message),
+        }
+    }
+
+    fn builder(&self) -> Option<BuilderId> {
+        self.identity.as_ref().map(|i| i.builder)
+    }
+
+    fn check_held(&mut self, job: JobRef, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        if self.held.contains(&job) {
+            return true;
+        }
+        self.fail(
+            ctx,
+            ErrorCode::UnknownJob,
+            format!(
+                "this session does not hold attempt {} of job {}",
+                job.attempt, job.job_id
+            ),
+        );
+        false
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let max = usize::try_from(self.ctx.settings.max_frame_bytes).unwrap_or(usize::MAX);
+        match ClientMessage::decode(text, max) {
+            Ok(message) => self.on_message(message, ctx),
+            Err(e) => self.fail(ctx, e.code(), e.to_string()),
+        }
+    }
+}
+
+impl Actor for BuilderSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let interval = Duration::from_millis(self.ctx.settings.heartbeat_interval_ms);
+        let timeout = Duration::from_millis(self.ctx.settings.heartbeat_timeout_ms);
+        ctx.run_interval(interval, move |this, ctx| {
+            if this.last_heard.elapsed() > timeout {
+                this.fail(
+                    ctx,
+                    ErrorCode::HeartbeatTimeout,
+                    format!("nothing heard for {} ms", timeout.as_millis()),
+                );
+                return;
+            }
+            // Authentication must finish within one timeout, not linger on a half-open socket.
+            if this.identity.is_none() && this.last_heard.elapsed() > interval.min(timeout) * 2 {
+                this.fail(
+                    ctx,
+                    ErrorCode::UnexpectedMessage,
+                    "authentication did not complete in time",
+                );
+                return;
+            }
+            ctx.ping(b"");
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(identity) = &self.identity {
+            self.ctx.scheduler.do_send(Unregister {
+                builder: identity.builder,
+                session: self.id,
+            });
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for BuilderSession {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
+        self.last_heard = Instant::now();
+        match item {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Pong(_)) => {}
+            Ok(ws::Message::Close(_)) => {
+                self.state = State::Closing;
+                ctx.stop();
+            }
+            Ok(ws::Message::Binary(_) | ws::Message::Continuation(_)) => self.fail(
+                ctx,
+                ErrorCode::UnsupportedFrame,
+                "only complete text frames are accepted",
+            ),
+            Ok(ws::Message::Nop) => {}
+            Err(ws::ProtocolError::Overflow) => self.fail(
+                ctx,
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "frame exceeds the limit of {} bytes",
+                    self.ctx.settings.max_frame_bytes
+                ),
+            ),
+            Err(e) => self.fail(
+                ctx,
+                ErrorCode::MalformedFrame,
+                format!("WebSocket protocol error: {e}"),
+            ),
+        }
+    }
+}
+
+impl Handler<Push> for BuilderSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
+        match &msg.0 {
+            ServerMessage::Jobs(jobs) => {
+                for job in &jobs.jobs {
+                    self.held.insert(JobRef {
+                        job_id: job.job_id,
+                        attempt: job.attempt,
+                    });
+                }
+            }
+            ServerMessage::Cancel(cancel)
+                if cancel.reason == buildfleet_protocol::CancelReason::Superseded =>
+            {
+                self.held.remove(&JobRef {
+                    job_id: cancel.job_id,
+                    attempt: cancel.attempt,
+                });
+            }
+            _ => {}
+        }
+        self.send(ctx, &msg.0);
+    }
+}
+
+impl Handler<CloseSession> for BuilderSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        // A replaced session must not unregister its successor.
+        if msg.code == ErrorCode::SessionReplaced {
+            self.identity = None;
+        }
+        self.fail(ctx, msg.code, msg.message);
+    }
+}
+
+/// `GET /api/v1/builders/connect`: upgrades to a builder session.
+pub async fn connect(
+    req: HttpRequest,
+    stream: web::Payload,
+    session: web::Data<SessionContext>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let peer = req.peer_addr().map(|a| a.ip());
+    let max_frame = usize::try_from(session.settings.max_frame_bytes).unwrap_or(usize::MAX);
+    let actor = BuilderSession::new(session.get_ref().clone(), peer);
+    ws::WsResponseBuilder::new(actor, &req, stream)
+        .frame_size(max_frame)
+        .protocols(&["buildfleet.v1"])
+        .start()
+}
+
+/// The settings every session announces, from the configuration.
+pub fn session_settings(config: &crate::config::ServerConfig) -> SessionSettings {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    SessionSettings {
+        protocol_version: PROTOCOL_VERSION,
+        heartbeat_interval_ms: ms(config.timings.heartbeat_interval),
+        heartbeat_timeout_ms: ms(config.timings.heartbeat_timeout),
+        max_frame_bytes: config.limits.max_frame_bytes as u64,
+        max_log_line_bytes: config.limits.max_log_line_bytes as u64,
+        max_log_bytes_per_job: config.limits.max_log_bytes_per_job,
+        reconnect_grace_ms: ms(config.timings.reconnect_grace),
+    }
+}

@@ -1,0 +1,208 @@
+//! Artifacts: upload under the attempt's job token, list, download, and the signed build
+//! statement that vouches for them.
+
+use actix_web::body::SizedStream;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use buildfleet_protocol::{validate_artifact_name, Sha256Digest};
+
+use crate::error::{blocking, ApiError};
+use crate::http::auth::bearer;
+use crate::http::jobs::{parse_job_id, ArtifactView};
+use crate::http::streaming::{open_stream, receive};
+use crate::http::AppState;
+use crate::storage::keys;
+use crate::store::{Artifact, Attempt, JobId, NewArtifact, StoreError};
+
+/// Header carrying the SHA-256 the uploader declares for the body.
+pub const DIGEST_HEADER: &str = "X-Buildfleet-Sha256";
+
+/// `PUT /api/v1/jobs/{id}/attempts/{attempt}/artifacts/{name}`.
+pub async fn upload(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_job, raw_attempt, name) = path.into_inner();
+    let job = parse_job_id(&raw_job)?;
+    let attempt = Attempt(
+        raw_attempt
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("{raw_attempt:?} is not an attempt")))?,
+    );
+    // Check the token before reading a byte of the body.
+    let token = bearer(&req).ok_or(ApiError::Unauthorized)?.to_owned();
+    let store = state.store.clone();
+    let (token_job, token_attempt) = blocking(move || match store.verify_job_token(job, &token) {
+        Ok(found) => Ok(found),
+        Err(
+            StoreError::InvalidJobToken(_)
+            | StoreError::NotFound { .. }
+            | StoreError::StaleAttempt { .. },
+        ) => Err(ApiError::Unauthorized),
+        Err(e) => Err(e.into()),
+    })
+    .await?;
+    if token_job != job || token_attempt != attempt {
+        return Err(ApiError::Unauthorized);
+    }
+    validate_artifact_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let declared: Sha256Digest = req
+        .headers()
+        .get(DIGEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::BadRequest(format!("the {DIGEST_HEADER} header is required")))?
+        .parse()
+        .map_err(|e: buildfleet_protocol::InvalidValue| {
+            ApiError::BadRequest(format!("{DIGEST_HEADER}: {e}"))
+        })?;
+    let received = receive(
+        &state.storage,
+        payload,
+        state.config.limits.max_artifact_bytes,
+    )
+    .await?;
+    if received.sha256 != declared.as_str() {
+        state.storage.discard(received.blob);
+        return Err(ApiError::DigestMismatch(format!(
+            "body has sha256 {}, declared {declared}",
+            received.sha256
+        )));
+    }
+    let key = keys::artifact(job, attempt, &name);
+    let (store, storage) = (state.store.clone(), state.storage.clone());
+    let size = received.size;
+    let sha256 = received.sha256.clone();
+    let new = NewArtifact {
+        job,
+        attempt,
+        name: name.clone(),
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        sha256: sha256.clone(),
+        storage_key: key.clone(),
+    };
+    blocking(move || {
+        // Fenced first, so a stale attempt cannot overwrite what the current one stored.
+        let recorded = store.record_artifact(&new);
+        match recorded {
+            Ok(_) => {
+                storage
+                    .commit(received.blob, &key)
+                    .map_err(ApiError::internal)?;
+                Ok(())
+            }
+            Err(e) => {
+                storage.discard(received.blob);
+                Err(match e {
+                    StoreError::StaleAttempt { .. } => ApiError::Unauthorized,
+                    other => other.into(),
+                })
+            }
+        }
+    })
+    .await?;
+    state
+        .metrics
+        .artifact_bytes_uploaded
+        .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+    Ok(HttpResponse::Created()
+        .json(serde_json::json!({ "name": name, "size": size, "sha256": sha256 })))
+}
+
+async fn published(state: &AppState, job: JobId) -> Result<Vec<Artifact>, ApiError> {
+    let store = state.store.clone();
+    blocking(move || {
+        store
+            .job(job)?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
+        Ok(store.artifacts(job, true)?)
+    })
+    .await
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = parse_job_id(&path)?;
+    let artifacts: Vec<_> = published(&state, job)
+        .await?
+        .into_iter()
+        .map(|a| ArtifactView::new(&state.public_url, a))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "artifacts": artifacts,
+        "statement_url": format!("{}/api/v1/jobs/{job}/statement", state.public_url),
+        "signature_url": format!("{}/api/v1/jobs/{job}/statement.sig", state.public_url),
+        "allowed_signers_url": format!("{}/api/v1/allowed_signers", state.public_url),
+    })))
+}
+
+async fn latest_published(
+    state: &AppState,
+    job: JobId,
+    name: Option<&str>,
+) -> Result<Artifact, ApiError> {
+    let artifacts = published(state, job).await?;
+    let latest_attempt = artifacts.iter().map(|a| a.attempt).max();
+    artifacts
+        .into_iter()
+        .filter(|a| Some(a.attempt) == latest_attempt)
+        .find(|a| name.is_none_or(|n| a.name == n))
+        .ok_or_else(|| {
+            ApiError::NotFound(match name {
+                Some(n) => format!("artifact {n:?} of job {job}"),
+                None => format!("published artifacts of job {job}"),
+            })
+        })
+}
+
+pub async fn download(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_job, name) = path.into_inner();
+    let job = parse_job_id(&raw_job)?;
+    validate_artifact_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let artifact = latest_published(&state, job, Some(&name)).await?;
+    let (len, body) = open_stream(&state.storage, artifact.storage_key).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        ))
+        .insert_header((DIGEST_HEADER, artifact.sha256))
+        .body(SizedStream::new(len, body)))
+}
+
+/// `GET /api/v1/jobs/{id}/statement`: the exact signed bytes.
+pub async fn statement(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = parse_job_id(&path)?;
+    let artifact = latest_published(&state, job, None).await?;
+    let text = artifact
+        .statement
+        .ok_or_else(|| ApiError::NotFound("statement".into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(text))
+}
+
+/// `GET /api/v1/jobs/{id}/statement.sig`: its armored SSHSIG.
+pub async fn statement_signature(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = parse_job_id(&path)?;
+    let artifact = latest_published(&state, job, None).await?;
+    let signature = artifact
+        .statement_signature
+        .ok_or_else(|| ApiError::NotFound("signature".into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain")
+        .body(signature))
+}

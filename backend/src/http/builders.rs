@@ -1,0 +1,157 @@
+//! Builders: list, admit, enable, disable, drain, pause, resume, remove.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use buildfleet_protocol::{signing, ControlCommand};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::scheduler::{ControlBuilder, LiveBuilder, LiveBuilders, RevokeBuilder};
+use crate::error::{blocking, ApiError};
+use crate::http::auth::require;
+use crate::http::AppState;
+use crate::store::{Builder, BuilderId, NewBuilder, TokenScope};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmitBuilder {
+    pub name: String,
+    /// One OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    pub public_key: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuilderView {
+    #[serde(flatten)]
+    pub builder: Builder,
+    pub connected: bool,
+    /// Present while connected: what the scheduler sees.
+    pub live: Option<LiveBuilder>,
+}
+
+async fn live(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiError> {
+    state
+        .scheduler
+        .send(LiveBuilders)
+        .await
+        .map_err(|_| ApiError::Unavailable("scheduler".into()))
+}
+
+fn view(builder: Builder, live: &BTreeMap<BuilderId, LiveBuilder>) -> BuilderView {
+    let live = live.get(&builder.id).cloned();
+    BuilderView {
+        connected: live.is_some(),
+        live,
+        builder,
+    }
+}
+
+fn parse_id(raw: &str) -> Result<BuilderId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a builder id")))
+}
+
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let builders = blocking(move || Ok(store.list_builders()?)).await?;
+    let live = live(&state).await?;
+    let views: Vec<_> = builders.into_iter().map(|b| view(b, &live)).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "builders": views })))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let store = state.store.clone();
+    let builder = blocking(move || Ok(store.builder_by_id(id)?))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
+    let live = live(&state).await?;
+    Ok(HttpResponse::Ok().json(view(builder, &live)))
+}
+
+pub async fn admit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<AdmitBuilder>,
+) -> Result<HttpResponse, ApiError> {
+    require(&req, &state, TokenScope::Admin).await?;
+    let body = body.into_inner();
+    signing::validate_builder_name(&body.name).map_err(|e| ApiError::BadRequest(e.into()))?;
+    let key = signing::parse_public_key(&body.public_key)
+        .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;
+    let new = NewBuilder {
+        name: body.name,
+        public_key: key.to_openssh().map_err(ApiError::internal)?,
+        fingerprint: signing::fingerprint(&key).to_string(),
+        labels: body.labels,
+    };
+    let store = state.store.clone();
+    let builder = blocking(move || Ok(store.admit_builder(new)?)).await?;
+    tracing::info!(builder = %builder.name, fingerprint = %builder.fingerprint, "builder admitted");
+    Ok(HttpResponse::Created().json(view(builder, &BTreeMap::new())))
+}
+
+/// `POST /api/v1/builders/{id}/{enable|disable|drain|pause|resume}`.
+pub async fn act(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    require(&req, &state, TokenScope::Admin).await?;
+    let (raw_id, action) = path.into_inner();
+    let id = parse_id(&raw_id)?;
+    let store = state.store.clone();
+    match action.as_str() {
+        "enable" | "disable" => {
+            let enabled = action == "enable";
+            blocking(move || Ok(store.set_builder_enabled(id, enabled)?)).await?;
+            if !enabled {
+                state.scheduler.do_send(RevokeBuilder(id));
+            }
+        }
+        "drain" | "pause" | "resume" => {
+            blocking(move || {
+                store
+                    .builder_by_id(id)?
+                    .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))
+            })
+            .await?;
+            let command = match action.as_str() {
+                "drain" => ControlCommand::Drain,
+                "pause" => ControlCommand::Pause,
+                _ => ControlCommand::Resume,
+            };
+            let connected = state
+                .scheduler
+                .send(ControlBuilder {
+                    builder: id,
+                    command,
+                })
+                .await
+                .map_err(|_| ApiError::Unavailable("scheduler".into()))?;
+            if !connected {
+                return Err(ApiError::Conflict(format!("builder {id} is not connected")));
+            }
+        }
+        other => return Err(ApiError::NotFound(format!("builder action {other:?}"))),
+    }
+    get(state, web::Path::from(raw_id)).await
+}
+
+pub async fn remove(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&req, &state, TokenScope::Admin).await?;
+    let id = parse_id(&path)?;
+    let store = state.store.clone();
+    blocking(move || Ok(store.remove_builder(id)?)).await?;
+    state.scheduler.do_send(RevokeBuilder(id));
+    Ok(HttpResponse::NoContent().finish())
+}

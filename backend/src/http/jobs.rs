@@ -1,0 +1,280 @@
+//! Jobs: submit, list with filters, get, cancel, retry.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use buildfleet_protocol::Sha256Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::actors::scheduler::{CancelAttempt, JobQueued};
+use crate::error::{blocking, ApiError};
+use crate::http::auth::require;
+use crate::http::AppState;
+use crate::store::{
+    Artifact, BuilderId, CancelResult, Job, JobAttempt, JobEvent, JobFilter, JobId, JobMode,
+    JobState, NewJob, TokenScope,
+};
+
+const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Where builders fetch the source; omitted for a source uploaded to `/api/v1/sources`.
+    pub source_url: Option<String>,
+    pub source_sha256: Sha256Digest,
+    pub source_max_bytes: Option<u64>,
+    pub recipe: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    /// Labels a builder must have to take the job.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mode: Option<JobMode>,
+    #[serde(default)]
+    pub priority: i32,
+    pub timeout_secs: Option<u64>,
+    pub max_attempts: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: Job,
+    pub attempts: Vec<JobAttempt>,
+    pub events: Vec<JobEvent>,
+    pub artifacts: Vec<ArtifactView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArtifactView {
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub attempt: i32,
+    pub url: String,
+}
+
+impl ArtifactView {
+    pub fn new(public_url: &str, a: Artifact) -> Self {
+        ArtifactView {
+            url: format!("{public_url}/api/v1/jobs/{}/artifacts/{}", a.job, a.name),
+            name: a.name,
+            size: a.size,
+            sha256: a.sha256,
+            attempt: a.attempt.0,
+        }
+    }
+}
+
+pub fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a job id")))
+}
+
+fn valid_recipe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn valid_param_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+pub async fn submit(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<SubmitJob>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = require(&req, &state, TokenScope::Submit).await?;
+    let body = body.into_inner();
+    if !valid_recipe_name(&body.recipe) {
+        return Err(ApiError::BadRequest(
+            "recipe: 1-64 characters of [A-Za-z0-9._-]".into(),
+        ));
+    }
+    if let Some(key) = body.parameters.keys().find(|k| !valid_param_key(k)) {
+        return Err(ApiError::BadRequest(format!(
+            "parameter name {key:?}: use [A-Za-z0-9_]"
+        )));
+    }
+    let timeout = body.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
+        return Err(ApiError::BadRequest(format!(
+            "timeout_secs must be 1..={MAX_TIMEOUT_SECS}"
+        )));
+    }
+    let max_attempts = body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if !(1..=20).contains(&max_attempts) {
+        return Err(ApiError::BadRequest("max_attempts must be 1..=20".into()));
+    }
+    if !(-1000..=1000).contains(&body.priority) {
+        return Err(ApiError::BadRequest("priority must be -1000..=1000".into()));
+    }
+    let limit = state.config.limits.max_source_bytes;
+    let max_bytes = body.source_max_bytes.unwrap_or(limit);
+    if max_bytes == 0 || max_bytes > limit {
+        return Err(ApiError::BadRequest(format!(
+            "source_max_bytes must be 1..={limit}"
+        )));
+    }
+    let sha256 = body.source_sha256.to_string();
+    let store = state.store.clone();
+    let public_url = state.public_url.clone();
+    let source_url = body.source_url;
+    let job = blocking(move || {
+        let source_url = match source_url {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => url,
+            Some(url) => {
+                return Err(ApiError::BadRequest(format!(
+                    "source_url {url:?} is not http(s)"
+                )))
+            }
+            None => {
+                store.source(&sha256)?.ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "no uploaded source with sha256 {sha256}; upload it or give source_url"
+                    ))
+                })?;
+                format!("{public_url}/api/v1/sources/{sha256}")
+            }
+        };
+        Ok(store.submit_job(NewJob {
+            source_url,
+            source_sha256: sha256,
+            source_max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+            recipe: body.recipe,
+            parameters: body.parameters,
+            required_labels: body.labels,
+            mode: body.mode.unwrap_or(JobMode::Build),
+            priority: body.priority,
+            max_attempts,
+            timeout_secs: i64::try_from(timeout).unwrap_or(i64::MAX),
+            submitter: caller.0,
+        })?)
+    })
+    .await?;
+    state.scheduler.do_send(JobQueued(job.clone()));
+    Ok(HttpResponse::Created().json(job))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub recipe: Option<String>,
+    pub builder: Option<i64>,
+    pub before: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let job_state = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            s.parse::<JobState>()
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(JobFilter::DEFAULT_LIMIT);
+    if limit == 0 || limit > JobFilter::MAX_LIMIT {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1..={}",
+            JobFilter::MAX_LIMIT
+        )));
+    }
+    let filter = JobFilter {
+        state: job_state,
+        recipe: query.recipe.filter(|r| !r.is_empty()),
+        builder: query.builder.map(BuilderId),
+        before_id: query.before.map(JobId),
+        limit,
+    };
+    let store = state.store.clone();
+    let jobs = blocking(move || Ok(store.list_jobs(&filter)?)).await?;
+    let next_before = if jobs.len() == limit {
+        jobs.last().map(|j| j.id.0)
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs, "next_before": next_before })))
+}
+
+pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiError> {
+    let store = state.store.clone();
+    let public_url = state.public_url.clone();
+    blocking(move || {
+        let job = store
+            .job(id)?
+            .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+        Ok(JobDetail {
+            attempts: store.job_attempts(id)?,
+            events: store.job_events(id)?,
+            artifacts: store
+                .artifacts(id, true)?
+                .into_iter()
+                .map(|a| ArtifactView::new(&public_url, a))
+                .collect(),
+            job,
+        })
+    })
+    .await
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    Ok(HttpResponse::Ok().json(load_detail(&state, id).await?))
+}
+
+pub async fn cancel(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&req, &state, TokenScope::Submit).await?;
+    let id = parse_job_id(&path)?;
+    let store = state.store.clone();
+    let result = blocking(move || Ok(store.cancel_job(id)?)).await?;
+    let job = match result {
+        CancelResult::Cancelled(job) => job,
+        CancelResult::Requested { job, attempt } => {
+            if let Some(builder) = attempt.builder {
+                state.scheduler.do_send(CancelAttempt {
+                    builder,
+                    job: job.id,
+                    attempt: attempt.attempt,
+                });
+            }
+            job
+        }
+    };
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+pub async fn retry(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&req, &state, TokenScope::Submit).await?;
+    let id = parse_job_id(&path)?;
+    let store = state.store.clone();
+    let job = blocking(move || Ok(store.retry_job(id)?)).await?;
+    state.scheduler.do_send(JobQueued(job.clone()));
+    Ok(HttpResponse::Ok().json(job))
+}

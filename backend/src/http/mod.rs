@@ -1,0 +1,77 @@
+//! The REST API under `/api/v1`, plus `/healthz` and `/metrics`. Handlers are grouped by
+//! resource; every error goes through [`crate::error::ApiError`].
+
+pub mod artifacts;
+pub mod auth;
+pub mod builders;
+pub mod jobs;
+pub mod logs;
+pub mod sources;
+pub mod streaming;
+pub mod system;
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::web;
+
+use crate::actors::log_sink::LogSink;
+use crate::actors::scheduler::Scheduler;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+use crate::store::Store;
+
+/// Shared state of every request handler.
+pub struct AppState {
+    pub store: Store,
+    pub storage: Arc<dyn Storage>,
+    pub metrics: Arc<Metrics>,
+    pub scheduler: Addr<Scheduler>,
+    pub log_sink: Addr<LogSink>,
+    pub config: Arc<ServerConfig>,
+    /// Base URL for links handed to builders and clients (no trailing slash).
+    pub public_url: String,
+    pub admin_token: String,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(system::healthz))
+        .route("/metrics", web::get().to(system::metrics))
+        .service(
+            web::scope("/api/v1")
+                .route(
+                    "/builders/connect",
+                    web::get().to(crate::actors::session::connect),
+                )
+                .route("/builders", web::get().to(builders::list))
+                .route("/builders", web::post().to(builders::admit))
+                .route("/builders/{id}", web::get().to(builders::get))
+                .route("/builders/{id}", web::delete().to(builders::remove))
+                .route("/builders/{id}/{action}", web::post().to(builders::act))
+                .route("/allowed_signers", web::get().to(system::allowed_signers))
+                .route("/sources", web::post().to(sources::upload))
+                .route("/sources/{sha256}", web::get().to(sources::download))
+                .route("/jobs", web::get().to(jobs::list))
+                .route("/jobs", web::post().to(jobs::submit))
+                .route("/jobs/{id}", web::get().to(jobs::get))
+                .route("/jobs/{id}/cancel", web::post().to(jobs::cancel))
+                .route("/jobs/{id}/retry", web::post().to(jobs::retry))
+                .route("/jobs/{id}/log", web::get().to(logs::whole))
+                .route("/jobs/{id}/log/stream", web::get().to(logs::stream))
+                .route("/jobs/{id}/artifacts", web::get().to(artifacts::list))
+                .route(
+                    "/jobs/{id}/artifacts/{name}",
+                    web::get().to(artifacts::download),
+                )
+                .route("/jobs/{id}/statement", web::get().to(artifacts::statement))
+                .route(
+                    "/jobs/{id}/statement.sig",
+                    web::get().to(artifacts::statement_signature),
+                )
+                .route(
+                    "/jobs/{id}/attempts/{attempt}/artifacts/{name}",
+                    web::put().to(artifacts::upload),
+                ),
+        );
+}

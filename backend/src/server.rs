@@ -1,0 +1,215 @@
+//! Assembles the backend: store, storage, actors and the HTTP server.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use crate::actors::auth::Auth;
+use crate::actors::log_sink::{LogLimits, LogSink};
+use crate::actors::scheduler::{Scheduler, SchedulerSettings};
+use crate::actors::session::{session_settings, SessionContext};
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::storage::{FsStorage, Storage};
+use crate::store::Store;
+
+/// A started backend. Dropping it does not stop the server; call [`RunningServer::stop`].
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub public_url: String,
+    pub backend_id: String,
+    pub admin_token: String,
+    pub store: Store,
+    handle: actix_web::dev::ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, closes sessions and waits for the server task.
+    pub async fn stop(self, graceful: bool) {
+        self.handle.stop(graceful).await;
+        let _ = self.server.await;
+    }
+
+    /// Waits until the server stops (on SIGINT/SIGTERM, handled by actix).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.server.await??;
+        Ok(())
+    }
+}
+
+/// The admin token: from the configuration, or generated once and kept in the data directory
+/// (mode 0600) so restarts keep it.
+pub fn admin_token(config: &ServerConfig) -> anyhow::Result<String> {
+    if let Some(token) = &config.admin_token {
+        return Ok(token.clone());
+    }
+    let path = admin_token_path(&config.data_dir);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let token = format!(
+        "bfa_{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+pub fn admin_token_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("admin-token")
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+/// Starts the backend on the configured address and returns once it listens.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let admin_token = admin_token(&config)?;
+    let database_url = config.database_url.clone();
+    let pool_size = config.limits.db_pool_size;
+    let store = tokio::task::spawn_blocking(move || Store::open(&database_url, pool_size))
+        .await?
+        .context("opening the database")?;
+    let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(config.data_dir.join("blobs"))?);
+    let metrics = Arc::new(Metrics::default());
+
+    let listener = std::net::TcpListener::bind(config.bind)
+        .with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{addr}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let backend_id = config
+        .backend_id
+        .clone()
+        .unwrap_or_else(|| public_url.clone());
+
+    let log_sink = LogSink::new(
+        store.clone(),
+        storage.clone(),
+        metrics.clone(),
+        LogLimits {
+            max_bytes_per_attempt: config.limits.max_log_bytes_per_job,
+            max_line_bytes: config.limits.max_log_line_bytes,
+            flush_interval: config.timings.log_flush_interval,
+        },
+    )
+    .start();
+    let scheduler = Scheduler::new(
+        store.clone(),
+        SchedulerSettings {
+            public_url: public_url.clone(),
+            backend_id: backend_id.clone(),
+            lease: config.timings.heartbeat_timeout + config.timings.reconnect_grace,
+            reconnect_grace: config.timings.reconnect_grace,
+            cancel_grace: config.timings.cancel_grace,
+            sweep_interval: config.timings.sweep_interval,
+        },
+        metrics.clone(),
+        log_sink.clone(),
+    )
+    .start();
+    let auth = Auth::new(
+        store.clone(),
+        backend_id.clone(),
+        config.timings.challenge_ttl,
+        metrics.clone(),
+    )
+    .start();
+
+    let session_context = web::Data::new(SessionContext {
+        auth,
+        scheduler: scheduler.clone(),
+        log_sink: log_sink.clone(),
+        backend_id: backend_id.clone().into(),
+        settings: session_settings(&config),
+        metrics: metrics.clone(),
+    });
+    let json_limit = config.limits.max_json_body_bytes;
+    let tls = config.tls.clone();
+    let config = Arc::new(config);
+    let state = web::Data::new(AppState {
+        store: store.clone(),
+        storage,
+        metrics,
+        scheduler,
+        log_sink,
+        config,
+        public_url: public_url.clone(),
+        admin_token: admin_token.clone(),
+    });
+
+    let server =
+        HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(session_context.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(json_limit)
+                        .error_handler(|e, _| {
+                            ApiError::BadRequest(format!("invalid JSON body: {e}")).into()
+                        }),
+                )
+                .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::BadRequest(format!("invalid query: {e}")).into()
+                }))
+                .app_data(web::PathConfig::default().error_handler(|e, _| {
+                    ApiError::BadRequest(format!("invalid path: {e}")).into()
+                }))
+                .wrap(
+                    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms")
+                        .log_target("buildfleet::http"),
+                )
+                .configure(http::routes)
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound("route".into()))
+                }))
+        })
+        .shutdown_timeout(10);
+    let server = match tls {
+        Some((cert, key)) => {
+            server.listen_rustls_0_23(listener, crate::tls::server_config(&cert, &key)?)?
+        }
+        None => server.listen(listener)?,
+    }
+    .run();
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    tracing::info!(%addr, %public_url, "backend listening");
+    Ok(RunningServer {
+        addr,
+        public_url,
+        backend_id,
+        admin_token,
+        store,
+        handle,
+        server,
+    })
+}

@@ -1,0 +1,384 @@
+//! Running one command: its own process group, a clean environment, stdout and stderr
+//! streamed line by line, and stopping the whole process tree on cancel or timeout.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use buildfleet_protocol::{JobEventKind, LogStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::event_buffer::EventBuffer;
+use crate::signals::ProcessGroup;
+
+/// How long output may stay open after the command exited and its group was killed
+/// (only a process that left the group can hold the pipes that long).
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const TRUNCATION_MARKER: &str = " [truncated]";
+
+/// Why a job is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Cancelled by the backend, by a resume decision or by the builder's shutdown.
+    Cancelled,
+    /// The job's timeout elapsed (locally or as the backend reported).
+    TimedOut,
+}
+
+/// Sets a job's [`StopSignal`]; the first reason wins.
+#[derive(Debug, Clone)]
+pub struct StopHandle(watch::Sender<Option<StopReason>>);
+
+impl StopHandle {
+    pub fn stop(&self, reason: StopReason) {
+        self.0.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Resolves when the job is cancelled or its deadline passes.
+#[derive(Debug, Clone)]
+pub struct StopSignal {
+    rx: watch::Receiver<Option<StopReason>>,
+    deadline: Option<Instant>,
+}
+
+impl StopSignal {
+    pub fn new(deadline: Option<Instant>) -> (StopHandle, StopSignal) {
+        let (tx, rx) = watch::channel(None);
+        (StopHandle(tx), StopSignal { rx, deadline })
+    }
+
+    /// The reason, if the job should stop now.
+    pub fn current(&self) -> Option<StopReason> {
+        if let Some(reason) = *self.rx.borrow() {
+            return Some(reason);
+        }
+        self.deadline
+            .filter(|d| Instant::now() >= *d)
+            .map(|_| StopReason::TimedOut)
+    }
+
+    /// Waits for a stop reason (cancel-safe).
+    pub async fn stopped(&mut self) -> StopReason {
+        let deadline = self.deadline;
+        let cancelled = async {
+            match self.rx.wait_for(Option::is_some).await {
+                Ok(reason) => reason.unwrap_or(StopReason::Cancelled),
+                // Every handle is gone, so no one can cancel any more: only the deadline is left.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        match deadline {
+            Some(deadline) => tokio::select! {
+                reason = cancelled => reason,
+                () = tokio::time::sleep_until(deadline) => StopReason::TimedOut,
+            },
+            None => cancelled.await,
+        }
+    }
+}
+
+/// Where output lines go.
+pub trait OutputSink {
+    fn line(&self, stream: LogStream, line: String) -> impl Future<Output = ()>;
+}
+
+impl OutputSink for EventBuffer {
+    async fn line(&self, stream: LogStream, line: String) {
+        self.push(JobEventKind::Log { stream, line }).await;
+    }
+}
+
+/// One command to run. The environment is exactly `env` (nothing is inherited).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    /// Run (best effort) when the command is stopped, e.g. `docker kill <container>`.
+    pub on_stop: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Longer lines are cut to this many bytes (a marker included).
+    pub max_line_bytes: usize,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// The exit code, when the command exited by itself.
+    pub code: Option<i32>,
+    /// The signal that ended the command, if one did.
+    pub signal: Option<i32>,
+    /// Set when the command was stopped (it was then killed, whatever its status says).
+    pub stopped: Option<StopReason>,
+}
+
+impl ProcessExit {
+    pub fn success(&self) -> bool {
+        self.stopped.is_none() && self.code == Some(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("waiting for {program:?} failed: {source}")]
+    Wait {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs `spec` to completion, streaming its output into `sink`. On a stop signal the whole
+/// process group gets SIGTERM, then SIGKILL after the grace period; when the command
+/// exits, whatever it left running in its group is killed too.
+pub async fn run(
+    spec: &CommandSpec,
+    sink: &impl OutputSink,
+    stop: &mut StopSignal,
+    options: RunOptions,
+) -> Result<ProcessExit, ProcessError> {
+    if let Some(reason) = stop.current() {
+        return Ok(ProcessExit {
+            code: None,
+            signal: None,
+            stopped: Some(reason),
+        });
+    }
+    let mut command = tokio::process::Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
+        program: spec.program.clone(),
+        source,
+    })?;
+    let group = child.id().and_then(ProcessGroup::led_by);
+    let mut stdout = child
+        .stdout
+        .take()
+        .map(|s| LineReader::new(s, options.max_line_bytes));
+    let mut stderr = child
+        .stderr
+        .take()
+        .map(|s| LineReader::new(s, options.max_line_bytes));
+
+    let mut stopping = Stopping {
+        group,
+        on_stop: spec.on_stop.as_deref(),
+        reason: None,
+        kill_at: None,
+    };
+    let mut status = None;
+    let mut drain_until: Option<Instant> = None;
+
+    loop {
+        if status.is_some() && stdout.is_none() && stderr.is_none() {
+            break;
+        }
+        let kill_at = stopping.kill_at;
+        tokio::select! {
+            line = next_line(&mut stdout) => match line {
+                Some(line) => stopping.write(sink, stop, LogStream::Stdout, line, options.grace).await,
+                None => stdout = None,
+            },
+            line = next_line(&mut stderr) => match line {
+                Some(line) => stopping.write(sink, stop, LogStream::Stderr, line, options.grace).await,
+                None => stderr = None,
+            },
+            exit = child.wait(), if status.is_none() => {
+                let exit = exit.map_err(|source| ProcessError::Wait { program: spec.program.clone(), source })?;
+                status = Some(exit);
+                // The command is done; background processes it left behind must not outlive it.
+                if let Some(group) = group {
+                    let _ = group.kill();
+                }
+                drain_until = Some(Instant::now() + OUTPUT_DRAIN_TIMEOUT);
+            },
+            reason = stop.stopped(), if stopping.reason.is_none() => {
+                stopping.begin(reason, options.grace);
+            },
+            () = sleep_until_opt(kill_at) => stopping.kill_now(),
+            () = sleep_until_opt(drain_until) => {
+                tracing::warn!(program = %spec.program, "output still open after the command exited; closing it");
+                break;
+            },
+        }
+    }
+
+    let status = status.unwrap_or_default();
+    Ok(ProcessExit {
+        code: status.code(),
+        signal: status.signal(),
+        stopped: stopping.reason,
+    })
+}
+
+/// The stop state machine of one command: SIGTERM, then SIGKILL at `kill_at`.
+struct Stopping<'a> {
+    group: Option<ProcessGroup>,
+    on_stop: Option<&'a [String]>,
+    reason: Option<StopReason>,
+    kill_at: Option<Instant>,
+}
+
+impl Stopping<'_> {
+    fn begin(&mut self, reason: StopReason, grace: Duration) {
+        self.reason = Some(reason);
+        if let Some(group) = self.group {
+            let _ = group.terminate();
+        }
+        if let Some([program, args @ ..]) = self.on_stop {
+            let mut hook = tokio::process::Command::new(program);
+            hook.args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            tokio::spawn(async move {
+                if let Err(e) = hook.status().await {
+                    tracing::warn!(error = %e, "stop hook failed");
+                }
+            });
+        }
+        self.kill_at = Some(Instant::now() + grace);
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(group) = self.group {
+            let _ = group.kill();
+        }
+        self.kill_at = None;
+    }
+
+    /// Hands a line to the sink; a full sink must not delay a stop, so it races the signal.
+    async fn write(
+        &mut self,
+        sink: &impl OutputSink,
+        stop: &mut StopSignal,
+        stream: LogStream,
+        line: String,
+        grace: Duration,
+    ) {
+        if self.reason.is_some() {
+            sink.line(stream, line).await;
+            return;
+        }
+        tokio::select! {
+            () = sink.line(stream, line) => {}
+            reason = stop.stopped() => self.begin(reason, grace),
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_line<R: AsyncRead + Unpin>(reader: &mut Option<LineReader<R>>) -> Option<String> {
+    match reader {
+        Some(reader) => reader.next_line().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads lines of at most `max` bytes, keeping partial lines in itself so that it is
+/// cancel-safe inside `select!`; the rest of an overlong line is skipped.
+struct LineReader<R> {
+    reader: BufReader<R>,
+    line: Vec<u8>,
+    truncated: bool,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    fn new(reader: R, max: usize) -> Self {
+        LineReader {
+            reader: BufReader::new(reader),
+            line: Vec::new(),
+            truncated: false,
+            max: max.max(32),
+        }
+    }
+
+    /// The next line without its newline; `None` at end of output (or on a read error,
+    /// which for a pipe means the same).
+    async fn next_line(&mut self) -> Option<String> {
+        loop {
+            let chunk = match self.reader.fill_buf().await {
+                Ok(chunk) => chunk,
+                Err(_) => return self.finish_last(),
+            };
+            if chunk.is_empty() {
+                return self.finish_last();
+            }
+            let (take, end_of_line) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (chunk.len(), false),
+            };
+            let room = self.max.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&chunk[..take.min(room)]);
+            self.truncated |= take > room;
+            self.reader.consume(take + usize::from(end_of_line));
+            if end_of_line {
+                return Some(self.take_line());
+            }
+        }
+    }
+
+    fn finish_last(&mut self) -> Option<String> {
+        (!self.line.is_empty() || self.truncated).then(|| self.take_line())
+    }
+
+    fn take_line(&mut self) -> String {
+        let bytes = std::mem::take(&mut self.line);
+        let truncated = std::mem::take(&mut self.truncated);
+        let mut line = String::from_utf8_lossy(&bytes).into_owned();
+        if line.ends_with('\r') {
+            line.pop();
+        }
+        // Lossy decoding can grow the text, and the marker needs room.
+        if truncated || line.len() > self.max {
+            let mut cut = self
+                .max
+                .saturating_sub(TRUNCATION_MARKER.len())
+                .min(line.len());
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(TRUNCATION_MARKER);
+        }
+        line
+    }
+}

@@ -1,0 +1,231 @@
+//! Unpacking a source archive (`.crate`, `.tar.gz` or plain `.tar`) without letting it
+//! write outside its directory or exhaust the disk.
+//!
+//! Rules: entry paths are relative with no `..`; no entry is created under (or over) a
+//! symlink; symlink targets are relative, may start with `..` components that stay within
+//! the tree, and have no `..` afterwards; hard-link targets are plain relative paths;
+//! only files, directories and links are allowed (no devices, FIFOs or sparse files);
+//! entry count and total size are bounded.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use buildfleet_protocol::BuildErrorKind;
+use tar::EntryType;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    pub max_entries: u64,
+    pub max_total_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("unsafe archive: entry {path:?}: {reason}")]
+    Unsafe { path: String, reason: &'static str },
+    #[error("unsafe archive: more than {0} entries")]
+    TooManyEntries(u64),
+    #[error("unsafe archive: unpacks to more than {0} bytes")]
+    TooLarge(u64),
+    #[error("cannot read the archive: {0}")]
+    Read(std::io::Error),
+    #[error("cannot unpack entry {path:?}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl UnpackError {
+    pub fn kind(&self) -> BuildErrorKind {
+        match self {
+            UnpackError::Write { .. } => BuildErrorKind::Internal,
+            _ => BuildErrorKind::UnsafeArchive,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    pub entries: u64,
+    pub bytes: u64,
+    /// The directory builds run in: the archive's single top-level directory when it has
+    /// one (as `.crate` files do), else `dest` itself.
+    pub root: PathBuf,
+}
+
+/// Unpacks `archive` into the existing directory `dest`; on error `dest` may hold a
+/// partial tree, which the caller removes with the job directory.
+pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpacked, UnpackError> {
+    let mut file = File::open(archive).map_err(UnpackError::Read)?;
+    let mut magic = [0u8; 2];
+    let gzipped = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let file = File::open(archive).map_err(UnpackError::Read)?;
+    let reader: Box<dyn Read> = if gzipped {
+        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    let mut tar = tar::Archive::new(reader);
+    tar.set_preserve_permissions(false);
+    tar.set_unpack_xattrs(false);
+    tar.set_overwrite(true);
+
+    let mut entries = 0u64;
+    let mut bytes = 0u64;
+    for entry in tar.entries().map_err(UnpackError::Read)? {
+        let mut entry = entry.map_err(UnpackError::Read)?;
+        entries += 1;
+        if entries > limits.max_entries {
+            return Err(UnpackError::TooManyEntries(limits.max_entries));
+        }
+        let path = entry.path().map_err(UnpackError::Read)?.into_owned();
+        let shown = path.display().to_string();
+        let unsafe_entry = |reason| UnpackError::Unsafe {
+            path: shown.clone(),
+            reason,
+        };
+        if !is_plain_relative(&path) {
+            return Err(unsafe_entry("the path is absolute or contains '..'"));
+        }
+        ensure_no_symlink_on_path(dest, &path).map_err(unsafe_entry)?;
+
+        match entry.header().entry_type() {
+            EntryType::Regular | EntryType::Continuous => {
+                bytes = bytes.saturating_add(entry.size());
+                if bytes > limits.max_total_bytes {
+                    return Err(UnpackError::TooLarge(limits.max_total_bytes));
+                }
+            }
+            EntryType::Directory => {}
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(UnpackError::Read)?
+                    .ok_or_else(|| unsafe_entry("a symlink without a target"))?;
+                if !symlink_stays_inside(&path, &target) {
+                    return Err(unsafe_entry("the symlink points outside the archive"));
+                }
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(UnpackError::Read)?
+                    .ok_or_else(|| unsafe_entry("a hard link without a target"))?;
+                if !is_plain_relative(&target) {
+                    return Err(unsafe_entry("the hard link points outside the archive"));
+                }
+                ensure_no_symlink_on_path(dest, &target).map_err(unsafe_entry)?;
+            }
+            // Metadata records the tar crate applies to the next entry itself.
+            EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink => continue,
+            _ => {
+                return Err(unsafe_entry(
+                    "devices, FIFOs and sparse files are not allowed",
+                ))
+            }
+        }
+
+        let unpacked = entry.unpack_in(dest).map_err(|source| UnpackError::Write {
+            path: shown.clone(),
+            source,
+        })?;
+        if !unpacked {
+            return Err(unsafe_entry("the path leaves the archive"));
+        }
+    }
+    Ok(Unpacked {
+        entries,
+        bytes,
+        root: build_root(dest),
+    })
+}
+
+/// Relative, non-empty, only normal components (and `.`).
+fn is_plain_relative(path: &Path) -> bool {
+    path.components().next().is_some()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// Refuses an entry whose parent directories or own path are symlinks: the tar crate would
+/// follow them, so the entry's real location would differ from what was checked.
+fn ensure_no_symlink_on_path(dest: &Path, path: &Path) -> Result<(), &'static str> {
+    let mut current = dest.to_path_buf();
+    for component in path.components() {
+        current.push(component);
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err("the path goes through or replaces a symlink");
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// A symlink at `link` (relative to the root) may point to `target` if the target is
+/// relative, its leading `..` components do not climb above the root, and it has no `..`
+/// after its first normal component. Since no entry is created under a symlink, the
+/// link's parents are real directories, so this lexical check is exact.
+fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
+    let depth = link
+        .parent()
+        .map(|p| {
+            p.components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+                .count()
+        })
+        .unwrap_or(0);
+    let mut ups = 0usize;
+    let mut seen_normal = false;
+    for component in target.components() {
+        match component {
+            Component::ParentDir if !seen_normal => ups += 1,
+            Component::Normal(_) => seen_normal = true,
+            Component::CurDir => {}
+            _ => return false,
+        }
+    }
+    ups <= depth
+}
+
+fn build_root(dest: &Path) -> PathBuf {
+    let Ok(read_dir) = std::fs::read_dir(dest) else {
+        return dest.to_path_buf();
+    };
+    let children: Vec<_> = read_dir.filter_map(Result::ok).take(2).collect();
+    match children.as_slice() {
+        [only] if only.file_type().is_ok_and(|t| t.is_dir()) => only.path(),
+        _ => dest.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_rules() {
+        assert!(symlink_stays_inside(
+            Path::new("a/b/link"),
+            Path::new("../c")
+        ));
+        assert!(symlink_stays_inside(Path::new("a/link"), Path::new("b/c")));
+        assert!(!symlink_stays_inside(Path::new("link"), Path::new("../x")));
+        assert!(!symlink_stays_inside(
+            Path::new("a/link"),
+            Path::new("b/../../x")
+        ));
+        assert!(!symlink_stays_inside(
+            Path::new("a/link"),
+            Path::new("/etc/passwd")
+        ));
+    }
+}
