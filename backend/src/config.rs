@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS/WSS.
     #[arg(long, env = "BUILDFLEET_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Builders to run inside this process, with keys generated and admitted automatically.
+    /// Default: 1 on the embedded SQLite database, 0 on PostgreSQL.
+    #[arg(long, env = "BUILDFLEET_LOCAL_BUILDERS")]
+    pub local_builders: Option<u32>,
 }
 
 /// The TOML file: the same settings as the flags, plus limits and timings.
@@ -52,6 +56,7 @@ struct FileConfig {
     admin_token: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    local_builders: Option<u32>,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
@@ -139,6 +144,8 @@ pub struct ServerConfig {
     pub backend_id: Option<String>,
     pub admin_token: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Builders started in-process (the embedded default).
+    pub local_builders: u32,
     pub limits: Limits,
     pub timings: Timings,
 }
@@ -155,6 +162,7 @@ impl ServerConfig {
             backend_id: None,
             admin_token: None,
             tls: None,
+            local_builders: 0,
             limits: Limits::default(),
             timings: Timings::default(),
         }
@@ -194,6 +202,8 @@ impl ServerConfig {
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
+        let embedded = !config.database_url.starts_with("postgres");
+        config.local_builders = args.local_builders.or(file.local_builders).unwrap_or(u32::from(embedded));
         config.limits = file.limits;
         let t = file.timings;
         let ms = Duration::from_millis;

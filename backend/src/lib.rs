@@ -2,10 +2,13 @@
 //! integration tests start the real server through [`server::start`].
 
 pub mod actors;
+pub mod cli;
 pub mod completion;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod http;
+pub mod local;
 pub mod logs;
 pub mod metrics;
 pub mod server;

@@ -1,6 +1,7 @@
 //! `buildfleet`: the backend server and its administration commands.
 
 use anyhow::Context;
+use buildfleet_backend::cli;
 use buildfleet_backend::config::{ServeArgs, ServerConfig};
 use buildfleet_backend::server;
 use buildfleet_backend::store;
@@ -31,6 +32,12 @@ enum Command {
         #[arg(long)]
         revert_all: bool,
     },
+    /// Admit, list and steer builders (a client of the API at --url).
+    Builder(cli::BuilderArgs),
+    /// Submit, list, inspect, cancel and retry jobs; print or follow their logs.
+    Job(cli::JobArgs),
+    /// List a job's artifacts; download one and verify its signed build statement.
+    Artifact(cli::ArtifactArgs),
 }
 
 fn init_tracing() {
@@ -64,7 +71,9 @@ fn migrate(args: &ServeArgs, revert_all: bool) -> anyhow::Result<()> {
 async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
     let data_dir = config.data_dir.clone();
+    let (local_builders, tls_cert) = (config.local_builders, config.tls.as_ref().map(|(c, _)| c.clone()));
     let running = server::start(config).await?;
+    let builders = buildfleet_backend::local::start_builders(&running, &data_dir, local_builders, tls_cert.as_deref()).await?;
     println!("Buildfleet backend listening on {}", running.public_url);
     println!("  dashboard:   {}/", running.public_url);
     println!(
@@ -74,7 +83,15 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             None => format!("cat {}", server::admin_token_path(&data_dir).display()),
         }
     );
-    running.wait().await
+    if !builders.is_empty() {
+        println!("  local builders: {} (keys under {})", builders.len(), data_dir.join("local-builders").display());
+    }
+    running.wait().await?;
+    for builder in builders {
+        builder.cancel();
+        let _ = builder.wait().await;
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,5 +101,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Migrate { serve, revert_all }) => migrate(&serve, revert_all),
         Some(Command::Serve(args)) => actix_web::rt::System::new().block_on(serve(&args)),
         None => actix_web::rt::System::new().block_on(serve(&cli.serve)),
+        Some(Command::Builder(args)) => cli::run_and_exit(cli::Command::Builder(args)),
+        Some(Command::Job(args)) => cli::run_and_exit(cli::Command::Job(args)),
+        Some(Command::Artifact(args)) => cli::run_and_exit(cli::Command::Artifact(args)),
     }
 }

@@ -7,7 +7,7 @@ use buildfleet_protocol::{signing, ControlCommand};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::scheduler::{ControlBuilder, LiveBuilder, LiveBuilders, RevokeBuilder};
-use crate::error::{blocking, ApiError};
+use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
 use crate::http::AppState;
 use crate::store::{Builder, BuilderId, NewBuilder, TokenScope};
@@ -77,10 +77,10 @@ pub async fn get(
 pub async fn admit(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<AdmitBuilder>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     require(&req, &state, TokenScope::Admin).await?;
-    let body = body.into_inner();
+    let body: AdmitBuilder = parse_json(&body)?;
     signing::validate_builder_name(&body.name).map_err(|e| ApiError::BadRequest(e.into()))?;
     let key = signing::parse_public_key(&body.public_key)
         .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;

@@ -7,7 +7,7 @@ use buildfleet_protocol::Sha256Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::actors::scheduler::{CancelAttempt, JobQueued};
-use crate::error::{blocking, ApiError};
+use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
 use crate::http::AppState;
 use crate::store::{
@@ -92,10 +92,10 @@ fn valid_param_key(key: &str) -> bool {
 pub async fn submit(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<SubmitJob>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let caller = require(&req, &state, TokenScope::Submit).await?;
-    let body = body.into_inner();
+    let body: SubmitJob = parse_json(&body)?;
     if !valid_recipe_name(&body.recipe) {
         return Err(ApiError::BadRequest(
             "recipe: 1-64 characters of [A-Za-z0-9._-]".into(),

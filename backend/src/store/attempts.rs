@@ -8,7 +8,7 @@ use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::jobs::{load_job_row, parse_column, JobRow};
-use super::schema::job_attempts;
+use super::schema::{job_attempts, jobs};
 use super::secret;
 use super::state::AttemptOutcome;
 use super::Store;
@@ -164,9 +164,9 @@ impl Store {
         token: &str,
     ) -> Result<(JobId, Attempt), StoreError> {
         let conn = &mut *self.conn()?;
-        let current: Option<i32> = super::schema::jobs::table
+        let current: Option<i32> = jobs::table
             .find(job.0)
-            .select(super::schema::jobs::attempt)
+            .select(jobs::attempt)
             .first(conn)
             .optional()?;
         let Some(current) = current else {

@@ -23,6 +23,7 @@ pub mod schema;
 mod secret;
 mod sources;
 mod state;
+mod stats;
 mod tokens;
 mod transitions;
 

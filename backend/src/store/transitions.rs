@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 
 use super::artifacts::{publish_in, Publication};
-use super::attempts::{finish_attempt, live_attempt, AttemptRow, JobAttempt};
+use super::attempts::{finish_attempt, live_attempt, JobAttempt};
 use super::connection::{write_transaction, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, JobId};
@@ -214,7 +214,7 @@ impl Store {
     ) -> Result<Job, StoreError> {
         let now = self.now_ms();
         write_transaction(&mut *self.conn()?, |conn| {
-            let (row, _): (JobRow, AttemptRow) = live_attempt(conn, job, attempt)?;
+            let (row, _) = live_attempt(conn, job, attempt)?;
             let to = completion.outcome.job_state();
             let changes = JobChanges::finish(now, completion.error.clone());
             let job_now = apply_transition(conn, &row, to, changes, now, None)?;

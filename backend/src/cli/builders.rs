@@ -1,0 +1,210 @@
+//! `buildfleet builder …`: admit, list and steer builders.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::client::Api;
+use super::exit::{CliError, Outcome};
+use super::output::{age, or_dash, pairs, print_json, Table};
+use super::views::{parse, BuilderView};
+
+#[derive(Debug, Subcommand)]
+pub enum BuilderCommand {
+    /// Admit a builder: trust its SSH public key under a name. It can connect from then on.
+    Admit(AdmitArgs),
+    /// List the admitted builders, and whether each is connected.
+    List,
+    /// Let a disabled builder connect and take jobs again.
+    Enable(BuilderRef),
+    /// Refuse a builder: its session is closed and it gets no jobs until enabled.
+    Disable(BuilderRef),
+    /// Ask a connected builder to finish its running jobs and take no new ones.
+    Drain(BuilderRef),
+    /// Ask a connected builder to take no new jobs for now (running jobs go on).
+    Pause(BuilderRef),
+    /// Let a paused or draining builder take jobs again.
+    Resume(BuilderRef),
+    /// Forget a builder and its key. Its signed statements no longer verify.
+    Remove(BuilderRef),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("public_key").required(true))]
+pub struct AdmitArgs {
+    /// The builder's name (its principal in the allowed-signers file).
+    pub name: String,
+    /// File with the builder's OpenSSH public key (e.g. `builder.key.pub`).
+    #[arg(long, value_name = "PATH", group = "public_key")]
+    pub key_file: Option<PathBuf>,
+    /// The OpenSSH public key itself: 'ssh-ed25519 AAAA… comment'.
+    #[arg(long, value_name = "KEY", group = "public_key")]
+    pub key: Option<String>,
+    /// A label `key=value` the builder offers to jobs; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderRef {
+    /// The builder's id, or its name.
+    #[arg(value_name = "ID")]
+    pub builder: String,
+}
+
+/// `key=value` with a non-empty key.
+pub fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{raw:?} is not key=value")),
+    }
+}
+
+pub async fn run(api: &Api, json: bool, command: BuilderCommand) -> Result<Outcome, CliError> {
+    match command {
+        BuilderCommand::Admit(args) => admit(api, json, args).await,
+        BuilderCommand::List => list(api, json).await,
+        BuilderCommand::Enable(b) => act(api, json, &b, "enable").await,
+        BuilderCommand::Disable(b) => act(api, json, &b, "disable").await,
+        BuilderCommand::Drain(b) => act(api, json, &b, "drain").await,
+        BuilderCommand::Pause(b) => act(api, json, &b, "pause").await,
+        BuilderCommand::Resume(b) => act(api, json, &b, "resume").await,
+        BuilderCommand::Remove(b) => remove(api, json, &b).await,
+    }
+}
+
+async fn admit(api: &Api, json: bool, args: AdmitArgs) -> Result<Outcome, CliError> {
+    let key = match (&args.key_file, &args.key) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("--key-file {}: {e}", path.display())))?,
+        (None, Some(key)) => key.clone(),
+        (None, None) => return Err(CliError::Usage("give --key-file or --key".into())),
+    };
+    let key = key.trim();
+    if key.lines().count() != 1 {
+        return Err(CliError::Usage(
+            "the public key must be one line: 'ssh-ed25519 AAAA… comment'".into(),
+        ));
+    }
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+    let body = json!({ "name": args.name, "public_key": key, "labels": labels });
+    let admitted = api
+        .post("/builders", Some(&body))
+        .await?
+        .unwrap_or(Value::Null);
+    if json {
+        print_json(&admitted);
+    } else {
+        let builder: BuilderView = parse(&admitted)?;
+        println!(
+            "admitted builder {} ({}), key {}",
+            builder.id, builder.name, builder.fingerprint
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+async fn list(api: &Api, json: bool) -> Result<Outcome, CliError> {
+    let answer = api.get("/builders").await?;
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let builders: Vec<BuilderView> = parse(&answer["builders"])?;
+    let mut table = Table::new(&[
+        "ID",
+        "NAME",
+        "STATE",
+        "CONNECTED",
+        "JOBS",
+        "RECIPES",
+        "LABELS",
+        "LAST SEEN",
+        "FINGERPRINT",
+    ]);
+    for b in &builders {
+        table.row(vec![
+            b.id.to_string(),
+            b.name.clone(),
+            state(b),
+            if b.connected { "yes" } else { "no" }.into(),
+            b.live.as_ref().map_or_else(
+                || "-".to_owned(),
+                |l| format!("{}/{}", l.active_jobs, l.max_concurrent),
+            ),
+            b.live
+                .as_ref()
+                .filter(|l| !l.recipes.is_empty())
+                .map_or_else(|| "-".to_owned(), |l| l.recipes.join(",")),
+            pairs(&b.labels),
+            or_dash(b.last_seen_at.map(age)),
+            b.fingerprint.clone(),
+        ]);
+    }
+    table.print();
+    Ok(Outcome::Success)
+}
+
+fn state(b: &BuilderView) -> String {
+    match &b.live {
+        _ if !b.enabled => "disabled".into(),
+        Some(live) if live.draining => "draining".into(),
+        Some(live) if live.paused => "paused".into(),
+        _ => "enabled".into(),
+    }
+}
+
+/// The id of a builder given by id or by name.
+async fn resolve(api: &Api, builder: &BuilderRef) -> Result<i64, CliError> {
+    if let Ok(id) = builder.builder.parse::<i64>() {
+        return Ok(id);
+    }
+    let answer = api.get("/builders").await?;
+    let builders: Vec<BuilderView> = parse(&answer["builders"])?;
+    builders
+        .iter()
+        .find(|b| b.name == builder.builder)
+        .map(|b| b.id)
+        .ok_or_else(|| CliError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: format!("no builder named {:?}", builder.builder),
+        })
+}
+
+async fn act(api: &Api, json: bool, builder: &BuilderRef, action: &str) -> Result<Outcome, CliError> {
+    let id = resolve(api, builder).await?;
+    let answer = api
+        .post(&format!("/builders/{id}/{action}"), None)
+        .await?
+        .unwrap_or(Value::Null);
+    if json {
+        print_json(&answer);
+    } else {
+        let b: BuilderView = parse(&answer)?;
+        let done = match action {
+            "enable" => "enabled",
+            "disable" => "disabled",
+            "drain" => "asked to drain",
+            "pause" => "paused",
+            _ => "resumed",
+        };
+        println!("builder {} ({}) {done}; now {}", b.id, b.name, state(&b));
+    }
+    Ok(Outcome::Success)
+}
+
+async fn remove(api: &Api, json: bool, builder: &BuilderRef) -> Result<Outcome, CliError> {
+    let id = resolve(api, builder).await?;
+    api.delete(&format!("/builders/{id}")).await?;
+    if json {
+        print_json(&json!({ "removed": id }));
+    } else {
+        println!("removed builder {id}");
+    }
+    Ok(Outcome::Success)
+}

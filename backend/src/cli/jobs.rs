@@ -1,0 +1,511 @@
+//! `buildfleet job …`: submit (from a directory, an archive, a URL or a crate), list, show,
+//! cancel, retry, and wait for the end.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::builders::parse_key_value;
+use super::client::{encode, Api};
+use super::exit::{CliError, Outcome, EXIT_CODES_HELP};
+use super::logs::{self, LogsArgs};
+use super::output::{age, or_dash, pairs, print_fields, print_json, size, utc, Table};
+use super::source::{self, LocalArchive};
+use super::views::{parse, JobDetailView, JobView};
+use crate::store::JobState;
+
+/// How often `--wait` and `logs --follow` look at the job.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Queue a build: upload the source (a directory, an archive or a crate) or name a URL.
+    Submit(Box<SubmitArgs>),
+    /// List jobs, newest first.
+    List(ListArgs),
+    /// Show one job: its settings, attempts, artifacts and state changes.
+    Show(JobRef),
+    /// Cancel a job: at once when queued, through its builder when running.
+    Cancel(JobRef),
+    /// Queue a finished (failed, cancelled or timed-out) job again, with a fresh attempt.
+    Retry(JobRef),
+    /// Print a job's log; --follow streams it live and exits with the job's outcome.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobRef {
+    /// The job's id.
+    pub id: i64,
+}
+
+#[derive(Debug, Args)]
+#[command(after_long_help = EXIT_CODES_HELP)]
+pub struct SubmitArgs {
+    /// A directory (packed as a .tar.gz without `target/` and `.git/`), an archive file
+    /// (.tar.gz, .tgz, .tar, .crate), or an http(s):// URL builders fetch (with --sha256).
+    #[arg(
+        value_name = "SOURCE",
+        required_unless_present_any = ["krate", "source_url"],
+        conflicts_with_all = ["krate", "source_url"]
+    )]
+    pub source: Option<String>,
+    /// A published crate, NAME@VERSION: taken from the local cargo cache
+    /// (~/.cargo/registry/cache) when there, else downloaded from crates.io; then uploaded.
+    #[arg(long = "crate", value_name = "NAME@VERSION", conflicts_with = "source_url")]
+    pub krate: Option<String>,
+    /// The URL builders fetch the source archive from (needs --sha256). Same as giving the
+    /// URL as SOURCE; `--url` is the backend's address.
+    #[arg(long, value_name = "URL")]
+    pub source_url: Option<String>,
+    /// SHA-256 (64 lowercase hex digits) of the archive at the URL.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// The recipe builders run (a builder must offer it).
+    #[arg(long, default_value = "cargo-build")]
+    pub recipe: String,
+    /// A recipe parameter `key=value`; repeat for more.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub params: Vec<(String, String)>,
+    /// A label `key=value` the builder must have; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Dry run: the builder reports its plan instead of building.
+    #[arg(long)]
+    pub plan: bool,
+    /// Higher runs first (-1000..=1000).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Time limit of one attempt: seconds, or with a unit (90s, 30m, 2h) [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+    pub timeout: Option<u64>,
+    /// Attempts before the job fails when builders are lost (1..=20) [default: 3].
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+    /// Wait until the job ends; the exit code tells how (0 succeeded, 1 otherwise).
+    #[arg(long)]
+    pub wait: bool,
+    /// Where crates are downloaded from when not cached.
+    #[arg(
+        long,
+        hide = true,
+        env = "BUILDFLEET_CRATES_URL",
+        default_value = "https://static.crates.io/crates"
+    )]
+    pub crates_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only jobs in this state (queued, assigned, running, succeeded, failed, cancelled,
+    /// timed_out).
+    #[arg(long)]
+    pub state: Option<JobState>,
+    /// Only jobs of this recipe.
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Only jobs whose current (or last) attempt ran on this builder id.
+    #[arg(long, value_name = "ID")]
+    pub builder: Option<i64>,
+    /// At most this many jobs (1..=500).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Only jobs older than this job id (the next page).
+    #[arg(long, value_name = "ID")]
+    pub before: Option<i64>,
+}
+
+/// `90`, `90s`, `30m`, `2h`, `1d` → seconds.
+fn parse_duration_secs(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    let (digits, unit) = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((raw, ""), |i| raw.split_at(i));
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like 90, 90s, 30m or 2h"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{raw:?}: the unit is s, m, h or d")),
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{raw:?} is too long"))
+}
+
+pub async fn run(api: &Api, json: bool, command: JobCommand) -> Result<Outcome, CliError> {
+    match command {
+        JobCommand::Submit(args) => submit(api, json, *args).await,
+        JobCommand::List(args) => list(api, json, args).await,
+        JobCommand::Show(job) => show(api, json, job.id).await,
+        JobCommand::Cancel(job) => cancel(api, json, job.id).await,
+        JobCommand::Retry(job) => retry(api, json, job.id).await,
+        JobCommand::Logs(args) => logs::run(api, json, args).await,
+    }
+}
+
+fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// Uploads a local archive and checks the backend stored what we hashed.
+async fn upload(api: &Api, archive: &LocalArchive) -> Result<String, CliError> {
+    eprintln!(
+        "uploading {} ({}, sha256 {})",
+        archive.description,
+        size(archive.size),
+        archive.sha256
+    );
+    let answer = api.upload("/sources", &archive.path).await?;
+    let stored = answer["sha256"].as_str().unwrap_or_default();
+    if stored != archive.sha256 {
+        return Err(CliError::Network(format!(
+            "the backend stored sha256 {stored:?}, but the archive has {}",
+            archive.sha256
+        )));
+    }
+    Ok(archive.sha256.clone())
+}
+
+/// Resolves the source: `(source_url, sha256)`, the URL `None` for an uploaded archive.
+async fn prepare_source(
+    api: &Api,
+    args: &SubmitArgs,
+) -> Result<(Option<String>, String), CliError> {
+    let url = match (&args.source, &args.source_url) {
+        (Some(source), _) if is_url(source) => Some(source.clone()),
+        (_, Some(url)) => Some(url.clone()),
+        _ => None,
+    };
+    if let Some(url) = url {
+        if !is_url(&url) {
+            return Err(CliError::Usage(format!(
+                "--source-url {url:?}: use an http:// or https:// URL"
+            )));
+        }
+        let sha256 = args.sha256.clone().ok_or_else(|| {
+            CliError::Usage("a source URL needs --sha256 HEX (the archive's SHA-256)".into())
+        })?;
+        return Ok((Some(url), sha256.to_ascii_lowercase()));
+    }
+    if args.sha256.is_some() {
+        return Err(CliError::Usage(
+            "--sha256 goes with a source URL; a local source is hashed here".into(),
+        ));
+    }
+    let archive = if let Some(spec) = &args.krate {
+        let (name, version) = source::parse_crate(spec)?;
+        match source::cached_crate(&name, &version) {
+            Some(path) => {
+                let path2 = path.clone();
+                let mut archive = blocking(move || source::archive_file(&path2)).await?;
+                archive.description = format!("crate {spec} from {}", path.display());
+                archive
+            }
+            None => {
+                eprintln!("{spec} is not in the local cargo cache; downloading it");
+                source::download_crate(api.http(), &args.crates_url, &name, &version).await?
+            }
+        }
+    } else {
+        let source = args.source.clone().unwrap_or_default();
+        let path = Path::new(&source).to_owned();
+        let metadata = std::fs::metadata(&path)
+            .map_err(|e| CliError::Usage(format!("source {source:?}: {e}")))?;
+        if metadata.is_dir() {
+            blocking(move || source::pack_directory(&path)).await?
+        } else {
+            blocking(move || source::archive_file(&path)).await?
+        }
+    };
+    let sha256 = upload(api, &archive).await?;
+    Ok((None, sha256))
+}
+
+/// Runs file work off the async thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CliError> + Send + 'static,
+) -> Result<T, CliError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CliError::Io(format!("background task failed: {e}")))?
+}
+
+async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliError> {
+    let (source_url, sha256) = prepare_source(api, &args).await?;
+    let parameters: BTreeMap<_, _> = args.params.iter().cloned().collect();
+    let labels: BTreeMap<_, _> = args.labels.iter().cloned().collect();
+    let mut body = json!({
+        "source_sha256": sha256,
+        "recipe": args.recipe,
+        "parameters": parameters,
+        "labels": labels,
+        "mode": if args.plan { "plan" } else { "build" },
+        "priority": args.priority,
+    });
+    if let Some(url) = source_url {
+        body["source_url"] = url.into();
+    }
+    if let Some(timeout) = args.timeout {
+        body["timeout_secs"] = timeout.into();
+    }
+    if let Some(max) = args.max_attempts {
+        body["max_attempts"] = max.into();
+    }
+    let answer = api
+        .post("/jobs", Some(&body))
+        .await?
+        .unwrap_or(Value::Null);
+    let job: JobView = parse(&answer)?;
+    if !args.wait {
+        if json {
+            print_json(&answer);
+        } else {
+            println!("submitted job {} ({}, {})", job.id, job.recipe, job.state);
+        }
+        return Ok(Outcome::Success);
+    }
+    eprintln!("submitted job {}; waiting for it to end", job.id);
+    let detail = wait_for_end(api, job.id).await?;
+    report_end(json, job.id, &detail)
+}
+
+/// Polls the job until it is in a terminal state; a spinner on a terminal shows where it is.
+pub async fn wait_for_end(api: &Api, id: i64) -> Result<Value, CliError> {
+    let spinner = logs::spinner(&format!("job {id}"));
+    loop {
+        let answer = api.get(&format!("/jobs/{id}")).await?;
+        let job: JobView = parse(&answer)?;
+        if job.state.is_terminal() {
+            if let Some(spinner) = spinner {
+                spinner.finish_and_clear();
+            }
+            return Ok(answer);
+        }
+        if let Some(spinner) = &spinner {
+            spinner.set_message(format!("job {id}: {} (attempt {})", job.state, job.attempt));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Prints how a finished job ended and answers the matching outcome.
+pub fn report_end(
+    json: bool,
+    id: i64,
+    answer: &Value,
+) -> Result<Outcome, CliError> {
+    let detail: JobDetailView = parse(answer)?;
+    if json {
+        print_json(answer);
+    }
+    let job = &detail.job;
+    let outcome = if job.state == JobState::Succeeded {
+        Outcome::Success
+    } else {
+        Outcome::JobUnsuccessful
+    };
+    let error = job
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    let line = format!("job {id} {}{error}", job.state);
+    match (json, outcome) {
+        (true, _) => eprintln!("{line}"),
+        (false, Outcome::Success) => {
+            println!("{line}");
+            for artifact in &detail.artifacts {
+                println!(
+                    "  artifact {} ({}): buildfleet artifact download {id} {}",
+                    artifact.name,
+                    size(artifact.size),
+                    artifact.name
+                );
+            }
+        }
+        (false, Outcome::JobUnsuccessful) => eprintln!("{line}"),
+    }
+    Ok(outcome)
+}
+
+async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError> {
+    let mut query = vec![format!("limit={}", args.limit)];
+    if let Some(state) = args.state {
+        query.push(format!("state={state}"));
+    }
+    if let Some(recipe) = &args.recipe {
+        query.push(format!("recipe={}", encode(recipe)));
+    }
+    if let Some(builder) = args.builder {
+        query.push(format!("builder={builder}"));
+    }
+    if let Some(before) = args.before {
+        query.push(format!("before={before}"));
+    }
+    let answer = api.get(&format!("/jobs?{}", query.join("&"))).await?;
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let jobs: Vec<JobView> = parse(&answer["jobs"])?;
+    let mut table = Table::new(&[
+        "ID", "STATE", "RECIPE", "MODE", "ATTEMPT", "BUILDER", "CREATED", "SOURCE",
+    ]);
+    for job in &jobs {
+        table.row(vec![
+            job.id.to_string(),
+            job.state.to_string(),
+            job.recipe.clone(),
+            job.mode.clone(),
+            format!("{}/{}", job.attempt, job.max_attempts),
+            or_dash(job.builder_id),
+            age(job.created_at),
+            short_sha(&job.source_sha256),
+        ]);
+    }
+    table.print();
+    if let Some(next) = answer["next_before"].as_i64() {
+        eprintln!("(more: --before {next})");
+    }
+    Ok(Outcome::Success)
+}
+
+fn short_sha(sha: &str) -> String {
+    sha.chars().take(12).collect()
+}
+
+async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
+    let answer = api.get(&format!("/jobs/{id}")).await?;
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let detail: JobDetailView = parse(&answer)?;
+    let job = &detail.job;
+    let mut fields: Vec<(&str, String)> = vec![("job", job.id.to_string())];
+    let mut field = |name: &'static str, value: String| fields.push((name, value));
+    field("state", job.state.to_string());
+    if let Some(error) = &job.error {
+        field("error", error.clone());
+    }
+    field("recipe", format!("{} ({})", job.recipe, job.mode));
+    field("parameters", pairs(&job.parameters));
+    field("labels", pairs(&job.required_labels));
+    field("source", job.source_url.clone());
+    field("sha256", job.source_sha256.clone());
+    field(
+        "attempt",
+        format!("{} of at most {}", job.attempt, job.max_attempts),
+    );
+    field("builder", or_dash(job.builder_id));
+    field("priority", job.priority.to_string());
+    field("timeout", format!("{}s", job.timeout_secs));
+    field("submitter", job.submitter.clone());
+    field("created", utc(job.created_at));
+    field("started", or_dash(job.started_at.map(utc)));
+    field("finished", or_dash(job.finished_at.map(utc)));
+    if let Some(at) = job.cancel_requested_at {
+        field("cancel asked", utc(at));
+    }
+    print_fields(&fields);
+
+    if !detail.attempts.is_empty() {
+        println!();
+        let mut table = Table::new(&["ATTEMPT", "BUILDER", "OUTCOME", "EXIT", "ASSIGNED", "FINISHED", "ERROR"]);
+        for a in &detail.attempts {
+            table.row(vec![
+                a.attempt.to_string(),
+                or_dash(a.builder),
+                or_dash(a.outcome.as_deref()),
+                or_dash(a.exit_status),
+                utc(a.assigned_at),
+                or_dash(a.finished_at.map(utc)),
+                or_dash(a.error.as_deref()),
+            ]);
+        }
+        table.print();
+    }
+    if !detail.artifacts.is_empty() {
+        println!();
+        let mut table = Table::new(&["ARTIFACT", "SIZE", "ATTEMPT", "SHA256"]);
+        for a in &detail.artifacts {
+            table.row(vec![
+                a.name.clone(),
+                size(a.size),
+                a.attempt.to_string(),
+                a.sha256.clone(),
+            ]);
+        }
+        table.print();
+    }
+    if !detail.events.is_empty() {
+        println!();
+        let mut table = Table::new(&["AT", "ATTEMPT", "CHANGE", "DETAIL"]);
+        for e in &detail.events {
+            table.row(vec![
+                utc(e.at),
+                e.attempt.to_string(),
+                format!("{} → {}", e.from.as_deref().unwrap_or("∅"), e.to),
+                or_dash(e.detail.as_deref()),
+            ]);
+        }
+        table.print();
+    }
+    Ok(Outcome::Success)
+}
+
+async fn cancel(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
+    let answer = api
+        .post(&format!("/jobs/{id}/cancel"), None)
+        .await?
+        .unwrap_or(Value::Null);
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let job: JobView = parse(&answer)?;
+    if job.state.is_terminal() {
+        println!("job {id} {}", job.state);
+    } else {
+        println!(
+            "job {id}: cancel requested; builder {} is stopping it",
+            or_dash(job.builder_id)
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+async fn retry(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
+    let answer = api
+        .post(&format!("/jobs/{id}/retry"), None)
+        .await?
+        .unwrap_or(Value::Null);
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let job: JobView = parse(&answer)?;
+    println!("job {id} {} again (attempt {})", job.state, job.attempt);
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("30m"), Ok(1800));
+        assert_eq!(parse_duration_secs("2h"), Ok(7200));
+        assert!(parse_duration_secs("2w").is_err());
+        assert!(parse_duration_secs("m").is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! The dashboard's pages. Each handler loads what it shows in one blocking call and renders
+//! it; the layout is shared.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+
+use crate::actors::scheduler::{LiveBuilder, LiveBuilders};
+use crate::error::{blocking, ApiError};
+use crate::http::jobs::{load_detail, parse_job_id, JobDetail};
+use crate::http::AppState;
+use crate::store::{Builder, BuilderId, Job, JobFilter, JobId, JobState};
+
+const PAGE_SIZE: usize = 50;
+
+fn layout(title: &str, body: Markup) -> HttpResponse {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Buildfleet" }
+                link rel="stylesheet" href="/static/app.css";
+                script src="/static/app.js" defer {}
+            }
+            body {
+                header {
+                    a.brand href="/" { "Buildfleet" }
+                    nav {
+                        a href="/" { "Overview" }
+                        a href="/builders" { "Builders" }
+                        a href="/jobs" { "Jobs" }
+                        a href="/submit" { "Submit" }
+                    }
+                    label.token {
+                        span { "Admin token" }
+                        input #admin-token type="password" autocomplete="off" placeholder="for changes";
+                    }
+                }
+                main {
+                    div #message hidden {}
+                    (body)
+                }
+            }
+        }
+    };
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page.into_string())
+}
+
+fn state_badge(state: JobState) -> Markup {
+    html! { span class={ "state state-" (state.as_str()) } { (state.as_str()) } }
+}
+
+/// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one format.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn format_duration(ms: i64) -> String {
+    let secs = ms.max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+fn format_bytes(bytes: i64) -> String {
+    let b = bytes.max(0) as f64;
+    match bytes {
+        ..1024 => format!("{bytes} B"),
+        ..1_048_576 => format!("{:.1} KiB", b / 1024.0),
+        ..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
+        _ => format!("{:.2} GiB", b / 1_073_741_824.0),
+    }
+}
+
+async fn live_builders(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiError> {
+    state.scheduler.send(LiveBuilders).await.map_err(|_| ApiError::Unavailable("scheduler".into()))
+}
+
+fn jobs_table(jobs: &[Job], names: &BTreeMap<BuilderId, String>, now: i64) -> Markup {
+    html! {
+        div.table-wrap {
+            table {
+                thead { tr { th { "Job" } th { "State" } th { "Recipe" } th { "Mode" } th { "Attempt" } th { "Builder" } th { "Submitted" } th { "Duration" } } }
+                tbody {
+                    @for job in jobs {
+                        tr {
+                            td { a href={ "/jobs/" (job.id) } { "#" (job.id) } }
+                            td { (state_badge(job.state)) }
+                            td.mono { (job.recipe) }
+                            td { (job.mode.as_str()) }
+                            td { (job.attempt) " / " (job.max_attempts) }
+                            td { @if let Some(b) = job.builder_id { (names.get(&b).map(String::as_str).unwrap_or("?")) } @else { span.muted { "—" } } }
+                            td { (format_time(job.created_at)) }
+                            td { @if let Some(start) = job.started_at { (format_duration(job.finished_at.unwrap_or(now) - start)) } @else { span.muted { "—" } } }
+                        }
+                    }
+                    @if jobs.is_empty() { tr { td colspan="8" .muted { "No jobs." } } }
+                }
+            }
+        }
+    }
+}
+
+fn builder_names(builders: &[Builder]) -> BTreeMap<BuilderId, String> {
+    builders.iter().map(|b| (b.id, b.name.clone())).collect()
+}
+
+pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let (counts, builders, recent, finished_hour, now) = blocking(move || {
+        let now = store.now_ms();
+        Ok((
+            store.count_jobs_by_state()?,
+            store.list_builders()?,
+            store.list_jobs(&JobFilter { limit: 10, ..JobFilter::default() })?,
+            store.count_finished_since(now - 3_600_000)?,
+            now,
+        ))
+    })
+    .await?;
+    let live = live_builders(&state).await?;
+    let count = |s: JobState| counts.get(&s).copied().unwrap_or(0);
+    let names = builder_names(&builders);
+    let body = html! {
+        h1 { "Overview" }
+        div.cards {
+            div.card { div.value #builders-online { (live.len()) } div.label { "builders online of " (builders.len()) } }
+            div.card { div.value #queue-depth { (count(JobState::Queued)) } div.label { "queued" } }
+            div.card { div.value #running { (count(JobState::Running) + count(JobState::Assigned)) } div.label { "running" } }
+            div.card { div.value { (finished_hour) } div.label { "finished in the last hour" } }
+            div.card { div.value { (count(JobState::Succeeded)) } div.label { "succeeded in all" } }
+            div.card { div.value { (count(JobState::Failed) + count(JobState::TimedOut)) } div.label { "failed or timed out" } }
+        }
+        h2 { "Recent jobs" }
+        (jobs_table(&recent, &names, now))
+        p { a href="/jobs" { "All jobs →" } }
+    };
+    Ok(layout("Overview", body))
+}
+
+pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let builders = blocking(move || Ok(store.list_builders()?)).await?;
+    let live = live_builders(&state).await?;
+    let body = html! {
+        h1 { "Builders" }
+        div.table-wrap {
+            table {
+                thead { tr { th { "Name" } th { "Status" } th { "Recipes" } th { "Labels" } th { "Load" } th { "Last seen" } th { "Fingerprint" } th {} } }
+                tbody {
+                    @for b in &builders {
+                        @let l = live.get(&b.id);
+                        tr {
+                            td { (b.name) }
+                            td {
+                                @if !b.enabled { span.state.state-disabled { "disabled" } }
+                                @else if let Some(l) = l {
+                                    span.state.state-online { "online" }
+                                    @if l.paused { " " span.state { "paused" } }
+                                    @if l.draining { " " span.state { "draining" } }
+                                } @else { span.state.state-offline { "offline" } }
+                            }
+                            td.mono { @if let Some(l) = l { (l.recipes.join(", ")) } @else { span.muted { "—" } } }
+                            td.mono { (b.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")) }
+                            td { @if let Some(l) = l { (l.active_jobs) " / " (l.max_concurrent) } @else { span.muted { "—" } } }
+                            td { @if let Some(t) = b.last_seen_at { (format_time(t)) } @else { span.muted { "never" } } }
+                            td.mono { (b.fingerprint) }
+                            td {
+                                @if b.enabled {
+                                    button.secondary data-action={ "/api/v1/builders/" (b.id) "/disable" } { "Disable" }
+                                } @else {
+                                    button.secondary data-action={ "/api/v1/builders/" (b.id) "/enable" } { "Enable" }
+                                }
+                            }
+                        }
+                    }
+                    @if builders.is_empty() { tr { td colspan="8" .muted { "No builders admitted yet." } } }
+                }
+            }
+        }
+    };
+    Ok(layout("Builders", body))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JobsQuery {
+    state: Option<String>,
+    recipe: Option<String>,
+    builder: Option<String>,
+    before: Option<i64>,
+}
+
+pub async fn jobs(state: web::Data<AppState>, query: web::Query<JobsQuery>) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let job_state = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<JobState>().map_err(|e| ApiError::BadRequest(e.to_string()))?),
+    };
+    let builder = match query.builder.as_deref() {
+        None | Some("") => None,
+        Some(b) => Some(b.parse::<BuilderId>().map_err(|_| ApiError::BadRequest(format!("builder {b:?}")))?),
+    };
+    let recipe = query.recipe.clone().filter(|r| !r.is_empty());
+    let filter = JobFilter { state: job_state, recipe: recipe.clone(), builder, before_id: query.before.map(JobId), limit: PAGE_SIZE };
+    let store = state.store.clone();
+    let (jobs, builders, now) = blocking(move || Ok((store.list_jobs(&filter)?, store.list_builders()?, store.now_ms()))).await?;
+    let names = builder_names(&builders);
+    let next = (jobs.len() == PAGE_SIZE).then(|| jobs.last().map(|j| j.id.0)).flatten();
+    let keep = |key: &str, value: &Option<String>| value.as_deref().filter(|v| !v.is_empty()).map(|v| format!("&{key}={v}")).unwrap_or_default();
+    let filters = format!("{}{}{}", keep("state", &query.state), keep("recipe", &recipe), keep("builder", &query.builder));
+    let body = html! {
+        h1 { "Jobs" }
+        form.filters method="get" action="/jobs" {
+            label { "State"
+                select name="state" {
+                    option value="" { "any" }
+                    @for s in JobState::ALL { option value=(s.as_str()) selected[job_state == Some(*s)] { (s.as_str()) } }
+                }
+            }
+            label { "Recipe" input name="recipe" value=(recipe.clone().unwrap_or_default()) placeholder="any"; }
+            label { "Builder"
+                select name="builder" {
+                    option value="" { "any" }
+                    @for b in &builders { option value=(b.id) selected[builder == Some(b.id)] { (b.name) } }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        (jobs_table(&jobs, &names, now))
+        div.pager {
+            @if query.before.is_some() { a.button href={ "/jobs?" (filters.trim_start_matches('&')) } { "« Newest" } }
+            @if let Some(next) = next { a.button href={ "/jobs?before=" (next) (filters) } { "Older »" } }
+        }
+    };
+    Ok(layout("Jobs", body))
+}
+
+pub async fn job(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    let detail: JobDetail = load_detail(&state, id).await?;
+    let store = state.store.clone();
+    let builders = blocking(move || Ok(store.list_builders()?)).await?;
+    let names = builder_names(&builders);
+    let job = &detail.job;
+    let public_url = &state.public_url;
+    let signer = job.builder_id.and_then(|b| names.get(&b)).cloned().unwrap_or_else(|| "<builder>".into());
+    let body = html! {
+        h1 { "Job #" (job.id) " " span #job-state data-job=(job.id) class={ "state state-" (job.state.as_str()) } { (job.state.as_str()) } }
+        @if job.state.is_active() || job.state == JobState::Queued {
+            p { button.secondary data-action={ "/api/v1/jobs/" (job.id) "/cancel" } { "Cancel" } }
+        } @else if job.state != JobState::Succeeded {
+            p { button.secondary data-action={ "/api/v1/jobs/" (job.id) "/retry" } { "Retry" } }
+        }
+        div.table-wrap { table { tbody {
+            tr { th { "Recipe" } td.mono { (job.recipe) " (" (job.mode.as_str()) ")" } }
+            tr { th { "Source" } td.mono { (job.source_url) br; "sha256:" (job.source_sha256) } }
+            tr { th { "Parameters" } td.mono { (job.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")) } }
+            tr { th { "Attempt" } td { (job.attempt) " of at most " (job.max_attempts) } }
+            tr { th { "Builder" } td { @if let Some(b) = job.builder_id { (names.get(&b).map(String::as_str).unwrap_or("?")) } @else { "—" } } }
+            tr { th { "Submitted" } td { (format_time(job.created_at)) " by " (job.submitter) } }
+            @if let Some(e) = &job.error { tr { th { "Error" } td.mono { (e) } } }
+        } } }
+        h2 { "Log " span.muted #log-status { "" } }
+        pre.log #live-log data-stream={ "/api/v1/jobs/" (job.id) "/log/stream" } {}
+        p.muted { "Whole log: " a href={ "/api/v1/jobs/" (job.id) "/log?format=text" } { "text" } " · " a href={ "/api/v1/jobs/" (job.id) "/log" } { "JSONL" } }
+        h2 { "Artifacts" }
+        @if detail.artifacts.is_empty() {
+            p.muted { "No published artifacts." }
+        } @else {
+            div.table-wrap { table {
+                thead { tr { th { "Name" } th { "Size" } th { "SHA-256" } } }
+                tbody { @for a in &detail.artifacts {
+                    tr { td { a href=(a.url) { (a.name) } } td { (format_bytes(a.size)) } td.mono { (a.sha256) } }
+                } }
+            } }
+            h2 { "Verify with OpenSSH" }
+            pre.log { (verify_instructions(public_url, job.id, &signer, detail.artifacts.first().map(|a| a.name.as_str()).unwrap_or("ARTIFACT"))) }
+        }
+        h2 { "Timeline" }
+        div.table-wrap { table {
+            thead { tr { th { "Time" } th { "Attempt" } th { "Change" } th { "Detail" } } }
+            tbody { @for e in &detail.events {
+                tr {
+                    td { (format_time(e.at)) }
+                    td { (e.attempt) }
+                    td { @if let Some(from) = e.from { (from.as_str()) " → " } (state_badge(e.to)) }
+                    td.mono { (e.detail.clone().unwrap_or_default()) }
+                }
+            } }
+        } }
+        h2 { "Attempts" }
+        div.table-wrap { table {
+            thead { tr { th { "Attempt" } th { "Builder" } th { "Assigned" } th { "Outcome" } th { "Exit" } th { "Error" } } }
+            tbody { @for a in &detail.attempts {
+                tr {
+                    td { (a.attempt) }
+                    td { @if let Some(b) = a.builder { (names.get(&b).map(String::as_str).unwrap_or("?")) } }
+                    td { (format_time(a.assigned_at)) }
+                    td { @if let Some(o) = a.outcome { (o.as_str()) } @else { span.muted { "live" } } }
+                    td { @if let Some(x) = a.exit_status { (x) } }
+                    td.mono { (a.error.clone().unwrap_or_default()) }
+                }
+            } }
+        } }
+    };
+    Ok(layout(&format!("Job #{}", job.id), body))
+}
+
+fn verify_instructions(public_url: &str, job: JobId, signer: &str, artifact: &str) -> String {
+    format!(
+        "curl -fsSO {public_url}/api/v1/jobs/{job}/artifacts/{artifact}\n\
+         curl -fsS {public_url}/api/v1/jobs/{job}/statement -o statement.json\n\
+         curl -fsS {public_url}/api/v1/jobs/{job}/statement.sig -o statement.json.sig\n\
+         curl -fsS {public_url}/api/v1/allowed_signers -o allowed_signers\n\
+         ssh-keygen -Y verify -f allowed_signers -I {signer} -n buildfleet-statement -s statement.json.sig < statement.json\n\
+         sha256sum {artifact}   # must equal the digest for \"{artifact}\" in statement.json"
+    )
+}
+
+pub async fn submit() -> HttpResponse {
+    let body = html! {
+        h1 { "Submit a build" }
+        p.muted { "Needs the admin token (top right). Upload a source archive (.crate or .tar.gz) or give a URL and its SHA-256." }
+        form #submit-form .form-grid {
+            label { "Source archive" input type="file" name="archive" accept=".crate,.tar.gz,.tgz"; }
+            label { "or source URL" input type="url" name="source_url" placeholder="https://…/crate-1.0.0.crate"; }
+            label { "SHA-256 (with a URL)" input name="source_sha256" pattern="[0-9a-fA-F]{64}" placeholder="64 hex characters"; }
+            label { "Recipe" input name="recipe" value="cargo-build" required; }
+            label { "Mode" select name="mode" { option value="build" { "build" } option value="plan" { "plan (dry run)" } } }
+            label { "Parameters (k=v, comma separated)" input name="parameters" placeholder="features=serde"; }
+            label { "Required builder labels (k=v)" input name="labels" placeholder="os=linux"; }
+            label { "Priority" input type="number" name="priority" value="0" min="-1000" max="1000"; }
+            label { "Timeout (seconds)" input type="number" name="timeout_secs" value="3600" min="1"; }
+            div { button type="submit" { "Submit" } }
+        }
+    };
+    layout("Submit", body)
+}

@@ -1,0 +1,213 @@
+//! Test helpers: a real HTTP server on 127.0.0.1:0 that serves source archives and takes
+//! artifact uploads the way the backend does, and a job environment around it.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use buildfleet_builder::config::{Limits, Strategy, ToolchainEnv};
+use buildfleet_builder::event_buffer::EventBuffer;
+use buildfleet_builder::identity::Identity;
+use buildfleet_builder::job::{JobEnv, JobRun};
+use buildfleet_builder::process::StopSignal;
+use buildfleet_builder::recipes::{RecipeBook, RecipeConfig};
+use buildfleet_protocol::{
+    Attempt, JobAssignment, JobEvent, JobId, JobMode, JobRef, Sha256Digest, SourceSpec,
+};
+use sha2::{Digest, Sha256};
+
+pub const TOKEN: &str = "job-token-123";
+
+#[derive(Default)]
+pub struct ServerState {
+    /// Path → body served by GET.
+    pub files: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Name → body received by PUT /upload/{name}.
+    pub uploads: Mutex<BTreeMap<String, Vec<u8>>>,
+    pub gets: AtomicUsize,
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub state: Arc<ServerState>,
+}
+
+pub fn sha256(bytes: &[u8]) -> Sha256Digest {
+    Sha256Digest::from_bytes(&Sha256::digest(bytes).into())
+}
+
+async fn serve(req: HttpRequest, state: web::Data<ServerState>) -> HttpResponse {
+    state.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    match state.files.lock().unwrap().get(req.path()) {
+        Some(body) => HttpResponse::Ok().body(body.clone()),
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+async fn upload(
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<ServerState>,
+) -> HttpResponse {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if auth != Some(&format!("Bearer {TOKEN}")) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    let declared = req
+        .headers()
+        .get("x-buildfleet-sha256")
+        .and_then(|v| v.to_str().ok());
+    let actual = sha256(&body);
+    if declared != Some(actual.as_str()) {
+        return HttpResponse::UnprocessableEntity().finish();
+    }
+    state
+        .uploads
+        .lock()
+        .unwrap()
+        .insert(name.clone(), body.to_vec());
+    HttpResponse::Created().json(serde_json::json!({
+        "name": name.into_inner(), "size": body.len(), "sha256": actual.as_str()
+    }))
+}
+
+/// Starts the server on the current actix system.
+pub fn start_server() -> TestServer {
+    let state = Arc::new(ServerState::default());
+    let data = web::Data::from(state.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(512 * 1024 * 1024))
+            .route("/upload/{name}", web::put().to(upload))
+            .default_service(web::get().to(serve))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("bind 127.0.0.1:0");
+    let addr = server.addrs()[0];
+    actix_rt::spawn(server.run());
+    TestServer {
+        base: format!("http://{addr}"),
+        state,
+    }
+}
+
+impl TestServer {
+    pub fn put_file(&self, path: &str, body: Vec<u8>) -> String {
+        self.state
+            .files
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), body);
+        format!("{}{path}", self.base)
+    }
+}
+
+pub fn test_identity(dir: &Path) -> Arc<Identity> {
+    let path = dir.join("builder_key");
+    buildfleet_builder::identity::keygen(&path, "test").expect("keygen");
+    Arc::new(Identity::load(&path).expect("load key"))
+}
+
+pub fn job_env(work: &Path, strategy: Strategy, recipes: Vec<RecipeConfig>) -> JobEnv {
+    let tls = buildfleet_builder::http::tls_config(None).expect("tls");
+    let jobs_dir = work.join("jobs");
+    std::fs::create_dir_all(&jobs_dir).unwrap();
+    JobEnv {
+        client: buildfleet_builder::http::client(&tls),
+        identity: test_identity(work),
+        recipes: RecipeBook::with_builtins(recipes).expect("recipes"),
+        strategy,
+        toolchain: ToolchainEnv::from_process_env(),
+        limits: Limits::default(),
+        offline: true,
+        jobs_dir,
+        max_log_line_bytes: Arc::new(AtomicUsize::new(16 * 1024)),
+    }
+}
+
+pub fn assignment(
+    server: &TestServer,
+    source_url: &str,
+    digest: Sha256Digest,
+    recipe: &str,
+) -> JobAssignment {
+    JobAssignment {
+        job_id: JobId(42),
+        attempt: Attempt(1),
+        source: SourceSpec {
+            url: source_url.to_owned(),
+            sha256: digest,
+            max_bytes: 64 * 1024 * 1024,
+        },
+        recipe: recipe.to_owned(),
+        parameters: BTreeMap::new(),
+        mode: JobMode::Build,
+        timeout_secs: 600,
+        job_token: TOKEN.to_owned(),
+        upload_url: format!("{}/upload", server.base),
+    }
+}
+
+/// Runs one job to completion and returns its response and events.
+pub async fn run(
+    env: &JobEnv,
+    assignment: JobAssignment,
+) -> (buildfleet_protocol::JobResponse, Vec<JobEvent>) {
+    let job = JobRef {
+        job_id: assignment.job_id,
+        attempt: assignment.attempt,
+    };
+    let events = Arc::new(EventBuffer::new(job, 64 * 1024 * 1024, |_| {}));
+    let (_stop, signal) = StopSignal::new(None);
+    let run = JobRun {
+        assignment,
+        backend_id: "test-backend".into(),
+        events: events.clone(),
+        stop: signal,
+    };
+    let response = buildfleet_builder::job::run_job(env, run).await;
+    (response, events.events_after(0))
+}
+
+pub fn log_lines(events: &[JobEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            buildfleet_protocol::JobEventKind::Log { line, .. } => Some(line.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn tar_gz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data, mode) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, *data).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+pub fn rc<T>(value: T) -> Rc<T> {
+    Rc::new(value)
+}

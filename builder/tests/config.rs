@@ -1,0 +1,216 @@
+//! Configuration from flags, environment variables and a TOML file, with clear errors.
+
+use std::io::Write;
+
+use buildfleet_builder::config::{Cli, Command, ConfigError, RunArgs, Strategy};
+use clap::Parser;
+
+fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+    let mut full = vec!["buildfleet-builder", "run"];
+    full.extend_from_slice(args);
+    match Cli::try_parse_from(full)?.command {
+        Command::Run(args) => Ok(args),
+        Command::Keygen(_) => unreachable!("parsed `run`"),
+    }
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+const FILE: &str = r#"
+backend_url = "wss://builds.example.com/"
+key = "/etc/buildfleet/key"
+name = "from-file"
+max_concurrent_jobs = 3
+work_dir = "/var/lib/bf"
+offline = true
+
+[labels]
+arch = "x86_64"
+os = "linux"
+
+[strategy]
+kind = "docker"
+image = "rust:1"
+memory = "4g"
+cpus = "1.5"
+pids_limit = 256
+
+[limits]
+max_unpacked_bytes = 1000000
+max_archive_entries = 500
+
+[[recipes]]
+name = "hello"
+version = "2"
+commands = [["sh", "-c", "echo hi > ${BUILDFLEET_OUT}/hello.txt"]]
+env = { GREETING = "hi" }
+artifacts = [{ name = "hello.txt", path = "hello.txt" }, { name = "all.tar.gz", path = ".", pack = "tar.gz" }]
+"#;
+
+#[test]
+fn a_full_toml_file_resolves() {
+    let file = config_file(FILE);
+    let args = parse(&["--config", file.path().to_str().unwrap()]).unwrap();
+    let config = args.resolve().unwrap();
+    assert_eq!(
+        config.connect_url,
+        "wss://builds.example.com/api/v1/builders/connect"
+    );
+    assert_eq!(config.name, "from-file");
+    assert_eq!(config.max_concurrent_jobs, 3);
+    assert_eq!(
+        config.labels.get("arch").map(String::as_str),
+        Some("x86_64")
+    );
+    assert!(config.offline);
+    assert_eq!(config.limits.max_archive_entries, 500);
+    assert_eq!(
+        config.limits.cancel_grace_secs, 5,
+        "unset limits keep their defaults"
+    );
+    let Strategy::Docker(docker) = &config.strategy else {
+        panic!("docker strategy expected")
+    };
+    assert_eq!(
+        (
+            docker.image.as_deref(),
+            docker.memory.as_str(),
+            docker.pids_limit
+        ),
+        (Some("rust:1"), "4g", 256)
+    );
+    let names: Vec<_> = config
+        .recipes
+        .capabilities()
+        .into_iter()
+        .map(|c| format!("{}@{}", c.name, c.version))
+        .collect();
+    assert_eq!(names, ["cargo-build@1", "cargo-doc@1", "hello@2"]);
+}
+
+#[test]
+fn flags_override_the_file_and_labels_merge() {
+    let file = config_file(FILE);
+    let args = parse(&[
+        "--config",
+        file.path().to_str().unwrap(),
+        "--backend-url",
+        "ws://127.0.0.1:8000",
+        "--name",
+        "from-flag",
+        "--label",
+        "arch=aarch64",
+        "--label",
+        "gpu=none,tier=2",
+        "--max-jobs",
+        "8",
+        "--strategy",
+        "process",
+    ])
+    .unwrap();
+    let config = args.resolve().unwrap();
+    assert_eq!(
+        config.connect_url,
+        "ws://127.0.0.1:8000/api/v1/builders/connect"
+    );
+    assert_eq!(config.name, "from-flag");
+    assert_eq!(config.max_concurrent_jobs, 8);
+    assert_eq!(config.strategy, Strategy::Process);
+    let labels: Vec<_> = config
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert_eq!(labels, ["arch=aarch64", "gpu=none", "os=linux", "tier=2"]);
+}
+
+fn resolve_err(args: &[&str]) -> ConfigError {
+    parse(args).unwrap().resolve().unwrap_err()
+}
+
+#[test]
+fn bad_values_give_clear_errors() {
+    let base = ["--key", "/k", "--name", "b1"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+
+    let err = resolve_err(&with(&["--backend-url", "http://127.0.0.1:8000"]));
+    assert!(err.to_string().contains("ws:// or wss://"), "{err}");
+    let err = resolve_err(&with(&["--backend-url", "ws://"]));
+    assert!(err.to_string().contains("no host"), "{err}");
+    let err = resolve_err(&["--key", "/k"]);
+    assert!(err.to_string().contains("BUILDFLEET_BACKEND_URL"), "{err}");
+    let err = resolve_err(&with(&["--backend-url", "ws://h", "--label", "novalue"]));
+    assert!(err.to_string().contains("key=value"), "{err}");
+    let err = resolve_err(&with(&["--backend-url", "ws://h", "--max-jobs", "0"]));
+    assert!(matches!(err, ConfigError::MaxJobs(0)), "{err}");
+    let err = resolve_err(&[
+        "--backend-url",
+        "ws://h",
+        "--key",
+        "/k",
+        "--name",
+        "bad name!",
+    ]);
+    assert!(err.to_string().contains("invalid builder name"), "{err}");
+    let err = resolve_err(&with(&["--backend-url", "ws://h", "--strategy", "docker"]));
+    assert!(matches!(err, ConfigError::DockerImage), "{err}");
+    assert!(
+        parse(&["--strategy", "vm"]).is_err(),
+        "clap refuses unknown strategies"
+    );
+    assert!(parse(&["--max-jobs", "many"]).is_err());
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let file =
+        config_file("backend_url = \"ws://h\"\nkey = \"/k\"\nname = \"b\"\nunknown_field = 1\n");
+    let err = resolve_err(&["--config", file.path().to_str().unwrap()]);
+    assert!(
+        matches!(err, ConfigError::ParseFile { .. }) && err.to_string().contains("unknown_field"),
+        "{err}"
+    );
+
+    let missing = resolve_err(&["--config", "/nonexistent/buildfleet.toml"]);
+    assert!(
+        missing.to_string().contains("cannot read config file"),
+        "{missing}"
+    );
+
+    let recipes = [
+        ("commands = []", "`commands` is empty"),
+        (
+            "commands = [[\"true\"]]\nartifacts = [{ name = \".hidden\", path = \"x\" }]",
+            "must not start with '.'",
+        ),
+        (
+            "commands = [[\"true\"]]\nartifacts = [{ name = \"x\", path = \"../x\" }]",
+            "without '..'",
+        ),
+        (
+            "commands = [[\"true\"]]\nenv = { \"BAD-NAME\" = \"1\" }",
+            "not a valid variable name",
+        ),
+        (
+            "commands = [[\"true\"]]\nartifacts = [{ name = \"x\", path = \"x\", pack = \"zip\" }]",
+            "unknown variant",
+        ),
+    ];
+    for (body, expected) in recipes {
+        let text = format!("backend_url = \"ws://h\"\nkey = \"/k\"\nname = \"b\"\n[[recipes]]\nname = \"r\"\nversion = \"1\"\n{body}\n");
+        let file = config_file(&text);
+        let err = resolve_err(&["--config", file.path().to_str().unwrap()]);
+        assert!(err.to_string().contains(expected), "{body}: {err}");
+    }
+
+    let text = "backend_url = \"ws://h\"\nkey = \"/k\"\nname = \"b\"\n[strategy]\nkind = \"docker\"\nimage = \"x\"\nmemory = \"lots\"\n";
+    let file = config_file(text);
+    let err = resolve_err(&["--config", file.path().to_str().unwrap()]);
+    assert!(err.to_string().contains("memory"), "{err}");
+}

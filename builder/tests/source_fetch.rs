@@ -1,0 +1,91 @@
+//! Source fetch against a real local HTTP server: digest verified, mismatches and
+//! oversized sources fail with their own kinds and nothing runs.
+
+mod common;
+
+use buildfleet_builder::config::Strategy;
+use buildfleet_builder::recipes::RecipeConfig;
+use buildfleet_builder::source::{fetch, SourceError};
+use buildfleet_protocol::{BuildErrorKind, Outcome, SourceSpec};
+use common::*;
+
+#[actix_rt::test]
+async fn fetches_and_verifies_a_source() {
+    let server = start_server();
+    let body = vec![7u8; 300_000];
+    let url = server.put_file("/src.tar.gz", body.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("archive");
+    let client =
+        buildfleet_builder::http::client(&buildfleet_builder::http::tls_config(None).unwrap());
+    let spec = SourceSpec {
+        url,
+        sha256: sha256(&body),
+        max_bytes: 1 << 20,
+    };
+    let size = fetch(&client, &spec, &dest).await.expect("fetch");
+    assert_eq!(size, body.len() as u64);
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+}
+
+#[actix_rt::test]
+async fn a_source_over_the_limit_is_refused_and_removed() {
+    let server = start_server();
+    let body = vec![1u8; 200_000];
+    let url = server.put_file("/big.tar.gz", body.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("archive");
+    let client =
+        buildfleet_builder::http::client(&buildfleet_builder::http::tls_config(None).unwrap());
+    let spec = SourceSpec {
+        url,
+        sha256: sha256(&body),
+        max_bytes: 100_000,
+    };
+    let err = fetch(&client, &spec, &dest).await.unwrap_err();
+    assert!(
+        matches!(err, SourceError::TooLarge { limit: 100_000 }),
+        "{err}"
+    );
+    assert_eq!(err.kind(), BuildErrorKind::SourceTooLarge);
+    assert!(!dest.exists());
+}
+
+#[actix_rt::test]
+async fn a_digest_mismatch_fails_the_job_before_anything_runs() {
+    let server = start_server();
+    let archive = tar_gz(&[("pkg/hello.txt", b"hello", 0o644)]);
+    let url = server.put_file("/pkg.tar.gz", archive);
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    // The recipe would leave a marker file if it ever ran.
+    let recipe = RecipeConfig {
+        name: "marker".into(),
+        version: "1".into(),
+        commands: vec![vec![
+            "sh".into(),
+            "-c".into(),
+            format!("touch {}", marker.display()),
+        ]],
+        env: Default::default(),
+        artifacts: Vec::new(),
+        image: None,
+    };
+    let env = job_env(work.path(), Strategy::Process, vec![recipe]);
+    let wrong = sha256(b"something else");
+    let (response, _events) = run(&env, assignment(&server, &url, wrong, "marker")).await;
+    assert_eq!(response.outcome, Outcome::Failed);
+    let error = response.error.expect("an error");
+    assert_eq!(
+        error.kind,
+        BuildErrorKind::SourceDigestMismatch,
+        "{}",
+        error.message
+    );
+    assert!(
+        !marker.exists(),
+        "the recipe must not run on an unverified source"
+    );
+    assert!(response.artifacts.is_empty());
+    assert!(server.state.uploads.lock().unwrap().is_empty());
+}
