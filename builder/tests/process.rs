@@ -63,7 +63,23 @@ async fn assert_group_gone(group: ProcessGroup) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("process group {} still has members", group.id());
+    panic!("process group {} still has members: {:?}", group.id(), members(group.id()));
+}
+
+/// `(pid, state, command)` of every process in group `pgid`, from /proc.
+fn members(pgid: i32) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2) == Some(&pgid.to_string().as_str()) {
+            let comm = head.split_once(" (").map(|(_, c)| c.to_owned()).unwrap_or_default();
+            found.push((entry.file_name().to_string_lossy().into_owned(), fields[0].to_owned(), comm));
+        }
+    }
+    found
 }
 
 #[tokio::test]

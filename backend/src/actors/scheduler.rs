@@ -631,13 +631,15 @@ pub struct AckWork {
 }
 
 impl Handler<AckWork> for Scheduler {
-    type Result = ();
+    // Resolves once the decision is stored: the session holds the builder's next frames until
+    // then, so a fast job's `job_response` cannot overtake its `work_ack`.
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: AckWork, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: AckWork, _: &mut Self::Context) -> Self::Result {
         let (builder, job, attempt) = (msg.builder, msg.ack.job_id.into(), msg.ack.attempt.into());
         let store = self.store.clone();
         match msg.ack.decision {
-            WorkDecision::Accept => ctx.spawn(
+            WorkDecision::Accept => Box::pin(
                 blocking(move || store.mark_running(job, attempt))
                     .into_actor(self)
                     .map(move |result, this, _| match result {
@@ -652,7 +654,7 @@ impl Handler<AckWork> for Scheduler {
             WorkDecision::Reject { reason } => {
                 tracing::info!(%builder, %job, %attempt, %reason, "assignment rejected");
                 self.release(builder, (job, attempt));
-                ctx.spawn(
+                Box::pin(
                     blocking(move || store.reject_assignment(job, attempt, &reason))
                         .into_actor(self)
                         .map(move |result, this, ctx| match result {
@@ -672,7 +674,7 @@ impl Handler<AckWork> for Scheduler {
                         }),
                 )
             }
-        };
+        }
     }
 }
 

@@ -299,11 +299,19 @@ impl BuilderSession {
                 let Some(builder) = self.builder() else {
                     return;
                 };
-                self.ctx.scheduler.do_send(AckWork {
+                // Later frames wait until the decision is stored (see `AckWork`).
+                let request = AckWork {
                     builder,
                     session: self.id,
                     ack,
-                });
+                };
+                ctx.wait(
+                    self.ctx
+                        .scheduler
+                        .send(request)
+                        .into_actor(self)
+                        .map(|_, _, _| ()),
+                );
             }
             (State::Ready, ClientMessage::JobEvent(event)) => {
                 if !self.check_held(

@@ -77,6 +77,9 @@ pub fn pack_directory(dir: &Path) -> Result<LocalArchive, CliError> {
     let mut tar = tar::Builder::new(encoder);
     let mut files = 0usize;
     let packing = |e: io::Error| CliError::io(format!("packing {}", dir.display()), e);
+    let mut top = directory_header();
+    tar.append_data(&mut top, &prefix, io::empty())
+        .map_err(packing)?;
     append_tree(
         &mut tar,
         &canonical,
@@ -95,6 +98,18 @@ pub fn pack_directory(dir: &Path) -> Result<LocalArchive, CliError> {
         description: format!("packed {} ({files} files)", dir.display()),
         _temp: Some(temp),
     })
+}
+
+/// A header with no owner and no time; a directory until changed.
+fn directory_header() -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o755);
+    header.set_size(0);
+    header
 }
 
 fn append_tree<W: Write>(
@@ -118,15 +133,9 @@ fn append_tree<W: Write>(
         let full = root.join(&path);
         let archived = prefix.join(&path);
         let metadata = std::fs::symlink_metadata(&full)?;
-        let mut header = tar::Header::new_gnu();
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
+        let mut header = directory_header();
         let kind = metadata.file_type();
         if kind.is_dir() {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(0o755);
-            header.set_size(0);
             tar.append_data(&mut header, &archived, io::empty())?;
             append_tree(tar, root, &path, prefix, files)?;
         } else if kind.is_file() {
@@ -324,6 +333,6 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
         names.sort();
-        assert_eq!(names, ["demo/Cargo.toml", "demo/src", "demo/src/main.rs"]);
+        assert_eq!(names, ["demo", "demo/Cargo.toml", "demo/src", "demo/src/main.rs"]);
     }
 }
