@@ -71,9 +71,18 @@ fn migrate(args: &ServeArgs, revert_all: bool) -> anyhow::Result<()> {
 async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::resolve(args)?;
     let data_dir = config.data_dir.clone();
-    let (local_builders, tls_cert) = (config.local_builders, config.tls.as_ref().map(|(c, _)| c.clone()));
+    let (local_builders, tls_cert) = (
+        config.local_builders,
+        config.tls.as_ref().map(|(c, _)| c.clone()),
+    );
     let running = server::start(config).await?;
-    let builders = buildfleet_backend::local::start_builders(&running, &data_dir, local_builders, tls_cert.as_deref()).await?;
+    let builders = buildfleet_backend::local::start_builders(
+        &running,
+        &data_dir,
+        local_builders,
+        tls_cert.as_deref(),
+    )
+    .await?;
     println!("Buildfleet backend listening on {}", running.public_url);
     println!("  dashboard:   {}/", running.public_url);
     println!(
@@ -84,7 +93,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         }
     );
     if !builders.is_empty() {
-        println!("  local builders: {} (keys under {})", builders.len(), data_dir.join("local-builders").display());
+        println!(
+            "  local builders: {} (keys under {})",
+            builders.len(),
+            data_dir.join("local-builders").display()
+        );
     }
     running.wait().await?;
     for builder in builders {

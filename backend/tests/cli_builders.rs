@@ -83,7 +83,11 @@ async fn admit_list_disable_enable_remove() {
         .stdout
         .contains("disabled"));
     let id = listed["builders"][0]["id"].as_i64().unwrap().to_string();
-    let enabled = server.cli(&["builder", "enable", &id, "--json"]).await.ok().json();
+    let enabled = server
+        .cli(&["builder", "enable", &id, "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(enabled["enabled"], true);
 
     // Drain needs a connected builder: the API's conflict comes through as exit 3.
@@ -91,14 +95,26 @@ async fn admit_list_disable_enable_remove() {
     assert!(drain.stderr.contains("conflict"), "{}", drain.stderr);
 
     let removed = server.cli(&["builder", "remove", &second_id]).await.ok();
-    assert!(removed.stdout.contains(&format!("removed builder {second_id}")));
+    assert!(removed
+        .stdout
+        .contains(&format!("removed builder {second_id}")));
     let listed = server.cli(&["builder", "list", "--json"]).await.ok().json();
     assert_eq!(listed["builders"].as_array().unwrap().len(), 1);
 
-    let again = server.cli(&["builder", "remove", &second_id]).await.expect_code(3);
+    let again = server
+        .cli(&["builder", "remove", &second_id])
+        .await
+        .expect_code(3);
     assert!(again.stderr.contains("not_found"), "{}", again.stderr);
-    let unknown = server.cli(&["builder", "enable", "nobody"]).await.expect_code(3);
-    assert!(unknown.stderr.contains("no builder named"), "{}", unknown.stderr);
+    let unknown = server
+        .cli(&["builder", "enable", "nobody"])
+        .await
+        .expect_code(3);
+    assert!(
+        unknown.stderr.contains("no builder named"),
+        "{}",
+        unknown.stderr
+    );
     server.shutdown().await;
 }
 
@@ -151,7 +167,13 @@ async fn errors_have_stable_exit_codes() {
 
     // A key that is not a key: the API's bad_request.
     let bad_key = server
-        .cli(&["builder", "admit", "someone", "--key", "ssh-ed25519 not-base64"])
+        .cli(&[
+            "builder",
+            "admit",
+            "someone",
+            "--key",
+            "ssh-ed25519 not-base64",
+        ])
         .await
         .expect_code(3);
     assert!(bad_key.stderr.contains("bad_request"), "{}", bad_key.stderr);
@@ -165,7 +187,11 @@ async fn errors_have_stable_exit_codes() {
         .cli(&["builder", "admit", "someone", "--key", &key.public_openssh])
         .await
         .expect_code(3);
-    assert!(duplicate.stderr.contains("conflict"), "{}", duplicate.stderr);
+    assert!(
+        duplicate.stderr.contains("conflict"),
+        "{}",
+        duplicate.stderr
+    );
 
     // Nobody listens: exit 4.
     let closed = {
@@ -183,33 +209,56 @@ async fn errors_have_stable_exit_codes() {
         "{}",
         unreachable.stderr
     );
-    let unreachable = run_cli(&["job", "show", "1", "--url", &format!("http://{closed}")], &[])
-        .await
-        .expect_code(4);
+    let unreachable = run_cli(
+        &["job", "show", "1", "--url", &format!("http://{closed}")],
+        &[],
+    )
+    .await
+    .expect_code(4);
     assert!(unreachable.stderr.contains("error:"));
 
     // Usage errors: exit 2.
-    server.cli(&["builder", "admit", "nokey"]).await.expect_code(2);
-    server.cli(&["job", "show", "not-a-number"]).await.expect_code(2);
+    server
+        .cli(&["builder", "admit", "nokey"])
+        .await
+        .expect_code(2);
+    server
+        .cli(&["job", "show", "not-a-number"])
+        .await
+        .expect_code(2);
     server.cli(&["job", "frobnicate"]).await.expect_code(2);
     server
         .cli(&["builder", "list", "--url", "ftp://example"])
         .await
         .expect_code(2);
     let missing = server
-        .cli(&["builder", "admit", "x", "--key-file", "/nonexistent/key.pub"])
+        .cli(&[
+            "builder",
+            "admit",
+            "x",
+            "--key-file",
+            "/nonexistent/key.pub",
+        ])
         .await
         .expect_code(2);
     assert!(missing.stderr.contains("/nonexistent/key.pub"));
 
     // A missing job: the API's not_found.
     let not_found = server.cli(&["job", "show", "999"]).await.expect_code(3);
-    assert!(not_found.stderr.contains("not_found"), "{}", not_found.stderr);
+    assert!(
+        not_found.stderr.contains("not_found"),
+        "{}",
+        not_found.stderr
+    );
 
     // --help documents the exit codes.
     for group in ["builder", "job", "artifact"] {
         let help = server.cli(&[group, "--help"]).await.ok();
-        assert!(help.stdout.contains("Exit codes:"), "{group}: {}", help.stdout);
+        assert!(
+            help.stdout.contains("Exit codes:"),
+            "{group}: {}",
+            help.stdout
+        );
     }
     server.shutdown().await;
 }

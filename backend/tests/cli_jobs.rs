@@ -25,7 +25,11 @@ fn source_tree(root: &Path) {
         "[package]\nname = \"demo\"\nversion = \"0.1.0\"\n",
     )
     .unwrap();
-    std::fs::write(root.join("src/main.rs"), "fn main() { println!(\"hi\"); }\n").unwrap();
+    std::fs::write(
+        root.join("src/main.rs"),
+        "fn main() { println!(\"hi\"); }\n",
+    )
+    .unwrap();
     std::fs::write(root.join("target/release/demo"), vec![0u8; 4096]).unwrap();
     std::fs::write(root.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
 }
@@ -56,7 +60,9 @@ fn entry_names(archive: &[u8]) -> Vec<String> {
 
 /// The bytes the backend serves for an uploaded source.
 async fn stored_source(server: &TestServer, sha256: &str) -> Vec<u8> {
-    let (status, body) = server.get_raw(&server.api(&format!("/sources/{sha256}"))).await;
+    let (status, body) = server
+        .get_raw(&server.api(&format!("/sources/{sha256}")))
+        .await;
     assert!(status.is_success(), "GET /sources/{sha256}: {status}");
     body
 }
@@ -108,7 +114,10 @@ async fn submit_a_directory_uploads_a_packed_source() {
     let sha256 = job["source_sha256"].as_str().unwrap().to_owned();
     let stored = stored_source(&server, &sha256).await;
     assert_eq!(sha256_hex(&stored), sha256);
-    assert!(job["source_url"].as_str().unwrap().ends_with(&format!("/sources/{sha256}")));
+    assert!(job["source_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/sources/{sha256}")));
     assert_eq!(
         entry_names(&stored),
         ["demo", "demo/Cargo.toml", "demo/src", "demo/src/main.rs"],
@@ -157,7 +166,10 @@ async fn submit_an_archive_a_crate_and_a_url() {
     let cargo_home = work.path().join("cargo-home");
     let cache = cargo_home.join("registry/cache/index.crates.io-1949cf8c6b5b557f");
     std::fs::create_dir_all(&cache).unwrap();
-    let crate_bytes = tar_gz(&[("Cargo.toml", "[package]\nname = \"tiny\"\n")], "tiny-0.3.1");
+    let crate_bytes = tar_gz(
+        &[("Cargo.toml", "[package]\nname = \"tiny\"\n")],
+        "tiny-0.3.1",
+    );
     std::fs::write(cache.join("tiny-0.3.1.crate"), &crate_bytes).unwrap();
     let cargo_home_str = cargo_home.to_str().unwrap();
     let job = server
@@ -169,7 +181,10 @@ async fn submit_an_archive_a_crate_and_a_url() {
         .ok()
         .json();
     assert_eq!(job["source_sha256"], sha256_hex(&crate_bytes).as_str());
-    assert_eq!(stored_source(&server, &sha256_hex(&crate_bytes)).await, crate_bytes);
+    assert_eq!(
+        stored_source(&server, &sha256_hex(&crate_bytes)).await,
+        crate_bytes
+    );
 
     // Not cached, and the download fails: a clear error, exit 4.
     let closed = {
@@ -180,7 +195,10 @@ async fn submit_an_archive_a_crate_and_a_url() {
     let failed = server
         .cli_env(
             &["job", "submit", "--crate", "absent@1.0.0"],
-            &[("CARGO_HOME", cargo_home_str), ("BUILDFLEET_CRATES_URL", &crates_url)],
+            &[
+                ("CARGO_HOME", cargo_home_str),
+                ("BUILDFLEET_CRATES_URL", &crates_url),
+            ],
         )
         .await
         .expect_code(4);
@@ -228,21 +246,45 @@ async fn submit_an_archive_a_crate_and_a_url() {
         .cli(&["job", "submit", "https://example.invalid/src.tar.gz"])
         .await
         .expect_code(2);
-    assert!(no_digest.stderr.contains("--sha256"), "{}", no_digest.stderr);
+    assert!(
+        no_digest.stderr.contains("--sha256"),
+        "{}",
+        no_digest.stderr
+    );
     let bad_digest = server
-        .cli(&["job", "submit", "https://example.invalid/a.tgz", "--sha256", "xyz"])
+        .cli(&[
+            "job",
+            "submit",
+            "https://example.invalid/a.tgz",
+            "--sha256",
+            "xyz",
+        ])
         .await
         .expect_code(3);
-    assert!(bad_digest.stderr.contains("bad_request"), "{}", bad_digest.stderr);
+    assert!(
+        bad_digest.stderr.contains("bad_request"),
+        "{}",
+        bad_digest.stderr
+    );
     server
         .cli(&["job", "submit", "/nonexistent/source/dir"])
         .await
         .expect_code(2);
     let bad_recipe = server
-        .cli(&["job", "submit", archive_path.to_str().unwrap(), "--recipe", "no spaces"])
+        .cli(&[
+            "job",
+            "submit",
+            archive_path.to_str().unwrap(),
+            "--recipe",
+            "no spaces",
+        ])
         .await
         .expect_code(3);
-    assert!(bad_recipe.stderr.contains("recipe"), "{}", bad_recipe.stderr);
+    assert!(
+        bad_recipe.stderr.contains("recipe"),
+        "{}",
+        bad_recipe.stderr
+    );
     server.shutdown().await;
 }
 
@@ -263,14 +305,24 @@ async fn list_show_cancel_retry() {
             .ok(),
     );
     let plain = server.cli(&["job", "submit", path]).await.ok();
-    assert!(plain.stdout.starts_with("submitted job "), "{}", plain.stdout);
+    assert!(
+        plain.stdout.starts_with("submitted job "),
+        "{}",
+        plain.stdout
+    );
 
     let table = server.cli(&["job", "list"]).await.ok().stdout;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
     assert!(lines[0].starts_with("ID  STATE"), "{table}");
-    assert!(lines[2].starts_with(&format!("{second} ")), "newest first:\n{table}");
-    assert!(lines[3].contains("queued") && lines[3].contains("cargo-build"), "{table}");
+    assert!(
+        lines[2].starts_with(&format!("{second} ")),
+        "newest first:\n{table}"
+    );
+    assert!(
+        lines[3].contains("queued") && lines[3].contains("cargo-build"),
+        "{table}"
+    );
 
     let docs = server
         .cli(&["job", "list", "--recipe", "cargo-doc", "--json"])
@@ -279,7 +331,11 @@ async fn list_show_cancel_retry() {
         .json();
     assert_eq!(docs["jobs"].as_array().unwrap().len(), 1);
     assert_eq!(docs["jobs"][0]["id"].to_string(), second);
-    let limited = server.cli(&["job", "list", "--limit", "2", "--json"]).await.ok().json();
+    let limited = server
+        .cli(&["job", "list", "--limit", "2", "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(limited["jobs"].as_array().unwrap().len(), 2);
     server
         .cli(&["job", "list", "--state", "sleeping"])
@@ -287,14 +343,25 @@ async fn list_show_cancel_retry() {
         .expect_code(2);
 
     let shown = server.cli(&["job", "show", &first]).await.ok().stdout;
-    assert!(shown.contains("state:") && shown.contains("queued"), "{shown}");
+    assert!(
+        shown.contains("state:") && shown.contains("queued"),
+        "{shown}"
+    );
     assert!(shown.contains(&sha256_hex(&archive)), "{shown}");
-    let shown = server.cli(&["job", "show", &first, "--json"]).await.ok().json();
+    let shown = server
+        .cli(&["job", "show", &first, "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(shown["id"].to_string(), first);
     assert!(shown["events"].is_array());
 
     let cancelled = server.cli(&["job", "cancel", &first]).await.ok();
-    assert!(cancelled.stdout.contains("cancelled"), "{}", cancelled.stdout);
+    assert!(
+        cancelled.stdout.contains("cancelled"),
+        "{}",
+        cancelled.stdout
+    );
     let listed = server
         .cli(&["job", "list", "--state", "cancelled", "--json"])
         .await
@@ -304,10 +371,18 @@ async fn list_show_cancel_retry() {
     let twice = server.cli(&["job", "cancel", &first]).await.expect_code(3);
     assert!(twice.stderr.contains("conflict"), "{}", twice.stderr);
 
-    let retried = server.cli(&["job", "retry", &first, "--json"]).await.ok().json();
+    let retried = server
+        .cli(&["job", "retry", &first, "--json"])
+        .await
+        .ok()
+        .json();
     assert_eq!(retried["state"], "queued");
     let not_finished = server.cli(&["job", "retry", &second]).await.expect_code(3);
-    assert!(not_finished.stderr.contains("conflict"), "{}", not_finished.stderr);
+    assert!(
+        not_finished.stderr.contains("conflict"),
+        "{}",
+        not_finished.stderr
+    );
 
     // A job without a log prints nothing; nor does a job that does not exist succeed.
     let log = server.cli(&["job", "logs", &second]).await.ok();

@@ -29,7 +29,14 @@ impl Fleet {
         let builder_key = TestKey::generate("runner");
         let key_file = builder_key.dir().join("id_ed25519.pub");
         let admitted = server
-            .cli(&["builder", "admit", "runner", "--key-file", key_file.to_str().unwrap(), "--json"])
+            .cli(&[
+                "builder",
+                "admit",
+                "runner",
+                "--key-file",
+                key_file.to_str().unwrap(),
+                "--json",
+            ])
             .await
             .ok()
             .json();
@@ -72,7 +79,11 @@ impl Fleet {
 async fn follow_streams_the_log_and_exits_with_the_outcome() {
     let fleet = Fleet::start().await;
     let job = fleet.submit("demo").await;
-    let followed = fleet.server.cli(&["job", "logs", &job, "--follow"]).await.ok();
+    let followed = fleet
+        .server
+        .cli(&["job", "logs", &job, "--follow"])
+        .await
+        .ok();
     let stdout_lines: Vec<&str> = followed.stdout.lines().collect();
     assert_eq!(
         stdout_lines,
@@ -81,7 +92,11 @@ async fn follow_streams_the_log_and_exits_with_the_outcome() {
         followed.stderr
     );
     assert!(followed.stderr.contains("complaint"), "{}", followed.stderr);
-    assert!(followed.stderr.contains(&format!("job {job} succeeded")), "{}", followed.stderr);
+    assert!(
+        followed.stderr.contains(&format!("job {job} succeeded")),
+        "{}",
+        followed.stderr
+    );
     assert!(
         !followed.stderr.contains('\u{1b}'),
         "no spinner when stderr is not a terminal: {:?}",
@@ -91,13 +106,19 @@ async fn follow_streams_the_log_and_exits_with_the_outcome() {
     // Once finished, the whole stored log; --json gives the records.
     let stored = fleet.server.cli(&["job", "logs", &job]).await.ok();
     assert_eq!(stored.stdout, "first line\nlast line\n");
-    let records = fleet.server.cli(&["job", "logs", &job, "--json"]).await.ok();
+    let records = fleet
+        .server
+        .cli(&["job", "logs", &job, "--json"])
+        .await
+        .ok();
     let records: Vec<serde_json::Value> = records
         .stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(records.iter().any(|r| r["stream"] == "stderr" && r["line"] == "complaint"));
+    assert!(records
+        .iter()
+        .any(|r| r["stream"] == "stderr" && r["line"] == "complaint"));
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
@@ -108,17 +129,40 @@ async fn follow_streams_the_log_and_exits_with_the_outcome() {
         .cli(&["job", "logs", &broken, "--follow"])
         .await
         .expect_code(1);
-    assert!(followed.stdout.contains("about to fail"), "{}", followed.stdout);
-    assert!(followed.stderr.contains(&format!("job {broken} failed")), "{}", followed.stderr);
+    assert!(
+        followed.stdout.contains("about to fail"),
+        "{}",
+        followed.stdout
+    );
+    assert!(
+        followed.stderr.contains(&format!("job {broken} failed")),
+        "{}",
+        followed.stderr
+    );
     let waited = fleet
         .server
-        .cli(&["job", "submit", fleet.source(), "--recipe", "broken", "--wait"])
+        .cli(&[
+            "job",
+            "submit",
+            fleet.source(),
+            "--recipe",
+            "broken",
+            "--wait",
+        ])
         .await
         .expect_code(1);
     assert!(waited.stderr.contains("failed"), "{}", waited.stderr);
     let waited = fleet
         .server
-        .cli(&["job", "submit", fleet.source(), "--recipe", "demo", "--wait", "--json"])
+        .cli(&[
+            "job",
+            "submit",
+            fleet.source(),
+            "--recipe",
+            "demo",
+            "--wait",
+            "--json",
+        ])
         .await
         .ok()
         .json();
@@ -137,41 +181,72 @@ async fn download_verifies_the_signed_statement() {
         .await
         .ok();
 
-    let listed = fleet.server.cli(&["artifact", "list", &job]).await.ok().stdout;
-    assert!(listed.contains("out.txt") && listed.contains("17 B"), "{listed}");
+    let listed = fleet
+        .server
+        .cli(&["artifact", "list", &job])
+        .await
+        .ok()
+        .stdout;
+    assert!(
+        listed.contains("out.txt") && listed.contains("17 B"),
+        "{listed}"
+    );
 
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("got.txt");
     let downloaded = fleet
         .server
-        .cli(&["artifact", "download", &job, "out.txt", "-o", target.to_str().unwrap()])
+        .cli(&[
+            "artifact",
+            "download",
+            &job,
+            "out.txt",
+            "-o",
+            target.to_str().unwrap(),
+        ])
         .await
         .ok();
     assert_eq!(std::fs::read(&target).unwrap(), b"artifact-bytes-v1");
     assert!(
         downloaded.stdout.contains("verified: build statement")
             && downloaded.stdout.contains("signed by builder runner")
-            && downloaded.stdout.contains(fleet.builder_key.fingerprint.as_str()),
+            && downloaded
+                .stdout
+                .contains(fleet.builder_key.fingerprint.as_str()),
         "{}",
         downloaded.stdout
     );
     let report = fleet
         .server
-        .cli(&["artifact", "download", &job, "out.txt", "-o", out.path().to_str().unwrap(), "--json"])
+        .cli(&[
+            "artifact",
+            "download",
+            &job,
+            "out.txt",
+            "-o",
+            out.path().to_str().unwrap(),
+            "--json",
+        ])
         .await
         .ok()
         .json();
     assert_eq!(report["verified"], true);
     assert_eq!(report["builder"], "runner");
     assert_eq!(report["size"], 17);
-    assert_eq!(std::fs::read(out.path().join("out.txt")).unwrap(), b"artifact-bytes-v1");
+    assert_eq!(
+        std::fs::read(out.path().join("out.txt")).unwrap(),
+        b"artifact-bytes-v1"
+    );
 
     // An allowed-signers file that pins another key: ssh-keygen refuses.
     let stranger = TestKey::generate("runner");
     let pinned = out.path().join("allowed_signers");
     std::fs::write(
         &pinned,
-        format!("runner namespaces=\"buildfleet-statement\" {}\n", stranger.public_openssh),
+        format!(
+            "runner namespaces=\"buildfleet-statement\" {}\n",
+            stranger.public_openssh
+        ),
     )
     .unwrap();
     let refused = fleet
@@ -198,12 +273,23 @@ async fn download_verifies_the_signed_statement() {
         .server
         .data_dir()
         .join(format!("blobs/artifacts/{job}/{attempt}/out.txt"));
-    assert!(blob.is_file(), "the stored artifact is at {}", blob.display());
+    assert!(
+        blob.is_file(),
+        "the stored artifact is at {}",
+        blob.display()
+    );
     std::fs::write(&blob, b"artifact-bytes-v2").unwrap();
     let tampered_path = out.path().join("tampered.txt");
     let tampered = fleet
         .server
-        .cli(&["artifact", "download", &job, "out.txt", "-o", tampered_path.to_str().unwrap()])
+        .cli(&[
+            "artifact",
+            "download",
+            &job,
+            "out.txt",
+            "-o",
+            tampered_path.to_str().unwrap(),
+        ])
         .await
         .expect_code(5);
     assert!(
@@ -211,7 +297,10 @@ async fn download_verifies_the_signed_statement() {
         "{}",
         tampered.stderr
     );
-    assert!(!tampered_path.exists(), "a file that failed verification is not kept");
+    assert!(
+        !tampered_path.exists(),
+        "a file that failed verification is not kept"
+    );
     // --no-verify takes it as it is.
     fleet
         .server
@@ -231,7 +320,14 @@ async fn download_verifies_the_signed_statement() {
     // Unknown artifacts and bad names.
     fleet
         .server
-        .cli(&["artifact", "download", &job, "missing.bin", "-o", out.path().to_str().unwrap()])
+        .cli(&[
+            "artifact",
+            "download",
+            &job,
+            "missing.bin",
+            "-o",
+            out.path().to_str().unwrap(),
+        ])
         .await
         .expect_code(3);
     fleet

@@ -22,7 +22,16 @@ use super::views::{parse, ArtifactView, BuilderView, JobDetailView};
 pub enum ArtifactCommand {
     /// List the published artifacts of a job.
     List(JobArg),
-    /// Download an artifact and verify its signed build statement (see --help).
+    /// Download an artifact and verify its signed build statement.
+    ///
+    /// The download streams to NAME.part beside the destination. Then, unless --no-verify:
+    /// fetches the job's build statement, its signature and the backend's allowed-signers
+    /// file (or uses --allowed-signers), runs
+    /// `ssh-keygen -Y verify -f ALLOWED_SIGNERS -I BUILDER -n buildfleet-statement -s SIG`
+    /// with the statement on stdin, BUILDER being the name of the builder that ran the
+    /// attempt, and checks the file's SHA-256 and size against the statement's entry. Only
+    /// then is the file moved to its destination; on any mismatch it is deleted and the exit
+    /// code is 5.
     Download(DownloadArgs),
 }
 
@@ -32,11 +41,6 @@ pub struct JobArg {
     pub job: i64,
 }
 
-/// Downloads (streaming to disk), then verifies unless --no-verify: fetches the job's build
-/// statement, its signature and the backend's allowed-signers file, runs
-/// `ssh-keygen -Y verify -f ALLOWED_SIGNERS -I BUILDER -n buildfleet-statement -s SIG` on
-/// the statement, and checks the file's SHA-256 and size against the statement. The file
-/// is only written to its final path once everything matched.
 #[derive(Debug, Args)]
 #[command(after_long_help = EXIT_CODES_HELP)]
 pub struct DownloadArgs {
@@ -124,7 +128,10 @@ async fn download(api: &Api, json: bool, args: DownloadArgs) -> Result<Outcome, 
         Some(verify(api, &args, &sha256, length).await?)
     };
     std::fs::rename(&part.path, &destination).map_err(|e| {
-        CliError::io(format!("moving the download to {}", destination.display()), e)
+        CliError::io(
+            format!("moving the download to {}", destination.display()),
+            e,
+        )
     })?;
     part.keep = true;
 
@@ -158,7 +165,10 @@ async fn download(api: &Api, json: bool, args: DownloadArgs) -> Result<Outcome, 
                 "verified: build statement of job {} attempt {} ({}) signed by builder {} ({}), per ssh-keygen -Y verify",
                 args.job, v.attempt, v.outcome, v.builder, v.fingerprint
             );
-            println!("verified: the statement lists {} with this sha256 and size {length}", args.name);
+            println!(
+                "verified: the statement lists {} with this sha256 and size {length}",
+                args.name
+            );
         }
         None => println!("not verified (--no-verify)"),
     }
@@ -175,8 +185,7 @@ async fn fetch_to(api: &Api, job: i64, name: &str, path: &Path) -> Result<(Strin
     let mut hasher = Sha256::new();
     let mut length = 0u64;
     while let Some(chunk) = response.next().await {
-        let chunk =
-            chunk.map_err(|e| CliError::Network(format!("downloading {name}: {e}")))?;
+        let chunk = chunk.map_err(|e| CliError::Network(format!("downloading {name}: {e}")))?;
         hasher.update(&chunk);
         length += chunk.len() as u64;
         file.write_all(&chunk).await.map_err(writing)?;
@@ -233,13 +242,18 @@ async fn verify(
         )));
     }
     let allowed_signers = match &args.allowed_signers {
-        Some(path) => std::fs::read(path).map_err(|e| {
-            CliError::Usage(format!("--allowed-signers {}: {e}", path.display()))
-        })?,
+        Some(path) => std::fs::read(path)
+            .map_err(|e| CliError::Usage(format!("--allowed-signers {}: {e}", path.display())))?,
         None => api.get_bytes("/allowed_signers").await?.to_vec(),
     };
 
-    ssh_keygen_verify(&allowed_signers, &builder.name, &signature, &statement_bytes).await?;
+    ssh_keygen_verify(
+        &allowed_signers,
+        &builder.name,
+        &signature,
+        &statement_bytes,
+    )
+    .await?;
 
     let entry = statement
         .artifacts

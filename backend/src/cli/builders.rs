@@ -176,7 +176,12 @@ async fn resolve(api: &Api, builder: &BuilderRef) -> Result<i64, CliError> {
         })
 }
 
-async fn act(api: &Api, json: bool, builder: &BuilderRef, action: &str) -> Result<Outcome, CliError> {
+async fn act(
+    api: &Api,
+    json: bool,
+    builder: &BuilderRef,
+    action: &str,
+) -> Result<Outcome, CliError> {
     let id = resolve(api, builder).await?;
     let answer = api
         .post(&format!("/builders/{id}/{action}"), None)

@@ -53,8 +53,8 @@ impl Api {
                     .as_deref()
                     .unwrap_or(Path::new(GlobalArgs::DEFAULT_DATA_DIR)),
             ))
-                .ok()
-                .map(|t| t.trim().to_owned()),
+            .ok()
+            .map(|t| t.trim().to_owned()),
         }
         .filter(|t| !t.is_empty());
         Ok(Api {
@@ -187,7 +187,10 @@ async fn checked(mut response: Response) -> Result<Response, CliError> {
         .unwrap_or_default();
     let (code, message) = match serde_json::from_slice::<Value>(&body) {
         Ok(value) if value["error"]["code"].is_string() => (
-            value["error"]["code"].as_str().unwrap_or_default().to_owned(),
+            value["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             value["error"]["message"]
                 .as_str()
                 .unwrap_or_default()

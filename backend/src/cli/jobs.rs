@@ -55,7 +55,11 @@ pub struct SubmitArgs {
     pub source: Option<String>,
     /// A published crate, NAME@VERSION: taken from the local cargo cache
     /// (~/.cargo/registry/cache) when there, else downloaded from crates.io; then uploaded.
-    #[arg(long = "crate", value_name = "NAME@VERSION", conflicts_with = "source_url")]
+    #[arg(
+        long = "crate",
+        value_name = "NAME@VERSION",
+        conflicts_with = "source_url"
+    )]
     pub krate: Option<String>,
     /// The URL builders fetch the source archive from (needs --sha256). Same as giving the
     /// URL as SOURCE; `--url` is the backend's address.
@@ -258,10 +262,7 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
     if let Some(max) = args.max_attempts {
         body["max_attempts"] = max.into();
     }
-    let answer = api
-        .post("/jobs", Some(&body))
-        .await?
-        .unwrap_or(Value::Null);
+    let answer = api.post("/jobs", Some(&body)).await?.unwrap_or(Value::Null);
     let job: JobView = parse(&answer)?;
     if !args.wait {
         if json {
@@ -296,11 +297,7 @@ pub async fn wait_for_end(api: &Api, id: i64) -> Result<Value, CliError> {
 }
 
 /// Prints how a finished job ended and answers the matching outcome.
-pub fn report_end(
-    json: bool,
-    id: i64,
-    answer: &Value,
-) -> Result<Outcome, CliError> {
+pub fn report_end(json: bool, id: i64, answer: &Value) -> Result<Outcome, CliError> {
     let detail: JobDetailView = parse(answer)?;
     if json {
         print_json(answer);
@@ -418,7 +415,9 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
 
     if !detail.attempts.is_empty() {
         println!();
-        let mut table = Table::new(&["ATTEMPT", "BUILDER", "OUTCOME", "EXIT", "ASSIGNED", "FINISHED", "ERROR"]);
+        let mut table = Table::new(&[
+            "ATTEMPT", "BUILDER", "OUTCOME", "EXIT", "ASSIGNED", "FINISHED", "ERROR",
+        ]);
         for a in &detail.attempts {
             table.row(vec![
                 a.attempt.to_string(),

@@ -190,7 +190,10 @@ fn outcome_of(detail: &JobDetailView, attempt: i32) -> (Outcome, String) {
         } else {
             Outcome::JobUnsuccessful
         };
-        return (outcome, format!("job {} {}{error}", detail.job.id, detail.job.state));
+        return (
+            outcome,
+            format!("job {} {}{error}", detail.job.id, detail.job.state),
+        );
     }
     let recorded = detail.attempts.iter().find(|a| a.attempt == attempt);
     let outcome_name = recorded
@@ -203,10 +206,7 @@ fn outcome_of(detail: &JobDetailView, attempt: i32) -> (Outcome, String) {
     };
     (
         outcome,
-        format!(
-            "job {} attempt {attempt} {outcome_name}",
-            detail.job.id
-        ),
+        format!("job {} attempt {attempt} {outcome_name}", detail.job.id),
     )
 }
 

@@ -56,9 +56,17 @@ impl Table {
 
 /// `name: value` lines with the values aligned.
 pub fn print_fields(fields: &[(&str, String)]) {
-    let width = fields.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0);
+    let width = fields
+        .iter()
+        .map(|(n, _)| n.chars().count())
+        .max()
+        .unwrap_or(0);
     for (name, value) in fields {
-        println!("{name}:{:pad$} {value}", "", pad = width - name.chars().count());
+        println!(
+            "{name}:{:pad$} {value}",
+            "",
+            pad = width - name.chars().count()
+        );
     }
 }
 

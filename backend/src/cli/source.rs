@@ -189,7 +189,11 @@ pub fn archive_file(path: &Path) -> Result<LocalArchive, CliError> {
 
 /// `name@version` of a published crate.
 pub fn parse_crate(spec: &str) -> Result<(String, String), CliError> {
-    let bad = || CliError::Usage(format!("--crate {spec:?}: expected NAME@VERSION, e.g. serde@1.0.200"));
+    let bad = || {
+        CliError::Usage(format!(
+            "--crate {spec:?}: expected NAME@VERSION, e.g. serde@1.0.200"
+        ))
+    };
     let (name, version) = spec.split_once('@').ok_or_else(bad)?;
     let name_ok = !name.is_empty()
         && name.len() <= 64
@@ -244,11 +248,12 @@ pub async fn download_crate(
         );
         format!("{name}@{version} is not in {cache}")
     };
-    let mut response = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| CliError::Network(format!("{}, and downloading {url} failed: {e}", not_cached())))?;
+    let mut response = client.get(&url).send().await.map_err(|e| {
+        CliError::Network(format!(
+            "{}, and downloading {url} failed: {e}",
+            not_cached()
+        ))
+    })?;
     let status = response.status();
     if status.as_u16() == 404 || status.as_u16() == 403 {
         return Err(CliError::Api {
@@ -275,8 +280,7 @@ pub async fn download_crate(
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = response.next().await {
-        let chunk =
-            chunk.map_err(|e| CliError::Network(format!("downloading {url}: {e}")))?;
+        let chunk = chunk.map_err(|e| CliError::Network(format!("downloading {url}: {e}")))?;
         hasher.update(&chunk);
         size += chunk.len() as u64;
         file.write_all(&chunk)
@@ -324,7 +328,10 @@ mod tests {
         let first = pack_directory(&root).unwrap();
         let second = pack_directory(&root).unwrap();
         assert_eq!(first.sha256, second.sha256);
-        assert_eq!(hash_file(&first.path).unwrap(), (first.sha256.clone(), first.size));
+        assert_eq!(
+            hash_file(&first.path).unwrap(),
+            (first.sha256.clone(), first.size)
+        );
 
         let decoder = flate2::read::GzDecoder::new(File::open(&first.path).unwrap());
         let mut names: Vec<String> = tar::Archive::new(decoder)
@@ -333,6 +340,9 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
         names.sort();
-        assert_eq!(names, ["demo", "demo/Cargo.toml", "demo/src", "demo/src/main.rs"]);
+        assert_eq!(
+            names,
+            ["demo", "demo/Cargo.toml", "demo/src", "demo/src/main.rs"]
+        );
     }
 }

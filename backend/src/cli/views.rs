@@ -103,7 +103,6 @@ pub struct ArtifactView {
 pub fn parse<T: serde::de::DeserializeOwned>(
     value: &serde_json::Value,
 ) -> Result<T, super::CliError> {
-    T::deserialize(value).map_err(|e| {
-        super::CliError::Network(format!("unexpected answer from the backend: {e}"))
-    })
+    T::deserialize(value)
+        .map_err(|e| super::CliError::Network(format!("unexpected answer from the backend: {e}")))
 }

@@ -13,7 +13,7 @@ use awc::ws;
 use buildfleet_protocol::signing::{self, BuildStatement, STATEMENT_FORMAT};
 use buildfleet_protocol::{
     ArtifactDigest, AuthAccepted, Capabilities, ClientMessage, CompletionResult, ErrorCode,
-    Heartbeat, Hello, HeldJob, JobAssignment, JobEvent, JobEventKind, JobRef, JobRequest,
+    Heartbeat, HeldJob, Hello, JobAssignment, JobEvent, JobEventKind, JobRef, JobRequest,
     JobResponse, LogStream, Outcome, RecipeCapability, Resume, ResumeResult, ServerMessage,
     Sha256Digest, WorkAck, WorkDecision, PROTOCOL_VERSION,
 };
@@ -145,7 +145,9 @@ impl BuilderClient {
     }
 
     pub fn send_raw(&mut self, text: &str) {
-        let _ = self.outgoing.send(ws::Message::Text(text.to_owned().into()));
+        let _ = self
+            .outgoing
+            .send(ws::Message::Text(text.to_owned().into()));
     }
 
     pub fn send_binary(&mut self, bytes: &[u8]) {
@@ -309,7 +311,10 @@ impl BuilderClient {
 
     /// The signature a builder answers `challenge` with.
     pub fn sign_challenge(&self, key: &TestKey, challenge: &str) -> String {
-        let backend_id = self.backend_id.as_deref().expect("a challenge was received");
+        let backend_id = self
+            .backend_id
+            .as_deref()
+            .expect("a challenge was received");
         signing::sign_challenge(&key.private, backend_id, challenge).expect("signing a challenge")
     }
 
@@ -350,9 +355,9 @@ impl BuilderClient {
             other => panic!("expected resume_result, got {other:?}"),
         };
         for decision in &result.jobs {
-            let still_running = held
-                .iter()
-                .any(|h| h.job_id == decision.job_id && h.attempt == decision.attempt && !h.finished);
+            let still_running = held.iter().any(|h| {
+                h.job_id == decision.job_id && h.attempt == decision.attempt && !h.finished
+            });
             if still_running
                 && matches!(
                     decision.decision,
@@ -382,7 +387,10 @@ impl BuilderClient {
                 let beat = ClientMessage::Heartbeat(Heartbeat {
                     active_jobs: active.borrow().iter().copied().collect(),
                 });
-                if outgoing.send(ws::Message::Text(beat.to_json().into())).is_err() {
+                if outgoing
+                    .send(ws::Message::Text(beat.to_json().into()))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -452,7 +460,9 @@ impl BuilderClient {
     pub async fn expect_event_ack(&mut self, job: JobRef, seq: u64) -> u64 {
         self.expect(&format!("event_ack >= {seq}"), |m| match m {
             ServerMessage::EventAck(ack)
-                if ack.job_id == job.job_id && ack.attempt == job.attempt && ack.acked_seq >= seq =>
+                if ack.job_id == job.job_id
+                    && ack.attempt == job.attempt
+                    && ack.acked_seq >= seq =>
             {
                 Some(ack.acked_seq)
             }
@@ -619,7 +629,11 @@ pub async fn upload_ok(job: &JobAssignment, name: &str, body: &[u8]) -> Artifact
         digest.sha256.as_str(),
     )
     .await;
-    assert_eq!(status, awc::http::StatusCode::CREATED, "upload {name}: {json}");
+    assert_eq!(
+        status,
+        awc::http::StatusCode::CREATED,
+        "upload {name}: {json}"
+    );
     assert_eq!(json["name"], name);
     assert_eq!(json["size"], body.len());
     assert_eq!(json["sha256"], digest.sha256.as_str());

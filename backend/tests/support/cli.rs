@@ -121,7 +121,11 @@ pub struct TestBuilder {
 }
 
 impl TestBuilder {
-    pub async fn start(server: &TestServer, key: &TestKey, recipes: Vec<RecipeConfig>) -> TestBuilder {
+    pub async fn start(
+        server: &TestServer,
+        key: &TestKey,
+        recipes: Vec<RecipeConfig>,
+    ) -> TestBuilder {
         let work_dir = tempfile::tempdir().expect("builder work dir");
         let mut config = BuilderConfig::new(
             &format!("ws://{}", server.addr),

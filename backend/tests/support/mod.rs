@@ -1,5 +1,6 @@
+pub mod browser;
+pub mod builder_client;
 pub mod cli;
 pub mod db;
-pub mod builder_client;
 pub mod keys;
 pub mod server;

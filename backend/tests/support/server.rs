@@ -88,11 +88,12 @@ impl TestServer {
         }
         let mut config = self.config.clone();
         config.bind = self.addr;
-        let running = server::start(config)
-            .await
-            .expect("restarting the backend");
+        let running = server::start(config).await.expect("restarting the backend");
         assert_eq!(running.addr, self.addr);
-        assert_eq!(running.admin_token, self.admin_token, "admin token survives");
+        assert_eq!(
+            running.admin_token, self.admin_token,
+            "admin token survives"
+        );
         self.store = running.store.clone();
         self.backend_id = running.backend_id.clone();
         self.running = Some(running);
@@ -205,7 +206,12 @@ impl TestServer {
                 &json!({ "name": key.name, "public_key": key.public_openssh }),
             )
             .await;
-        assert_eq!(status, StatusCode::CREATED, "admitting {}: {body}", key.name);
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "admitting {}: {body}",
+            key.name
+        );
         assert_eq!(body["fingerprint"], key.fingerprint.as_str());
         body["id"].as_i64().expect("builder id")
     }
@@ -287,7 +293,8 @@ fn parse_json(body: &[u8]) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
 /// Asserts the API's error shape `{"error": {"code", "message"}}` and returns the code.

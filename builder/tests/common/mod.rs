@@ -172,7 +172,8 @@ pub async fn run(
         attempt: assignment.attempt,
     };
     let events = Arc::new(EventBuffer::new(job, 64 * 1024 * 1024, |_| {}));
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(assignment.timeout_secs);
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(assignment.timeout_secs);
     let (_stop, signal) = StopSignal::new(Some(deadline));
     let run = JobRun {
         assignment,

@@ -1,0 +1,143 @@
+//! The REST calls the suites make, as an operator and a submitter would.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+use crate::target::Backend;
+
+/// Source digest of the no-op jobs; simulated builders never fetch the source.
+pub const NOOP_SOURCE_SHA256: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Clone)]
+pub struct Api {
+    client: awc::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    pub fn new(backend: &Backend) -> Api {
+        Api {
+            client: http_client(Duration::from_secs(120)),
+            base: backend.http_url.clone(),
+            token: backend.admin_token.clone(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send_json(&self, method: awc::http::Method, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let mut response = self
+            .client
+            .request(method.clone(), self.url(path))
+            .bearer_auth(&self.token)
+            .send_json(body)
+            .await
+            .map_err(|e| anyhow::anyhow!("{method} {path}: {e}"))?;
+        let status = response.status();
+        let bytes = response.body().limit(64 * 1024 * 1024).await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let mut response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+        let status = response.status();
+        let bytes = response.body().limit(64 * 1024 * 1024).await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<bytes::Bytes> {
+        let mut response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+        let status = response.status();
+        let bytes = response.body().limit(64 * 1024 * 1024).await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}");
+        }
+        Ok(bytes)
+    }
+
+    /// Admits a builder; returns its id.
+    pub async fn admit_builder(&self, name: &str, public_key: &str) -> anyhow::Result<i64> {
+        let body = json!({ "name": name, "public_key": public_key });
+        let builder = self.send_json(awc::http::Method::POST, "/api/v1/builders", &body).await?;
+        builder["id"].as_i64().context("admitted builder has no id")
+    }
+
+    /// Submits a job of `recipe`; returns its id.
+    pub async fn submit(&self, recipe: &str) -> anyhow::Result<i64> {
+        let body = json!({
+            "source_url": "http://127.0.0.1:9/noop.tar.gz",
+            "source_sha256": NOOP_SOURCE_SHA256,
+            "recipe": recipe,
+            "max_attempts": 1,
+        });
+        self.submit_body(&body).await
+    }
+
+    pub async fn submit_body(&self, body: &Value) -> anyhow::Result<i64> {
+        let job = self.send_json(awc::http::Method::POST, "/api/v1/jobs", body).await?;
+        job["id"].as_i64().context("submitted job has no id")
+    }
+
+    /// Uploads a source archive; returns its SHA-256.
+    pub async fn upload_source(&self, archive: Vec<u8>) -> anyhow::Result<String> {
+        let mut response = self
+            .client
+            .post(self.url("/api/v1/sources"))
+            .bearer_auth(&self.token)
+            .send_body(archive)
+            .await
+            .map_err(|e| anyhow::anyhow!("POST /api/v1/sources: {e}"))?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("POST /api/v1/sources: {status}: {body}");
+        }
+        body["sha256"]
+            .as_str()
+            .map(str::to_owned)
+            .context("uploaded source has no sha256")
+    }
+
+    /// The value of an unlabelled counter or gauge of `/metrics`.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.get_bytes("/metrics").await?;
+        let text = String::from_utf8_lossy(&text);
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.trim().parse().ok())?
+            })
+            .with_context(|| format!("no metric {name}"))
+    }
+}
+
+/// An awc client without awc's default limit of 100 connections and 5 s timeout.
+pub fn http_client(timeout: Duration) -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().limit(0))
+        .timeout(timeout)
+        .finish()
+}
