@@ -203,7 +203,10 @@ impl ServerConfig {
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
         let embedded = !config.database_url.starts_with("postgres");
-        config.local_builders = args.local_builders.or(file.local_builders).unwrap_or(u32::from(embedded));
+        config.local_builders = args
+            .local_builders
+            .or(file.local_builders)
+            .unwrap_or(u32::from(embedded));
         config.limits = file.limits;
         let t = file.timings;
         let ms = Duration::from_millis;

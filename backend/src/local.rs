@@ -13,7 +13,9 @@ use crate::store::{NewBuilder, Store};
 
 /// Where local builder `index` keeps its key and work directory.
 fn builder_dir(data_dir: &Path, index: u32) -> PathBuf {
-    data_dir.join("local-builders").join(format!("local-{index}"))
+    data_dir
+        .join("local-builders")
+        .join(format!("local-{index}"))
 }
 
 /// Generates the key on first use and admits it; later starts reuse both.
@@ -58,7 +60,9 @@ pub async fn start_builders(
         let dir = builder_dir(data_dir, index);
         let store = server.store.clone();
         let (key_dir, key_name) = (dir.clone(), name.clone());
-        let key_path = tokio::task::spawn_blocking(move || ensure_admitted(&store, &key_dir, &key_name)).await??;
+        let key_path =
+            tokio::task::spawn_blocking(move || ensure_admitted(&store, &key_dir, &key_name))
+                .await??;
         let mut config = BuilderConfig::new(&url, key_path, &name, dir.join("work"))?;
         config.ca_cert = tls_cert.map(Path::to_path_buf);
         builders.push(buildfleet_builder::start(config).await?);

@@ -188,7 +188,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                         .log_target("buildfleet::http"),
                 )
                 .configure(http::routes)
-            .configure(crate::dashboard::routes)
+                .configure(crate::dashboard::routes)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound("route".into()))
                 }))

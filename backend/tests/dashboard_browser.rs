@@ -26,10 +26,24 @@ fn itoa_crate() -> PathBuf {
         .into_iter()
         .flatten()
         .flatten()
-        .flat_map(|index| std::fs::read_dir(index.path()).into_iter().flatten().flatten())
+        .flat_map(|index| {
+            std::fs::read_dir(index.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
         .map(|entry| entry.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("itoa-") && n.ends_with(".crate")))
-        .unwrap_or_else(|| panic!("no itoa-*.crate under {}; run `cargo fetch` first", cache.display()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("itoa-") && n.ends_with(".crate"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no itoa-*.crate under {}; run `cargo fetch` first",
+                cache.display()
+            )
+        })
 }
 
 #[actix_rt::test]
@@ -38,23 +52,45 @@ async fn dashboard_pages_submit_and_live_log_in_chromium() {
     let mut config = ServerConfig::with_data_dir(data.path());
     config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     let running = server::start(config).await.unwrap();
-    let builders = local::start_builders(&running, data.path(), 1, None).await.unwrap();
+    let builders = local::start_builders(&running, data.path(), 1, None)
+        .await
+        .unwrap();
     let base = running.public_url.clone();
     let shots = screenshot_dir();
 
     let mut browser = Browser::launch().await;
-    for (name, path) in [("overview", "/"), ("builders", "/builders"), ("jobs", "/jobs"), ("submit", "/submit")] {
+    for (name, path) in [
+        ("overview", "/"),
+        ("builders", "/builders"),
+        ("jobs", "/jobs"),
+        ("submit", "/submit"),
+    ] {
         browser.set_viewport(1280, 900, false).await;
         browser.open(&format!("{base}{path}")).await;
-        let heading = browser.eval("document.querySelector('h1').textContent").await;
-        assert!(heading.as_str().is_some_and(|h| !h.is_empty()), "{path} has a heading");
-        browser.screenshot(&shots.join(format!("{name}-laptop.png"))).await;
+        let heading = browser
+            .eval("document.querySelector('h1').textContent")
+            .await;
+        assert!(
+            heading.as_str().is_some_and(|h| !h.is_empty()),
+            "{path} has a heading"
+        );
+        browser
+            .screenshot(&shots.join(format!("{name}-laptop.png")))
+            .await;
         browser.set_viewport(390, 844, true).await;
         browser.open(&format!("{base}{path}")).await;
         // Nothing overflows the phone's width except inside scrollable tables.
-        let overflow = browser.eval("document.documentElement.scrollWidth <= window.innerWidth + 1").await;
-        assert_eq!(overflow, serde_json::json!(true), "{path} fits a phone's width");
-        browser.screenshot(&shots.join(format!("{name}-phone.png"))).await;
+        let overflow = browser
+            .eval("document.documentElement.scrollWidth <= window.innerWidth + 1")
+            .await;
+        assert_eq!(
+            overflow,
+            serde_json::json!(true),
+            "{path} fits a phone's width"
+        );
+        browser
+            .screenshot(&shots.join(format!("{name}-phone.png")))
+            .await;
     }
     browser.set_viewport(1280, 900, false).await;
 
@@ -71,21 +107,51 @@ async fn dashboard_pages_submit_and_live_log_in_chromium() {
         ))
         .await;
     browser.set_file("input[name=archive]", &itoa_crate()).await;
-    browser.eval("document.querySelector('input[name=parameters]').value = 'offline=true'").await;
-    browser.eval("document.querySelector('#submit-form button[type=submit]').click()").await;
-    let job_url = browser.wait_for("location.pathname.startsWith('/jobs/') && location.pathname", Duration::from_secs(15)).await;
-    let job_id: i64 = job_url.as_str().unwrap().trim_start_matches("/jobs/").parse().unwrap();
+    browser
+        .eval("document.querySelector('input[name=parameters]').value = 'offline=true'")
+        .await;
+    browser
+        .eval("document.querySelector('#submit-form button[type=submit]').click()")
+        .await;
+    let job_url = browser
+        .wait_for(
+            "location.pathname.startsWith('/jobs/') && location.pathname",
+            Duration::from_secs(15),
+        )
+        .await;
+    let job_id: i64 = job_url
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/jobs/")
+        .parse()
+        .unwrap();
 
     // The log grows live while the job runs, then the page shows the end state and artifacts.
-    browser.wait_for("document.querySelectorAll('#live-log span').length > 0", Duration::from_secs(30)).await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('#live-log span').length > 0",
+            Duration::from_secs(30),
+        )
+        .await;
     browser.screenshot(&shots.join("job-live-log.png")).await;
     browser
-        .wait_for("document.getElementById('job-state').textContent === 'succeeded'", Duration::from_secs(120))
+        .wait_for(
+            "document.getElementById('job-state').textContent === 'succeeded'",
+            Duration::from_secs(120),
+        )
         .await;
     // The page reloads itself at the end; its log streams in again from the start.
-    browser.wait_for("document.body.innerText.includes('ssh-keygen -Y verify')", Duration::from_secs(15)).await;
     browser
-        .wait_for("document.getElementById('live-log').innerText.includes('cargo build')", Duration::from_secs(15))
+        .wait_for(
+            "document.body.innerText.includes('ssh-keygen -Y verify')",
+            Duration::from_secs(15),
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('live-log').innerText.includes('cargo build')",
+            Duration::from_secs(15),
+        )
         .await;
     browser.screenshot(&shots.join("job-succeeded.png")).await;
 
@@ -117,15 +183,27 @@ async fn pages_render_without_javascript_and_reject_bad_filters() {
     let running = server::start(config).await.unwrap();
     let client = awc::Client::new();
     for path in ["/", "/builders", "/jobs", "/jobs?state=queued", "/submit"] {
-        let mut response = client.get(format!("{}{path}", running.public_url)).send().await.unwrap();
+        let mut response = client
+            .get(format!("{}{path}", running.public_url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         let body = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
         assert!(body.starts_with("<!DOCTYPE html>"), "{path} is HTML");
         assert!(body.contains("<nav>"), "{path} has the navigation");
     }
-    let response = client.get(format!("{}/jobs?state=bogus", running.public_url)).send().await.unwrap();
+    let response = client
+        .get(format!("{}/jobs?state=bogus", running.public_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
-    let response = client.get(format!("{}/jobs/999", running.public_url)).send().await.unwrap();
+    let response = client
+        .get(format!("{}/jobs/999", running.public_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     running.stop(true).await;
 }

@@ -39,15 +39,18 @@ async fn submission_needs_a_token_and_valid_json(db: TestDb) {
     let (status, body) = server.post("/jobs", None, &valid_job()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(error_code(&body), "unauthorized");
-    let (status, body) = server
-        .post("/jobs", Some("bfa_wrong"), &valid_job())
-        .await;
+    let (status, body) = server.post("/jobs", Some("bfa_wrong"), &valid_job()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(error_code(&body), "unauthorized");
 
     let admin = server.admin_token.clone();
     let (status, body) = server
-        .post_raw("/jobs", Some(&admin), "application/json", "{\"recipe\": ".into())
+        .post_raw(
+            "/jobs",
+            Some(&admin),
+            "application/json",
+            "{\"recipe\": ".into(),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(error_code(&body), "bad_request");
@@ -125,14 +128,26 @@ async fn jobs_list_and_filter_by_state(db: TestDb) {
     let mut listed = ids(&server.get_ok("/jobs?state=queued").await);
     listed.sort_unstable();
     assert_eq!(listed, still_queued);
-    assert_eq!(ids(&server.get_ok("/jobs?state=cancelled").await), vec![cancelled]);
-    assert_eq!(ids(&server.get_ok("/jobs?state=running").await), vec![running]);
-    assert_eq!(ids(&server.get_ok("/jobs?recipe=docs").await), vec![other_recipe]);
+    assert_eq!(
+        ids(&server.get_ok("/jobs?state=cancelled").await),
+        vec![cancelled]
+    );
+    assert_eq!(
+        ids(&server.get_ok("/jobs?state=running").await),
+        vec![running]
+    );
+    assert_eq!(
+        ids(&server.get_ok("/jobs?recipe=docs").await),
+        vec![other_recipe]
+    );
     assert!(ids(&server.get_ok("/jobs?state=succeeded").await).is_empty());
     let page = server.get_ok("/jobs?limit=1").await;
     assert_eq!(ids(&page).len(), 1);
     let next = page["next_before"].as_i64().expect("a next page");
-    assert_eq!(ids(&server.get_ok(&format!("/jobs?limit=1&before={next}")).await).len(), 1);
+    assert_eq!(
+        ids(&server.get_ok(&format!("/jobs?limit=1&before={next}")).await).len(),
+        1
+    );
 
     let (status, body) = server.get("/jobs?state=exploded").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -183,7 +198,10 @@ async fn health_metrics_and_allowed_signers(db: TestDb) {
         "buildfleet_builders_connected 1",
         "buildfleet_jobs_dispatched_total 1",
     ] {
-        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
     }
     assert!(metrics.contains("buildfleet_jobs{state="));
 
@@ -194,7 +212,10 @@ async fn health_metrics_and_allowed_signers(db: TestDb) {
     assert_eq!(lines.len(), 2, "{text}");
     for key in [&key_a, &key_b] {
         let expected = signing::allowed_signers_line(&key.name, key.private.public_key());
-        assert!(lines.contains(&expected.as_str()), "{expected} not in {text}");
+        assert!(
+            lines.contains(&expected.as_str()),
+            "{expected} not in {text}"
+        );
         assert!(expected.contains("namespaces=\"buildfleet-statement\""));
     }
     builder.close().await;

@@ -125,7 +125,9 @@ async fn unknown_disabled_and_revoked_builders_are_refused(db: TestDb) {
 
     let mut client = BuilderClient::connect(&server.ws_url()).await;
     client.hello(&key);
-    client.expect_auth_rejected(ErrorCode::BuilderDisabled).await;
+    client
+        .expect_auth_rejected(ErrorCode::BuilderDisabled)
+        .await;
 
     // Stored state: disabled, still listed for verifying what it signed before.
     let builder = server.get_ok(&format!("/builders/{id}")).await;

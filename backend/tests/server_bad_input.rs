@@ -25,7 +25,10 @@ server_tests! {
 }
 
 /// A server, an admitted and connected builder, and one running job.
-async fn running_job(db: TestDb, name: &str) -> (TestServer, TestKey, BuilderClient, JobAssignment) {
+async fn running_job(
+    db: TestDb,
+    name: &str,
+) -> (TestServer, TestKey, BuilderClient, JobAssignment) {
     let server = TestServer::start(db).await;
     let key = TestKey::generate(name);
     server.admit(&key).await;
@@ -123,11 +126,15 @@ async fn malformed_oversized_binary_and_early_frames_are_refused(db: TestDb) {
 
     let mut client = BuilderClient::connect(&server.ws_url()).await;
     client.send_raw("{\"type\": \"hello\", ");
-    client.expect_error_and_close(ErrorCode::MalformedFrame).await;
+    client
+        .expect_error_and_close(ErrorCode::MalformedFrame)
+        .await;
 
     let mut client = BuilderClient::connect(&server.ws_url()).await;
     client.send_raw(r#"{"type": "make_coffee"}"#);
-    client.expect_error_and_close(ErrorCode::MalformedFrame).await;
+    client
+        .expect_error_and_close(ErrorCode::MalformedFrame)
+        .await;
 
     let mut client = BuilderClient::connect(&server.ws_url()).await;
     client.send(ClientMessage::JobRequest(JobRequest { credits: 1 }));
@@ -210,7 +217,9 @@ async fn protocol_error_mid_job_loses_nothing(db: TestDb) {
         "{result:?}"
     );
     builder.log(r, 2, "after the mistake");
-    let outcome = builder.complete(&key, &job, Outcome::Succeeded, vec![]).await;
+    let outcome = builder
+        .complete(&key, &job, Outcome::Succeeded, vec![])
+        .await;
     assert_eq!(outcome, CompletionResult::Accepted);
     let id = job.job_id.0;
     let finished = server.wait_for_state(id, "succeeded").await;
@@ -229,7 +238,14 @@ async fn unsafe_artifact_names_and_digest_mismatches_store_nothing(db: TestDb) {
     let sha = sha256_hex(body);
     let before = blob_files(&server);
 
-    for name in ["..%2F..%2Fetc", ".hidden", "..", "a%2Fb", "bad%20name", &"n".repeat(129)] {
+    for name in [
+        "..%2F..%2Fetc",
+        ".hidden",
+        "..",
+        "a%2Fb",
+        "bad%20name",
+        &"n".repeat(129),
+    ] {
         let (status, error) = upload(&job.upload_url, &job.job_token, name, body, &sha).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "name {name:?}: {error}");
         assert_eq!(error_code(&error), "bad_request");
@@ -241,7 +257,14 @@ async fn unsafe_artifact_names_and_digest_mismatches_store_nothing(db: TestDb) {
         "a/b: {status} {error}"
     );
     error_code(&error);
-    let (status, _) = upload(&job.upload_url, &job.job_token, "../../etc/passwd", body, &sha).await;
+    let (status, _) = upload(
+        &job.upload_url,
+        &job.job_token,
+        "../../etc/passwd",
+        body,
+        &sha,
+    )
+    .await;
     assert!(status.is_client_error(), "{status}");
 
     // The declared digest does not match the body.
@@ -255,7 +278,12 @@ async fn unsafe_artifact_names_and_digest_mismatches_store_nothing(db: TestDb) {
 
     assert!(stored_artifacts(&server, &job).await.is_empty());
     assert_eq!(blob_files(&server), before, "nothing written to storage");
-    assert!(!server.data_dir().parent().expect("tmp").join("etc").exists());
+    assert!(!server
+        .data_dir()
+        .parent()
+        .expect("tmp")
+        .join("etc")
+        .exists());
 
     // The job can still finish normally.
     let digest = upload_ok(&job, "out.bin", body).await;
@@ -281,18 +309,25 @@ async fn statement_not_matching_the_uploads_is_refused(db: TestDb) {
     builder.send(ClientMessage::JobResponse(response));
     let result = builder.expect_completion_ack(job_ref(&job)).await;
     assert!(
-        matches!(result, CompletionResult::Refused { code: ErrorCode::InvalidStatement, .. }),
+        matches!(
+            result,
+            CompletionResult::Refused {
+                code: ErrorCode::InvalidStatement,
+                ..
+            }
+        ),
         "{result:?}"
     );
 
     let job_now = server.job(id).await;
-    assert_eq!(job_now["state"], "running", "a refused completion changes nothing");
+    assert_eq!(
+        job_now["state"], "running",
+        "a refused completion changes nothing"
+    );
     let (status, listing) = server.get(&format!("/jobs/{id}/artifacts")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listing["artifacts"], json!([]), "nothing published");
-    let (status, error) = server
-        .get(&format!("/jobs/{id}/artifacts/out.bin"))
-        .await;
+    let (status, error) = server.get(&format!("/jobs/{id}/artifacts/out.bin")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
     let (status, _) = server.get(&format!("/jobs/{id}/statement")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -319,9 +354,17 @@ async fn statement_not_matching_the_uploads_is_refused(db: TestDb) {
         )
         .await;
     assert!(matches!(&result.jobs[..], [d] if matches!(d.decision, ResumeAction::Continue { .. })));
-    let result = builder.complete(&key, &job, Outcome::Succeeded, vec![]).await;
+    let result = builder
+        .complete(&key, &job, Outcome::Succeeded, vec![])
+        .await;
     assert!(
-        matches!(result, CompletionResult::Refused { code: ErrorCode::InvalidStatement, .. }),
+        matches!(
+            result,
+            CompletionResult::Refused {
+                code: ErrorCode::InvalidStatement,
+                ..
+            }
+        ),
         "{result:?}"
     );
     assert_eq!(server.job(id).await["state"], "running");

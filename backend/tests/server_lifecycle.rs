@@ -55,7 +55,10 @@ async fn happy_path_pushes_runs_and_publishes_a_verifiable_build(db: TestDb) {
     assert_eq!(job.job_id.0, id);
     assert_eq!(job.attempt.0, 1);
     assert_eq!(job.recipe, "cargo-build");
-    assert_eq!(job.parameters.get("profile").map(String::as_str), Some("release"));
+    assert_eq!(
+        job.parameters.get("profile").map(String::as_str),
+        Some("release")
+    );
     assert_eq!(job.source.sha256.as_str(), support::server::SOURCE_SHA256);
     assert!(job.upload_url.starts_with(&server.url));
     assert_eq!(server.job(id).await["state"], "assigned");
@@ -152,7 +155,10 @@ async fn happy_path_pushes_runs_and_publishes_a_verifiable_build(db: TestDb) {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "token revoked: {body}");
     let metrics = server.metrics().await;
-    assert!(metrics.contains("buildfleet_jobs{state=\"succeeded\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("buildfleet_jobs{state=\"succeeded\"} 1"),
+        "{metrics}"
+    );
 
     builder.close().await;
     server.shutdown().await;
@@ -272,7 +278,10 @@ async fn rejected_job_goes_to_another_builder(db: TestDb) {
     assert_eq!(result, CompletionResult::Accepted);
     let finished = server.wait_for_state(id, "succeeded").await;
     assert_eq!(finished["builder_id"], id_b);
-    assert_eq!(finished["failed_attempts"], 0, "a rejection is not a failure");
+    assert_eq!(
+        finished["failed_attempts"], 0,
+        "a rejection is not a failure"
+    );
 
     let attempts = server
         .with_store(move |s| s.job_attempts(JobId(id)).expect("attempts"))
@@ -313,8 +322,14 @@ async fn cancel_through_the_api_reaches_the_builder(db: TestDb) {
     server.wait_for_state(id, "running").await;
     builder.log(job_ref(&job), 1, "working");
 
-    let (status, body) = server.post(&format!("/jobs/{id}/cancel"), None, &json!({})).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "cancel needs a token: {body}");
+    let (status, body) = server
+        .post(&format!("/jobs/{id}/cancel"), None, &json!({}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "cancel needs a token: {body}"
+    );
     let (status, body) = server
         .post_admin(&format!("/jobs/{id}/cancel"), &json!({}))
         .await;
@@ -368,7 +383,9 @@ async fn timed_out_job_is_cancelled_and_recorded(db: TestDb) {
     let reason = expect_cancel(&mut builder, job_ref(&job)).await;
     assert_eq!(reason, CancelReason::TimedOut);
     assert!(accepted_at.elapsed() >= Duration::from_millis(900));
-    let result = builder.complete(&key, &job, Outcome::TimedOut, vec![]).await;
+    let result = builder
+        .complete(&key, &job, Outcome::TimedOut, vec![])
+        .await;
     assert_eq!(result, CompletionResult::Accepted);
     server.wait_for_state(id, "timed_out").await;
     let attempts = server
@@ -397,9 +414,13 @@ async fn timed_out_job_closes_even_without_the_builder(db: TestDb) {
     builder.forget(job_ref(&job));
     // No answer: after the cancel grace period the backend closes the job itself.
     let finished = server.wait_for_state(id, "timed_out").await;
-    assert!(finished["error"].as_str().is_some_and(|e| e.contains("timed out")));
+    assert!(finished["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("timed out")));
     // A late report is not recorded over it.
-    let late = builder.complete(&key, &job, Outcome::Succeeded, vec![]).await;
+    let late = builder
+        .complete(&key, &job, Outcome::Succeeded, vec![])
+        .await;
     assert!(
         matches!(late, CompletionResult::Refused { .. }),
         "a late success after the timeout must be refused, got {late:?}"

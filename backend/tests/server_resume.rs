@@ -88,7 +88,11 @@ async fn resume_within_grace_keeps_the_job_and_the_log_exact(db: TestDb) {
     let finished = server.wait_for_state(id, "succeeded").await;
     assert_eq!(finished["attempt"], 1, "the lease was kept: no requeue");
     let expected: Vec<String> = (1..=8).map(line).collect();
-    assert_eq!(server.log_lines(id).await, expected, "no line lost or doubled");
+    assert_eq!(
+        server.log_lines(id).await,
+        expected,
+        "no line lost or doubled"
+    );
     let attempts = server
         .with_store(move |s| s.job_attempts(JobId(id)).expect("attempts"))
         .await;
@@ -124,7 +128,9 @@ async fn builder_lost_past_grace_loses_the_job_to_another(db: TestDb) {
 
     // The first builder comes back too late: told to drop the job on resume.
     let mut a = BuilderClient::connect(&server.ws_url()).await;
-    let result = a.handshake(&key_a, vec![held(job_ref(&first), Some(1))]).await;
+    let result = a
+        .handshake(&key_a, vec![held(job_ref(&first), Some(1))])
+        .await;
     assert!(
         matches!(
             result.jobs.as_slice(),
@@ -160,7 +166,11 @@ async fn builder_lost_past_grace_loses_the_job_to_another(db: TestDb) {
         .iter()
         .filter_map(|r| r["line"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(old_log, vec!["attempt one"], "the lost attempt's log is kept");
+    assert_eq!(
+        old_log,
+        vec!["attempt one"],
+        "the lost attempt's log is kept"
+    );
     let attempts = server
         .with_store(move |s| s.job_attempts(JobId(id)).expect("attempts"))
         .await;
@@ -289,7 +299,10 @@ async fn stale_attempt_cannot_report_or_upload(db: TestDb) {
             Incoming::Message(ServerMessage::CompletionAck(ack)) => {
                 break matches!(
                     ack.result,
-                    CompletionResult::Refused { code: ErrorCode::StaleAttempt, .. }
+                    CompletionResult::Refused {
+                        code: ErrorCode::StaleAttempt,
+                        ..
+                    }
                 );
             }
             Incoming::Message(ServerMessage::Error(e)) => break e.code == ErrorCode::UnknownJob,
@@ -311,8 +324,15 @@ async fn stale_attempt_cannot_report_or_upload(db: TestDb) {
     let artifacts = server
         .with_store(move |s| s.artifacts(JobId(id), false).expect("artifacts"))
         .await;
-    let names: Vec<_> = artifacts.iter().map(|a| (a.attempt.0, a.name.as_str(), a.published)).collect();
-    assert_eq!(names, vec![(2, "fresh.bin", true)], "nothing from attempt 1");
+    let names: Vec<_> = artifacts
+        .iter()
+        .map(|a| (a.attempt.0, a.name.as_str(), a.published))
+        .collect();
+    assert_eq!(
+        names,
+        vec![(2, "fresh.bin", true)],
+        "nothing from attempt 1"
+    );
 
     b.close().await;
     server.shutdown().await;

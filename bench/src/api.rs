@@ -31,7 +31,12 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
-    async fn send_json(&self, method: awc::http::Method, path: &str, body: &Value) -> anyhow::Result<Value> {
+    async fn send_json(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
         let mut response = self
             .client
             .request(method.clone(), self.url(path))
@@ -42,7 +47,10 @@ impl Api {
         let status = response.status();
         let bytes = response.body().limit(64 * 1024 * 1024).await?;
         if !status.is_success() {
-            bail!("{method} {path}: {status}: {}", String::from_utf8_lossy(&bytes));
+            bail!(
+                "{method} {path}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         Ok(serde_json::from_slice(&bytes)?)
     }
@@ -81,7 +89,9 @@ impl Api {
     /// Admits a builder; returns its id.
     pub async fn admit_builder(&self, name: &str, public_key: &str) -> anyhow::Result<i64> {
         let body = json!({ "name": name, "public_key": public_key });
-        let builder = self.send_json(awc::http::Method::POST, "/api/v1/builders", &body).await?;
+        let builder = self
+            .send_json(awc::http::Method::POST, "/api/v1/builders", &body)
+            .await?;
         builder["id"].as_i64().context("admitted builder has no id")
     }
 
@@ -97,7 +107,9 @@ impl Api {
     }
 
     pub async fn submit_body(&self, body: &Value) -> anyhow::Result<i64> {
-        let job = self.send_json(awc::http::Method::POST, "/api/v1/jobs", body).await?;
+        let job = self
+            .send_json(awc::http::Method::POST, "/api/v1/jobs", body)
+            .await?;
         job["id"].as_i64().context("submitted job has no id")
     }
 

@@ -75,10 +75,7 @@ pub async fn admit_fleet(
         .buffered(concurrency)
         .collect()
         .await;
-    admitted
-        .into_iter()
-        .map(|r| r.map(Rc::new))
-        .collect()
+    admitted.into_iter().map(|r| r.map(Rc::new)).collect()
 }
 
 /// What a simulated builder does with the jobs it gets.
@@ -178,10 +175,8 @@ impl Drop for SimBuilder {
     }
 }
 
-type Sink = futures_util::stream::SplitSink<
-    actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
-    ws::Message,
->;
+type Sink =
+    futures_util::stream::SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
 type Stream = futures_util::stream::SplitStream<actix_codec::Framed<awc::BoxedSocket, ws::Codec>>;
 
 /// Everything a fleet's builders share.
@@ -255,7 +250,8 @@ async fn next_message(stream: &mut Stream, sink: &mut Sink) -> anyhow::Result<Se
 }
 
 async fn send(sink: &mut Sink, message: &ClientMessage) -> anyhow::Result<()> {
-    sink.send(ws::Message::Text(message.to_json().into())).await?;
+    sink.send(ws::Message::Text(message.to_json().into()))
+        .await?;
     Ok(())
 }
 
@@ -281,8 +277,13 @@ async fn handshake(
         ServerMessage::ChallengeRequest(c) => c,
         other => bail!("expected challenge_request, got {other:?}"),
     };
-    let signature = signing::sign_challenge(&identity.key, &challenge.backend_id, &challenge.challenge)?;
-    send(sink, &ClientMessage::ChallengeResponse(ChallengeResponse { signature })).await?;
+    let signature =
+        signing::sign_challenge(&identity.key, &challenge.backend_id, &challenge.challenge)?;
+    send(
+        sink,
+        &ClientMessage::ChallengeResponse(ChallengeResponse { signature }),
+    )
+    .await?;
     let accepted = match next_message(stream, sink).await? {
         ServerMessage::AuthAccepted(a) => a,
         other => bail!("expected auth_accepted, got {other:?}"),
@@ -410,7 +411,8 @@ impl Session {
     }
 
     fn push(&mut self, message: &ClientMessage) {
-        self.outgoing.push(ws::Message::Text(message.to_json().into()));
+        self.outgoing
+            .push(ws::Message::Text(message.to_json().into()));
     }
 
     fn on_text(&mut self, bytes: &[u8], at: Instant) -> anyhow::Result<()> {
@@ -559,7 +561,11 @@ impl Session {
     /// Sends lines while the window has room.
     fn pump(&mut self, job_id: i64) {
         loop {
-            let Some(streaming) = self.held.get_mut(&job_id).and_then(|h| h.streaming.as_mut()) else {
+            let Some(streaming) = self
+                .held
+                .get_mut(&job_id)
+                .and_then(|h| h.streaming.as_mut())
+            else {
                 return;
             };
             if streaming.remaining == 0 || streaming.unacked_bytes >= streaming.window_bytes {
@@ -568,7 +574,11 @@ impl Session {
             streaming.remaining -= 1;
             let line = streaming.line.clone();
             let seq = self.send_line(job_id, &line);
-            if let Some(streaming) = self.held.get_mut(&job_id).and_then(|h| h.streaming.as_mut()) {
+            if let Some(streaming) = self
+                .held
+                .get_mut(&job_id)
+                .and_then(|h| h.streaming.as_mut())
+            {
                 streaming.unacked.push_back((seq, line.len()));
                 streaming.unacked_bytes += line.len();
             }
@@ -576,7 +586,11 @@ impl Session {
     }
 
     fn on_event_ack(&mut self, job_id: i64, acked_seq: u64) {
-        let Some(streaming) = self.held.get_mut(&job_id).and_then(|h| h.streaming.as_mut()) else {
+        let Some(streaming) = self
+            .held
+            .get_mut(&job_id)
+            .and_then(|h| h.streaming.as_mut())
+        else {
             return;
         };
         while let Some(&(seq, len)) = streaming.unacked.front() {

@@ -21,7 +21,10 @@ use crate::suites::{RunOptions, Suite};
 use crate::target::{BackendMode, DbKind};
 
 #[derive(Debug, Parser)]
-#[command(name = "buildfleet-bench", about = "Buildfleet benchmarks (see docs/benchmarks.md)")]
+#[command(
+    name = "buildfleet-bench",
+    about = "Buildfleet benchmarks (see docs/benchmarks.md)"
+)]
 struct Cli {
     /// Which suite to run.
     #[arg(value_enum)]
@@ -100,7 +103,11 @@ fn main() -> ExitCode {
     let started = std::time::SystemTime::now();
     eprintln!(
         "buildfleet-bench: {} on {} ({}), backend {}, fd limit {fd_limit}",
-        suites.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+        suites
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         dbs.iter().map(|d| d.name()).collect::<Vec<_>>().join(" + "),
         if cli.smoke { "smoke" } else { "full" },
         options.backend.describe()
@@ -159,11 +166,20 @@ fn machine() -> serde_json::Value {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
         .unwrap_or_default();
     let mem_total_kib: u64 = read("/proc/meminfo")
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0);
     json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

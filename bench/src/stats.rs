@@ -47,6 +47,9 @@ mod tests {
         assert_eq!(s.max, Duration::from_millis(100));
         assert!(summarize(&[]).is_none());
         let one = summarize(&[Duration::from_millis(7)]).expect("one sample");
-        assert_eq!((one.p50, one.p99), (Duration::from_millis(7), Duration::from_millis(7)));
+        assert_eq!(
+            (one.p50, one.p99),
+            (Duration::from_millis(7), Duration::from_millis(7))
+        );
     }
 }

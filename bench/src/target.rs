@@ -11,7 +11,10 @@ use anyhow::{bail, Context as _};
 use diesel::{Connection as _, PgConnection, RunQueryDsl as _};
 
 /// Environment variables naming a PostgreSQL server (an admin URL); the first set wins.
-pub const POSTGRES_URL_VARS: [&str; 2] = ["BUILDFLEET_BENCH_POSTGRES_URL", "BUILDFLEET_TEST_POSTGRES_URL"];
+pub const POSTGRES_URL_VARS: [&str; 2] = [
+    "BUILDFLEET_BENCH_POSTGRES_URL",
+    "BUILDFLEET_TEST_POSTGRES_URL",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DbKind {
@@ -148,7 +151,8 @@ enum Running {
     },
 }
 
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous: a backend under valgrind starts slowly.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Backend {
     pub async fn start(
@@ -166,8 +170,14 @@ impl Backend {
         let admin_token = format!("bfa_bench_{:032x}", rand::random::<u128>());
         let (running, addr, pid) = match mode {
             BackendMode::Binary(binary) => {
-                let (child, addr) =
-                    spawn_binary(binary, dir.path(), &data_dir, &database.url, &admin_token, settings)?;
+                let (child, addr) = spawn_binary(
+                    binary,
+                    dir.path(),
+                    &data_dir,
+                    &database.url,
+                    &admin_token,
+                    settings,
+                )?;
                 let pid = child.id();
                 (Running::Child(child), addr, pid)
             }
@@ -277,15 +287,33 @@ fn spawn_binary(
     settings: &BackendSettings,
 ) -> anyhow::Result<(Child, String)> {
     let config = dir.join("backend.toml");
-    std::fs::write(&config, config_toml(data_dir, database_url, admin_token, settings))?;
+    std::fs::write(
+        &config,
+        config_toml(data_dir, database_url, admin_token, settings),
+    )?;
     let log = std::fs::File::create(data_dir.join("backend.log"))?;
-    let mut child = Command::new(binary)
+    // A profiler that runs the program in the same process (valgrind), e.g.
+    // BUILDFLEET_BENCH_BACKEND_WRAPPER="valgrind --tool=massif --massif-out-file=/tmp/m.out".
+    let wrapper = std::env::var("BUILDFLEET_BENCH_BACKEND_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .arg("serve")
         .arg("--config")
         .arg(&config)
         // Per-request and per-job info lines would be most of the work at thousands per
         // second; warnings still show problems. (Stated in docs/benchmarks.md.)
-        .env("BUILDFLEET_LOG", std::env::var("BUILDFLEET_BENCH_BACKEND_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "BUILDFLEET_LOG",
+            std::env::var("BUILDFLEET_BENCH_BACKEND_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("BUILDFLEET_DATABASE_URL")
         .env_remove("BUILDFLEET_ADMIN_TOKEN")
         .env_remove("BUILDFLEET_BIND")
@@ -317,7 +345,10 @@ fn spawn_binary(
             let _ = child.kill();
             let log = std::fs::read_to_string(data_dir.join("backend.log")).unwrap_or_default();
             let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-            bail!("{} did not report its address; its log ends:\n{tail}", binary.display())
+            bail!(
+                "{} did not report its address; its log ends:\n{tail}",
+                binary.display()
+            )
         }
     }
 }

@@ -735,7 +735,7 @@ pub struct CompleteJob {
 }
 
 enum Verdict {
-    Completed(Job),
+    Completed(Box<Job>),
     /// The attempt had already ended with this outcome: a resent response.
     AlreadyRecorded,
     Refused(ErrorCode, String),
@@ -793,7 +793,7 @@ fn record_completion(
         publication: Some(publication),
     };
     match store.complete_attempt(job_id, attempt, completion) {
-        Ok(job) => Ok(Verdict::Completed(job)),
+        Ok(job) => Ok(Verdict::Completed(Box::new(job))),
         Err(e @ (StoreError::StaleAttempt { .. } | StoreError::IllegalTransition { .. })) => {
             Ok(Verdict::Refused(ErrorCode::StaleAttempt, e.to_string()))
         }

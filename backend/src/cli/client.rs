@@ -220,11 +220,14 @@ async fn checked(mut response: Response) -> Result<Response, CliError> {
     })
 }
 
-/// awc on rustls with the webpki roots plus an optional CA file. No overall timeout on the
+/// awc on rustls trusting the webpki roots, the system's store (which honours
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR`) and an optional CA file. No overall timeout on the
 /// client: JSON calls set their own, transfers and log streams may last.
 pub fn http_client(ca_cert: Option<&Path>) -> Result<awc::Client, CliError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // Unreadable system certificates are skipped: the webpki roots remain.
+    let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if let Some(path) = ca_cert {
         let bad = |e: &dyn std::fmt::Display| {
             CliError::Usage(format!("--ca-cert {}: {e}", path.display()))

@@ -47,7 +47,9 @@ fn layout(title: &str, body: Markup) -> HttpResponse {
             }
         }
     };
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page.into_string())
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(page.into_string())
 }
 
 fn state_badge(state: JobState) -> Markup {
@@ -68,7 +70,12 @@ pub fn format_time(ms: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn format_duration(ms: i64) -> String {
@@ -84,14 +91,18 @@ fn format_bytes(bytes: i64) -> String {
     let b = bytes.max(0) as f64;
     match bytes {
         ..1024 => format!("{bytes} B"),
-        ..1_048_576 => format!("{:.1} KiB", b / 1024.0),
-        ..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
+        1024..1_048_576 => format!("{:.1} KiB", b / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
         _ => format!("{:.2} GiB", b / 1_073_741_824.0),
     }
 }
 
 async fn live_builders(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiError> {
-    state.scheduler.send(LiveBuilders).await.map_err(|_| ApiError::Unavailable("scheduler".into()))
+    state
+        .scheduler
+        .send(LiveBuilders)
+        .await
+        .map_err(|_| ApiError::Unavailable("scheduler".into()))
 }
 
 fn jobs_table(jobs: &[Job], names: &BTreeMap<BuilderId, String>, now: i64) -> Markup {
@@ -130,7 +141,10 @@ pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
         Ok((
             store.count_jobs_by_state()?,
             store.list_builders()?,
-            store.list_jobs(&JobFilter { limit: 10, ..JobFilter::default() })?,
+            store.list_jobs(&JobFilter {
+                limit: 10,
+                ..JobFilter::default()
+            })?,
             store.count_finished_since(now - 3_600_000)?,
             now,
         ))
@@ -208,24 +222,59 @@ pub struct JobsQuery {
     before: Option<i64>,
 }
 
-pub async fn jobs(state: web::Data<AppState>, query: web::Query<JobsQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn jobs(
+    state: web::Data<AppState>,
+    query: web::Query<JobsQuery>,
+) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let job_state = match query.state.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<JobState>().map_err(|e| ApiError::BadRequest(e.to_string()))?),
+        Some(s) => Some(
+            s.parse::<JobState>()
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        ),
     };
     let builder = match query.builder.as_deref() {
         None | Some("") => None,
-        Some(b) => Some(b.parse::<BuilderId>().map_err(|_| ApiError::BadRequest(format!("builder {b:?}")))?),
+        Some(b) => Some(
+            b.parse::<BuilderId>()
+                .map_err(|_| ApiError::BadRequest(format!("builder {b:?}")))?,
+        ),
     };
     let recipe = query.recipe.clone().filter(|r| !r.is_empty());
-    let filter = JobFilter { state: job_state, recipe: recipe.clone(), builder, before_id: query.before.map(JobId), limit: PAGE_SIZE };
+    let filter = JobFilter {
+        state: job_state,
+        recipe: recipe.clone(),
+        builder,
+        before_id: query.before.map(JobId),
+        limit: PAGE_SIZE,
+    };
     let store = state.store.clone();
-    let (jobs, builders, now) = blocking(move || Ok((store.list_jobs(&filter)?, store.list_builders()?, store.now_ms()))).await?;
+    let (jobs, builders, now) = blocking(move || {
+        Ok((
+            store.list_jobs(&filter)?,
+            store.list_builders()?,
+            store.now_ms(),
+        ))
+    })
+    .await?;
     let names = builder_names(&builders);
-    let next = (jobs.len() == PAGE_SIZE).then(|| jobs.last().map(|j| j.id.0)).flatten();
-    let keep = |key: &str, value: &Option<String>| value.as_deref().filter(|v| !v.is_empty()).map(|v| format!("&{key}={v}")).unwrap_or_default();
-    let filters = format!("{}{}{}", keep("state", &query.state), keep("recipe", &recipe), keep("builder", &query.builder));
+    let next = (jobs.len() == PAGE_SIZE)
+        .then(|| jobs.last().map(|j| j.id.0))
+        .flatten();
+    let keep = |key: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(|v| format!("&{key}={v}"))
+            .unwrap_or_default()
+    };
+    let filters = format!(
+        "{}{}{}",
+        keep("state", &query.state),
+        keep("recipe", &recipe),
+        keep("builder", &query.builder)
+    );
     let body = html! {
         h1 { "Jobs" }
         form.filters method="get" action="/jobs" {
@@ -253,7 +302,10 @@ pub async fn jobs(state: web::Data<AppState>, query: web::Query<JobsQuery>) -> R
     Ok(layout("Jobs", body))
 }
 
-pub async fn job(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn job(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
     let detail: JobDetail = load_detail(&state, id).await?;
     let store = state.store.clone();
@@ -261,7 +313,11 @@ pub async fn job(state: web::Data<AppState>, path: web::Path<String>) -> Result<
     let names = builder_names(&builders);
     let job = &detail.job;
     let public_url = &state.public_url;
-    let signer = job.builder_id.and_then(|b| names.get(&b)).cloned().unwrap_or_else(|| "<builder>".into());
+    let signer = job
+        .builder_id
+        .and_then(|b| names.get(&b))
+        .cloned()
+        .unwrap_or_else(|| "<builder>".into());
     let body = html! {
         h1 { "Job #" (job.id) " " span #job-state data-job=(job.id) class={ "state state-" (job.state.as_str()) } { (job.state.as_str()) } }
         @if job.state.is_active() || job.state == JobState::Queued {

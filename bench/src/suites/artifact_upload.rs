@@ -41,12 +41,17 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     let identities = fleet::admit_fleet(&s.api, "artifact", 1, 1).await?;
     let fleet = fleet::connect_fleet(&s.fleet, &identities, 1).await?;
     s.api.submit(RECIPE).await?;
-    let job = fleet::wait_for(&mut s.events, Duration::from_secs(30), "the assignment", |e| {
-        Ok(match e {
-            Event::Assigned { job, .. } => Some(job),
-            _ => None,
-        })
-    })
+    let job = fleet::wait_for(
+        &mut s.events,
+        Duration::from_secs(30),
+        "the assignment",
+        |e| {
+            Ok(match e {
+                Event::Assigned { job, .. } => Some(job),
+                _ => None,
+            })
+        },
+    )
     .await?;
 
     // The body: one random MiB repeated, so generating it costs nothing; its digest first.
@@ -104,11 +109,28 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
         peak_kib = peak_kib.max(procfs::peak_rss_kib(pid).unwrap_or(0));
     }
     let upload = size as f64 / upload_time.as_secs_f64();
-    result.metric("upload (SHA-256 checked, stored, fsynced)", upload / 1e6, "MB/s");
-    result.metric_with_target("upload / disk write+fsync", 100.0 * upload / disk, "%", Goal::AtLeast(80.0));
+    result.metric(
+        "upload (SHA-256 checked, stored, fsynced)",
+        upload / 1e6,
+        "MB/s",
+    );
+    result.metric_with_target(
+        "upload / disk write+fsync",
+        100.0 * upload / disk,
+        "%",
+        Goal::AtLeast(80.0),
+    );
     result.metric("backend rss before upload", baseline as f64 / 1024.0, "MiB");
-    result.metric("backend peak rss during upload", peak_kib as f64 / 1024.0, "MiB");
-    result.metric("backend peak rss growth", peak_kib.saturating_sub(baseline) as f64 / 1024.0, "MiB");
+    result.metric(
+        "backend peak rss during upload",
+        peak_kib as f64 / 1024.0,
+        "MiB",
+    );
+    result.metric(
+        "backend peak rss growth",
+        peak_kib.saturating_sub(baseline) as f64 / 1024.0,
+        "MiB",
+    );
     if !peak_reset {
         result.note("could not reset VmHWM; the peak is from 10 ms samples only");
     }
@@ -123,12 +145,17 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
         job_id: job.job_id.0,
         artifacts: vec![digest],
     });
-    let accepted = fleet::wait_for(&mut s.events, Duration::from_secs(60), "the completion ack", |e| {
-        Ok(match e {
-            Event::Completed { accepted, .. } => Some(accepted),
-            _ => None,
-        })
-    })
+    let accepted = fleet::wait_for(
+        &mut s.events,
+        Duration::from_secs(60),
+        "the completion ack",
+        |e| {
+            Ok(match e {
+                Event::Completed { accepted, .. } => Some(accepted),
+                _ => None,
+            })
+        },
+    )
     .await?;
     if !accepted {
         bail!("the backend refused the completion naming the uploaded artifact");

@@ -35,10 +35,15 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     let identity = Identity::generate("bench-real-builder".into())?;
     let key_path = dir.join("id_ed25519");
     write_private(&key_path, &identity.private_openssh()?)?;
-    let builder_id = api.admit_builder(&identity.name, &identity.public_openssh).await?;
+    let builder_id = api
+        .admit_builder(&identity.name, &identity.public_openssh)
+        .await?;
     let config = dir.join("builder.toml");
     let ws_base = backend.http_url.replacen("http://", "ws://", 1);
-    std::fs::write(&config, builder_config(&ws_base, &key_path, &identity.name, &dir.join("work")))?;
+    std::fs::write(
+        &config,
+        builder_config(&ws_base, &key_path, &identity.name, &dir.join("work")),
+    )?;
 
     let log = std::fs::File::create(dir.join("builder.log"))?;
     let child = Process::new(&binary)
@@ -55,9 +60,17 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     let pid = child.0.id();
     let spawned = Instant::now();
     wait_connected(&api, builder_id, Duration::from_secs(30)).await?;
-    result.metric("start -> connected and authenticated", ms(spawned.elapsed()), "ms");
+    result.metric(
+        "start -> connected and authenticated",
+        ms(spawned.elapsed()),
+        "ms",
+    );
     actix_rt::time::sleep(Duration::from_secs(1)).await;
-    result.metric("builder rss, idle and connected", procfs::rss_kib(pid)? as f64 / 1024.0, "MiB");
+    result.metric(
+        "builder rss, idle and connected",
+        procfs::rss_kib(pid)? as f64 / 1024.0,
+        "MiB",
+    );
     result.metric("builder threads", thread_count(pid) as f64, "threads");
 
     let source = api.upload_source(source_archive()?).await?;
@@ -75,24 +88,45 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
         if detail["state"] != "succeeded" {
             bail!("job {job} ended {}: {}", detail["state"], detail["error"]);
         }
-        let stamp = api.get_bytes(&format!("/api/v1/jobs/{job}/artifacts/started")).await?;
-        let started_ns: i128 = String::from_utf8_lossy(&stamp).trim().parse().context("the recipe's timestamp")?;
-        let assigned_ms = detail["attempts"][0]["assigned_at"].as_i64().context("assigned_at")?;
+        let stamp = api
+            .get_bytes(&format!("/api/v1/jobs/{job}/artifacts/started"))
+            .await?;
+        let started_ns: i128 = String::from_utf8_lossy(&stamp)
+            .trim()
+            .parse()
+            .context("the recipe's timestamp")?;
+        let assigned_ms = detail["attempts"][0]["assigned_at"]
+            .as_i64()
+            .context("assigned_at")?;
         from_submit.push(duration_ns(started_ns - submitted_ns));
-        from_assigned.push(duration_ns(started_ns - i128::from(assigned_ms) * 1_000_000));
+        from_assigned.push(duration_ns(
+            started_ns - i128::from(assigned_ms) * 1_000_000,
+        ));
     }
     let s = summarize(&from_assigned).context("no jobs")?;
     result.metric("assignment -> recipe process started, p50", ms(s.p50), "ms");
     result.metric("assignment -> recipe process started, max", ms(s.max), "ms");
     if let Some(s) = summarize(&from_submit) {
-        result.metric("submit returned -> recipe process started, p50", ms(s.p50), "ms");
+        result.metric(
+            "submit returned -> recipe process started, p50",
+            ms(s.p50),
+            "ms",
+        );
     }
     if let Some(s) = summarize(&end_to_end) {
-        result.metric("submit -> job succeeded (seen by polling), p50", ms(s.p50), "ms");
+        result.metric(
+            "submit -> job succeeded (seen by polling), p50",
+            ms(s.p50),
+            "ms",
+        );
     }
     result.note("assignment time is the attempt's assigned_at (ms resolution, backend clock = this machine's)");
     actix_rt::time::sleep(Duration::from_secs(1)).await;
-    result.metric("builder rss after the jobs", procfs::rss_kib(pid)? as f64 / 1024.0, "MiB");
+    result.metric(
+        "builder rss after the jobs",
+        procfs::rss_kib(pid)? as f64 / 1024.0,
+        "MiB",
+    );
     let _ = child.0.kill();
     let _ = child.0.wait();
     Ok(())
@@ -168,7 +202,10 @@ async fn wait_finished(api: &Api, job: i64, limit: Duration) -> anyhow::Result<s
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         let detail = api.get(&format!("/api/v1/jobs/{job}")).await?;
-        if detail["state"].as_str().is_some_and(|s| TERMINAL.contains(&s)) {
+        if detail["state"]
+            .as_str()
+            .is_some_and(|s| TERMINAL.contains(&s))
+        {
             return Ok(detail);
         }
         actix_rt::time::sleep(Duration::from_millis(10)).await;

@@ -20,7 +20,14 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     result.param("builders", builders);
     result.param("jobs", jobs);
     result.param("warmup_jobs", warmup);
-    let mut s = setup(db, options, &BackendSettings::default(), Behaviour::noop(RECIPE, 1), result).await?;
+    let mut s = setup(
+        db,
+        options,
+        &BackendSettings::default(),
+        Behaviour::noop(RECIPE, 1),
+        result,
+    )
+    .await?;
     let identities = fleet::admit_fleet(&s.api, "dispatch", builders, 16).await?;
     let _fleet = fleet::connect_fleet(&s.fleet, &identities, 32).await?;
 
@@ -66,10 +73,24 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     }
 
     let latency = summarize(&after_return).ok_or_else(|| anyhow::anyhow!("no samples"))?;
-    result.metric_with_target("p50 (submit returned -> jobs frame)", ms(latency.p50), "ms", Goal::Below(2.0));
-    result.metric_with_target("p99 (submit returned -> jobs frame)", ms(latency.p99), "ms", Goal::Below(10.0));
+    result.metric_with_target(
+        "p50 (submit returned -> jobs frame)",
+        ms(latency.p50),
+        "ms",
+        Goal::Below(2.0),
+    );
+    result.metric_with_target(
+        "p99 (submit returned -> jobs frame)",
+        ms(latency.p99),
+        "ms",
+        Goal::Below(10.0),
+    );
     result.metric("max (submit returned -> jobs frame)", ms(latency.max), "ms");
-    result.metric("mean (submit returned -> jobs frame)", ms(latency.mean), "ms");
+    result.metric(
+        "mean (submit returned -> jobs frame)",
+        ms(latency.mean),
+        "ms",
+    );
     if let Some(sent) = summarize(&after_send) {
         result.metric("p50 (submit sent -> jobs frame)", ms(sent.p50), "ms");
         result.metric("p99 (submit sent -> jobs frame)", ms(sent.p99), "ms");
@@ -77,7 +98,11 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     if let Some(rtt) = summarize(&submit_rtt) {
         result.metric("p50 submit call (POST /api/v1/jobs)", ms(rtt.p50), "ms");
     }
-    result.metric("jobs frame before submit returned", before_return as f64, "jobs");
+    result.metric(
+        "jobs frame before submit returned",
+        before_return as f64,
+        "jobs",
+    );
     if let Some(cpu) = cpu {
         cpu.record(result);
     }

@@ -41,23 +41,32 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     }
     let mut assigned: HashMap<usize, i64> = HashMap::new();
     while assigned.len() < builders {
-        let (builder, job) = fleet::wait_for(&mut s.events, Duration::from_secs(30), "assignments", |e| {
-            Ok(match e {
-                Event::Assigned { builder, job, .. } => Some((builder, job.job_id.0)),
-                _ => None,
+        let (builder, job) =
+            fleet::wait_for(&mut s.events, Duration::from_secs(30), "assignments", |e| {
+                Ok(match e {
+                    Event::Assigned { builder, job, .. } => Some((builder, job.job_id.0)),
+                    _ => None,
+                })
             })
-        })
-        .await?;
+            .await?;
         assigned.insert(builder, job);
     }
 
     // The viewer subscribes before the first line.
     let watched = assigned[&0];
-    let viewer = actix_rt::spawn(watch(format!("{}/api/v1/jobs/{watched}/log/stream", s.backend.http_url), lines, time_limit));
+    let viewer = actix_rt::spawn(watch(
+        format!("{}/api/v1/jobs/{watched}/log/stream", s.backend.http_url),
+        lines,
+        time_limit,
+    ));
     actix_rt::time::sleep(Duration::from_millis(200)).await;
 
     let line: Arc<str> = Arc::from(sample_line(LINE_BYTES));
-    let stored_before = s.api.metric("buildfleet_log_bytes_stored_total").await.unwrap_or(0.0);
+    let stored_before = s
+        .api
+        .metric("buildfleet_log_bytes_stored_total")
+        .await
+        .unwrap_or(0.0);
     let cpu = CpuMeter::start(&s.backend);
     let started = Instant::now();
     for builder in &fleet {
@@ -75,7 +84,13 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     let deadline = tokio::time::Instant::now() + time_limit;
     while done < builders {
         match tokio::time::timeout_at(deadline, s.events.recv()).await {
-            Ok(Some(Event::StreamDone { job_id, lines, bytes, at, .. })) => {
+            Ok(Some(Event::StreamDone {
+                job_id,
+                lines,
+                bytes,
+                at,
+                ..
+            })) => {
                 done += 1;
                 total_lines += lines;
                 total_bytes += bytes;
@@ -84,26 +99,52 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
                     watched_done = Some(at);
                 }
             }
-            Ok(Some(Event::Lost { builder, reason })) => anyhow::bail!("builder {builder} lost: {reason}"),
+            Ok(Some(Event::Lost { builder, reason })) => {
+                anyhow::bail!("builder {builder} lost: {reason}")
+            }
             Ok(Some(_)) => {}
             Ok(None) => anyhow::bail!("all builders stopped"),
-            Err(_) => anyhow::bail!("only {done} of {builders} builders finished within {time_limit:?}"),
+            Err(_) => {
+                anyhow::bail!("only {done} of {builders} builders finished within {time_limit:?}")
+            }
         }
     }
     let elapsed = last - started;
-    cpu.record(result);
-    let stored = s.api.metric("buildfleet_log_bytes_stored_total").await.unwrap_or(0.0) - stored_before;
+    let stored = s
+        .api
+        .metric("buildfleet_log_bytes_stored_total")
+        .await
+        .unwrap_or(0.0)
+        - stored_before;
     let secs = elapsed.as_secs_f64().max(1e-9);
-    result.metric_with_target("ingestion (line text)", total_bytes as f64 / secs / 1e6, "MB/s", Goal::AtLeast(100.0));
+    result.metric_with_target(
+        "ingestion (line text)",
+        total_bytes as f64 / secs / 1e6,
+        "MB/s",
+        Goal::AtLeast(100.0),
+    );
     result.metric("ingestion (lines)", total_lines as f64 / secs, "lines/s");
-    result.metric("ingestion (stored JSONL bytes)", stored / secs / 1e6, "MB/s");
+    result.metric(
+        "ingestion (stored JSONL bytes)",
+        stored / secs / 1e6,
+        "MB/s",
+    );
     result.metric("line text ingested", total_bytes as f64 / 1e6, "MB");
     result.metric("wall time", secs, "s");
+    cpu.record(result);
     let watch = viewer.await?;
-    result.metric("live viewer records received", watch.records as f64, "records");
+    result.metric(
+        "live viewer records received",
+        watch.records as f64,
+        "records",
+    );
     result.metric("live viewer records expected", lines as f64, "records");
     if let (Some(done), Some(seen)) = (watched_done, watch.last_record_at) {
-        let lag = if seen > done { (seen - done).as_secs_f64() } else { -(done - seen).as_secs_f64() };
+        let lag = if seen > done {
+            (seen - done).as_secs_f64()
+        } else {
+            -(done - seen).as_secs_f64()
+        };
         result.metric("live viewer: last record after last ack", lag * 1e3, "ms");
     }
     if let Some(e) = watch.error {
@@ -165,7 +206,10 @@ async fn watch(url: String, expected: u64, limit: Duration) -> Watch {
             }
             Ok(None) => break,
             Err(_) => {
-                watch.error = Some(format!("timed out with {} of {expected} records", watch.records));
+                watch.error = Some(format!(
+                    "timed out with {} of {expected} records",
+                    watch.records
+                ));
                 break;
             }
         }

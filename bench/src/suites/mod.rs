@@ -166,7 +166,11 @@ impl CpuMeter {
         let (backend, bench, wall) = self.elapsed();
         let pct = |d: Duration| 100.0 * d.as_secs_f64() / wall.as_secs_f64().max(1e-9);
         if self.backend_pid == std::process::id() {
-            result.metric("process cpu (backend + simulated builders)", pct(bench), "% of a core");
+            result.metric(
+                "process cpu (backend + simulated builders)",
+                pct(bench),
+                "% of a core",
+            );
         } else {
             result.metric("backend cpu", pct(backend), "% of a core");
             result.metric("bench (simulated builders) cpu", pct(bench), "% of a core");
