@@ -130,7 +130,9 @@ impl Store {
         token_labels: &Labels,
     ) -> Result<(EnrolmentToken, String), StoreError> {
         if max_uses < 1 {
-            return Err(StoreError::InvalidInput("max_uses must be at least 1".into()));
+            return Err(StoreError::InvalidInput(
+                "max_uses must be at least 1".into(),
+            ));
         }
         let now = self.now_ms();
         if expires_at <= now {
