@@ -9,7 +9,9 @@
 #
 # On an engine that reaches no registry, scripts/docker-bases.sh first makes the base images
 # the Dockerfiles name. Environment: BF_DOCKER_TEST_PROJECT (Compose project name, default
-# bf-ci-PID), BF_DOCKER_TEST_KEEP=1 (leave the stack up for inspection).
+# bf-ci-PID), BF_DOCKER_TEST_KEEP=1 (leave the stack up for inspection),
+# BF_DOCKER_TEST_BACKEND_IMAGE and BF_DOCKER_TEST_BUILDER_IMAGE (test these images, built
+# before from docker/*.Dockerfile, instead of building).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -165,8 +167,15 @@ build_image() {
         die "docker build -f $dockerfile failed"
     fi
 }
-build_image docker/backend.Dockerfile "$backend_image"
-build_image docker/builder.Dockerfile "$builder_image"
+if [ -n "${BF_DOCKER_TEST_BACKEND_IMAGE:-}" ] && [ -n "${BF_DOCKER_TEST_BUILDER_IMAGE:-}" ]; then
+    # Images built earlier from these Dockerfiles; the test leaves them in place.
+    docker tag "$BF_DOCKER_TEST_BACKEND_IMAGE" "$backend_image"
+    docker tag "$BF_DOCKER_TEST_BUILDER_IMAGE" "$builder_image"
+    log "using $BF_DOCKER_TEST_BACKEND_IMAGE and $BF_DOCKER_TEST_BUILDER_IMAGE"
+else
+    build_image docker/backend.Dockerfile "$backend_image"
+    build_image docker/builder.Dockerfile "$builder_image"
+fi
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E "^buildfleet-(backend|builder):$project " || true
 
 # --- stack ---------------------------------------------------------------------------------

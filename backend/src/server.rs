@@ -28,19 +28,30 @@ pub struct RunningServer {
     pub store: Store,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The thread of the Scheduler, Auth and LogSink actors; stopped with the server so that
+    /// nothing of this instance keeps acting on the database.
+    actors: actix::Arbiter,
 }
 
 impl RunningServer {
-    /// Stops accepting, closes sessions and waits for the server task.
+    /// Stops accepting, closes sessions, waits for the server task, then stops the actors.
     pub async fn stop(self, graceful: bool) {
         self.handle.stop(graceful).await;
         let _ = self.server.await;
+        Self::stop_actors(self.actors).await;
     }
 
     /// Waits until the server stops (on SIGINT/SIGTERM, handled by actix).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.server.await??;
+        let result = self.server.await;
+        Self::stop_actors(self.actors).await;
+        result??;
         Ok(())
+    }
+
+    async fn stop_actors(actors: actix::Arbiter) {
+        actors.stop();
+        let _ = tokio::task::spawn_blocking(move || actors.join()).await;
     }
 }
 
@@ -110,6 +121,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .clone()
         .unwrap_or_else(|| public_url.clone());
 
+    let actors = actix::Arbiter::new();
     let log_sink = LogSink::new(
         store.clone(),
         storage.clone(),
@@ -119,8 +131,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             max_line_bytes: config.limits.max_log_line_bytes,
             flush_interval: config.timings.log_flush_interval,
         },
-    )
-    .start();
+    );
+    let log_sink = LogSink::start_in_arbiter(&actors.handle(), move |_| log_sink);
     let scheduler = Scheduler::new(
         store.clone(),
         SchedulerSettings {
@@ -133,15 +145,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         },
         metrics.clone(),
         log_sink.clone(),
-    )
-    .start();
+    );
+    let scheduler = Scheduler::start_in_arbiter(&actors.handle(), move |_| scheduler);
     let auth = Auth::new(
         store.clone(),
         backend_id.clone(),
         config.timings.challenge_ttl,
         metrics.clone(),
-    )
-    .start();
+    );
+    let auth = Auth::start_in_arbiter(&actors.handle(), move |_| auth);
 
     let session_context = web::Data::new(SessionContext {
         auth,
@@ -212,5 +224,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         store,
         handle,
         server,
+        actors,
     })
 }

@@ -305,7 +305,9 @@ async fn stale_attempt_cannot_report_or_upload(db: TestDb) {
                     }
                 );
             }
-            Incoming::Message(ServerMessage::Error(e)) => break e.code == ErrorCode::UnknownJob,
+            Incoming::Message(ServerMessage::Error(e)) => {
+                panic!("a stale completion must be refused, not close the session: {e:?}")
+            }
             Incoming::Message(_) | Incoming::Undecodable(_) => {}
             Incoming::Closed(reason) => panic!("closed without a verdict: {reason:?}"),
         }

@@ -343,7 +343,24 @@ impl BuilderSession {
                     job_id: response.job_id,
                     attempt: response.attempt,
                 };
-                if !self.check_held(job, ctx) {
+                // A completion racing its own supersession is refused, not a reason to close:
+                // the builder forgets the attempt and keeps its other jobs.
+                if !self.held.contains(&job) {
+                    let message = format!(
+                        "this session does not hold attempt {} of job {}",
+                        job.attempt, job.job_id
+                    );
+                    self.send(
+                        ctx,
+                        &ServerMessage::CompletionAck(CompletionAck {
+                            job_id: job.job_id,
+                            attempt: job.attempt,
+                            result: buildfleet_protocol::CompletionResult::Refused {
+                                code: ErrorCode::StaleAttempt,
+                                message,
+                            },
+                        }),
+                    );
                     return;
                 }
                 let (Some(builder), Some(public_key)) = (
