@@ -3,4 +3,4 @@
 # they were skipped otherwise; `bash scripts/test-postgres.sh start` prints a URL to use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast
