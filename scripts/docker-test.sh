@@ -54,6 +54,11 @@ commands = [["sh", "-c", "for i in $(seq 40); do echo tick $i; sleep 1; done; ec
 artifacts = [{ name = "slow.txt", path = "slow.txt" }]
 EOF
 chmod 0644 "$work/builder.toml"
+# The crate is built offline, as an air-gapped builder would: cargo still resolves its
+# dev-dependencies (criterion, for itoa), so the builders get this machine's crates.io index
+# cache, read-only, in their cargo home.
+cargo_index=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/index/index.crates.io-*/ 2>/dev/null | head -n 1)
+[ -n "$cargo_index" ] || die "no crates.io index cache under ${CARGO_HOME:-$HOME/.cargo}/registry/index"
 cat >"$work/compose.test.yaml" <<EOF
 services:
   builder:
@@ -61,6 +66,7 @@ services:
       BUILDFLEET_CONFIG: /etc/buildfleet/builder.toml
     volumes:
       - $work/builder.toml:/etc/buildfleet/builder.toml:ro
+      - $cargo_index:/var/tmp/buildfleet-work/cargo-home/registry/index/$(basename "$cargo_index"):ro
 EOF
 
 export BUILDFLEET_ADMIN_TOKEN=$admin_token BUILDFLEET_PORT=$port \
@@ -73,6 +79,8 @@ compose() {
 
 finish() {
     local status=$?
+    # A check that failed under wait_for exits with its output silenced: undo that here.
+    exec 1>&3 2>&3
     if [ "$status" -ne 0 ]; then
         printf '\n==> FAILED (exit %s); Compose logs:\n' "$status" >&2
         compose logs --no-color --tail=150 >&2 || true

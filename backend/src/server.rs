@@ -59,6 +59,11 @@ impl RunningServer {
 /// (mode 0600) so restarts keep it.
 pub fn admin_token(config: &ServerConfig) -> anyhow::Result<String> {
     if let Some(token) = &config.admin_token {
+        // An empty token would match `Authorization: Bearer ` and grant admin rights.
+        anyhow::ensure!(
+            token.trim().len() >= 16,
+            "the admin token must be at least 16 characters"
+        );
         return Ok(token.clone());
     }
     let path = admin_token_path(&config.data_dir);

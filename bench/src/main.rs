@@ -50,6 +50,9 @@ struct Cli {
     /// Number of idle sessions (default 10000, smoke 50; capped by the fd limit).
     #[arg(long)]
     sessions: Option<usize>,
+    /// Number of jobs of the dispatch and lifecycle suites (default 1000 and 10000).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         builder_binary: find_binary(cli.bin_dir.as_ref(), "buildfleet-builder"),
         smoke: cli.smoke,
         sessions: cli.sessions,
+        jobs: cli.jobs,
         fd_limit,
     };
     let dbs = match cli.db {

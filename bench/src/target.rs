@@ -61,6 +61,21 @@ impl Database {
                 diesel::sql_query(format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .with_context(|| format!("creating database {name}"))?;
+                // An experiment knob (docs/benchmarks.md): the server's default is kept
+                // unless BUILDFLEET_BENCH_PG_SYNCHRONOUS_COMMIT names another value.
+                if let Ok(value) = std::env::var("BUILDFLEET_BENCH_PG_SYNCHRONOUS_COMMIT") {
+                    if !matches!(
+                        value.as_str(),
+                        "on" | "off" | "local" | "remote_write" | "remote_apply"
+                    ) {
+                        bail!("BUILDFLEET_BENCH_PG_SYNCHRONOUS_COMMIT={value:?} is not a synchronous_commit value");
+                    }
+                    diesel::sql_query(format!(
+                        "ALTER DATABASE {name} SET synchronous_commit = {value}"
+                    ))
+                    .execute(&mut admin)
+                    .with_context(|| format!("configuring database {name}"))?;
+                }
                 Ok(Database {
                     url: with_database(&admin_url, &name),
                     postgres: Some((admin_url, name)),
@@ -168,6 +183,14 @@ impl Backend {
         std::fs::create_dir_all(&data_dir)?;
         let database = Database::create(db, &data_dir)?;
         let admin_token = format!("bfa_bench_{:032x}", rand::random::<u128>());
+        let mut settings = settings.clone();
+        if let Some(pool) = std::env::var("BUILDFLEET_BENCH_DB_POOL_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            settings.db_pool_size = Some(pool);
+        }
+        let settings = &settings;
         let (running, addr, pid) = match mode {
             BackendMode::Binary(binary) => {
                 let (child, addr) = spawn_binary(

@@ -65,6 +65,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing would only add noise"
+)]
 pub enum Command {
     /// Connect to the backend and run jobs until stopped (SIGTERM/Ctrl-C drains, twice cancels).
     Run(RunArgs),
@@ -107,6 +111,9 @@ pub struct RunArgs {
     /// Extra PEM CA certificate(s) to trust for wss:// and https://.
     #[arg(long, env = "BUILDFLEET_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// Enrolment token from the operator: admit this builder's key (made if missing) first.
+    #[arg(long, env = "BUILDFLEET_ENROL_TOKEN", hide_env_values = true)]
+    pub enrol_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,6 +13,7 @@
 pub mod artifacts;
 pub mod config;
 pub mod connection;
+pub mod enrol;
 pub mod event_buffer;
 pub mod http;
 pub mod identity;

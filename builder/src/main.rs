@@ -34,6 +34,12 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let config = args.resolve().context("invalid configuration")?;
             actix_rt::System::new().block_on(async move {
+                // Compose passes an unset variable as "", which means no enrolment.
+                if let Some(token) = args.enrol_token.as_deref().filter(|t| !t.trim().is_empty()) {
+                    buildfleet_builder::enrol::enrol(&config, token)
+                        .await
+                        .context("cannot enrol with the backend")?;
+                }
                 let builder = buildfleet_builder::start(config)
                     .await
                     .context("cannot start the builder")?;

@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod auth;
 pub mod builders;
+pub mod enrolment;
 pub mod jobs;
 pub mod logs;
 pub mod sources;
@@ -50,6 +51,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/builders/{id}", web::delete().to(builders::remove))
                 .route("/builders/{id}/{action}", web::post().to(builders::act))
                 .route("/allowed_signers", web::get().to(system::allowed_signers))
+                .route("/enrolment-tokens", web::get().to(enrolment::list))
+                .route("/enrolment-tokens", web::post().to(enrolment::create))
+                .route(
+                    "/enrolment-tokens/{id}",
+                    web::delete().to(enrolment::revoke),
+                )
+                .route("/enrol", web::post().to(enrolment::enrol))
                 .route("/sources", web::post().to(sources::upload))
                 .route("/sources/{sha256}", web::get().to(sources::download))
                 .route("/jobs", web::get().to(jobs::list))

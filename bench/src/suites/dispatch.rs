@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> anyhow::Result<()> {
     let builders = options.size(100, 10);
-    let jobs = options.size(1000, 50);
+    let jobs = options.jobs.unwrap_or(options.size(1000, 50));
     let warmup = options.size(20, 5);
     result.param("builders", builders);
     result.param("jobs", jobs);

@@ -21,7 +21,7 @@ const LOG_LINES: u32 = 3;
 pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> anyhow::Result<()> {
     let builders = options.size(200, 20);
     let slots = 4;
-    let jobs = options.size(10_000, 200);
+    let jobs = options.jobs.unwrap_or(options.size(10_000, 200));
     let time_limit = options.size(Duration::from_secs(180), Duration::from_secs(60));
     result.param("builders", builders);
     result.param("slots_per_builder", slots);

@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub smoke: bool,
     /// Overrides the idle-sessions suite's session count.
     pub sessions: Option<usize>,
+    /// Overrides the job count of the dispatch and lifecycle suites.
+    pub jobs: Option<usize>,
     /// The soft fd limit after raising it.
     pub fd_limit: u64,
 }
