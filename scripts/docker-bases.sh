@@ -83,7 +83,8 @@ import_rootfs() {
 make_debian() {
     command -v debootstrap >/dev/null || {
         log "installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 debootstrap >/dev/null
     }
     local dir=$work/debian
     log "debootstrap $SUITE (minbase) from $MIRROR"

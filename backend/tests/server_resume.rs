@@ -261,6 +261,8 @@ async fn stale_attempt_cannot_report_or_upload(db: TestDb) {
     let second = b.next_assignment().await;
     assert_eq!((second.job_id.0, second.attempt.0), (id, 2));
     b.accept(&second);
+    // The accept is fire-and-forget: see it stored before checking that nothing moves.
+    server.wait_for_state(id, "running").await;
     let superseded = a
         .expect("cancel of the lost attempt", |m| match m {
             ServerMessage::Cancel(c) if c.job_id == first.job_id => Some(c.clone()),

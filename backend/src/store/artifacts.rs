@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::attempts::live_attempt;
-use super::connection::{write_transaction, Db, DbConnection};
+use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, JobId};
 use super::schema::artifacts;
@@ -123,7 +123,7 @@ impl Store {
             return Err(StoreError::InvalidInput("artifact size is negative".into()));
         }
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             live_attempt(conn, new.job, new.attempt)?;
             let existing = artifacts::table
                 .filter(artifacts::job_id.eq(new.job.0))
@@ -167,7 +167,7 @@ impl Store {
         attempt: Attempt,
         publication: &Publication,
     ) -> Result<usize, StoreError> {
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             live_attempt(conn, job, attempt)?;
             publish_in(conn, job, attempt, publication)
         })

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::{write_transaction, Db, DbConnection};
+use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::BuilderId;
 use super::labels::{self, Labels};
@@ -102,7 +102,7 @@ impl Store {
         }
         let now = self.now_ms();
         let labels = labels::encode(&new.labels)?;
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let taken: Option<(String, String)> = builders::table
                 .filter(
                     builders::name
@@ -199,13 +199,39 @@ impl Store {
     /// Records contact from a builder now.
     pub fn touch_builder_last_seen(&self, id: BuilderId) -> Result<(), StoreError> {
         let now = self.now_ms();
-        let updated = diesel::update(builders::table.find(id.0))
-            .set(builders::last_seen_at.eq(now))
-            .execute(&mut *self.conn()?)?;
+        let updated = self.write(|conn| {
+            Ok(diesel::update(builders::table.find(id.0))
+                .set(builders::last_seen_at.eq(now))
+                .execute(conn)?)
+        })?;
         if updated == 0 {
             return Err(StoreError::not_found("builder", id));
         }
         Ok(())
+    }
+
+    /// Records contact from many builders at `at_ms` in one statement (the scheduler flushes
+    /// the contacts it saw since its last sweep). Builders removed meanwhile are skipped.
+    /// Returns how many rows it updated.
+    pub fn touch_builders_last_seen(
+        &self,
+        ids: &[BuilderId],
+        at_ms: i64,
+    ) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        self.write(|conn| {
+            let mut updated = 0;
+            // Bounded statements: SQLite limits the number of bound parameters.
+            for chunk in ids.chunks(500) {
+                updated += diesel::update(builders::table.filter(builders::id.eq_any(chunk)))
+                    .set(builders::last_seen_at.eq(at_ms))
+                    .execute(conn)?;
+            }
+            Ok(updated)
+        })
     }
 
     /// Removes a builder. Refused with [`StoreError::BuilderBusy`] while it holds live
@@ -213,7 +239,7 @@ impl Store {
     /// pointing at a builder that no longer exists. Past attempts keep their history with the
     /// builder reference cleared.
     pub fn remove_builder(&self, id: BuilderId) -> Result<(), StoreError> {
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             require_builder(conn, id)?;
             let active: i64 = job_attempts::table
                 .filter(job_attempts::builder_id.eq(id.0))
@@ -236,7 +262,7 @@ impl Store {
         id: BuilderId,
         update: impl FnOnce(&mut DbConnection) -> QueryResult<usize>,
     ) -> Result<Builder, StoreError> {
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             if update(conn)? == 0 {
                 return Err(StoreError::not_found("builder", id));
             }

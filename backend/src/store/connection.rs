@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
 use diesel::{PgConnection, SqliteConnection};
@@ -78,7 +78,7 @@ pub fn connect(database_url: &str) -> Result<DbConnection, StoreError> {
     Ok(conn)
 }
 
-fn configure(conn: &mut DbConnection) -> QueryResult<()> {
+pub(crate) fn configure(conn: &mut DbConnection) -> QueryResult<()> {
     match conn {
         DbConnection::Sqlite(conn) => conn.batch_execute(SQLITE_PRAGMAS),
         DbConnection::Postgresql(_) => Ok(()),
@@ -135,41 +135,6 @@ impl r2d2::CustomizeConnection<DbConnection, diesel::r2d2::Error> for ConfigureO
 
 /// How long a caller waits for a pooled connection before the store reports an error.
 pub(crate) const POOL_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `f` in one transaction that will write. On SQLite it starts with `BEGIN IMMEDIATE`:
-/// a deferred transaction that reads and then writes fails with SQLITE_BUSY, without waiting,
-/// when another connection wrote in between; taking the write lock up front makes it wait
-/// (busy_timeout) instead. On PostgreSQL it is a plain transaction; row-level
-/// compare-and-set updates keep concurrent writers honest there.
-pub(crate) fn write_transaction<T>(
-    conn: &mut DbConnection,
-    f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    match conn {
-        DbConnection::Postgresql(_) => conn.transaction(f),
-        DbConnection::Sqlite(inner) => {
-            // Same bookkeeping as `SqliteConnection::immediate_transaction`, but `f` gets the
-            // enum so store code stays backend-neutral. The enum's transaction manager
-            // delegates to this inner one.
-            AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
-            match f(conn) {
-                Ok(value) => {
-                    <DbConnection as Connection>::TransactionManager::commit_transaction(conn)?;
-                    Ok(value)
-                }
-                Err(e) => {
-                    if let Err(rollback) =
-                        <DbConnection as Connection>::TransactionManager::rollback_transaction(conn)
-                    {
-                        // The pool drops the connection: its transaction manager is broken.
-                        tracing::error!(error = %rollback, "rollback failed");
-                    }
-                    Err(e)
-                }
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::builders::{require_builder, Builder, NewBuilder};
-use super::connection::{write_transaction, Db};
+use super::connection::Db;
 use super::error::StoreError;
 use super::ids::BuilderId;
 use super::labels::{self, Labels};
@@ -143,7 +143,7 @@ impl Store {
         let encoded = labels::encode(token_labels)?;
         let plaintext = secret::generate(ENROLMENT_TOKEN_PREFIX);
         let token_hash = secret::hash(&plaintext);
-        let row = write_transaction(&mut *self.conn()?, |conn| {
+        let row = self.write(|conn| {
             Ok(diesel::insert_into(enrolment_tokens::table)
                 .values((
                     enrolment_tokens::token_hash.eq(&token_hash),
@@ -177,7 +177,7 @@ impl Store {
         id: EnrolmentTokenId,
     ) -> Result<EnrolmentToken, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             diesel::update(
                 enrolment_tokens::table
                     .find(id.0)
@@ -216,7 +216,7 @@ impl Store {
         let token_hash = secret::hash(plaintext);
         // Refusals are found before anything is written, so they leave the transaction
         // empty; the inner result carries them out of it.
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let admitted: Option<(String, String)> = builders::table
                 .filter(
                     builders::fingerprint

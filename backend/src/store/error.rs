@@ -10,6 +10,9 @@ use super::state::JobState;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(DieselError),
+    /// The group commit that carried this write failed, so the write was not kept.
+    #[error("database error: the transaction holding this write failed: {0}")]
+    BatchFailed(std::sync::Arc<str>),
     #[error("cannot connect to the database: {0}")]
     Connection(#[from] diesel::ConnectionError),
     #[error("database connection pool: {0}")]
@@ -59,7 +62,7 @@ impl StoreError {
     /// A stable name for metrics, logs and error bodies.
     pub fn kind(&self) -> &'static str {
         match self {
-            StoreError::Database(_) => "database",
+            StoreError::Database(_) | StoreError::BatchFailed(_) => "database",
             StoreError::Connection(_) => "connection",
             StoreError::Pool(_) => "pool",
             StoreError::Migration(_) => "migration",

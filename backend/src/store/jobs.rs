@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::{write_transaction, Db, DbConnection};
+use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::labels::{self, Labels};
@@ -256,7 +256,7 @@ impl Store {
         let now = self.now_ms();
         let parameters = labels::encode(&new.parameters)?;
         let required_labels = labels::encode(&new.required_labels)?;
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let row = diesel::insert_into(jobs::table)
                 .values((
                     jobs::source_url.eq(&new.source_url),

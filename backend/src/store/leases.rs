@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::attempts::{load_attempts, JobAttempt};
-use super::connection::{write_transaction, Db, DbConnection};
+use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::jobs::{load_job_row, parse_column, Job};
@@ -52,7 +52,7 @@ impl Store {
         now: i64,
     ) -> Result<Vec<RenewedLease>, StoreError> {
         let lease_expires_at = now.saturating_add(lease_ms);
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let mut renewed = Vec::with_capacity(attempts.len());
             for &(job, attempt) in attempts {
                 let updated = diesel::update(
@@ -83,13 +83,15 @@ impl Store {
         builder: BuilderId,
         expires_at: i64,
     ) -> Result<usize, StoreError> {
-        Ok(diesel::update(
-            job_attempts::table
-                .filter(job_attempts::builder_id.eq(builder.0))
-                .filter(job_attempts::finished_at.is_null()),
-        )
-        .set(job_attempts::lease_expires_at.eq(expires_at))
-        .execute(&mut *self.conn()?)?)
+        self.write(|conn| {
+            Ok(diesel::update(
+                job_attempts::table
+                    .filter(job_attempts::builder_id.eq(builder.0))
+                    .filter(job_attempts::finished_at.is_null()),
+            )
+            .set(job_attempts::lease_expires_at.eq(expires_at))
+            .execute(conn)?)
+        })
     }
 
     /// Live attempts held by `builder`.
@@ -133,7 +135,7 @@ impl Store {
         let mut requeued = Vec::new();
         for (job, attempt, builder) in expired {
             let (job, attempt) = (JobId(job), Attempt(attempt));
-            match write_transaction(conn, |conn| expire(conn, job, attempt, now)) {
+            match self.write(|conn| expire(conn, job, attempt, now)) {
                 Ok(job) => requeued.push(Requeued {
                     lost_attempt: attempt,
                     builder: builder.map(BuilderId),

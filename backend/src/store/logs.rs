@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::attempts::live_attempt;
-use super::connection::{write_transaction, Db};
+use super::connection::Db;
 use super::error::StoreError;
 use super::ids::{Attempt, JobId};
 use super::schema::log_chunks;
@@ -81,7 +81,7 @@ impl Store {
             ));
         }
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             live_attempt(conn, new.job, new.attempt)?;
             if let Some(stored_last_seq) = last_seq(conn, new.job, new.attempt)? {
                 if new.first_seq <= stored_last_seq {

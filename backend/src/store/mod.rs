@@ -27,6 +27,7 @@ mod state;
 mod stats;
 mod tokens;
 mod transitions;
+mod writer;
 
 use std::sync::Arc;
 
@@ -52,6 +53,7 @@ pub use tokens::{ApiToken, TokenScope};
 pub use transitions::{CancelResult, Completion};
 
 use connection::{ConfigureOnAcquire, ConnectionManager, POOL_CHECKOUT_TIMEOUT};
+use writer::SqliteWriter;
 
 type Conn = PooledConnection<ConnectionManager>;
 
@@ -59,6 +61,8 @@ type Conn = PooledConnection<ConnectionManager>;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool<ConnectionManager>,
+    /// SQLite only: the one connection every write transaction runs on (group commit).
+    writer: Option<Arc<SqliteWriter>>,
     backend: Backend,
     clock: Arc<dyn Clock>,
 }
@@ -78,15 +82,23 @@ impl Store {
     pub fn open(database_url: &str, pool_size: u32) -> Result<Store, StoreError> {
         let url = DatabaseUrl::parse(database_url)?;
         let backend = url.backend;
+        let writer = match backend {
+            Backend::Sqlite => Some(Arc::new(SqliteWriter::new(url.target.clone()))),
+            Backend::Postgres => None,
+        };
         let pool = Pool::builder()
             .max_size(pool_size.max(1))
             // Open connections as needed, not all at start: replicas share PostgreSQL's limit.
             .min_idle(Some(1))
+            // No `SELECT 1` round trip per checkout: a broken connection is found by
+            // `has_broken` when returned, and the next query on it fails cleanly.
+            .test_on_check_out(false)
             .connection_timeout(POOL_CHECKOUT_TIMEOUT)
             .connection_customizer(Box::new(ConfigureOnAcquire))
             .build(ConnectionManager::new(url))?;
         let store = Store {
             pool,
+            writer,
             backend,
             clock: Arc::new(SystemClock),
         };
@@ -121,5 +133,21 @@ impl Store {
 
     fn conn(&self) -> Result<Conn, StoreError> {
         Ok(self.pool.get()?)
+    }
+
+    /// Runs `f` as one write transaction. On SQLite it joins the group commit of
+    /// [`SqliteWriter`] (one writer connection, `BEGIN IMMEDIATE`, a savepoint per call); on
+    /// PostgreSQL it is a plain transaction on a pooled connection, where row-level
+    /// compare-and-set updates and `SKIP LOCKED` keep concurrent writers honest. `f` must not
+    /// call back into the store's write path (it would wait for itself).
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        use diesel::Connection;
+        match &self.writer {
+            Some(writer) => writer.run(f),
+            None => (*self.conn()?).transaction(f),
+        }
     }
 }

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::{write_transaction, Db};
+use super::connection::Db;
 use super::error::StoreError;
 use super::schema::sources;
 use super::Store;
@@ -30,8 +30,7 @@ impl Store {
             return Err(StoreError::InvalidInput("source size is negative".into()));
         }
         let now = self.now_ms();
-        let conn = &mut *self.conn()?;
-        let inserted = write_transaction(conn, |conn| {
+        let inserted = self.write(|conn| {
             if let Some(existing) = find(conn, sha256)? {
                 return Ok(existing);
             }
@@ -47,9 +46,8 @@ impl Store {
         });
         match inserted {
             // Two uploads of the same archive raced (PostgreSQL): the other one won.
-            Err(StoreError::AlreadyExists { .. }) => {
-                find(conn, sha256)?.ok_or_else(|| StoreError::not_found("source", sha256))
-            }
+            Err(StoreError::AlreadyExists { .. }) => find(&mut *self.conn()?, sha256)?
+                .ok_or_else(|| StoreError::not_found("source", sha256)),
             other => other,
         }
     }

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::connection::{write_transaction, Db};
+use super::connection::Db;
 use super::error::StoreError;
 use super::ids::ApiTokenId;
 use super::jobs::parse_column;
@@ -78,7 +78,7 @@ impl Store {
         let now = self.now_ms();
         let plaintext = secret::generate(API_TOKEN_PREFIX);
         let token_hash = secret::hash(&plaintext);
-        let row = write_transaction(&mut *self.conn()?, |conn| {
+        let row = self.write(|conn| {
             Ok(diesel::insert_into(api_tokens::table)
                 .values((
                     api_tokens::token_hash.eq(&token_hash),
@@ -118,7 +118,7 @@ impl Store {
     /// Revokes a token now. Revoking a revoked token keeps its first revocation time.
     pub fn revoke_api_token(&self, id: ApiTokenId) -> Result<ApiToken, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             diesel::update(
                 api_tokens::table
                     .find(id.0)

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 
 use super::artifacts::{publish_in, Publication};
 use super::attempts::{finish_attempt, live_attempt, JobAttempt};
-use super::connection::{write_transaction, DbConnection};
+use super::connection::DbConnection;
 use super::error::StoreError;
 use super::ids::{Attempt, JobId};
 use super::jobs::{load_job, load_job_row, parse_column, record_event, Job, JobRow};
@@ -153,7 +153,7 @@ impl Store {
     /// The builder accepted the assignment: `assigned → running`.
     pub fn mark_running(&self, job: JobId, attempt: Attempt) -> Result<Job, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let (row, _) = live_attempt(conn, job, attempt)?;
             let changes = JobChanges {
                 started_at: Some(Some(now)),
@@ -181,7 +181,7 @@ impl Store {
         reason: &str,
     ) -> Result<Job, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let (row, _) = live_attempt(conn, job, attempt)?;
             require_state(&row, &[JobState::Assigned], JobState::Queued)?;
             let job_now = if row.cancel_requested_at.is_some() {
@@ -213,7 +213,7 @@ impl Store {
         completion: Completion,
     ) -> Result<Job, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let (row, _) = live_attempt(conn, job, attempt)?;
             let to = completion.outcome.job_state();
             let changes = JobChanges::finish(now, completion.error.clone());
@@ -239,7 +239,7 @@ impl Store {
     /// [`StoreError::IllegalTransition`].
     pub fn cancel_job(&self, job: JobId) -> Result<CancelResult, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let row = load_job_row(conn, job)?;
             let from = require_state(
                 &row,
@@ -269,7 +269,7 @@ impl Store {
     /// a fresh retry budget.
     pub fn retry_job(&self, job: JobId) -> Result<Job, StoreError> {
         let now = self.now_ms();
-        write_transaction(&mut *self.conn()?, |conn| {
+        self.write(|conn| {
             let row = load_job_row(conn, job)?;
             require_state(
                 &row,
