@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::builders::{require_builder, Builder, NewBuilder};
-use super::connection::Db;
+use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::BuilderId;
 use super::labels::{self, Labels};
@@ -216,26 +216,9 @@ impl Store {
         let token_hash = secret::hash(plaintext);
         // Refusals are found before anything is written, so they leave the transaction
         // empty; the inner result carries them out of it.
-        self.write(|conn| {
-            let admitted: Option<(String, String)> = builders::table
-                .filter(
-                    builders::fingerprint
-                        .eq(&new.fingerprint)
-                        .or(builders::name.eq(&new.name)),
-                )
-                .select((builders::name, builders::fingerprint))
-                .first(conn)
-                .optional()?;
-            if let Some((name, fingerprint)) = admitted {
-                return Ok(Err(if fingerprint == new.fingerprint {
-                    EnrolmentError::AlreadyAdmitted { name, fingerprint }
-                } else {
-                    StoreError::AlreadyExists {
-                        entity: "builder",
-                        key: format!("named {name:?}"),
-                    }
-                    .into()
-                }));
+        let enrolled = self.write(|conn| {
+            if let Some(conflict) = conflict(conn, &new)? {
+                return Ok(Err(conflict));
             }
             let token: Option<EnrolmentTokenRow> = enrolment_tokens::table
                 .filter(enrolment_tokens::token_hash.eq(&token_hash))
@@ -276,6 +259,48 @@ impl Store {
                 .get_result(conn)?;
             let builder = require_builder(conn, BuilderId(id))?;
             Ok(Ok((builder, EnrolmentTokenId(token.id))))
-        })?
+        });
+        match enrolled {
+            // A concurrent enrolment of the same key or name committed between our check and
+            // our insert (PostgreSQL; the unique index caught it and the use was rolled back):
+            // answer as if we had come second.
+            Err(StoreError::AlreadyExists { .. }) => match conflict(&mut *self.conn()?, &new)? {
+                Some(conflict) => Err(conflict),
+                None => Err(StoreError::AlreadyExists {
+                    entity: "builder",
+                    key: format!("named {:?}", new.name),
+                }
+                .into()),
+            },
+            other => other?,
+        }
     }
+}
+
+/// Why `new` cannot be enrolled whatever the token: its key is admitted already, or its name
+/// belongs to another key.
+fn conflict(
+    conn: &mut DbConnection,
+    new: &NewBuilder,
+) -> Result<Option<EnrolmentError>, StoreError> {
+    let admitted: Option<(String, String)> = builders::table
+        .filter(
+            builders::fingerprint
+                .eq(&new.fingerprint)
+                .or(builders::name.eq(&new.name)),
+        )
+        .select((builders::name, builders::fingerprint))
+        .first(conn)
+        .optional()?;
+    Ok(admitted.map(|(name, fingerprint)| {
+        if fingerprint == new.fingerprint {
+            EnrolmentError::AlreadyAdmitted { name, fingerprint }
+        } else {
+            StoreError::AlreadyExists {
+                entity: "builder",
+                key: format!("named {name:?}"),
+            }
+            .into()
+        }
+    }))
 }
