@@ -56,7 +56,8 @@ EOF
 chmod 0644 "$work/builder.toml"
 # The crate is built offline, as an air-gapped builder would: cargo still resolves its
 # dev-dependencies (criterion, for itoa), so the builders get this machine's crates.io index
-# cache, read-only, in their cargo home.
+# cache, read-only, in their cargo home (scripts/e2e-crate.sh makes sure it holds them).
+crate=$(bash scripts/e2e-crate.sh)
 cargo_index=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/index/index.crates.io-*/ 2>/dev/null | head -n 1)
 [ -n "$cargo_index" ] || die "no crates.io index cache under ${CARGO_HOME:-$HOME/.cargo}/registry/index"
 cat >"$work/compose.test.yaml" <<EOF
@@ -202,8 +203,6 @@ wait_for 180 "2 connected builders" builders_connected_eq 2
 api GET /api/v1/enrolment-tokens | json '[(t["id"], t["uses"], t["max_uses"]) for t in d["enrolment_tokens"]]'
 
 log "building the itoa crate on a builder"
-crate=$(ls ~/.cargo/registry/cache/*/itoa-1.*.crate 2>/dev/null | sort -V | tail -n 1 || true)
-[ -n "$crate" ] || die "no itoa-1.*.crate in ~/.cargo/registry/cache (run: cargo fetch in a crate depending on itoa)"
 source_sha=$(api POST /api/v1/sources "@$crate" | json 'd["sha256"]')
 [ "$source_sha" = "$(sha256sum "$crate" | cut -d' ' -f1)" ] || die "the backend stored another digest"
 job=$(api POST /api/v1/jobs "{\"source_sha256\": \"$source_sha\", \"recipe\": \"cargo-build\", \"parameters\": {\"offline\": \"true\"}}" | json 'd["id"]')

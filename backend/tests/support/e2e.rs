@@ -412,7 +412,7 @@ pub fn itoa_crate() -> (PathBuf, Vec<u8>) {
     let path = found.pop().unwrap_or_else(|| {
         panic!(
             "no itoa-*.crate in {}/*/: this test builds the real itoa crate offline; \
-             fetch it once with `cargo fetch` in a project that depends on itoa",
+             `bash scripts/e2e-crate.sh` fetches it and what building it offline needs",
             cache.display()
         )
     });
