@@ -2,6 +2,10 @@
 //! append and one row per flush, never a row per line), acknowledges the highest stored
 //! sequence to the builder, drops resent duplicates, cuts a log at its size limit with a
 //! marker, and fans stored lines out to live viewers.
+//!
+//! A session registers itself once per attempt (`RegisterAttempts`, at assignment or resume)
+//! as the recipient of that attempt's acknowledgements, and sends the events it read in one
+//! go as one `AppendEvents` batch, so the per-event cost is one push onto a buffer.
 
 use std::collections::HashMap;
 use std::mem;
@@ -48,7 +52,6 @@ struct AttemptLog {
     pending: Vec<JobEvent>,
     pending_bytes: usize,
     flushing: bool,
-    ack_to: Option<Recipient<Push>>,
     waiters: Vec<oneshot::Sender<()>>,
     last_activity: Option<Instant>,
 }
@@ -60,6 +63,15 @@ pub struct LogSink {
     limits: LogLimits,
     attempts: HashMap<(JobId, Attempt), AttemptLog>,
     subscribers: HashMap<JobId, Vec<mpsc::Sender<(Attempt, Bytes)>>>,
+    /// Where each attempt's acknowledgements go: the session that holds it. Kept apart from
+    /// `attempts`, whose entries are forgotten when idle while a quiet job runs on.
+    registrations: HashMap<(JobId, Attempt), Registration>,
+}
+
+/// The session that reports on an attempt.
+struct Registration {
+    session: u64,
+    ack_to: Recipient<Push>,
 }
 
 impl LogSink {
@@ -76,6 +88,20 @@ impl LogSink {
             limits,
             attempts: HashMap::new(),
             subscribers: HashMap::new(),
+            registrations: HashMap::new(),
+        }
+    }
+
+    /// Tells the attempt's session that everything up to `seq` is stored.
+    fn ack(&self, key: (JobId, Attempt), seq: u64) {
+        if let Some(registration) = self.registrations.get(&key) {
+            registration
+                .ack_to
+                .do_send(Push(ServerMessage::EventAck(EventAck {
+                    job_id: key.0.into(),
+                    attempt: key.1.into(),
+                    acked_seq: seq,
+                })));
         }
     }
 
@@ -110,13 +136,7 @@ impl LogSink {
                     match result {
                         Ok(written) => {
                             log.stored = Some(written.stored);
-                            if let Some(ack_to) = &log.ack_to {
-                                ack_to.do_send(Push(ServerMessage::EventAck(EventAck {
-                                    job_id: key.0.into(),
-                                    attempt: key.1.into(),
-                                    acked_seq: written.stored.seq,
-                                })));
-                            }
+                            this.ack(key, written.stored.seq);
                             this.metrics.log_bytes_stored.fetch_add(written.bytes.len() as u64, Ordering::Relaxed);
                             this.metrics.log_lines_stored.fetch_add(written.lines, Ordering::Relaxed);
                             if !written.bytes.is_empty() {
@@ -245,44 +265,108 @@ impl Actor for LogSink {
                     || !log.waiters.is_empty()
                     || log.last_activity.is_some_and(|t| t.elapsed() < IDLE_FORGET)
             });
+            // Sessions release their attempts when they end; this catches any that did not.
+            this.registrations
+                .retain(|_, registration| registration.ack_to.connected());
         });
     }
 }
 
-/// Events of one frame, from the session of the builder that holds the attempt.
+/// A session reports on these attempts from now on (they were assigned to it, or its
+/// `resume` continued them): their acknowledgements go to `ack_to`. A newer registration of
+/// the same attempt (a reconnect) replaces an older one.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AppendEvent {
-    pub event: JobEvent,
+pub struct RegisterAttempts {
+    pub session: u64,
     pub ack_to: Recipient<Push>,
+    pub attempts: Vec<(JobId, Attempt)>,
 }
 
-impl Handler<AppendEvent> for LogSink {
+impl Handler<RegisterAttempts> for LogSink {
     type Result = ();
 
-    fn handle(&mut self, msg: AppendEvent, ctx: &mut Self::Context) {
-        let key = (
-            JobId::from(msg.event.job_id),
-            Attempt::from(msg.event.attempt),
-        );
-        let log = self.attempts.entry(key).or_default();
-        log.ack_to = Some(msg.ack_to);
-        log.last_activity = Some(Instant::now());
-        if log.stored.is_some_and(|s| msg.event.seq <= s.seq) {
-            // Already stored: acknowledge again so the builder can drop it.
-            if let (Some(stored), Some(ack_to)) = (log.stored, &log.ack_to) {
-                ack_to.do_send(Push(ServerMessage::EventAck(EventAck {
-                    job_id: msg.event.job_id,
-                    attempt: msg.event.attempt,
-                    acked_seq: stored.seq,
-                })));
-            }
-            return;
+    fn handle(&mut self, msg: RegisterAttempts, _: &mut Self::Context) {
+        for key in msg.attempts {
+            self.registrations.insert(
+                key,
+                Registration {
+                    session: msg.session,
+                    ack_to: msg.ack_to.clone(),
+                },
+            );
         }
-        log.pending_bytes += approximate_size(&msg.event);
-        log.pending.push(msg.event);
-        if log.pending_bytes >= FLUSH_BYTES {
-            self.flush(key, ctx);
+    }
+}
+
+/// A session no longer reports on these attempts (finished, rejected, superseded, or the
+/// session ended). Registrations made by another session are left alone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseAttempts {
+    pub session: u64,
+    pub attempts: Vec<(JobId, Attempt)>,
+}
+
+impl Handler<ReleaseAttempts> for LogSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseAttempts, _: &mut Self::Context) {
+        for key in msg.attempts {
+            if self
+                .registrations
+                .get(&key)
+                .is_some_and(|r| r.session == msg.session)
+            {
+                self.registrations.remove(&key);
+            }
+        }
+    }
+}
+
+/// The events a session read in one go, in the order it read them, for attempts it holds
+/// (and has registered with `RegisterAttempts`). Several attempts may be mixed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppendEvents(pub Vec<JobEvent>);
+
+impl Handler<AppendEvents> for LogSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppendEvents, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        // The attempts of this batch, and whether one of their events was already stored.
+        let mut touched: Vec<((JobId, Attempt), bool)> = Vec::new();
+        for event in msg.0 {
+            let key = (JobId::from(event.job_id), Attempt::from(event.attempt));
+            let index = match touched.iter().position(|(k, _)| *k == key) {
+                Some(index) => index,
+                None => {
+                    touched.push((key, false));
+                    touched.len() - 1
+                }
+            };
+            let log = self.attempts.entry(key).or_default();
+            log.last_activity = Some(now);
+            if log.stored.is_some_and(|s| event.seq <= s.seq) {
+                touched[index].1 = true;
+                continue;
+            }
+            log.pending_bytes += approximate_size(&event);
+            log.pending.push(event);
+        }
+        for (key, resent) in touched {
+            let Some(log) = self.attempts.get(&key) else {
+                continue;
+            };
+            // Already stored: acknowledge again so the builder can drop it.
+            match log.stored {
+                Some(stored) if resent => self.ack(key, stored.seq),
+                _ => {}
+            }
+            if log.pending_bytes >= FLUSH_BYTES {
+                self.flush(key, ctx);
+            }
         }
     }
 }

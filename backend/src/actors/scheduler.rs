@@ -91,6 +91,9 @@ pub struct Scheduler {
     deadlines: HashMap<(JobId, Attempt), Deadline>,
     /// When jobs submitted through this replica became queued, for the latency histogram.
     queued_at: HashMap<JobId, Instant>,
+    /// Builders heard from (a heartbeat) since the last sweep: the sweep records their
+    /// `last_seen_at` in one statement instead of one transaction per heartbeat.
+    seen: HashSet<BuilderId>,
     sweeping: bool,
 }
 
@@ -109,6 +112,7 @@ impl Scheduler {
             builders: HashMap::new(),
             deadlines: HashMap::new(),
             queued_at: HashMap::new(),
+            seen: HashSet::new(),
             sweeping: false,
         }
     }
@@ -277,9 +281,16 @@ impl Scheduler {
         self.sweeping = true;
         let store = self.store.clone();
         let has_idle = self.builders.values().any(|slot| slot.free_slots() > 0);
+        let seen: Vec<BuilderId> = self.seen.drain().collect();
         ctx.spawn(
             blocking(move || {
-                let requeued = store.requeue_expired_leases(store.now_ms())?;
+                let now = store.now_ms();
+                // Contact is recorded to within a sweep interval; a failure here only delays
+                // `last_seen_at` to the builder's next heartbeat.
+                if let Err(e) = store.touch_builders_last_seen(&seen, now) {
+                    tracing::warn!(builders = seen.len(), error = %e, "recording builder contact failed");
+                }
+                let requeued = store.requeue_expired_leases(now)?;
                 let depth = if has_idle { store.queue_depth()? } else { 0 };
                 Ok::<_, StoreError>((requeued, depth))
             })
@@ -456,6 +467,8 @@ impl Handler<Unregister> for Scheduler {
             return;
         }
         self.builders.remove(&msg.builder);
+        // Recorded below, now.
+        self.seen.remove(&msg.builder);
         self.metrics
             .builders_connected
             .fetch_sub(1, Ordering::Relaxed);
@@ -690,13 +703,18 @@ impl Handler<RenewLeases> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: RenewLeases, ctx: &mut Self::Context) {
+        let builder = msg.builder;
+        // Written by the next sweep, together with every other builder heard from.
+        self.seen.insert(builder);
+        if msg.active.is_empty() {
+            // An idle builder's heartbeat renews nothing: no store call at all.
+            return;
+        }
         let store = self.store.clone();
         let lease_ms = self.lease_ms();
-        let builder = msg.builder;
         let refs: Vec<_> = msg.active.into_iter().map(crate::wire::job_ref).collect();
         ctx.spawn(
             blocking(move || {
-                store.touch_builder_last_seen(builder)?;
                 let renewed = store.renew_leases(builder, &refs, lease_ms, store.now_ms())?;
                 let renewed: HashSet<_> = renewed.into_iter().map(|r| (r.job, r.attempt)).collect();
                 Ok::<_, StoreError>(

@@ -14,11 +14,11 @@ use actix_web_actors::ws;
 use buildfleet_protocol::ssh_key::PublicKey;
 use buildfleet_protocol::{
     AuthAccepted, AuthRejected, ChallengeRequest, ClientMessage, CompletionAck, ErrorCode,
-    ErrorFrame, JobRef, ServerMessage, SessionSettings, PROTOCOL_VERSION,
+    ErrorFrame, JobEvent, JobRef, ServerMessage, SessionSettings, PROTOCOL_VERSION,
 };
 
 use super::auth::{Auth, BeginAuth, Challenge, CompleteAuth, Rejection};
-use super::log_sink::{AppendEvent, LogSink};
+use super::log_sink::{AppendEvents, LogSink, RegisterAttempts, ReleaseAttempts};
 use super::scheduler::{
     AckWork, CompleteJob, GrantCredits, Register, RenewLeases, ResumeJobs, Scheduler,
     SetCapabilities, Unregister,
@@ -27,6 +27,10 @@ use super::{CloseSession, Push, SessionHandle};
 use crate::store::BuilderId;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Events buffered for the LogSink beyond which the batch goes out at once. A batch is
+/// otherwise bounded by what one wakeup reads (actix handles up to 16 stream items per poll).
+const MAX_EVENT_BATCH: usize = 256;
 
 /// What a session needs from the rest of the backend.
 #[derive(Clone)]
@@ -64,7 +68,17 @@ pub struct BuilderSession {
     /// Attempts this session may report on: assigned to it or continued by resume.
     held: HashSet<JobRef>,
     last_heard: Instant,
+    /// `job_event`s read but not yet handed to the LogSink: they go out as one batch when
+    /// the current wakeup is done (`FlushEvents`), and before anything else the session
+    /// sends on, so every actor sees the session's messages in the order it read them.
+    events: Vec<JobEvent>,
+    flush_scheduled: bool,
 }
+
+/// Internal: hand the buffered events to the LogSink.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushEvents;
 
 impl BuilderSession {
     fn new(ctx: SessionContext, peer: Option<IpAddr>) -> Self {
@@ -76,6 +90,53 @@ impl BuilderSession {
             identity: None,
             held: HashSet::new(),
             last_heard: Instant::now(),
+            events: Vec::new(),
+            flush_scheduled: false,
+        }
+    }
+
+    /// Buffers an event of a held attempt for the next batch.
+    fn queue_event(&mut self, event: JobEvent, ctx: &mut ws::WebsocketContext<Self>) {
+        self.events.push(event);
+        if self.events.len() >= MAX_EVENT_BATCH {
+            self.flush_events();
+        } else if !self.flush_scheduled {
+            // Runs once the stream handler has handled what this wakeup read.
+            self.flush_scheduled = true;
+            ctx.notify(FlushEvents);
+        }
+    }
+
+    /// Sends the buffered events to the LogSink as one batch.
+    fn flush_events(&mut self) {
+        if !self.events.is_empty() {
+            let events = std::mem::replace(&mut self.events, Vec::with_capacity(16));
+            self.ctx.log_sink.do_send(AppendEvents(events));
+        }
+    }
+
+    /// Attempts this session may report on from now on; their acknowledgements come here.
+    fn hold(&mut self, jobs: Vec<JobRef>, ctx: &mut ws::WebsocketContext<Self>) {
+        if jobs.is_empty() {
+            return;
+        }
+        self.held.extend(jobs.iter().copied());
+        self.ctx.log_sink.do_send(RegisterAttempts {
+            session: self.id,
+            ack_to: ctx.address().recipient(),
+            attempts: jobs.into_iter().map(crate::wire::job_ref).collect(),
+        });
+    }
+
+    /// This session no longer reports on the attempt.
+    fn release(&mut self, job: JobRef) {
+        if self.held.remove(&job) {
+            // Events of it read before this point still go out first, as they always did.
+            self.flush_events();
+            self.ctx.log_sink.do_send(ReleaseAttempts {
+                session: self.id,
+                attempts: vec![crate::wire::job_ref(job)],
+            });
         }
     }
 
@@ -151,6 +212,11 @@ impl BuilderSession {
     }
 
     fn on_message(&mut self, message: ClientMessage, ctx: &mut ws::WebsocketContext<Self>) {
+        if !matches!(message, ClientMessage::JobEvent(_)) {
+            // Whatever this frame causes (a completion's log flush above all) comes after
+            // the events read before it.
+            self.flush_events();
+        }
         match (&self.state, message) {
             (State::AwaitingHello, ClientMessage::Hello(hello)) => {
                 self.state = State::Authenticating;
@@ -246,17 +312,21 @@ impl BuilderSession {
                 ctx.wait(self.ctx.scheduler.send(request).into_actor(self).map(
                     |reply, this, ctx| match reply {
                         Ok(Ok(result)) => {
-                            for decision in &result.jobs {
-                                if matches!(
-                                    decision.decision,
-                                    buildfleet_protocol::ResumeAction::Continue { .. }
-                                ) {
-                                    this.held.insert(JobRef {
-                                        job_id: decision.job_id,
-                                        attempt: decision.attempt,
-                                    });
-                                }
-                            }
+                            let continued = result
+                                .jobs
+                                .iter()
+                                .filter(|decision| {
+                                    matches!(
+                                        decision.decision,
+                                        buildfleet_protocol::ResumeAction::Continue { .. }
+                                    )
+                                })
+                                .map(|decision| JobRef {
+                                    job_id: decision.job_id,
+                                    attempt: decision.attempt,
+                                })
+                                .collect();
+                            this.hold(continued, ctx);
                             this.send(ctx, &ServerMessage::ResumeResult(result));
                             this.state = State::Ready;
                         }
@@ -294,7 +364,7 @@ impl BuilderSession {
                     ack.decision,
                     buildfleet_protocol::WorkDecision::Reject { .. }
                 ) {
-                    self.held.remove(&job);
+                    self.release(job);
                 }
                 let Some(builder) = self.builder() else {
                     return;
@@ -323,10 +393,7 @@ impl BuilderSession {
                 ) {
                     return;
                 }
-                self.ctx.log_sink.do_send(AppendEvent {
-                    event,
-                    ack_to: ctx.address().recipient(),
-                });
+                self.queue_event(event, ctx);
             }
             (State::Ready, ClientMessage::Heartbeat(heartbeat)) => {
                 let Some(builder) = self.builder() else {
@@ -390,7 +457,7 @@ impl BuilderSession {
                                 ..
                             }
                         ) {
-                            this.held.remove(&job);
+                            this.release(job);
                         }
                         this.send(
                             ctx,
@@ -459,11 +526,23 @@ impl Actor for BuilderSession {
                 );
                 return;
             }
-            ctx.ping(b"");
+            // A builder's frames (its heartbeats at least) already prove the connection alive;
+            // ping only one that has been silent for a whole interval.
+            if this.last_heard.elapsed() >= interval {
+                ctx.ping(b"");
+            }
         });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        // Events read before the end are stored as before, then the attempts are let go.
+        self.flush_events();
+        if !self.held.is_empty() {
+            self.ctx.log_sink.do_send(ReleaseAttempts {
+                session: self.id,
+                attempts: self.held.drain().map(crate::wire::job_ref).collect(),
+            });
+        }
         if let Some(identity) = &self.identity {
             self.ctx.scheduler.do_send(Unregister {
                 builder: identity.builder,
@@ -519,17 +598,20 @@ impl Handler<Push> for BuilderSession {
         }
         match &msg.0 {
             ServerMessage::Jobs(jobs) => {
-                for job in &jobs.jobs {
-                    self.held.insert(JobRef {
+                let assigned = jobs
+                    .jobs
+                    .iter()
+                    .map(|job| JobRef {
                         job_id: job.job_id,
                         attempt: job.attempt,
-                    });
-                }
+                    })
+                    .collect();
+                self.hold(assigned, ctx);
             }
             ServerMessage::Cancel(cancel)
                 if cancel.reason == buildfleet_protocol::CancelReason::Superseded =>
             {
-                self.held.remove(&JobRef {
+                self.release(JobRef {
                     job_id: cancel.job_id,
                     attempt: cancel.attempt,
                 });
@@ -537,6 +619,15 @@ impl Handler<Push> for BuilderSession {
             _ => {}
         }
         self.send(ctx, &msg.0);
+    }
+}
+
+impl Handler<FlushEvents> for BuilderSession {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushEvents, _: &mut Self::Context) {
+        self.flush_scheduled = false;
+        self.flush_events();
     }
 }
 
