@@ -171,7 +171,7 @@ done
 build_image() {
     local dockerfile=$1 image=$2
     log "building $image ($dockerfile)"
-    if ! docker build -f "$dockerfile" -t "$image" . >"$work/build.log" 2>&1; then
+    if ! docker build --force-rm -f "$dockerfile" -t "$image" . >"$work/build.log" 2>&1; then
         tail -n 60 "$work/build.log" >&2
         die "docker build -f $dockerfile failed"
     fi
