@@ -7,23 +7,13 @@ mod support;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
+use buildfleet_backend::store::schema::enrolment_tokens;
 use buildfleet_backend::store::{
     connect, Backend, Builder, EnrolmentError, EnrolmentToken, EnrolmentTokenId, Labels,
     NewBuilder, Store, StoreError,
 };
 use diesel::prelude::*;
 use support::db::{admit, digest, new_builder, TestDb, T0};
-
-// The store keeps this table private; the tests read the stored row through it.
-diesel::table! {
-    enrolment_tokens (id) {
-        id -> BigInt,
-        token_hash -> Text,
-        labels -> Text,
-        max_uses -> Integer,
-        uses -> Integer,
-    }
-}
 
 const HOUR_MS: i64 = 3_600_000;
 

@@ -103,15 +103,7 @@ impl Store {
         let now = self.now_ms();
         let labels = labels::encode(&new.labels)?;
         self.write(|conn| {
-            let taken: Option<(String, String)> = builders::table
-                .filter(
-                    builders::name
-                        .eq(&new.name)
-                        .or(builders::fingerprint.eq(&new.fingerprint)),
-                )
-                .select((builders::name, builders::fingerprint))
-                .first(conn)
-                .optional()?;
+            let taken = holder_of(conn, &new.name, &new.fingerprint)?;
             if let Some((name, _)) = taken {
                 let key = if name == new.name {
                     format!("named {name:?}")
@@ -269,4 +261,21 @@ impl Store {
             require_builder(conn, id)
         })
     }
+}
+
+/// The `(name, fingerprint)` of a builder that already holds `name` or the key `fingerprint`.
+pub(crate) fn holder_of(
+    conn: &mut DbConnection,
+    name: &str,
+    fingerprint: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    Ok(builders::table
+        .filter(
+            builders::name
+                .eq(name)
+                .or(builders::fingerprint.eq(fingerprint)),
+        )
+        .select((builders::name, builders::fingerprint))
+        .first(conn)
+        .optional()?)
 }

@@ -10,28 +10,14 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::builders::{require_builder, Builder, NewBuilder};
+use super::builders::{holder_of, require_builder, Builder, NewBuilder};
 use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::BuilderId;
 use super::labels::{self, Labels};
-use super::schema::builders;
+use super::schema::{builders, enrolment_tokens};
 use super::secret;
 use super::Store;
-
-diesel::table! {
-    enrolment_tokens (id) {
-        id -> BigInt,
-        token_hash -> Text,
-        labels -> Text,
-        max_uses -> Integer,
-        uses -> Integer,
-        created_at -> BigInt,
-        expires_at -> BigInt,
-        revoked_at -> Nullable<BigInt>,
-        last_used_at -> Nullable<BigInt>,
-    }
-}
 
 const ENROLMENT_TOKEN_PREFIX: &str = "bfenrol_";
 
@@ -283,15 +269,7 @@ fn conflict(
     conn: &mut DbConnection,
     new: &NewBuilder,
 ) -> Result<Option<EnrolmentError>, StoreError> {
-    let admitted: Option<(String, String)> = builders::table
-        .filter(
-            builders::fingerprint
-                .eq(&new.fingerprint)
-                .or(builders::name.eq(&new.name)),
-        )
-        .select((builders::name, builders::fingerprint))
-        .first(conn)
-        .optional()?;
+    let admitted = holder_of(conn, &new.name, &new.fingerprint)?;
     Ok(admitted.map(|(name, fingerprint)| {
         if fingerprint == new.fingerprint {
             EnrolmentError::AlreadyAdmitted { name, fingerprint }

@@ -121,6 +121,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    enrolment_tokens (id) {
+        id -> BigInt,
+        token_hash -> Text,
+        labels -> Text,
+        max_uses -> Integer,
+        uses -> Integer,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(jobs -> builders (builder_id));
 diesel::joinable!(job_attempts -> jobs (job_id));
 diesel::joinable!(job_events -> jobs (job_id));
@@ -136,4 +150,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     artifacts,
     sources,
     api_tokens,
+    enrolment_tokens,
 );
