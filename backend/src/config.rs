@@ -1,6 +1,9 @@
 //! Backend configuration: flags and environment variables (clap) over an optional TOML file
-//! over defaults. Each field names the environment variable it reads.
+//! over defaults. Every setting has all three; `docs/config.md` lists them. Relative paths
+//! are made absolute against the working directory at start, so nothing depends on the
+//! directory a later step (a build subprocess, a test harness) happens to run in.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,16 +11,23 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+/// Shown at the end of `serve --help`.
+pub const SERVE_AFTER_HELP: &str = "Every setting can also be given in the TOML file of \
+--config (top-level keys, [limits] and [timings] tables); flags and environment variables \
+win over the file; a key is its flag with `_` for `-`. Relative paths are taken from the \
+working directory at start. Every key with its default and a complete example file: \
+docs/config.md.";
+
 /// `serve` flags. Every flag also reads an environment variable and the TOML file.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below (flags and environment win).
     #[arg(long, env = "BUILDFLEET_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on.
+    /// Address to listen on [default: 127.0.0.1:8000].
     #[arg(long, env = "BUILDFLEET_BIND")]
     pub bind: Option<SocketAddr>,
-    /// Directory for the SQLite database, logs, sources and artifacts.
+    /// Directory for the SQLite database, logs, sources and artifacts [default: data].
     #[arg(long, env = "BUILDFLEET_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// `postgres://…` or `sqlite://path`; default: SQLite under the data directory.
@@ -42,9 +52,13 @@ pub struct ServeArgs {
     /// Default: 1 on the embedded SQLite database, 0 on PostgreSQL.
     #[arg(long, env = "BUILDFLEET_LOCAL_BUILDERS")]
     pub local_builders: Option<u32>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub timings: TimingArgs,
 }
 
-/// The TOML file: the same settings as the flags, plus limits and timings.
+/// The TOML file: the same settings as the flags, limits and timings in their own tables.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -58,85 +72,165 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     local_builders: Option<u32>,
     #[serde(default)]
-    limits: Limits,
+    limits: LimitArgs,
     #[serde(default)]
-    timings: TimingsFile,
+    timings: TimingArgs,
 }
 
-/// Sizes the backend enforces.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    pub max_frame_bytes: usize,
-    pub max_log_line_bytes: usize,
-    pub max_log_bytes_per_job: u64,
-    pub max_artifact_bytes: u64,
-    pub max_source_bytes: u64,
-    pub max_json_body_bytes: usize,
-    pub db_pool_size: u32,
+/// Help text of a flag: what it sets, and its default.
+fn help_with_default(help: &str, default: impl Display) -> String {
+    format!("{} [default: {default}]", help.trim_end_matches('.'))
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_frame_bytes: buildfleet_protocol::DEFAULT_MAX_FRAME_BYTES,
-            max_log_line_bytes: 16 * 1024,
-            max_log_bytes_per_job: 64 * 1024 * 1024,
-            max_artifact_bytes: 4 * 1024 * 1024 * 1024,
-            max_source_bytes: 512 * 1024 * 1024,
-            max_json_body_bytes: 256 * 1024,
-            db_pool_size: 16,
+/// Declares the limits once: the resolved [`Limits`], and [`LimitArgs`], which is both the
+/// `serve` flags (with their environment variables) and the `[limits]` table of the file,
+/// so flag, variable, key and default cannot drift apart.
+macro_rules! limits {
+    ($($(#[doc = $doc:literal])+ $field:ident: $ty:ty = $default:expr, $env:literal;)+) => {
+        /// Sizes and counts the backend enforces.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Limits {
+            $($(#[doc = $doc])+ pub $field: $ty,)+
         }
-    }
-}
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct TimingsFile {
-    heartbeat_interval_ms: Option<u64>,
-    heartbeat_timeout_ms: Option<u64>,
-    reconnect_grace_ms: Option<u64>,
-    challenge_ttl_ms: Option<u64>,
-    cancel_grace_ms: Option<u64>,
-}
-
-/// Timings of sessions, leases and timeouts.
-#[derive(Debug, Clone)]
-pub struct Timings {
-    /// How often builders send `heartbeat` and the backend pings.
-    pub heartbeat_interval: Duration,
-    /// Silence after which a session is dropped.
-    pub heartbeat_timeout: Duration,
-    /// How long a lost builder's leases live before its jobs are requeued.
-    pub reconnect_grace: Duration,
-    /// How long a challenge can be answered.
-    pub challenge_ttl: Duration,
-    /// After a timeout `cancel`, how long the builder has to report before the job is closed.
-    pub cancel_grace: Duration,
-    /// How often leases and timeouts are swept (the safety net, not the dispatch path).
-    pub sweep_interval: Duration,
-    /// Log events are flushed to storage at least this often.
-    pub log_flush_interval: Duration,
-}
-
-impl Default for Timings {
-    fn default() -> Self {
-        Timings {
-            heartbeat_interval: Duration::from_secs(10),
-            heartbeat_timeout: Duration::from_secs(30),
-            reconnect_grace: Duration::from_secs(60),
-            challenge_ttl: Duration::from_secs(30),
-            cancel_grace: Duration::from_secs(30),
-            sweep_interval: Duration::from_secs(1),
-            log_flush_interval: Duration::from_millis(50),
+        impl Default for Limits {
+            fn default() -> Self {
+                Limits { $($field: $default,)+ }
+            }
         }
-    }
+
+        /// The limits as flags and as the `[limits]` table; an unset one keeps its default.
+        #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct LimitArgs {
+            $(
+                #[arg(
+                    long,
+                    env = $env,
+                    value_name = "N",
+                    help_heading = "Limits",
+                    help = help_with_default(concat!($($doc),+).trim(), { let default: $ty = $default; default }),
+                )]
+                pub $field: Option<$ty>,
+            )+
+        }
+
+        impl LimitArgs {
+            /// `self` where set, else `under`.
+            fn over(&self, under: &LimitArgs) -> LimitArgs {
+                LimitArgs { $($field: self.$field.or(under.$field),)+ }
+            }
+
+            fn resolve(&self) -> Limits {
+                let defaults = Limits::default();
+                Limits { $($field: self.$field.unwrap_or(defaults.$field),)+ }
+            }
+        }
+
+        /// Every limit's TOML key (under `[limits]`) and environment variable.
+        pub const LIMIT_KEYS: &[(&str, &str)] = &[$((stringify!($field), $env)),+];
+    };
+}
+
+limits! {
+    /// Largest WebSocket message (frame) accepted from a builder, in bytes.
+    max_frame_bytes: usize = buildfleet_protocol::DEFAULT_MAX_FRAME_BYTES, "BUILDFLEET_MAX_FRAME_BYTES";
+    /// Longest log line, in bytes (announced to builders at authentication).
+    max_log_line_bytes: usize = 16 * 1024, "BUILDFLEET_MAX_LOG_LINE_BYTES";
+    /// Log bytes stored per job attempt; past it a marker ends the log.
+    max_log_bytes_per_job: u64 = 64 * 1024 * 1024, "BUILDFLEET_MAX_LOG_BYTES_PER_JOB";
+    /// Largest artifact upload, in bytes.
+    max_artifact_bytes: u64 = 4 * 1024 * 1024 * 1024, "BUILDFLEET_MAX_ARTIFACT_BYTES";
+    /// Largest source archive (uploaded or fetched), in bytes.
+    max_source_bytes: u64 = 512 * 1024 * 1024, "BUILDFLEET_MAX_SOURCE_BYTES";
+    /// Largest JSON request body of the REST API, in bytes.
+    max_json_body_bytes: usize = 256 * 1024, "BUILDFLEET_MAX_JSON_BODY_BYTES";
+    /// Database connections in the pool.
+    db_pool_size: u32 = 16, "BUILDFLEET_DB_POOL_SIZE";
+    /// Builder connections not yet authenticated, in all; more are refused before the
+    /// upgrade (503).
+    max_unauthenticated_connections: usize = 1024, "BUILDFLEET_MAX_UNAUTHENTICATED_CONNECTIONS";
+    /// Builder connections not yet authenticated from one IP address; more are refused
+    /// before the upgrade (503).
+    max_unauthenticated_per_address: usize = 64, "BUILDFLEET_MAX_UNAUTHENTICATED_PER_ADDRESS";
+}
+
+/// Declares the timings once, as [`limits!`] does the limits: the resolved [`Timings`]
+/// (durations), and [`TimingArgs`] in milliseconds (flags, variables, `[timings]` table).
+macro_rules! timings {
+    ($($(#[doc = $doc:literal])+ $field:ident / $key:ident = $default_ms:expr, $env:literal;)+) => {
+        /// Timings of sessions, leases and timeouts.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Timings {
+            $($(#[doc = $doc])+ pub $field: Duration,)+
+        }
+
+        impl Default for Timings {
+            fn default() -> Self {
+                Timings { $($field: Duration::from_millis($default_ms),)+ }
+            }
+        }
+
+        /// The timings in milliseconds, as flags and as the `[timings]` table.
+        #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct TimingArgs {
+            $(
+                #[arg(
+                    long,
+                    env = $env,
+                    value_name = "MS",
+                    help_heading = "Timings",
+                    help = help_with_default(concat!($($doc),+).trim(), $default_ms),
+                )]
+                pub $key: Option<u64>,
+            )+
+        }
+
+        impl TimingArgs {
+            fn over(&self, under: &TimingArgs) -> TimingArgs {
+                TimingArgs { $($key: self.$key.or(under.$key),)+ }
+            }
+
+            fn resolve(&self) -> Timings {
+                let defaults = Timings::default();
+                Timings {
+                    $($field: self.$key.map(Duration::from_millis).unwrap_or(defaults.$field),)+
+                }
+            }
+        }
+
+        /// Every timing's TOML key (under `[timings]`) and environment variable.
+        pub const TIMING_KEYS: &[(&str, &str)] = &[$((stringify!($key), $env)),+];
+    };
+}
+
+timings! {
+    /// How often builders send `heartbeat` and the backend pings, in ms.
+    heartbeat_interval / heartbeat_interval_ms = 10_000, "BUILDFLEET_HEARTBEAT_INTERVAL_MS";
+    /// Silence after which a session is dropped, in ms.
+    heartbeat_timeout / heartbeat_timeout_ms = 30_000, "BUILDFLEET_HEARTBEAT_TIMEOUT_MS";
+    /// How long a lost builder's leases live before its jobs are requeued, in ms.
+    reconnect_grace / reconnect_grace_ms = 60_000, "BUILDFLEET_RECONNECT_GRACE_MS";
+    /// How long a challenge can be answered, in ms; must be below the handshake timeout.
+    challenge_ttl / challenge_ttl_ms = 15_000, "BUILDFLEET_CHALLENGE_TTL_MS";
+    /// From a builder connection's accept to its `auth_accepted`, whatever the client sends
+    /// meanwhile, in ms.
+    handshake_timeout / handshake_timeout_ms = 20_000, "BUILDFLEET_HANDSHAKE_TIMEOUT_MS";
+    /// After a timeout `cancel`, how long the builder has to report before the job is
+    /// closed, in ms.
+    cancel_grace / cancel_grace_ms = 30_000, "BUILDFLEET_CANCEL_GRACE_MS";
+    /// How often leases and timeouts are swept (the safety net, not the dispatch path), in ms.
+    sweep_interval / sweep_interval_ms = 1_000, "BUILDFLEET_SWEEP_INTERVAL_MS";
+    /// Log events are flushed to storage at least this often, in ms.
+    log_flush_interval / log_flush_interval_ms = 50, "BUILDFLEET_LOG_FLUSH_INTERVAL_MS";
 }
 
 /// The resolved configuration of a running backend.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub bind: SocketAddr,
+    /// Absolute once resolved.
     pub data_dir: PathBuf,
     pub database_url: String,
     /// `None`: derived from the bound address once it is known.
@@ -168,11 +262,13 @@ impl ServerConfig {
         }
     }
 
-    /// Flags and environment over the TOML file over defaults.
+    /// Flags and environment over the TOML file over defaults, with every path absolute
+    /// and the result checked by [`ServerConfig::validate`].
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                let path = absolute("--config", path)?;
+                let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
                 toml::from_str::<FileConfig>(&text)
                     .with_context(|| format!("parsing config file {}", path.display()))?
@@ -184,12 +280,12 @@ impl ServerConfig {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| "data".into());
-        let mut config = ServerConfig::with_data_dir(data_dir);
+        let mut config = ServerConfig::with_data_dir(absolute("data_dir", &data_dir)?);
         if let Some(bind) = args.bind.or(file.bind) {
             config.bind = bind;
         }
         if let Some(url) = args.database_url.clone().or(file.database_url) {
-            config.database_url = url;
+            config.database_url = absolute_database_url(&url)?;
         }
         config.public_url = args.public_url.clone().or(file.public_url);
         config.backend_id = args.backend_id.clone().or(file.backend_id);
@@ -198,37 +294,231 @@ impl ServerConfig {
             args.tls_cert.clone().or(file.tls_cert),
             args.tls_key.clone().or(file.tls_key),
         ) {
-            (Some(cert), Some(key)) => Some((cert, key)),
+            (Some(cert), Some(key)) => {
+                Some((absolute("tls_cert", &cert)?, absolute("tls_key", &key)?))
+            }
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
-        let embedded = !config.database_url.starts_with("postgres");
+        let embedded = !is_postgres(&config.database_url);
         config.local_builders = args
             .local_builders
             .or(file.local_builders)
             .unwrap_or(u32::from(embedded));
-        config.limits = file.limits;
-        let t = file.timings;
-        let ms = Duration::from_millis;
-        let d = Timings::default();
-        config.timings = Timings {
-            heartbeat_interval: t
-                .heartbeat_interval_ms
-                .map(ms)
-                .unwrap_or(d.heartbeat_interval),
-            heartbeat_timeout: t
-                .heartbeat_timeout_ms
-                .map(ms)
-                .unwrap_or(d.heartbeat_timeout),
-            reconnect_grace: t.reconnect_grace_ms.map(ms).unwrap_or(d.reconnect_grace),
-            challenge_ttl: t.challenge_ttl_ms.map(ms).unwrap_or(d.challenge_ttl),
-            cancel_grace: t.cancel_grace_ms.map(ms).unwrap_or(d.cancel_grace),
-            ..d
-        };
+        config.limits = args.limits.over(&file.limits).resolve();
+        config.timings = args.timings.over(&file.timings).resolve();
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Refuses settings the backend cannot honour, naming the key to change.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let t = &self.timings;
+        let timings = [
+            ("heartbeat_interval_ms", t.heartbeat_interval),
+            ("heartbeat_timeout_ms", t.heartbeat_timeout),
+            ("reconnect_grace_ms", t.reconnect_grace),
+            ("challenge_ttl_ms", t.challenge_ttl),
+            ("handshake_timeout_ms", t.handshake_timeout),
+            ("cancel_grace_ms", t.cancel_grace),
+            ("sweep_interval_ms", t.sweep_interval),
+            ("log_flush_interval_ms", t.log_flush_interval),
+        ];
+        for (key, value) in timings {
+            // Intervals of zero would spin (tokio refuses them outright).
+            anyhow::ensure!(
+                !value.is_zero(),
+                "invalid config: timings.{key} must be above 0"
+            );
+        }
+        // A challenge outliving the handshake could never be answered late enough to expire:
+        // the connection would be closed first and `challenge_expired` never sent.
+        anyhow::ensure!(
+            t.challenge_ttl < t.handshake_timeout,
+            "invalid config: timings.challenge_ttl_ms ({} ms) must be below \
+             timings.handshake_timeout_ms ({} ms)",
+            t.challenge_ttl.as_millis(),
+            t.handshake_timeout.as_millis()
+        );
+        let l = &self.limits;
+        let limits = [
+            ("max_frame_bytes", l.max_frame_bytes as u64),
+            ("max_log_line_bytes", l.max_log_line_bytes as u64),
+            ("max_log_bytes_per_job", l.max_log_bytes_per_job),
+            ("max_artifact_bytes", l.max_artifact_bytes),
+            ("max_source_bytes", l.max_source_bytes),
+            ("max_json_body_bytes", l.max_json_body_bytes as u64),
+            ("db_pool_size", u64::from(l.db_pool_size)),
+            (
+                "max_unauthenticated_connections",
+                l.max_unauthenticated_connections as u64,
+            ),
+            (
+                "max_unauthenticated_per_address",
+                l.max_unauthenticated_per_address as u64,
+            ),
+        ];
+        for (key, value) in limits {
+            anyhow::ensure!(value > 0, "invalid config: limits.{key} must be above 0");
+        }
+        Ok(())
     }
 }
 
 pub fn default_database_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("buildfleet.db").display())
+}
+
+fn is_postgres(url: &str) -> bool {
+    let url = url.trim();
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `path` made absolute against the working directory (without touching the file system).
+fn absolute(what: &str, path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path)
+        .with_context(|| format!("invalid path for {what}: {:?}", path.display().to_string()))
+}
+
+/// A SQLite URL (`sqlite://PATH` or a plain path) with its path made absolute; any other
+/// URL unchanged, for the store to accept or refuse.
+fn absolute_database_url(url: &str) -> anyhow::Result<String> {
+    let trimmed = url.trim();
+    let path = trimmed.strip_prefix("sqlite://").unwrap_or(trimmed);
+    if is_postgres(trimmed) || path.is_empty() || path.contains("://") || path == ":memory:" {
+        return Ok(url.to_owned());
+    }
+    let path = absolute("database_url", Path::new(path))?;
+    Ok(format!("sqlite://{}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve_toml(text: &str) -> anyhow::Result<ServerConfig> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("writing the config");
+        ServerConfig::resolve(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_working_directory() {
+        let cwd = std::env::current_dir().expect("cwd");
+        let config = resolve_toml(
+            "data_dir = \"state\"\ndatabase_url = \"sqlite://db/bf.db\"\n\
+             tls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\n",
+        )
+        .expect("resolves");
+        assert_eq!(config.data_dir, cwd.join("state"));
+        assert_eq!(
+            config.database_url,
+            format!("sqlite://{}", cwd.join("db/bf.db").display())
+        );
+        let (cert, key) = config.tls.expect("tls");
+        assert_eq!(cert, cwd.join("tls/cert.pem"));
+        assert_eq!(key, cwd.join("tls/key.pem"));
+    }
+
+    #[test]
+    fn the_default_data_dir_and_database_are_absolute() {
+        let config = ServerConfig::resolve(&ServeArgs::default()).expect("defaults resolve");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(config.data_dir, cwd.join("data"));
+        assert_eq!(
+            config.database_url,
+            format!("sqlite://{}", cwd.join("data/buildfleet.db").display())
+        );
+        assert_eq!(config.local_builders, 1);
+    }
+
+    #[test]
+    fn a_postgres_url_is_left_alone() {
+        let url = "postgres://u:p@localhost/db?sslmode=disable";
+        let config = resolve_toml(&format!("database_url = \"{url}\"\n")).expect("resolves");
+        assert_eq!(config.database_url, url);
+        assert_eq!(config.local_builders, 0);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_field_by_field() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_frame_bytes = 1000\ndb_pool_size = 3\n\
+             [timings]\nheartbeat_interval_ms = 700\nchallenge_ttl_ms = 900\n",
+        )
+        .expect("writing the config");
+        let mut args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        args.limits.max_frame_bytes = Some(2000);
+        args.timings.challenge_ttl_ms = Some(800);
+        let config = ServerConfig::resolve(&args).expect("resolves");
+        assert_eq!(config.limits.max_frame_bytes, 2000, "flag over file");
+        assert_eq!(config.limits.db_pool_size, 3, "file over default");
+        assert_eq!(
+            config.limits.max_log_line_bytes,
+            Limits::default().max_log_line_bytes
+        );
+        assert_eq!(config.timings.challenge_ttl, Duration::from_millis(800));
+        assert_eq!(
+            config.timings.heartbeat_interval,
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            config.timings.handshake_timeout,
+            Timings::default().handshake_timeout
+        );
+    }
+
+    #[test]
+    fn the_default_challenge_expires_before_the_handshake_deadline() {
+        let t = Timings::default();
+        assert!(t.challenge_ttl < t.handshake_timeout, "{t:?}");
+        ServerConfig::with_data_dir("/tmp/x")
+            .validate()
+            .expect("the defaults are valid");
+    }
+
+    #[test]
+    fn a_challenge_outliving_the_handshake_is_refused() {
+        for toml in [
+            "[timings]\nchallenge_ttl_ms = 20000\n",
+            "[timings]\nchallenge_ttl_ms = 5000\nhandshake_timeout_ms = 4000\n",
+        ] {
+            let err = resolve_toml(toml).expect_err(toml).to_string();
+            assert!(
+                err.contains("challenge_ttl_ms") && err.contains("handshake_timeout_ms"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_timings_and_limits_are_refused() {
+        let err = resolve_toml("[timings]\nsweep_interval_ms = 0\n")
+            .expect_err("zero interval")
+            .to_string();
+        assert!(err.contains("timings.sweep_interval_ms"), "{err}");
+        let err = resolve_toml("[limits]\ndb_pool_size = 0\n")
+            .expect_err("empty pool")
+            .to_string();
+        assert!(err.contains("limits.db_pool_size"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = format!(
+            "{:#}",
+            resolve_toml("[timings]\nheartbeat_ms = 1\n").expect_err("unknown key")
+        );
+        assert!(err.contains("unknown field"), "{err}");
+    }
 }

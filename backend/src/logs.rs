@@ -66,15 +66,18 @@ impl LogRecord {
     }
 }
 
+/// Cuts a line over `max` bytes the way the builder does: the kept text and the marker
+/// together fit in `max`, so both sides enforce the same limit.
 fn truncate_utf8(text: &str, max: usize) -> String {
+    const MARKER: &str = "…";
     if text.len() <= max {
         return text.to_owned();
     }
-    let mut end = max;
+    let mut end = max.saturating_sub(MARKER.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &text[..end])
+    format!("{}{MARKER}", &text[..end])
 }
 
 /// Reads the stored log of one attempt from logical byte `offset` on (offsets count only

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     pub log_bytes_stored: AtomicU64,
     pub log_lines_stored: AtomicU64,
+    /// Chunk writes that failed; their events were kept for a retry.
+    pub log_store_failures: AtomicU64,
     pub artifact_bytes_uploaded: AtomicU64,
     /// Submission (or requeue) to the `jobs` frame being sent to a builder.
     pub dispatch_latency: Histogram,
@@ -136,6 +138,12 @@ impl Metrics {
             "buildfleet_log_lines_stored_total",
             "Log lines written to storage.",
             &self.log_lines_stored,
+        );
+        counter(
+            &mut out,
+            "buildfleet_log_store_failures_total",
+            "Log chunk writes that failed and were retried (no event dropped).",
+            &self.log_store_failures,
         );
         counter(
             &mut out,

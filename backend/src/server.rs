@@ -96,6 +96,8 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// Starts the backend on the configured address and returns once it listens.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    // Embedders build a ServerConfig by hand; they get the same checks as `serve`.
+    config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let admin_token = admin_token(&config)?;
@@ -167,6 +169,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         backend_id: backend_id.clone().into(),
         settings: session_settings(&config),
         metrics: metrics.clone(),
+        handshake_timeout: config.timings.handshake_timeout,
+        admission: crate::actors::admission::Admission::new(
+            config.limits.max_unauthenticated_connections,
+            config.limits.max_unauthenticated_per_address,
+        ),
     });
     let json_limit = config.limits.max_json_body_bytes;
     let tls = config.tls.clone();

@@ -319,10 +319,12 @@ async fn statement_not_matching_the_uploads_is_refused(db: TestDb) {
         "{result:?}"
     );
 
-    let job_now = server.job(id).await;
-    assert_eq!(
-        job_now["state"], "running",
-        "a refused completion changes nothing"
+    let job_now = server.wait_for_state(id, "failed").await;
+    assert!(
+        job_now["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("completion refused: invalid_statement")),
+        "a refused completion ends the attempt with the refusal: {job_now}"
     );
     let (status, listing) = server.get(&format!("/jobs/{id}/artifacts")).await;
     assert_eq!(status, StatusCode::OK);
@@ -338,22 +340,13 @@ async fn statement_not_matching_the_uploads_is_refused(db: TestDb) {
     assert!(!stored[0].published);
     assert!(stored[0].statement.is_none());
 
-    // Leaving an upload out of the statement is refused too (on a fresh session, as the
-    // builder forgot the job after the refusal).
-    builder.close().await;
-    let mut builder = BuilderClient::connect(&server.ws_url()).await;
-    let result = builder
-        .handshake(
-            &key,
-            vec![HeldJob {
-                job_id: job.job_id,
-                attempt: job.attempt,
-                last_acked_seq: None,
-                finished: false,
-            }],
-        )
-        .await;
-    assert!(matches!(&result.jobs[..], [d] if matches!(d.decision, ResumeAction::Continue { .. })));
+    // Leaving an upload out of the statement is refused too, on the next job.
+    builder.request_jobs(1);
+    let second = server.submit(json!({})).await;
+    let job = builder.next_assignment().await;
+    assert_eq!(job.job_id.0, second);
+    builder.accept(&job);
+    upload_ok(&job, "out.bin", b"what was built").await;
     let result = builder
         .complete(&key, &job, Outcome::Succeeded, vec![])
         .await;
@@ -367,7 +360,7 @@ async fn statement_not_matching_the_uploads_is_refused(db: TestDb) {
         ),
         "{result:?}"
     );
-    assert_eq!(server.job(id).await["state"], "running");
+    server.wait_for_state(second, "failed").await;
     builder.close().await;
     server.shutdown().await;
 }

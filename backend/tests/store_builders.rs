@@ -146,6 +146,7 @@ fn busy_builders_cannot_be_removed(db: &TestDb) {
             limit: 1,
             lease_ms: 30_000,
             now_ms: store.now_ms(),
+            exclude: Vec::new(),
         })
         .expect("claim");
     assert_eq!(claimed.len(), 1);

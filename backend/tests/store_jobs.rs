@@ -83,6 +83,7 @@ fn jobs_list_newest_first_with_filters_and_paging(db: &TestDb) {
             limit: 1,
             lease_ms: 10_000,
             now_ms: T0,
+            exclude: Vec::new(),
         })
         .expect("claim");
     assert_eq!(claimed[0].job.id, ids[1], "oldest odd job");
@@ -147,6 +148,7 @@ fn queue_statistics_count_every_state(db: &TestDb) {
             limit: 1,
             lease_ms: 10_000,
             now_ms: store.now_ms(),
+            exclude: Vec::new(),
         })
         .expect("claim");
 

@@ -18,11 +18,12 @@ use buildfleet_protocol::{EventAck, JobEvent, ServerMessage};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{blocking, Push};
+use super::{CloseSession, Push};
 use crate::logs::LogRecord;
 use crate::metrics::Metrics;
 use crate::storage::{keys, Storage};
 use crate::store::{Attempt, JobId, NewLogChunk, Store, StoreError};
+use buildfleet_protocol::ErrorCode;
 
 /// Pending bytes of one attempt that trigger a flush before the timer does.
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -30,6 +31,13 @@ const FLUSH_BYTES: usize = 256 * 1024;
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// Attempts without events for this long are forgotten (their state is in the database).
 const IDLE_FORGET: Duration = Duration::from_secs(300);
+/// Unstored bytes an attempt may hold while storage fails. Beyond this the sink lets the
+/// events go and closes the attempt's session: they were never acknowledged, so the builder
+/// still has them and resends them after it reconnects.
+const MAX_UNSTORED_BYTES: usize = 8 * 1024 * 1024;
+/// First and longest wait before a failed chunk write is retried.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct LogLimits {
@@ -49,12 +57,22 @@ struct Stored {
 #[derive(Default)]
 struct AttemptLog {
     stored: Option<Stored>,
+    /// Received and not yet stored: new events, and those of a write that failed.
     pending: Vec<JobEvent>,
     pending_bytes: usize,
     flushing: bool,
-    waiters: Vec<oneshot::Sender<()>>,
+    /// `FlushAttempt` callers: told whether everything received before them is stored.
+    waiters: Vec<oneshot::Sender<Result<(), FlushFailed>>>,
     last_activity: Option<Instant>,
+    /// After a failed write: no new write before this instant, and the wait before the next.
+    retry_at: Option<Instant>,
+    backoff: Duration,
 }
+
+/// The attempt's events could not all be stored; they stay unacknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storing the attempt's log failed: {0}")]
+pub struct FlushFailed(pub String);
 
 pub struct LogSink {
     store: Store,
@@ -72,6 +90,7 @@ pub struct LogSink {
 struct Registration {
     session: u64,
     ack_to: Recipient<Push>,
+    close: Recipient<CloseSession>,
 }
 
 impl LogSink {
@@ -114,7 +133,22 @@ impl LogSink {
         }
         if log.pending.is_empty() {
             for waiter in log.waiters.drain(..) {
-                let _ = waiter.send(());
+                let _ = waiter.send(Ok(()));
+            }
+            return;
+        }
+        if log.retry_at.is_some_and(|at| Instant::now() < at) {
+            return; // the timer retries once the back-off has passed
+        }
+        let lowest = log.pending.iter().map(|e| e.seq).min().unwrap_or(0);
+        if let Some(stored) = log.stored.filter(|s| lowest > s.seq + 1) {
+            // Only events past a gap: nothing can be written until a resend fills it.
+            for waiter in log.waiters.drain(..) {
+                let _ = waiter.send(Err(FlushFailed(format!(
+                    "events {} to {} were never received",
+                    stored.seq + 1,
+                    lowest - 1
+                ))));
             }
             return;
         }
@@ -128,27 +162,88 @@ impl LogSink {
             self.limits.clone(),
         );
         ctx.spawn(
-            blocking(move || write_events(&store, &*storage, &limits, key, stored, events))
-                .into_actor(self)
-                .map(move |result, this, ctx| {
-                    let Some(log) = this.attempts.get_mut(&key) else { return };
-                    log.flushing = false;
-                    match result {
-                        Ok(written) => {
-                            log.stored = Some(written.stored);
-                            this.ack(key, written.stored.seq);
-                            this.metrics.log_bytes_stored.fetch_add(written.bytes.len() as u64, Ordering::Relaxed);
-                            this.metrics.log_lines_stored.fetch_add(written.lines, Ordering::Relaxed);
-                            if !written.bytes.is_empty() {
-                                this.fan_out(key, written.bytes);
-                            }
-                        }
-                        // Not acknowledged, so the builder resends after it reconnects.
-                        Err(e) => tracing::warn!(job = %key.0, attempt = %key.1, error = %e, "storing log events failed; dropped unacknowledged"),
+            tokio::task::spawn_blocking(move || {
+                let mut events = events;
+                let outcome = write_events(&store, &*storage, &limits, key, stored, &mut events);
+                (outcome, events)
+            })
+            .into_actor(self)
+            .map(move |joined, this, ctx| {
+                match joined {
+                    Ok((outcome, unwritten)) => {
+                        this.finish_flush(key, outcome, unwritten, false, ctx)
                     }
-                    this.flush(key, ctx);
-                }),
+                    // The blocking task itself died and the events with it. They were never
+                    // acknowledged: the session is closed and the builder resends them.
+                    Err(e) => this.finish_flush(key, Err(e.into()), Vec::new(), true, ctx),
+                }
+            }),
         );
+    }
+
+    /// Takes the result of one chunk write. Success acknowledges the contiguous stored
+    /// prefix; failure keeps every unstored event for the next try, never skips one.
+    fn finish_flush(
+        &mut self,
+        key: (JobId, Attempt),
+        outcome: Result<Written, anyhow::Error>,
+        mut unwritten: Vec<JobEvent>,
+        lost: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(log) = self.attempts.get_mut(&key) else {
+            return;
+        };
+        log.flushing = false;
+        // Events that arrived during the write join what is still unwritten.
+        unwritten.append(&mut log.pending);
+        log.pending_bytes = unwritten.iter().map(approximate_size).sum();
+        log.pending = unwritten;
+        match outcome {
+            Ok(written) => {
+                log.stored = Some(written.stored);
+                log.retry_at = None;
+                log.backoff = Duration::ZERO;
+                self.ack(key, written.stored.seq);
+                self.metrics
+                    .log_bytes_stored
+                    .fetch_add(written.bytes.len() as u64, Ordering::Relaxed);
+                self.metrics
+                    .log_lines_stored
+                    .fetch_add(written.lines, Ordering::Relaxed);
+                if !written.bytes.is_empty() {
+                    self.fan_out(key, written.bytes);
+                }
+                self.flush(key, ctx);
+            }
+            Err(e) => {
+                self.metrics
+                    .log_store_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let message = e.to_string();
+                log.backoff = (log.backoff * 2).clamp(RETRY_MIN, RETRY_MAX);
+                log.retry_at = Some(Instant::now() + log.backoff);
+                for waiter in log.waiters.drain(..) {
+                    let _ = waiter.send(Err(FlushFailed(message.clone())));
+                }
+                let overflow = lost || log.pending_bytes > MAX_UNSTORED_BYTES;
+                tracing::warn!(job = %key.0, attempt = %key.1, error = %message, kept = log.pending.len(), "storing log events failed; kept unacknowledged for a retry");
+                if overflow {
+                    // Nothing held here any more (or too much): let the builder resend.
+                    log.pending.clear();
+                    log.pending_bytes = 0;
+                    log.stored = None;
+                    if let Some(registration) = self.registrations.get(&key) {
+                        registration.close.do_send(CloseSession {
+                            code: ErrorCode::Internal,
+                            message:
+                                "the backend could not store this job's log; reconnect and resend"
+                                    .into(),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     fn fan_out(&mut self, (job, attempt): (JobId, Attempt), bytes: Bytes) {
@@ -184,13 +279,18 @@ fn load_stored(store: &Store, key: (JobId, Attempt), limit: u64) -> Result<Store
 }
 
 /// Filters duplicates, applies the size limit, appends one chunk and records its row.
+///
+/// Only a contiguous run from the stored sequence on is written: events beyond a gap stay in
+/// `events` (a session refuses gaps, so they only wait for a resend to fill it), and so does
+/// everything when the write fails. Acknowledging the returned sequence therefore never
+/// covers an event that is not stored.
 fn write_events(
     store: &Store,
     storage: &dyn Storage,
     limits: &LogLimits,
     key: (JobId, Attempt),
     stored: Option<Stored>,
-    mut events: Vec<JobEvent>,
+    events: &mut Vec<JobEvent>,
 ) -> Result<Written, anyhow::Error> {
     let mut stored = match stored {
         Some(s) => s,
@@ -201,12 +301,19 @@ fn write_events(
     let mut first_seq = None;
     let mut last_seq = stored.seq;
     let mut lines = 0;
-    for event in &events {
+    let mut consumed = 0;
+    let mut truncated = stored.truncated;
+    for event in events.iter() {
         if event.seq <= last_seq {
+            consumed += 1;
             continue; // a resent duplicate
         }
+        if event.seq != last_seq + 1 {
+            break; // a gap: nothing past it is stored before the gap is filled
+        }
+        consumed += 1;
         last_seq = event.seq;
-        if stored.truncated {
+        if truncated {
             continue; // acknowledged, but past the limit
         }
         let mut record = LogRecord::from_event(event, limits.max_line_bytes).to_jsonl();
@@ -217,7 +324,7 @@ fn write_events(
                 limits.max_bytes_per_attempt,
             )
             .to_jsonl();
-            stored.truncated = true;
+            truncated = true;
         }
         first_seq.get_or_insert(event.seq);
         buffer.extend_from_slice(&record);
@@ -237,7 +344,10 @@ fn write_events(
         })?;
         stored.bytes += buffer.len() as u64;
     }
+    // Only now, with the chunk row committed, do the written events leave the caller's hands.
+    events.drain(..consumed);
     stored.seq = last_seq;
+    stored.truncated = truncated;
     Ok(Written {
         stored,
         bytes: Bytes::from(buffer),
@@ -280,6 +390,8 @@ impl Actor for LogSink {
 pub struct RegisterAttempts {
     pub session: u64,
     pub ack_to: Recipient<Push>,
+    /// Closes the session when its attempt's events cannot be kept (storage failing).
+    pub close: Recipient<CloseSession>,
     pub attempts: Vec<(JobId, Attempt)>,
 }
 
@@ -293,6 +405,7 @@ impl Handler<RegisterAttempts> for LogSink {
                 Registration {
                     session: msg.session,
                     ack_to: msg.ack_to.clone(),
+                    close: msg.close.clone(),
                 },
             );
         }
@@ -378,27 +491,29 @@ fn approximate_size(event: &JobEvent) -> usize {
     }
 }
 
-/// Resolves once everything received for the attempt so far is stored.
+/// Resolves once everything received for the attempt so far is stored, or with the reason
+/// it is not (a completion is then refused for the builder to resend).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), FlushFailed>")]
 pub struct FlushAttempt {
     pub job: JobId,
     pub attempt: Attempt,
 }
 
 impl Handler<FlushAttempt> for LogSink {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<Result<(), FlushFailed>>;
 
     fn handle(&mut self, msg: FlushAttempt, ctx: &mut Self::Context) -> Self::Result {
         let key = (msg.job, msg.attempt);
         let Some(log) = self.attempts.get_mut(&key) else {
-            return Box::pin(async {});
+            return Box::pin(async { Ok(()) });
         };
         let (tx, rx) = oneshot::channel();
         log.waiters.push(tx);
         self.flush(key, ctx);
         Box::pin(async move {
-            let _ = rx.await;
+            rx.await
+                .unwrap_or_else(|_| Err(FlushFailed("the log sink stopped".into())))
         })
     }
 }

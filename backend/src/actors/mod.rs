@@ -1,6 +1,7 @@
 //! The backend's actors and the small messages between them. See ARCHITECTURE.md for who
 //! sends what to whom.
 
+pub mod admission;
 pub mod auth;
 pub mod log_sink;
 pub mod scheduler;

@@ -30,6 +30,10 @@ use crate::store::{
 
 /// How long a submission time is kept for the dispatch latency histogram.
 const QUEUED_AT_RETENTION: Duration = Duration::from_secs(3600);
+/// After a builder rejects a job it is not offered that job again for this long, doubling
+/// with each further rejection of the same job up to the cap; other builders come first.
+const REJECT_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_REJECT_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Settings the scheduler needs from the configuration.
 #[derive(Debug, Clone)]
@@ -58,9 +62,31 @@ struct BuilderSlot {
     draining: bool,
     claiming: bool,
     claim_again: bool,
+    /// Jobs this builder rejected: how often, and until when it is not offered them again.
+    rejected: HashMap<JobId, (u32, Instant)>,
 }
 
 impl BuilderSlot {
+    /// Records a rejection and starts (or lengthens) the back-off for that job.
+    fn reject(&mut self, job: JobId) {
+        let now = Instant::now();
+        let count = self.rejected.get(&job).map_or(1, |(n, _)| n.saturating_add(1));
+        let backoff = REJECT_BACKOFF
+            .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
+            .min(MAX_REJECT_BACKOFF);
+        self.rejected.insert(job, (count, now + backoff));
+    }
+
+    /// Jobs still in their rejection back-off for this builder.
+    fn excluded(&self) -> Vec<JobId> {
+        let now = Instant::now();
+        self.rejected
+            .iter()
+            .filter(|(_, (_, until))| *until > now)
+            .map(|(job, _)| *job)
+            .collect()
+    }
+
     fn free_slots(&self) -> u32 {
         if !self.ready || self.paused || self.draining {
             return 0;
@@ -151,6 +177,7 @@ impl Scheduler {
             limit: limit as usize,
             lease_ms,
             now_ms,
+            exclude: slot.excluded(),
         };
         let store = self.store.clone();
         ctx.spawn(
@@ -275,6 +302,12 @@ impl Scheduler {
         // Jobs taken by other replicas or cancelled while queued never reach hand_over.
         self.queued_at
             .retain(|_, at| at.elapsed() < QUEUED_AT_RETENTION);
+        // A rejection is remembered for a while after its back-off, so a job rejected again
+        // soon backs off longer; then it is forgotten.
+        for slot in self.builders.values_mut() {
+            slot.rejected
+                .retain(|_, (_, until)| until.elapsed() < MAX_REJECT_BACKOFF);
+        }
         if self.sweeping {
             return;
         }
@@ -436,6 +469,7 @@ impl Handler<Register> for Scheduler {
             draining: false,
             claiming: false,
             claim_again: false,
+            rejected: HashMap::new(),
         };
         match self.builders.insert(msg.builder, slot) {
             Some(old) => old.session.close(
@@ -667,6 +701,9 @@ impl Handler<AckWork> for Scheduler {
             WorkDecision::Reject { reason } => {
                 tracing::info!(%builder, %job, %attempt, %reason, "assignment rejected");
                 self.release(builder, (job, attempt));
+                if let Some(slot) = self.builders.get_mut(&builder) {
+                    slot.reject(job);
+                }
                 Box::pin(
                     blocking(move || store.reject_assignment(job, attempt, &reason))
                         .into_actor(self)
@@ -798,7 +835,7 @@ fn record_completion(
         .collect();
     let publication = match verify_completion(&job, response, key, backend_id, &uploads) {
         Ok(publication) => publication,
-        Err(e) => return Ok(Verdict::Refused(ErrorCode::InvalidStatement, e.to_string())),
+        Err(e) => return refuse_statement(store, job_id, attempt, response, e.to_string()),
     };
     let error = response
         .error
@@ -812,6 +849,32 @@ fn record_completion(
     };
     match store.complete_attempt(job_id, attempt, completion) {
         Ok(job) => Ok(Verdict::Completed(Box::new(job))),
+        Err(e @ (StoreError::StaleAttempt { .. } | StoreError::IllegalTransition { .. })) => {
+            Ok(Verdict::Refused(ErrorCode::StaleAttempt, e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A completion whose statement does not verify ends its attempt at once, as failed with the
+/// refusal as its error: the job token is revoked with it (no upload is accepted after the
+/// refusal), nothing is published, and the job does not sit in `running` until the lease
+/// runs out. The submitter may retry the job.
+fn refuse_statement(
+    store: &Store,
+    job: JobId,
+    attempt: Attempt,
+    response: &JobResponse,
+    message: String,
+) -> Result<Verdict, StoreError> {
+    let completion = Completion {
+        outcome: Outcome::Failed,
+        exit_status: response.exit_status,
+        error: Some(format!("completion refused: invalid_statement: {message}")),
+        publication: None,
+    };
+    match store.complete_attempt(job, attempt, completion) {
+        Ok(_) => Ok(Verdict::Refused(ErrorCode::InvalidStatement, message)),
         Err(e @ (StoreError::StaleAttempt { .. } | StoreError::IllegalTransition { .. })) => {
             Ok(Verdict::Refused(ErrorCode::StaleAttempt, e.to_string()))
         }
@@ -837,8 +900,12 @@ impl Handler<CompleteJob> for Scheduler {
         });
         Box::pin(
             async move {
-                if let Err(e) = flush.await {
-                    tracing::warn!(error = %e, "log flush before completion failed");
+                // A job must not end with its log short: if the log is not all stored, the
+                // completion is refused as internal and the builder resends it.
+                match flush.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(anyhow::Error::new(e)),
+                    Err(e) => return Err(anyhow::anyhow!("log sink unavailable: {e}")),
                 }
                 blocking(move || record_completion(&store, &backend_id, builder, &msg.public_key, &msg.response)).await
             }

@@ -2,7 +2,7 @@
 //! docs/protocol.md. This is the only module that touches actix-web-actors, so a move to
 //! actix-ws changes this file alone.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use buildfleet_protocol::{
     ErrorFrame, JobEvent, JobRef, ServerMessage, SessionSettings, PROTOCOL_VERSION,
 };
 
+use super::admission::{Admission, UnauthenticatedSlot};
 use super::auth::{Auth, BeginAuth, Challenge, CompleteAuth, Rejection};
 use super::log_sink::{AppendEvents, LogSink, RegisterAttempts, ReleaseAttempts};
 use super::scheduler::{
@@ -24,6 +25,7 @@ use super::scheduler::{
     SetCapabilities, Unregister,
 };
 use super::{CloseSession, Push, SessionHandle};
+use crate::error::ApiError;
 use crate::store::BuilderId;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -41,6 +43,11 @@ pub struct SessionContext {
     pub backend_id: Arc<str>,
     pub settings: SessionSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Hello to `auth_accepted` must fit in this, counted from the accept (not from the
+    /// last frame: a client that only answers pings is still cut off).
+    pub handshake_timeout: Duration,
+    /// Caps on connections that have not authenticated yet.
+    pub admission: Arc<Admission>,
 }
 
 enum State {
@@ -65,9 +72,14 @@ pub struct BuilderSession {
     ctx: SessionContext,
     state: State,
     identity: Option<Identity>,
-    /// Attempts this session may report on: assigned to it or continued by resume.
-    held: HashSet<JobRef>,
+    /// Attempts this session may report on (assigned to it or continued by resume), each
+    /// with the next event sequence it expects: events must come without gaps.
+    held: HashMap<JobRef, u64>,
     last_heard: Instant,
+    /// Held until authentication succeeds; counts against the unauthenticated caps.
+    unauthenticated: Option<UnauthenticatedSlot>,
+    /// A text message arriving in fragments (RFC 6455 continuation frames).
+    fragments: Option<Vec<u8>>,
     /// `job_event`s read but not yet handed to the LogSink: they go out as one batch when
     /// the current wakeup is done (`FlushEvents`), and before anything else the session
     /// sends on, so every actor sees the session's messages in the order it read them.
@@ -81,15 +93,17 @@ pub struct BuilderSession {
 struct FlushEvents;
 
 impl BuilderSession {
-    fn new(ctx: SessionContext, peer: Option<IpAddr>) -> Self {
+    fn new(ctx: SessionContext, peer: Option<IpAddr>, slot: UnauthenticatedSlot) -> Self {
         BuilderSession {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             peer,
             ctx,
             state: State::AwaitingHello,
             identity: None,
-            held: HashSet::new(),
+            held: HashMap::new(),
             last_heard: Instant::now(),
+            unauthenticated: Some(slot),
+            fragments: None,
             events: Vec::new(),
             flush_scheduled: false,
         }
@@ -115,22 +129,25 @@ impl BuilderSession {
         }
     }
 
-    /// Attempts this session may report on from now on; their acknowledgements come here.
-    fn hold(&mut self, jobs: Vec<JobRef>, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Attempts this session may report on from now on, each with the first event sequence
+    /// it expects; their acknowledgements come here.
+    fn hold(&mut self, jobs: Vec<(JobRef, u64)>, ctx: &mut ws::WebsocketContext<Self>) {
         if jobs.is_empty() {
             return;
         }
         self.held.extend(jobs.iter().copied());
+        let jobs = jobs.into_iter().map(|(job, _)| job);
         self.ctx.log_sink.do_send(RegisterAttempts {
             session: self.id,
             ack_to: ctx.address().recipient(),
+            close: ctx.address().recipient(),
             attempts: jobs.into_iter().map(crate::wire::job_ref).collect(),
         });
     }
 
     /// This session no longer reports on the attempt.
     fn release(&mut self, job: JobRef) {
-        if self.held.remove(&job) {
+        if self.held.remove(&job).is_some() {
             // Events of it read before this point still go out first, as they always did.
             self.flush_events();
             self.ctx.log_sink.do_send(ReleaseAttempts {
@@ -179,19 +196,42 @@ impl BuilderSession {
             &ServerMessage::AuthRejected(AuthRejected {
                 code: rejection.code,
                 reason: rejection.reason.clone(),
+                retry_after_ms: rejection.retry_after_ms,
             }),
         );
         self.close(ctx, &rejection.reason);
     }
 
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: &str) {
+        self.close_with(ctx, ws::CloseCode::Policy, reason);
+    }
+
+    fn close_with(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        code: ws::CloseCode,
+        reason: &str,
+    ) {
         self.state = State::Closing;
         let description: String = reason.chars().take(100).collect();
         ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::Policy,
+            code,
             description: Some(description),
         }));
         ctx.stop();
+    }
+
+    /// Text that is not UTF-8: no frame can answer it, so the close says it (RFC 6455: 1007).
+    fn invalid_utf8(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        tracing::info!(
+            session = self.id,
+            "closing builder session: text frame is not UTF-8"
+        );
+        self.ctx
+            .metrics
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.close_with(ctx, ws::CloseCode::Invalid, "text frame is not valid UTF-8");
     }
 
     fn unexpected(&mut self, ctx: &mut ws::WebsocketContext<Self>, message: &ClientMessage) {
@@ -267,6 +307,7 @@ impl BuilderSession {
                 ctx.wait(self.ctx.auth.send(request).into_actor(self).map(move |reply, this, ctx| match reply {
                     Ok(Ok(builder)) => {
                         tracing::info!(session = this.id, builder = %builder.name, "builder authenticated");
+                        this.unauthenticated = None;
                         this.identity = Some(Identity { builder: builder.id, public_key });
                         this.ctx.scheduler.do_send(Register {
                             builder: builder.id,
@@ -315,15 +356,15 @@ impl BuilderSession {
                             let continued = result
                                 .jobs
                                 .iter()
-                                .filter(|decision| {
-                                    matches!(
-                                        decision.decision,
-                                        buildfleet_protocol::ResumeAction::Continue { .. }
-                                    )
-                                })
-                                .map(|decision| JobRef {
-                                    job_id: decision.job_id,
-                                    attempt: decision.attempt,
+                                .filter_map(|decision| match decision.decision {
+                                    buildfleet_protocol::ResumeAction::Continue { next_seq } => {
+                                        let job = JobRef {
+                                            job_id: decision.job_id,
+                                            attempt: decision.attempt,
+                                        };
+                                        Some((job, next_seq))
+                                    }
+                                    buildfleet_protocol::ResumeAction::Cancel { .. } => None,
                                 })
                                 .collect();
                             this.hold(continued, ctx);
@@ -384,13 +425,11 @@ impl BuilderSession {
                 );
             }
             (State::Ready, ClientMessage::JobEvent(event)) => {
-                if !self.check_held(
-                    JobRef {
-                        job_id: event.job_id,
-                        attempt: event.attempt,
-                    },
-                    ctx,
-                ) {
+                let job = JobRef {
+                    job_id: event.job_id,
+                    attempt: event.attempt,
+                };
+                if !self.check_held(job, ctx) || !self.check_sequence(job, event.seq, ctx) {
                     return;
                 }
                 self.queue_event(event, ctx);
@@ -399,10 +438,26 @@ impl BuilderSession {
                 let Some(builder) = self.builder() else {
                     return;
                 };
+                // Only attempts this session holds are renewed; any other named attempt is
+                // not the builder's to run here, so it is told to stop it.
+                let (active, foreign): (Vec<JobRef>, Vec<JobRef>) = heartbeat
+                    .active_jobs
+                    .into_iter()
+                    .partition(|job| self.held.contains_key(job));
+                for job in foreign {
+                    self.send(
+                        ctx,
+                        &ServerMessage::Cancel(buildfleet_protocol::Cancel {
+                            job_id: job.job_id,
+                            attempt: job.attempt,
+                            reason: buildfleet_protocol::CancelReason::Superseded,
+                        }),
+                    );
+                }
                 self.ctx.scheduler.do_send(RenewLeases {
                     builder,
                     session: self.id,
-                    active: heartbeat.active_jobs,
+                    active,
                 });
             }
             (State::Ready, ClientMessage::JobResponse(response)) => {
@@ -412,7 +467,7 @@ impl BuilderSession {
                 };
                 // A completion racing its own supersession is refused, not a reason to close:
                 // the builder forgets the attempt and keeps its other jobs.
-                if !self.held.contains(&job) {
+                if !self.held.contains_key(&job) {
                     let message = format!(
                         "this session does not hold attempt {} of job {}",
                         job.attempt, job.job_id
@@ -478,8 +533,48 @@ impl BuilderSession {
         self.identity.as_ref().map(|i| i.builder)
     }
 
+    /// Events of an attempt come in order: a resent one (below the expected sequence) is
+    /// fine and dropped later as a duplicate, the expected one moves on, and one past it
+    /// would leave a gap that could never be acknowledged, so it closes the session.
+    fn check_sequence(
+        &mut self,
+        job: JobRef,
+        seq: u64,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> bool {
+        if i64::try_from(seq).is_err() {
+            self.fail(
+                ctx,
+                ErrorCode::MalformedFrame,
+                format!("job_event seq {seq} is out of range (at most {})", i64::MAX),
+            );
+            return false;
+        }
+        let Some(expected) = self.held.get_mut(&job) else {
+            return false;
+        };
+        if seq > *expected {
+            let expected = *expected;
+            self.fail(
+                ctx,
+                ErrorCode::UnexpectedMessage,
+                format!(
+                    "job_event seq {seq} of attempt {} of job {} skips {expected}..{}; events go in order",
+                    job.attempt,
+                    job.job_id,
+                    seq - 1
+                ),
+            );
+            return false;
+        }
+        if seq == *expected {
+            *expected += 1;
+        }
+        true
+    }
+
     fn check_held(&mut self, job: JobRef, ctx: &mut ws::WebsocketContext<Self>) -> bool {
-        if self.held.contains(&job) {
+        if self.held.contains_key(&job) {
             return true;
         }
         self.fail(
@@ -494,10 +589,62 @@ impl BuilderSession {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        let max = usize::try_from(self.ctx.settings.max_frame_bytes).unwrap_or(usize::MAX);
-        match ClientMessage::decode(text, max) {
+        match ClientMessage::decode(text, self.max_frame()) {
             Ok(message) => self.on_message(message, ctx),
             Err(e) => self.fail(ctx, e.code(), e.to_string()),
+        }
+    }
+
+    fn max_frame(&self) -> usize {
+        usize::try_from(self.ctx.settings.max_frame_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// A fragmented message (RFC 6455 §5.4): pieces are joined up to the frame limit, then
+    /// handled like one text frame. Binary messages are refused as unfragmented ones are.
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (piece, last) = match item {
+            actix_http::ws::Item::FirstText(bytes) => {
+                self.fragments = Some(Vec::with_capacity(bytes.len()));
+                (bytes, false)
+            }
+            actix_http::ws::Item::FirstBinary(_) => {
+                self.fail(
+                    ctx,
+                    ErrorCode::UnsupportedFrame,
+                    "only text frames are accepted",
+                );
+                return;
+            }
+            actix_http::ws::Item::Continue(bytes) => (bytes, false),
+            actix_http::ws::Item::Last(bytes) => (bytes, true),
+        };
+        let max = self.max_frame();
+        let Some(buffer) = self.fragments.as_mut() else {
+            // actix refuses a continuation without a first frame; stay safe regardless.
+            self.fail(
+                ctx,
+                ErrorCode::MalformedFrame,
+                "continuation frame without a first frame",
+            );
+            return;
+        };
+        if buffer.len() + piece.len() > max {
+            self.fragments = None;
+            self.fail(
+                ctx,
+                ErrorCode::FrameTooLarge,
+                format!("fragmented message exceeds the limit of {max} bytes"),
+            );
+            return;
+        }
+        buffer.extend_from_slice(&piece);
+        if !last {
+            return;
+        }
+        let whole = self.fragments.take().unwrap_or_default();
+        match String::from_utf8(whole) {
+            Ok(text) => self.on_text(&text, ctx),
+            Err(_) => self.invalid_utf8(ctx),
         }
     }
 }
@@ -506,6 +653,16 @@ impl Actor for BuilderSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // A wall-clock deadline from the accept: pongs and stray frames do not extend it.
+        ctx.run_later(self.ctx.handshake_timeout, |this, ctx| {
+            if this.identity.is_none() {
+                this.fail(
+                    ctx,
+                    ErrorCode::UnexpectedMessage,
+                    "authentication did not complete in time",
+                );
+            }
+        });
         let interval = Duration::from_millis(self.ctx.settings.heartbeat_interval_ms);
         let timeout = Duration::from_millis(self.ctx.settings.heartbeat_timeout_ms);
         ctx.run_interval(interval, move |this, ctx| {
@@ -514,15 +671,6 @@ impl Actor for BuilderSession {
                     ctx,
                     ErrorCode::HeartbeatTimeout,
                     format!("nothing heard for {} ms", timeout.as_millis()),
-                );
-                return;
-            }
-            // Authentication must finish within one timeout, not linger on a half-open socket.
-            if this.identity.is_none() && this.last_heard.elapsed() > interval.min(timeout) * 2 {
-                this.fail(
-                    ctx,
-                    ErrorCode::UnexpectedMessage,
-                    "authentication did not complete in time",
                 );
                 return;
             }
@@ -540,7 +688,11 @@ impl Actor for BuilderSession {
         if !self.held.is_empty() {
             self.ctx.log_sink.do_send(ReleaseAttempts {
                 session: self.id,
-                attempts: self.held.drain().map(crate::wire::job_ref).collect(),
+                attempts: self
+                    .held
+                    .drain()
+                    .map(|(job, _)| crate::wire::job_ref(job))
+                    .collect(),
             });
         }
         if let Some(identity) = &self.identity {
@@ -566,12 +718,17 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for BuilderSession {
                 self.state = State::Closing;
                 ctx.stop();
             }
-            Ok(ws::Message::Binary(_) | ws::Message::Continuation(_)) => self.fail(
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Ok(ws::Message::Binary(_)) => self.fail(
                 ctx,
                 ErrorCode::UnsupportedFrame,
-                "only complete text frames are accepted",
+                "only text frames are accepted",
             ),
             Ok(ws::Message::Nop) => {}
+            // actix reports a text frame that is not UTF-8 as an I/O error naming UTF-8.
+            Err(ws::ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
+                self.invalid_utf8(ctx)
+            }
             Err(ws::ProtocolError::Overflow) => self.fail(
                 ctx,
                 ErrorCode::FrameTooLarge,
@@ -601,9 +758,12 @@ impl Handler<Push> for BuilderSession {
                 let assigned = jobs
                     .jobs
                     .iter()
-                    .map(|job| JobRef {
-                        job_id: job.job_id,
-                        attempt: job.attempt,
+                    .map(|job| {
+                        let job = JobRef {
+                            job_id: job.job_id,
+                            attempt: job.attempt,
+                        };
+                        (job, 1)
                     })
                     .collect();
                 self.hold(assigned, ctx);
@@ -650,8 +810,13 @@ pub async fn connect(
     session: web::Data<SessionContext>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let peer = req.peer_addr().map(|a| a.ip());
+    // Refused before the upgrade: a flood of idle sockets must not exhaust descriptors.
+    let slot = session.admission.admit(peer).map_err(|refusal| {
+        tracing::warn!(peer = ?peer, %refusal, "unauthenticated connection refused");
+        ApiError::Unavailable(refusal.to_string())
+    })?;
     let max_frame = usize::try_from(session.settings.max_frame_bytes).unwrap_or(usize::MAX);
-    let actor = BuilderSession::new(session.get_ref().clone(), peer);
+    let actor = BuilderSession::new(session.get_ref().clone(), peer, slot);
     ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(max_frame)
         .protocols(&["buildfleet.v1"])

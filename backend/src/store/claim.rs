@@ -27,6 +27,8 @@ pub struct ClaimRequest {
     pub limit: usize,
     pub lease_ms: i64,
     pub now_ms: i64,
+    /// Jobs this builder must not get now (it rejected them a moment ago).
+    pub exclude: Vec<super::ids::JobId>,
 }
 
 /// A job handed to a builder.
@@ -98,6 +100,9 @@ fn choose_jobs(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<Jo
         after = Some((last.priority, last.id));
         scanned += batch.len();
         for row in batch {
+            if request.exclude.iter().any(|job| job.0 == row.id) {
+                continue;
+            }
             let required = labels::decode("jobs.required_labels", &row.required_labels)?;
             if labels::satisfies(&request.labels, &required) {
                 chosen.push(row);

@@ -5,6 +5,7 @@
 use diesel::prelude::*;
 
 use super::artifacts::{publish_in, Publication};
+use super::attempt_outputs::record_outputs;
 use super::attempts::{finish_attempt, live_attempt, JobAttempt};
 use super::connection::DbConnection;
 use super::error::StoreError;
@@ -20,7 +21,8 @@ pub struct Completion {
     pub outcome: Outcome,
     pub exit_status: Option<i32>,
     pub error: Option<String>,
-    /// A verified build statement: publishes the attempt's artifacts in the same transaction.
+    /// A verified build statement: publishes the attempt's artifacts in the same transaction
+    /// and keeps the statement and plan on the attempt.
     pub publication: Option<Publication>,
 }
 
@@ -150,11 +152,16 @@ fn require_state(row: &JobRow, allowed: &[JobState], to: JobState) -> Result<Job
 }
 
 impl Store {
-    /// The builder accepted the assignment: `assigned → running`.
+    /// The builder accepted the assignment: `assigned → running`; idempotent for an attempt
+    /// that already runs.
     pub fn mark_running(&self, job: JobId, attempt: Attempt) -> Result<Job, StoreError> {
         let now = self.now_ms();
         self.write(|conn| {
             let (row, _) = live_attempt(conn, job, attempt)?;
+            // A repeated accept of the live attempt changes nothing.
+            if parse_column::<JobState>(&row.state)? == JobState::Running {
+                return load_job(conn, job);
+            }
             let changes = JobChanges {
                 started_at: Some(Some(now)),
                 ..JobChanges::default()
@@ -228,6 +235,7 @@ impl Store {
                 now,
             )?;
             if let Some(publication) = &completion.publication {
+                record_outputs(conn, job, attempt, publication)?;
                 publish_in(conn, job, attempt, publication)?;
             }
             Ok(job_now)

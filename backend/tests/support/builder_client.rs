@@ -150,6 +150,11 @@ impl BuilderClient {
             .send(ws::Message::Text(text.to_owned().into()));
     }
 
+    /// Sends any WebSocket message as is (fragments, pings, close frames).
+    pub fn send_ws(&mut self, message: ws::Message) {
+        let _ = self.outgoing.send(message);
+    }
+
     pub fn send_binary(&mut self, bytes: &[u8]) {
         let _ = self
             .outgoing

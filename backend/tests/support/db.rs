@@ -248,6 +248,7 @@ pub fn claim_request(builder: BuilderId, now_ms: i64) -> ClaimRequest {
         limit: 1,
         lease_ms: LEASE_MS,
         now_ms,
+        exclude: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ pub fn test_timings() -> Timings {
         heartbeat_timeout: Duration::from_secs(1),
         reconnect_grace: Duration::from_secs(1),
         challenge_ttl: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(8),
         cancel_grace: Duration::from_millis(500),
         sweep_interval: Duration::from_millis(100),
         log_flush_interval: Duration::from_millis(20),
