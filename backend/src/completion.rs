@@ -1,6 +1,7 @@
 //! Checks a builder's `job_response` before anything is published: the statement must be
 //! signed by the builder's admitted key, describe this job and attempt, and list exactly the
 //! artifacts that were uploaded under the attempt's token, with the same sizes and digests.
+//! A plan-mode attempt's plan output comes along, within [`MAX_PLAN_BYTES`].
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use buildfleet_protocol::signing::{self, BuildStatement, STATEMENT_FORMAT};
 use buildfleet_protocol::ssh_key::PublicKey;
 use buildfleet_protocol::{JobMode, JobResponse};
 
-use crate::store::{Artifact, Job, Publication};
+use crate::store::{Artifact, Job, Publication, MAX_PLAN_BYTES};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StatementError {
@@ -32,6 +33,10 @@ pub enum StatementError {
     },
     #[error("a plan-mode job must not upload artifacts")]
     ArtifactsInPlanMode,
+    #[error("the plan output is {size} bytes, over the limit of {limit} bytes")]
+    PlanTooLarge { size: usize, limit: usize },
+    #[error("a build-mode job reported plan output; plan is for plan-mode jobs only")]
+    PlanInBuildMode,
 }
 
 fn expect_eq(
@@ -60,6 +65,17 @@ pub fn verify_completion(
     backend_id: &str,
     uploads: &[Artifact],
 ) -> Result<Publication, StatementError> {
+    if let Some(plan) = &response.plan {
+        if job.mode != crate::store::JobMode::Plan {
+            return Err(StatementError::PlanInBuildMode);
+        }
+        if plan.len() > MAX_PLAN_BYTES {
+            return Err(StatementError::PlanTooLarge {
+                size: plan.len(),
+                limit: MAX_PLAN_BYTES,
+            });
+        }
+    }
     let statement: BuildStatement = signing::verify_statement(key, &response.statement)
         .map_err(|e| StatementError::Signature(e.to_string()))?;
     expect_eq("format", &statement.format, STATEMENT_FORMAT)?;
@@ -112,6 +128,7 @@ pub fn verify_completion(
     Ok(Publication {
         statement: response.statement.statement.clone(),
         signature: response.statement.signature.clone(),
+        plan: response.plan.clone(),
     })
 }
 

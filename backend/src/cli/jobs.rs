@@ -1,5 +1,5 @@
 //! `buildfleet job …`: submit (from a directory, an archive, a URL or a crate), list, show,
-//! cancel, retry, and wait for the end.
+//! cancel, retry, print a plan-mode job's plan, and wait for the end.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +34,8 @@ pub enum JobCommand {
     Retry(JobRef),
     /// Print a job's log; --follow streams it live and exits with the job's outcome.
     Logs(LogsArgs),
+    /// Print the plan a plan-mode job (`submit --plan`) reported.
+    Plan(JobRef),
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +153,7 @@ pub async fn run(api: &Api, json: bool, command: JobCommand) -> Result<Outcome, 
         JobCommand::Cancel(job) => cancel(api, json, job.id).await,
         JobCommand::Retry(job) => retry(api, json, job.id).await,
         JobCommand::Logs(args) => logs::run(api, json, args).await,
+        JobCommand::Plan(job) => plan(api, json, job.id).await,
     }
 }
 
@@ -318,6 +321,9 @@ pub fn report_end(json: bool, id: i64, answer: &Value) -> Result<Outcome, CliErr
         (true, _) => eprintln!("{line}"),
         (false, Outcome::Success) => {
             println!("{line}");
+            if job.mode == "plan" {
+                println!("  plan: buildfleet job plan {id}");
+            }
             for artifact in &detail.artifacts {
                 println!(
                     "  artifact {} ({}): buildfleet artifact download {id} {}",
@@ -456,6 +462,20 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
             ]);
         }
         table.print();
+    }
+    Ok(Outcome::Success)
+}
+
+async fn plan(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
+    let text = api.get_bytes(&format!("/jobs/{id}/plan")).await?;
+    let text = String::from_utf8_lossy(&text);
+    if json {
+        print_json(&json!({ "job": id, "plan": text }));
+    } else {
+        print!("{text}");
+        if !text.is_empty() && !text.ends_with('\n') {
+            println!();
+        }
     }
     Ok(Outcome::Success)
 }

@@ -11,7 +11,7 @@ use crate::actors::scheduler::{LiveBuilder, LiveBuilders};
 use crate::error::{blocking, ApiError};
 use crate::http::jobs::{load_detail, parse_job_id, JobDetail};
 use crate::http::AppState;
-use crate::store::{Builder, BuilderId, Job, JobFilter, JobId, JobState};
+use crate::store::{Builder, BuilderId, Job, JobFilter, JobId, JobMode, JobState};
 
 const PAGE_SIZE: usize = 50;
 
@@ -348,7 +348,21 @@ pub async fn job(
                 } }
             } }
             h2 { "Verify with OpenSSH" }
-            pre.log { (verify_instructions(public_url, job.id, &signer, detail.artifacts.first().map(|a| a.name.as_str()).unwrap_or("ARTIFACT"))) }
+            pre.log { (verify_instructions(public_url, job.id, &signer, detail.artifacts.first().map(|a| a.name.as_str()))) }
+        }
+        @if job.mode == JobMode::Plan {
+            h2 { "Plan" }
+            @if let Some(plan) = &detail.plan {
+                p.muted { "Reported by attempt " (plan.attempt) " · " a href={ "/api/v1/jobs/" (job.id) "/plan" } { "text" } }
+                pre.log #plan { (plan.text) }
+                // The plan was stored with a verified statement; it signs the outcome and
+                // mode, not the plan text.
+                h2 { "Verify the statement with OpenSSH" }
+                p.muted { "The signed statement covers the job, attempt, source, recipe, mode, outcome and (no) artifacts; not the plan text." }
+                pre.log { (verify_instructions(public_url, job.id, &signer, None)) }
+            } @else {
+                p.muted { "No plan reported yet." }
+            }
         }
         h2 { "Timeline" }
         div.table-wrap { table {
@@ -380,15 +394,27 @@ pub async fn job(
     Ok(layout(&format!("Job #{}", job.id), body))
 }
 
-fn verify_instructions(public_url: &str, job: JobId, signer: &str, artifact: &str) -> String {
-    format!(
-        "curl -fsSO {public_url}/api/v1/jobs/{job}/artifacts/{artifact}\n\
-         curl -fsS {public_url}/api/v1/jobs/{job}/statement -o statement.json\n\
+/// The commands that check a job's statement (and `artifact` against it, if given).
+fn verify_instructions(
+    public_url: &str,
+    job: JobId,
+    signer: &str,
+    artifact: Option<&str>,
+) -> String {
+    let statement = format!(
+        "curl -fsS {public_url}/api/v1/jobs/{job}/statement -o statement.json\n\
          curl -fsS {public_url}/api/v1/jobs/{job}/statement.sig -o statement.json.sig\n\
          curl -fsS {public_url}/api/v1/allowed_signers -o allowed_signers\n\
-         ssh-keygen -Y verify -f allowed_signers -I {signer} -n buildfleet-statement -s statement.json.sig < statement.json\n\
-         sha256sum {artifact}   # must equal the digest for \"{artifact}\" in statement.json"
-    )
+         ssh-keygen -Y verify -f allowed_signers -I {signer} -n buildfleet-statement -s statement.json.sig < statement.json"
+    );
+    match artifact {
+        Some(artifact) => format!(
+            "curl -fsSO {public_url}/api/v1/jobs/{job}/artifacts/{artifact}\n\
+             {statement}\n\
+             sha256sum {artifact}   # must equal the digest for \"{artifact}\" in statement.json"
+        ),
+        None => statement,
+    }
 }
 
 pub async fn submit() -> HttpResponse {

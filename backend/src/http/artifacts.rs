@@ -1,5 +1,6 @@
 //! Artifacts: upload under the attempt's job token, list, download, and the signed build
-//! statement that vouches for them.
+//! statement that vouches for them (or, for a job without artifacts such as a plan-mode job,
+//! for its outcome).
 
 use actix_web::body::SizedStream;
 use actix_web::http::header;
@@ -8,11 +9,11 @@ use buildfleet_protocol::{validate_artifact_name, Sha256Digest};
 
 use crate::error::{blocking, ApiError};
 use crate::http::auth::bearer;
-use crate::http::jobs::{parse_job_id, ArtifactView};
+use crate::http::jobs::{parse_job_id, ArtifactView, ATTEMPT_HEADER};
 use crate::http::streaming::{open_stream, receive};
 use crate::http::AppState;
 use crate::storage::keys;
-use crate::store::{Artifact, Attempt, JobId, NewArtifact, StoreError};
+use crate::store::{Artifact, Attempt, AttemptStatement, JobId, NewArtifact, StoreError};
 
 /// Header carrying the SHA-256 the uploader declares for the body.
 pub const DIGEST_HEADER: &str = "X-Buildfleet-Sha256";
@@ -126,36 +127,44 @@ pub async fn list(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job = parse_job_id(&path)?;
-    let artifacts: Vec<_> = published(&state, job)
-        .await?
+    let store = state.store.clone();
+    let (artifacts, statement) = blocking(move || {
+        store
+            .job(job)?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
+        Ok((store.artifacts(job, true)?, store.job_statement(job)?))
+    })
+    .await?;
+    let artifacts: Vec<_> = artifacts
         .into_iter()
         .map(|a| ArtifactView::new(&state.public_url, a))
         .collect();
+    // Links only to what `/statement` serves, so a client never follows one into a 404.
+    let base = &state.public_url;
+    let link = |path: &str| {
+        statement
+            .as_ref()
+            .map(|_| format!("{base}/api/v1/jobs/{job}/{path}"))
+    };
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "artifacts": artifacts,
-        "statement_url": format!("{}/api/v1/jobs/{job}/statement", state.public_url),
-        "signature_url": format!("{}/api/v1/jobs/{job}/statement.sig", state.public_url),
-        "allowed_signers_url": format!("{}/api/v1/allowed_signers", state.public_url),
+        "statement_attempt": statement.as_ref().map(|s| s.attempt),
+        "statement_url": link("statement"),
+        "signature_url": link("statement.sig"),
+        "allowed_signers_url": format!("{base}/api/v1/allowed_signers"),
     })))
 }
 
-async fn latest_published(
-    state: &AppState,
-    job: JobId,
-    name: Option<&str>,
-) -> Result<Artifact, ApiError> {
+/// The published artifact `name` of the latest attempt that published artifacts (the one
+/// whose statement `/statement` serves).
+async fn latest_published(state: &AppState, job: JobId, name: &str) -> Result<Artifact, ApiError> {
     let artifacts = published(state, job).await?;
     let latest_attempt = artifacts.iter().map(|a| a.attempt).max();
     artifacts
         .into_iter()
         .filter(|a| Some(a.attempt) == latest_attempt)
-        .find(|a| name.is_none_or(|n| a.name == n))
-        .ok_or_else(|| {
-            ApiError::NotFound(match name {
-                Some(n) => format!("artifact {n:?} of job {job}"),
-                None => format!("published artifacts of job {job}"),
-            })
-        })
+        .find(|a| a.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("artifact {name:?} of job {job}")))
 }
 
 pub async fn download(
@@ -165,7 +174,7 @@ pub async fn download(
     let (raw_job, name) = path.into_inner();
     let job = parse_job_id(&raw_job)?;
     validate_artifact_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let artifact = latest_published(&state, job, Some(&name)).await?;
+    let artifact = latest_published(&state, job, &name).await?;
     let (len, body) = open_stream(&state.storage, artifact.storage_key).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
@@ -177,19 +186,33 @@ pub async fn download(
         .body(SizedStream::new(len, body)))
 }
 
+/// The statement `/statement` serves (see [`crate::store::Store::job_statement`]).
+async fn kept_statement(state: &AppState, job: JobId) -> Result<AttemptStatement, ApiError> {
+    let store = state.store.clone();
+    blocking(move || {
+        store
+            .job(job)?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
+        store.job_statement(job)?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "job {job} has no verified build statement yet: no attempt completed with one"
+            ))
+        })
+    })
+    .await
+}
+
 /// `GET /api/v1/jobs/{id}/statement`: the exact signed bytes.
 pub async fn statement(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job = parse_job_id(&path)?;
-    let artifact = latest_published(&state, job, None).await?;
-    let text = artifact
-        .statement
-        .ok_or_else(|| ApiError::NotFound("statement".into()))?;
+    let kept = kept_statement(&state, job).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(text))
+        .insert_header((ATTEMPT_HEADER, kept.attempt.to_string()))
+        .body(kept.statement))
 }
 
 /// `GET /api/v1/jobs/{id}/statement.sig`: its armored SSHSIG.
@@ -198,11 +221,9 @@ pub async fn statement_signature(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job = parse_job_id(&path)?;
-    let artifact = latest_published(&state, job, None).await?;
-    let signature = artifact
-        .statement_signature
-        .ok_or_else(|| ApiError::NotFound("signature".into()))?;
+    let kept = kept_statement(&state, job).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain")
-        .body(signature))
+        .insert_header((ATTEMPT_HEADER, kept.attempt.to_string()))
+        .body(kept.signature))
 }

@@ -1,4 +1,4 @@
-//! Jobs: submit, list with filters, get, cancel, retry.
+//! Jobs: submit, list with filters, get, cancel, retry, and a plan-mode job's plan output.
 
 use std::collections::BTreeMap;
 
@@ -11,9 +11,12 @@ use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
 use crate::http::AppState;
 use crate::store::{
-    Artifact, BuilderId, CancelResult, Job, JobAttempt, JobEvent, JobFilter, JobId, JobMode,
-    JobState, NewJob, TokenScope,
+    Artifact, AttemptPlan, BuilderId, CancelResult, Job, JobAttempt, JobEvent, JobFilter, JobId,
+    JobMode, JobState, NewJob, TokenScope,
 };
+
+/// Names the attempt whose output a response carries.
+pub const ATTEMPT_HEADER: &str = "X-Buildfleet-Attempt";
 
 const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
@@ -47,6 +50,11 @@ pub struct JobDetail {
     pub attempts: Vec<JobAttempt>,
     pub events: Vec<JobEvent>,
     pub artifacts: Vec<ArtifactView>,
+    /// `GET /api/v1/jobs/{id}/plan`, once a plan-mode attempt reported its plan.
+    pub plan_url: Option<String>,
+    /// The plan itself, for the dashboard; the JSON links to it instead.
+    #[serde(skip)]
+    pub plan: Option<AttemptPlan>,
 }
 
 #[derive(Debug, Serialize)]
@@ -219,7 +227,15 @@ pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiEr
         let job = store
             .job(id)?
             .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+        let plan = match job.mode {
+            JobMode::Plan => store.job_plan(id)?,
+            JobMode::Build => None,
+        };
         Ok(JobDetail {
+            plan_url: plan
+                .as_ref()
+                .map(|_| format!("{public_url}/api/v1/jobs/{id}/plan")),
+            plan,
             attempts: store.job_attempts(id)?,
             events: store.job_events(id)?,
             artifacts: store
@@ -239,6 +255,36 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
     Ok(HttpResponse::Ok().json(load_detail(&state, id).await?))
+}
+
+/// `GET /api/v1/jobs/{id}/plan`: the plan output of the job's latest attempt that reported
+/// one, as text. 404 for a build-mode job and before a plan-mode attempt reported its plan.
+pub async fn plan(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_job_id(&path)?;
+    let store = state.store.clone();
+    let plan = blocking(move || {
+        let job = store
+            .job(id)?
+            .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+        if job.mode != JobMode::Plan {
+            return Err(ApiError::NotFound(format!(
+                "job {id} is a build-mode job; only plan-mode jobs have a plan"
+            )));
+        }
+        store.job_plan(id)?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "job {id} has no plan yet: no attempt has reported one"
+            ))
+        })
+    })
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header((ATTEMPT_HEADER, plan.attempt.to_string()))
+        .body(plan.text))
 }
 
 pub async fn cancel(

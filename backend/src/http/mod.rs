@@ -65,6 +65,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/jobs/{id}", web::get().to(jobs::get))
                 .route("/jobs/{id}/cancel", web::post().to(jobs::cancel))
                 .route("/jobs/{id}/retry", web::post().to(jobs::retry))
+                .route("/jobs/{id}/plan", web::get().to(jobs::plan))
                 .route("/jobs/{id}/log", web::get().to(logs::whole))
                 .route("/jobs/{id}/log/stream", web::get().to(logs::stream))
                 .route("/jobs/{id}/artifacts", web::get().to(artifacts::list))

@@ -37,11 +37,15 @@ pub struct NewArtifact {
     pub storage_key: String,
 }
 
-/// A verified build statement and its signature.
+/// A verified build statement and its signature, and what else the completion reported
+/// that is kept on the attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
     pub statement: String,
     pub signature: String,
+    /// The plan output of a plan-mode attempt (not covered by the signature), at most
+    /// [`super::MAX_PLAN_BYTES`].
+    pub plan: Option<String>,
 }
 
 #[derive(Queryable, Selectable)]

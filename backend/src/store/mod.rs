@@ -7,6 +7,7 @@
 //! refused with [`StoreError::StaleAttempt`].
 
 mod artifacts;
+mod attempt_outputs;
 mod attempts;
 mod builders;
 mod claim;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 use r2d2::{Pool, PooledConnection};
 
 pub use artifacts::{Artifact, NewArtifact, Publication};
+pub use attempt_outputs::{AttemptPlan, AttemptStatement, MAX_PLAN_BYTES};
 pub use attempts::JobAttempt;
 pub use builders::{Builder, NewBuilder};
 pub use claim::{ClaimRequest, ClaimedJob};

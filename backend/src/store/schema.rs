@@ -55,6 +55,9 @@ diesel::table! {
         assigned_at -> BigInt,
         started_at -> Nullable<BigInt>,
         finished_at -> Nullable<BigInt>,
+        statement -> Nullable<Text>,
+        statement_signature -> Nullable<Text>,
+        plan -> Nullable<Text>,
     }
 }
 

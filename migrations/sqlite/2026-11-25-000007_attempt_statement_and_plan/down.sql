@@ -1,0 +1,3 @@
+ALTER TABLE job_attempts DROP COLUMN plan;
+ALTER TABLE job_attempts DROP COLUMN statement_signature;
+ALTER TABLE job_attempts DROP COLUMN statement;
