@@ -13,11 +13,12 @@ use support::e2e::{
     assert_complete_log, connect_url_of, small_source, start_server, upload_source, wait_lines,
     wait_outcome, E2eBuilder, TcpProxy, LINES_RECIPE, LINE_COUNT,
 };
-use support::server::server_tests;
+use support::server::{server_tests, wait_until};
 
 server_tests! {
     connection_cut_mid_build_resumes_with_an_exact_log,
     backend_restart_mid_build_resumes_the_job,
+    log_storage_failing_mid_build_loses_no_line_and_keeps_the_build,
 }
 
 /// The recipe prints for about five seconds; reconnects add at most a few.
@@ -80,6 +81,57 @@ async fn backend_restart_mid_build_resumes_the_job(db: TestDb) {
     assert_eq!(job["builder_id"], builder.id);
     assert_complete_log(&server, id).await;
 
+    builder.stop().await;
+    server.shutdown().await;
+}
+
+/// The job's log file cannot be written for several seconds mid-build (a directory stands in
+/// its place), long enough for the build to end meanwhile. The backend keeps the events
+/// unacknowledged, refuses the completion as `internal` while the log is short, the real
+/// builder keeps the finished job and resends; once storage works the same attempt succeeds
+/// with every line stored once.
+async fn log_storage_failing_mid_build_loses_no_line_and_keeps_the_build(db: TestDb) {
+    let server = start_server(db).await;
+    let builder = E2eBuilder::start(&server, "survives-a-disk-error", |_| {}).await;
+    let (digest, _) = upload_source(&server, small_source()).await;
+    let id = server
+        .submit(json!({
+            "source_url": null,
+            "source_sha256": digest,
+            "recipe": LINES_RECIPE,
+        }))
+        .await;
+    wait_lines(&server, id, 30).await;
+
+    let log_file = server.data_dir().join(format!("blobs/logs/{id}/1.jsonl"));
+    let moved = log_file.with_extension("away");
+    std::fs::rename(&log_file, &moved).expect("move the log file away");
+    std::fs::create_dir(&log_file).expect("a directory in its place");
+    wait_until("a failed log write", || async {
+        let metrics = server.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("buildfleet_log_store_failures_total ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .filter(|n| *n >= 1.0)
+    })
+    .await;
+    // The recipe takes about five seconds: it ends while storage still fails.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        server.job(id).await["state"],
+        "running",
+        "a short log cannot finish a job"
+    );
+    std::fs::remove_dir(&log_file).expect("storage works again");
+    std::fs::rename(&moved, &log_file).expect("the log file back");
+
+    let job = wait_outcome(&server, id, "succeeded", JOB_LIMIT).await;
+    assert_eq!(job["attempt"], 1, "the same attempt finished: {job:#}");
+    assert_complete_log(&server, id).await;
     builder.stop().await;
     server.shutdown().await;
 }

@@ -39,6 +39,7 @@ server_tests! {
     fragmented_messages_are_joined_up_to_the_frame_limit,
     text_that_is_not_utf8_closes_with_1007,
     a_log_line_over_the_limit_is_truncated_by_the_backend,
+    operator_labels_decide_matching_and_declared_ones_are_shown,
 }
 
 /// An admitted builder, ready, running one fresh job it accepted.
@@ -576,5 +577,66 @@ async fn a_log_line_over_the_limit_is_truncated_by_the_backend(db: TestDb) {
         .unwrap_or_else(|| panic!("a cut line ends with the marker: {:?}", lines[0]));
     assert!(lines[0].len() <= 100, "stored {} bytes", lines[0].len());
     assert!(long.starts_with(kept) && kept.len() >= 90, "kept {kept:?}");
+    server.shutdown().await;
+}
+
+/// Admitted with `pool=ci, arch=*`, the builder declares `pool=trusted, arch=aarch64,
+/// os=linux`: it is matched as `pool=ci, arch=aarch64` only, and the API shows both sets.
+async fn operator_labels_decide_matching_and_declared_ones_are_shown(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let key = TestKey::generate("labelled");
+    let (status, body) = server
+        .post_admin(
+            "/builders",
+            &json!({
+                "name": key.name,
+                "public_key": key.public_openssh,
+                "labels": { "pool": "ci", "arch": "*" },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_i64().expect("builder id");
+    let mut builder = BuilderClient::connect(&server.ws_url()).await;
+    let mut capabilities = default_capabilities(1);
+    capabilities.labels = [("pool", "trusted"), ("arch", "aarch64"), ("os", "linux")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    builder.handshake_with(&key, capabilities, vec![]).await;
+    builder.request_jobs(1);
+
+    for claimed in [json!({"pool": "trusted"}), json!({"os": "linux"})] {
+        server.submit(json!({ "labels": claimed })).await;
+    }
+    let offered = builder
+        .try_expect(
+            Duration::from_millis(500),
+            "a job for self-declared labels",
+            |m| match m {
+                ServerMessage::Jobs(jobs) => Some(jobs.jobs.clone()),
+                _ => None,
+            },
+        )
+        .await;
+    assert_eq!(
+        offered, None,
+        "labels the operator did not give are not matched"
+    );
+    let meant = server
+        .submit(json!({ "labels": { "pool": "ci", "arch": "aarch64" } }))
+        .await;
+    assert_eq!(builder.next_assignment().await.job_id.0, meant);
+
+    let view = server.get_ok(&format!("/builders/{id}")).await;
+    assert_eq!(view["labels"], json!({ "pool": "ci", "arch": "*" }));
+    assert_eq!(
+        view["live"]["declared_labels"],
+        json!({ "pool": "trusted", "arch": "aarch64", "os": "linux" })
+    );
+    assert_eq!(
+        view["live"]["effective_labels"],
+        json!({ "pool": "ci", "arch": "aarch64" })
+    );
     server.shutdown().await;
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use buildfleet_protocol::{
-    CancelReason, ClientMessage, CompletionResult, ControlCommand, Heartbeat, HeldJob,
+    CancelReason, ClientMessage, CompletionResult, ControlCommand, ErrorCode, Heartbeat, HeldJob,
     JobAssignment, JobRef, JobRequest, JobResponse, Resume, ResumeAction, ResumeResult,
     ServerMessage, SessionSettings, WorkAck, WorkDecision,
 };
@@ -26,6 +26,10 @@ use crate::BuilderError;
 
 /// How long a cancelling shutdown waits for the backend to acknowledge the cancelled jobs.
 const CANCEL_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// After `completion_ack{refused, internal}` the response goes again after this, doubling up
+/// to the cap: the backend could not record it (its log or database failed) and wants it.
+const RESEND_FIRST: Duration = Duration::from_millis(500);
+const RESEND_MAX: Duration = Duration::from_secs(10);
 
 /// A frame for the connection to send, if `session` is still its current session.
 #[derive(Message)]
@@ -110,6 +114,8 @@ struct HeldJobState {
     sent_upto: u64,
     /// The backend no longer holds this job: stop it and never report it.
     forget: bool,
+    /// Wait before the next resend of a response the backend refused as `internal`.
+    resend_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +194,25 @@ impl Supervisor {
         }
     }
 
+    /// Sends a finished job's response again (it was refused as `internal`). After a
+    /// reconnect the resume sends it anyway; this covers a session that stays up.
+    fn resend_response(&mut self, job: JobRef) {
+        let Some(session) = self.session.as_ref().filter(|s| s.resumed) else {
+            return;
+        };
+        if let Some(response) = self
+            .jobs
+            .get(&job)
+            .filter(|s| !s.forget)
+            .and_then(|s| s.response.clone())
+        {
+            session.outbox.do_send(Outgoing {
+                session: session.id,
+                message: ClientMessage::JobResponse(response),
+            });
+        }
+    }
+
     /// Sends the job's unsent events, then its response if it has one.
     fn flush(&mut self, job: JobRef) {
         let Some(session) = self.session.as_ref().filter(|s| s.resumed) else {
@@ -243,6 +268,7 @@ impl Supervisor {
                 response: None,
                 sent_upto: 0,
                 forget: false,
+                resend_delay: RESEND_FIRST,
             },
         );
         self.send(ClientMessage::WorkAck(WorkAck {
@@ -370,6 +396,20 @@ impl Supervisor {
                     job_id: ack.job_id,
                     attempt: ack.attempt,
                 };
+                if let CompletionResult::Refused {
+                    code: ErrorCode::Internal,
+                    message,
+                } = &ack.result
+                {
+                    // Not a verdict on the build: keep it and send the response again.
+                    if let Some(state) = self.jobs.get_mut(&job) {
+                        let delay = state.resend_delay;
+                        state.resend_delay = (delay * 2).min(RESEND_MAX);
+                        tracing::warn!(job = %job.job_id, %message, ?delay, "the backend could not record the job's result; resending");
+                        ctx.run_later(delay, move |act, _| act.resend_response(job));
+                    }
+                    return;
+                }
                 if let CompletionResult::Refused { code, message } = &ack.result {
                     tracing::warn!(job = %job.job_id, code = code.as_str(), %message, "the backend refused the job's result");
                 } else {

@@ -24,8 +24,8 @@ use super::{blocking, SessionHandle};
 use crate::completion::verify_completion;
 use crate::metrics::Metrics;
 use crate::store::{
-    labels_satisfy, Attempt, BuilderId, ClaimRequest, ClaimedJob, Completion, Job, JobId, JobState,
-    Labels, Outcome, Store, StoreError,
+    effective_labels, ignored_labels, labels_satisfy, Attempt, BuilderId, ClaimRequest, ClaimedJob,
+    Completion, Job, JobId, JobState, Labels, Outcome, Store, StoreError,
 };
 
 /// How long a submission time is kept for the dispatch latency histogram.
@@ -51,6 +51,11 @@ struct BuilderSlot {
     session: SessionHandle,
     name: String,
     recipes: HashSet<String>,
+    /// Set by the operator (admission, enrolment token): authoritative.
+    operator_labels: Labels,
+    /// Announced by the builder in `capabilities`: shown, matched only where allowed.
+    declared_labels: Labels,
+    /// What matching uses: `store::effective_labels(operator, declared)`.
     labels: Labels,
     max_concurrent: u32,
     /// Assignments the builder asked for and has not been sent yet.
@@ -449,6 +454,8 @@ impl Actor for Scheduler {
 pub struct Register {
     pub builder: BuilderId,
     pub name: String,
+    /// The labels the operator gave the builder, as stored.
+    pub labels: Labels,
     pub session: SessionHandle,
 }
 
@@ -460,7 +467,9 @@ impl Handler<Register> for Scheduler {
             session: msg.session,
             name: msg.name,
             recipes: HashSet::new(),
-            labels: Labels::new(),
+            labels: effective_labels(&msg.labels, &Labels::new()),
+            operator_labels: msg.labels,
+            declared_labels: Labels::new(),
             max_concurrent: 0,
             credits: 0,
             active: HashSet::new(),
@@ -540,7 +549,12 @@ impl Handler<SetCapabilities> for Scheduler {
         if let Some(slot) = self.slot(msg.builder, msg.session) {
             let caps = msg.capabilities;
             slot.recipes = caps.recipes.into_iter().map(|r| r.name).collect();
-            slot.labels = caps.labels;
+            let ignored = ignored_labels(&slot.operator_labels, &caps.labels);
+            if !ignored.is_empty() {
+                tracing::info!(builder = %msg.builder, ?ignored, "declared labels the operator did not allow are not matched");
+            }
+            slot.labels = effective_labels(&slot.operator_labels, &caps.labels);
+            slot.declared_labels = caps.labels;
             slot.max_concurrent = caps.max_concurrent_jobs;
         }
     }
@@ -1030,6 +1044,9 @@ pub struct LiveBuilder {
     pub credits: u32,
     pub paused: bool,
     pub draining: bool,
+    /// What the builder announced, and what matching uses of it with the operator's labels.
+    pub declared_labels: Labels,
+    pub effective_labels: Labels,
 }
 
 #[derive(Message)]
@@ -1054,6 +1071,8 @@ impl Handler<LiveBuilders> for Scheduler {
                         credits: slot.credits,
                         paused: slot.paused,
                         draining: slot.draining,
+                        declared_labels: slot.declared_labels.clone(),
+                        effective_labels: slot.labels.clone(),
                     };
                     (*id, live)
                 })

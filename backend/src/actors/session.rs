@@ -312,6 +312,7 @@ impl BuilderSession {
                         this.ctx.scheduler.do_send(Register {
                             builder: builder.id,
                             name: builder.name.clone(),
+                            labels: builder.labels.clone(),
                             session: SessionHandle {
                                 id: this.id,
                                 push: ctx.address().recipient(),

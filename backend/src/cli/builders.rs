@@ -123,6 +123,7 @@ async fn list(api: &Api, json: bool) -> Result<Outcome, CliError> {
         "JOBS",
         "RECIPES",
         "LABELS",
+        "DECLARED",
         "LAST SEEN",
         "FINGERPRINT",
     ]);
@@ -141,6 +142,10 @@ async fn list(api: &Api, json: bool) -> Result<Outcome, CliError> {
                 .filter(|l| !l.recipes.is_empty())
                 .map_or_else(|| "-".to_owned(), |l| l.recipes.join(",")),
             pairs(&b.labels),
+            b.live
+                .as_ref()
+                .filter(|l| !l.declared_labels.is_empty())
+                .map_or_else(|| "-".to_owned(), |l| pairs(&l.declared_labels)),
             or_dash(b.last_seen_at.map(age)),
             b.fingerprint.clone(),
         ]);

@@ -31,6 +31,8 @@ pub struct LiveView {
     pub paused: bool,
     #[serde(default)]
     pub draining: bool,
+    #[serde(default)]
+    pub declared_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -178,7 +178,7 @@ pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
         h1 { "Builders" }
         div.table-wrap {
             table {
-                thead { tr { th { "Name" } th { "Status" } th { "Recipes" } th { "Labels" } th { "Load" } th { "Last seen" } th { "Fingerprint" } th {} } }
+                thead { tr { th { "Name" } th { "Status" } th { "Recipes" } th { "Labels (operator)" } th { "Declared" } th { "Load" } th { "Last seen" } th { "Fingerprint" } th {} } }
                 tbody {
                     @for b in &builders {
                         @let l = live.get(&b.id);
@@ -193,7 +193,16 @@ pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
                                 } @else { span.state.state-offline { "offline" } }
                             }
                             td.mono { @if let Some(l) = l { (l.recipes.join(", ")) } @else { span.muted { "—" } } }
-                            td.mono { (b.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")) }
+                            td.mono { (pairs(&b.labels)) }
+                            td.mono {
+                                @match l {
+                                    Some(l) if !l.declared_labels.is_empty() => {
+                                        (pairs(&l.declared_labels))
+                                        @if l.effective_labels != b.labels { br; span.muted { "matched as " (pairs(&l.effective_labels)) } }
+                                    }
+                                    _ => span.muted { "—" },
+                                }
+                            }
                             td { @if let Some(l) = l { (l.active_jobs) " / " (l.max_concurrent) } @else { span.muted { "—" } } }
                             td { @if let Some(t) = b.last_seen_at { (format_time(t)) } @else { span.muted { "never" } } }
                             td.mono { (b.fingerprint) }
@@ -206,7 +215,7 @@ pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
                             }
                         }
                     }
-                    @if builders.is_empty() { tr { td colspan="8" .muted { "No builders admitted yet." } } }
+                    @if builders.is_empty() { tr { td colspan="9" .muted { "No builders admitted yet." } } }
                 }
             }
         }
@@ -435,4 +444,13 @@ pub async fn submit() -> HttpResponse {
         }
     };
     layout("Submit", body)
+}
+
+/// Labels as `k=v, k=v`.
+fn pairs(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -45,7 +45,10 @@ pub use enrolment::{EnrolmentError, EnrolmentToken, EnrolmentTokenId};
 pub use error::StoreError;
 pub use ids::{ApiTokenId, Attempt, BuilderId, JobId};
 pub use jobs::{Job, JobEvent, JobFilter, NewJob};
-pub use labels::{satisfies as labels_satisfy, Labels};
+pub use labels::{
+    effective as effective_labels, ignored as ignored_labels, satisfies as labels_satisfy, Labels,
+    ANY_VALUE as ANY_LABEL_VALUE,
+};
 pub use leases::{RenewedLease, Requeued};
 pub use logs::{LogChunk, NewLogChunk};
 pub use migrations::{pending_migrations, revert_all_migrations, run_migrations};
