@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use buildfleet_backend::cli;
-use buildfleet_backend::config::{ServeArgs, ServerConfig};
+use buildfleet_backend::config::{ServeArgs, ServerConfig, SERVE_AFTER_HELP};
 use buildfleet_backend::server;
 use buildfleet_backend::store;
 use clap::{Parser, Subcommand};
@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "buildfleet",
     version,
-    about = "Buildfleet backend: job queue, builder sessions, API"
+    about = "Buildfleet backend: job queue, builder sessions, API",
+    after_help = SERVE_AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,6 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the backend (the default when no command is given).
+    #[command(after_help = SERVE_AFTER_HELP)]
     Serve(ServeArgs),
     /// Apply or revert database migrations.
     Migrate {

@@ -45,6 +45,12 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     ParseFile { path: PathBuf, message: String },
+    #[error("invalid path for {what} {path:?}: {source}")]
+    Path {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid docker setting {field}: {reason}")]
     Docker { field: &'static str, reason: String },
     #[error("the docker strategy needs an image: pass --docker-image, set BUILDFLEET_DOCKER_IMAGE, put `image` under [strategy], or give every recipe an `image`")]
@@ -130,7 +136,9 @@ pub enum StrategyKind {
     Docker,
 }
 
-/// Resolved, validated configuration of a running builder.
+/// Resolved, validated configuration of a running builder. Every path in it is absolute:
+/// builds run with their job directory as working directory, so a relative work dir would
+/// point somewhere else for them.
 #[derive(Debug, Clone)]
 pub struct BuilderConfig {
     /// Full WebSocket URL of the connect endpoint.
@@ -160,11 +168,11 @@ impl BuilderConfig {
     ) -> Result<Self, ConfigError> {
         Ok(BuilderConfig {
             connect_url: connect_url(backend_url)?,
-            key_path: key_path.into(),
+            key_path: absolute("key", key_path.into())?,
             name: validated_name(name)?,
             labels: BTreeMap::new(),
             max_concurrent_jobs: 1,
-            work_dir: work_dir.into(),
+            work_dir: absolute("work dir", work_dir.into())?,
             recipes: RecipeBook::with_builtins(Vec::new())?,
             strategy: Strategy::Process,
             offline: false,
@@ -299,12 +307,18 @@ pub struct ToolchainEnv {
 
 impl ToolchainEnv {
     pub fn from_process_env() -> Self {
-        let mut cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from);
+        // Made absolute: builds run in their job directory, not the builder's.
+        let from_env = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .and_then(|v| std::path::absolute(v).ok())
+        };
+        let mut cargo_home = from_env("CARGO_HOME");
         if cargo_home.is_none() {
             // Cargo's own default, made explicit because builds get HOME = their job dir.
             cargo_home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo"));
         }
-        let mut rustup_home = std::env::var_os("RUSTUP_HOME").map(PathBuf::from);
+        let mut rustup_home = from_env("RUSTUP_HOME");
         if rustup_home.is_none() {
             rustup_home = std::env::var_os("HOME")
                 .map(|h| Path::new(&h).join(".rustup"))
@@ -366,7 +380,7 @@ impl RunArgs {
     /// Reads the config file (if any) and merges it under the flags and environment.
     pub fn resolve(&self) -> Result<BuilderConfig, ConfigError> {
         let file = match &self.config {
-            Some(path) => parse_config_file(path)?,
+            Some(path) => parse_config_file(&absolute("config file", path.clone())?)?,
             None => FileConfig::default(),
         };
         self.merge(file)
@@ -414,6 +428,10 @@ impl RunArgs {
             .strategy
             .map(FileStrategy::docker_settings)
             .unwrap_or_else(|| DockerSettings::with_image(None));
+        // A bare name is looked up in PATH; only a path with a directory part is resolved.
+        if docker.docker_bin.components().count() > 1 {
+            docker.docker_bin = absolute("docker_bin", docker.docker_bin)?;
+        }
         if let Some(image) = &self.docker_image {
             docker.image = Some(image.clone());
         }
@@ -430,23 +448,36 @@ impl RunArgs {
 
         Ok(BuilderConfig {
             connect_url: connect_url(&backend_url)?,
-            key_path,
+            key_path: absolute("key", key_path)?,
             name: validated_name(&name)?,
             labels,
             max_concurrent_jobs,
-            work_dir: self
-                .work_dir
-                .clone()
-                .or(file.work_dir)
-                .unwrap_or_else(|| std::env::temp_dir().join("buildfleet-builder")),
+            work_dir: absolute(
+                "work dir",
+                self.work_dir
+                    .clone()
+                    .or(file.work_dir)
+                    .unwrap_or_else(|| std::env::temp_dir().join("buildfleet-builder")),
+            )?,
             recipes,
             strategy,
             offline: self.offline.or(file.offline).unwrap_or(false),
-            ca_cert: self.ca_cert.clone().or(file.ca_cert),
+            ca_cert: self
+                .ca_cert
+                .clone()
+                .or(file.ca_cert)
+                .map(|path| absolute("CA certificate", path))
+                .transpose()?,
             limits: file.limits,
             toolchain: ToolchainEnv::from_process_env(),
         })
     }
+}
+
+/// `path` made absolute against the working directory at start (no file system access, so
+/// a work dir that does not exist yet is fine).
+fn absolute(what: &'static str, path: PathBuf) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(&path).map_err(|source| ConfigError::Path { what, path, source })
 }
 
 fn parse_config_file(path: &Path) -> Result<FileConfig, ConfigError> {

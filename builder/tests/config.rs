@@ -1,8 +1,9 @@
 //! Configuration from flags, environment variables and a TOML file, with clear errors.
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use buildfleet_builder::config::{Cli, Command, ConfigError, RunArgs, Strategy};
+use buildfleet_builder::config::{BuilderConfig, Cli, Command, ConfigError, RunArgs, Strategy};
 use clap::Parser;
 
 fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
@@ -213,4 +214,86 @@ fn bad_files_give_clear_errors() {
     let file = config_file(text);
     let err = resolve_err(&["--config", file.path().to_str().unwrap()]);
     assert!(err.to_string().contains("memory"), "{err}");
+}
+
+/// Builds run with their job directory as working directory, so every path the builder was
+/// given relative to where it started must be resolved then (the README's first build
+/// failed with a relative work dir: the build wrote its output beside the wrong directory).
+#[test]
+fn relative_paths_resolve_against_the_working_directory_at_start() {
+    let cwd = std::env::current_dir().unwrap();
+    let config = parse(&[
+        "--backend-url",
+        "ws://127.0.0.1:8000",
+        "--name",
+        "relative",
+        "--key",
+        "keys/id_ed25519",
+        "--work-dir",
+        "work",
+        "--ca-cert",
+        "tls/ca.pem",
+    ])
+    .unwrap()
+    .resolve()
+    .unwrap();
+    assert_eq!(config.key_path, cwd.join("keys/id_ed25519"));
+    assert_eq!(config.work_dir, cwd.join("work"));
+    assert_eq!(config.ca_cert, Some(cwd.join("tls/ca.pem")));
+
+    // The same from the file; a bare docker binary name stays a PATH lookup.
+    let file = config_file(
+        "backend_url = \"ws://127.0.0.1:8000\"\nname = \"relative\"\nkey = \"k/id\"\n\
+         work_dir = \"./w\"\nca_cert = \"ca.pem\"\n\
+         [strategy]\nkind = \"docker\"\nimage = \"rust:1\"\ndocker_bin = \"bin/docker\"\n",
+    );
+    let config = parse(&["--config", file.path().to_str().unwrap()])
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(config.key_path, cwd.join("k/id"));
+    assert_eq!(config.work_dir, cwd.join("w"));
+    assert_eq!(config.ca_cert, Some(cwd.join("ca.pem")));
+    match config.strategy {
+        Strategy::Docker(docker) => assert_eq!(docker.docker_bin, cwd.join("bin/docker")),
+        other => panic!("expected the docker strategy, got {other:?}"),
+    }
+    let file = config_file(
+        "backend_url = \"ws://127.0.0.1:8000\"\nname = \"relative\"\nkey = \"/k\"\n\
+         [strategy]\nkind = \"docker\"\nimage = \"rust:1\"\ndocker_bin = \"docker\"\n",
+    );
+    let config = parse(&["--config", file.path().to_str().unwrap()])
+        .unwrap()
+        .resolve()
+        .unwrap();
+    match config.strategy {
+        Strategy::Docker(docker) => assert_eq!(docker.docker_bin, PathBuf::from("docker")),
+        other => panic!("expected the docker strategy, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_embedded_builder_config_has_absolute_paths() {
+    let cwd = std::env::current_dir().unwrap();
+    let config = BuilderConfig::new("ws://127.0.0.1:8000", "key", "embedded", "work").unwrap();
+    assert_eq!(config.key_path, cwd.join("key"));
+    assert_eq!(config.work_dir, cwd.join("work"));
+}
+
+#[test]
+fn an_empty_path_is_a_clear_error() {
+    let file = config_file(
+        "backend_url = \"ws://127.0.0.1:8000\"\nname = \"empty\"\nkey = \"/k\"\nwork_dir = \"\"\n",
+    );
+    let err = resolve_err(&["--config", file.path().to_str().unwrap()]);
+    assert!(
+        matches!(
+            err,
+            ConfigError::Path {
+                what: "work dir",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
