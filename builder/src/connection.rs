@@ -29,6 +29,8 @@ use crate::BuilderError;
 /// First reconnect delay; doubles per failed attempt up to [`BACKOFF_MAX`].
 pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest `retry_after_ms` honoured: a bogus value must not park the builder for good.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Dialing plus the handshake must finish within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the connection checks that the backend is still heard from.
@@ -180,11 +182,16 @@ impl Connection {
 
     /// Drops the current socket (if any) and schedules the next attempt.
     fn retry(&mut self, reason: &str, ctx: &mut Context<Self>) {
+        self.retry_no_sooner_than(reason, Duration::ZERO, ctx);
+    }
+
+    /// Like [`Connection::retry`], but waits at least `floor` (a backend's retry-after).
+    fn retry_no_sooner_than(&mut self, reason: &str, floor: Duration, ctx: &mut Context<Self>) {
         self.drop_socket(ctx);
         if self.closing {
             return;
         }
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.next_delay().max(floor);
         tracing::warn!(
             reason,
             retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -279,6 +286,12 @@ impl Connection {
                         "the backend does not admit this builder; an operator must admit (or enable) this key. Retrying."
                     );
                     self.retry("authentication rejected", ctx);
+                }
+                ErrorCode::TooManyAttempts => {
+                    tracing::warn!(reason = %rejected.reason, retry_after_ms = ?rejected.retry_after_ms, "authentication throttled");
+                    let floor = Duration::from_millis(rejected.retry_after_ms.unwrap_or(0))
+                        .min(MAX_RETRY_AFTER);
+                    self.retry_no_sooner_than("authentication throttled", floor, ctx);
                 }
                 code => {
                     tracing::warn!(code = code.as_str(), reason = %rejected.reason, "authentication rejected");
@@ -380,6 +393,11 @@ impl Handler<CloseConnection> for Connection {
 
 impl StreamHandler<Result<Frame, WsProtocolError>> for Connection {
     fn handle(&mut self, item: Result<Frame, WsProtocolError>, ctx: &mut Self::Context) {
+        // A dropped socket's stream still delivers what one poll already read (a close after
+        // `auth_rejected`, say): that must not schedule a second, earlier reconnect.
+        if self.phase == Phase::Disconnected {
+            return;
+        }
         self.last_heard = Instant::now();
         match item {
             Ok(Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
@@ -408,7 +426,10 @@ impl StreamHandler<Result<Frame, WsProtocolError>> for Connection {
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
-        // The current stream's end (cancelled old streams never get here).
+        if self.phase == Phase::Disconnected {
+            // The end of a stream already dropped in the same poll.
+            return;
+        }
         self.stream = None;
         self.retry("the connection closed", ctx);
     }

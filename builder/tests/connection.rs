@@ -73,6 +73,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                         ServerMessage::AuthRejected(AuthRejected {
                             code: ErrorCode::UnknownBuilder,
                             reason: "unknown".into(),
+                            retry_after_ms: None,
                         }),
                     );
                     return ctx.close(None);

@@ -112,6 +112,10 @@ pub struct SessionSettings {
 pub struct AuthRejected {
     pub code: ErrorCode,
     pub reason: String,
+    /// With `too_many_attempts`: do not try again (with this key, or from this address for
+    /// an unknown key) for at least this long. Optional within protocol version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -238,8 +238,14 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             settings,
         })
     });
-    let auth_rejected = (error_code(), text())
-        .prop_map(|(code, reason)| ServerMessage::AuthRejected(AuthRejected { code, reason }));
+    let auth_rejected =
+        (error_code(), text(), any::<Option<u64>>()).prop_map(|(code, reason, retry_after_ms)| {
+            ServerMessage::AuthRejected(AuthRejected {
+                code,
+                reason,
+                retry_after_ms,
+            })
+        });
     let action = prop_oneof![
         any::<u64>().prop_map(|next_seq| ResumeAction::Continue { next_seq }),
         text().prop_map(|reason| ResumeAction::Cancel { reason }),

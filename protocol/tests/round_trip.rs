@@ -276,3 +276,48 @@ fn optional_fields_may_be_omitted() {
     };
     assert_eq!((r.exit_status, r.error, r.plan), (None, None, None));
 }
+
+#[test]
+fn auth_rejected_round_trips_with_and_without_retry_after() {
+    let throttled = ServerMessage::AuthRejected(AuthRejected {
+        code: ErrorCode::TooManyAttempts,
+        reason: "too many failed attempts with this key".into(),
+        retry_after_ms: Some(41_250),
+    });
+    let text = throttled.to_json();
+    assert_eq!(as_value(&text)["retry_after_ms"], 41_250, "{text}");
+    assert_eq!(
+        ServerMessage::decode(&text, DEFAULT_MAX_FRAME_BYTES).unwrap(),
+        throttled
+    );
+
+    // Absent when unset, so frames of other codes look exactly as before the field existed.
+    let plain = ServerMessage::AuthRejected(AuthRejected {
+        code: ErrorCode::AuthFailed,
+        reason: "bad signature".into(),
+        retry_after_ms: None,
+    });
+    let text = plain.to_json();
+    assert_eq!(
+        as_value(&text),
+        json!({"type": "auth_rejected", "code": "auth_failed", "reason": "bad signature"})
+    );
+    assert_eq!(
+        ServerMessage::decode(&text, DEFAULT_MAX_FRAME_BYTES).unwrap(),
+        plain
+    );
+
+    // A frame of an older backend, without the field, still decodes; so does an explicit null.
+    for text in [
+        r#"{"type":"auth_rejected","code":"too_many_attempts","reason":"later"}"#,
+        r#"{"type":"auth_rejected","code":"too_many_attempts","reason":"later","retry_after_ms":null}"#,
+    ] {
+        let ServerMessage::AuthRejected(rejected) =
+            ServerMessage::decode(text, DEFAULT_MAX_FRAME_BYTES).unwrap()
+        else {
+            panic!("not auth_rejected: {text}");
+        };
+        assert_eq!(rejected.code, ErrorCode::TooManyAttempts);
+        assert_eq!(rejected.retry_after_ms, None);
+    }
+}

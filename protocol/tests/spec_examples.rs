@@ -364,3 +364,28 @@ fn the_signed_examples_verify() {
         "the statement text block differs from the signed example"
     );
 }
+
+#[test]
+fn the_too_many_attempts_example_carries_its_retry_after() {
+    let throttled: Vec<_> = examples(&spec())
+        .into_iter()
+        .filter_map(|e| match e {
+            Example::Server(ServerMessage::AuthRejected(r), _)
+                if r.code == ErrorCode::TooManyAttempts =>
+            {
+                Some(r)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !throttled.is_empty(),
+        "docs/protocol.md shows no auth_rejected{{too_many_attempts}}"
+    );
+    for rejected in throttled {
+        assert!(
+            rejected.retry_after_ms.is_some_and(|ms| ms > 0),
+            "{rejected:?}"
+        );
+    }
+}

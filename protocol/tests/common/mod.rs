@@ -264,6 +264,7 @@ pub fn server_samples() -> Vec<ServerMessage> {
         samples.push(ServerMessage::AuthRejected(AuthRejected {
             code,
             reason: message.clone(),
+            retry_after_ms: (code == ErrorCode::TooManyAttempts).then_some(42_000),
         }));
         samples.push(ServerMessage::Error(ErrorFrame {
             code,
