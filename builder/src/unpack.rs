@@ -5,11 +5,15 @@
 //! symlink; symlink targets are relative, may start with `..` components that stay within
 //! the tree, and have no `..` afterwards; hard-link targets are plain relative paths;
 //! only files, directories and links are allowed (no devices, FIFOs or sparse files);
-//! entry count and total size are bounded.
+//! entry count and total size are bounded, and so is everything else read between two
+//! files' data (headers, long names, extended and global headers, data of entries that
+//! are not files), which the tar crate would otherwise read into memory or skip unbounded.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use buildfleet_protocol::BuildErrorKind;
 use tar::EntryType;
@@ -28,6 +32,11 @@ pub enum UnpackError {
     TooManyEntries(u64),
     #[error("unsafe archive: unpacks to more than {0} bytes")]
     TooLarge(u64),
+    #[error(
+        "unsafe archive: more than {0} bytes of headers, long names or extended headers \
+         before an entry"
+    )]
+    HeaderTooLarge(u64),
     #[error("cannot read the archive: {0}")]
     Read(std::io::Error),
     #[error("cannot unpack entry {path:?}: {source}")]
@@ -55,6 +64,37 @@ pub struct Unpacked {
     pub root: PathBuf,
 }
 
+/// What the tar stream may hold between the end of one file's data and the start of the
+/// next entry's data: its header, long name and link records, extended (pax) headers,
+/// global headers and the data of entries that are not regular files. Real archives need a
+/// few KiB (a long name is at most `PATH_MAX`); the tar crate reads long names and extended
+/// headers into memory whole, so without this bound one record of gzipped zeros could make
+/// it allocate gigabytes, and skipped data would cost unbounded decompression.
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+
+/// The decompressed archive, with a moving end: [`unpack`] lets the tar crate read the
+/// current file's data plus [`MAX_HEADER_BYTES`], no further.
+struct Bounded<R> {
+    inner: R,
+    read: u64,
+    end: Rc<Cell<u64>>,
+    hit: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let room = self.end.get().saturating_sub(self.read);
+        if room == 0 && !buf.is_empty() {
+            self.hit.set(true);
+            return Err(std::io::Error::other("archive header bytes over the limit"));
+        }
+        let take = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..take])?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// Unpacks `archive` into the existing directory `dest`; on error `dest` may hold a
 /// partial tree, which the caller removes with the job directory.
 pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpacked, UnpackError> {
@@ -67,6 +107,22 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
     } else {
         Box::new(BufReader::new(file))
     };
+    let end = Rc::new(Cell::new(MAX_HEADER_BYTES));
+    let hit = Rc::new(Cell::new(false));
+    let reader = Bounded {
+        inner: reader,
+        read: 0,
+        end: end.clone(),
+        hit: hit.clone(),
+    };
+    // A read refused by `Bounded` reaches us as the tar crate's error; tell it apart.
+    let read_error = |e| {
+        if hit.get() {
+            UnpackError::HeaderTooLarge(MAX_HEADER_BYTES)
+        } else {
+            UnpackError::Read(e)
+        }
+    };
     let mut tar = tar::Archive::new(reader);
     tar.set_preserve_permissions(false);
     tar.set_unpack_xattrs(false);
@@ -74,8 +130,25 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
 
     let mut entries = 0u64;
     let mut bytes = 0u64;
-    for entry in tar.entries().map_err(UnpackError::Read)? {
-        let mut entry = entry.map_err(UnpackError::Read)?;
+    for entry in tar.entries().map_err(read_error)? {
+        let mut entry = entry.map_err(read_error)?;
+        // Only a regular file's data counts as data (it is bounded by the size limit
+        // below); anything else up to the next entry's data counts as header.
+        let is_file = matches!(
+            entry.header().entry_type(),
+            EntryType::Regular | EntryType::Continuous
+        );
+        let data = if is_file {
+            entry.size().saturating_add(511) / 512 * 512
+        } else {
+            0
+        };
+        end.set(
+            entry
+                .raw_file_position()
+                .saturating_add(data)
+                .saturating_add(MAX_HEADER_BYTES),
+        );
         entries += 1;
         if entries > limits.max_entries {
             return Err(UnpackError::TooManyEntries(limits.max_entries));
@@ -130,9 +203,15 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
             }
         }
 
-        let unpacked = entry.unpack_in(dest).map_err(|source| UnpackError::Write {
-            path: shown.clone(),
-            source,
+        let unpacked = entry.unpack_in(dest).map_err(|source| {
+            if hit.get() {
+                UnpackError::HeaderTooLarge(MAX_HEADER_BYTES)
+            } else {
+                UnpackError::Write {
+                    path: shown.clone(),
+                    source,
+                }
+            }
         })?;
         if !unpacked {
             return Err(unsafe_entry("the path leaves the archive"));

@@ -298,3 +298,79 @@ fn a_plain_tar_and_garbage_are_told_apart() {
     let err = unpack(&archive, &dest, LIMITS).unwrap_err();
     assert_eq!(err.kind(), BuildErrorKind::UnsafeArchive, "{err}");
 }
+
+/// A gzipped archive of GNU-format entries (type, name, data), so that the tar crate treats
+/// `L` (long name), `x` (extended header) and `g` (global header) records as such.
+fn gnu_archive(entries: &[(EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for (kind, path, data) in entries {
+        let mut header = Header::new_gnu();
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        if *kind == EntryType::Symlink {
+            header.set_link_name("f").unwrap();
+        }
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.set_entry_type(*kind);
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+        tar.extend_from_slice(data);
+        tar.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+    }
+    tar.extend(std::iter::repeat_n(0u8, 1024));
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap()
+}
+
+fn unpack_bytes(bytes: &[u8]) -> Result<buildfleet_builder::unpack::Unpacked, UnpackError> {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("source.archive");
+    std::fs::write(&archive, bytes).unwrap();
+    let dest = dir.path().join("src");
+    std::fs::create_dir(&dest).unwrap();
+    unpack(&archive, &dest, LIMITS)
+}
+
+#[test]
+fn oversized_header_records_are_refused_before_they_are_read() {
+    use buildfleet_builder::unpack::MAX_HEADER_BYTES;
+    // 32 MiB of one byte compresses to about 32 KiB. The tar crate reads a long name or an
+    // extended header into memory whole, and skips a global header's data: none of it
+    // counted against the size limit, so a small archive could make the builder allocate
+    // or decompress gigabytes.
+    let big = vec![b'x'; 32 << 20];
+    for (kind, what) in [
+        (EntryType::GNULongName, "a long name"),
+        (EntryType::XHeader, "an extended header"),
+        (EntryType::XGlobalHeader, "a global header"),
+        (EntryType::Directory, "data on a directory entry"),
+        (EntryType::Symlink, "data on a symlink entry"),
+    ] {
+        let archive = gnu_archive(&[(kind, "pkg/x", &big), (EntryType::Regular, "pkg/f", b"f")]);
+        assert!(archive.len() < 256 * 1024, "{what}: {}", archive.len());
+        let result = unpack_bytes(&archive);
+        assert!(
+            matches!(result, Err(UnpackError::HeaderTooLarge(MAX_HEADER_BYTES))),
+            "{what}: {result:?}"
+        );
+        assert_unsafe(result, what);
+    }
+
+    // Real long names and extended headers are far below the bound and still work.
+    let name = format!("pkg/{}long.rs", "sub/".repeat(75));
+    let archive = gnu_archive(&[
+        (
+            EntryType::XGlobalHeader,
+            "pax_global_header",
+            b"22 comment=a global\n",
+        ),
+        (EntryType::GNULongName, "././@LongLink", name.as_bytes()),
+        (EntryType::Regular, "pkg/short", b"long"),
+        (EntryType::XHeader, "pkg/PaxHeader", b"17 path=pkg/p.rs\n"),
+        (EntryType::Regular, "pkg/q.rs", b"pax"),
+    ]);
+    let unpacked = unpack_bytes(&archive).expect("an archive with a long name and pax records");
+    assert!(unpacked.root.ends_with("pkg"));
+}
