@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::connection::ReconnectPolicy;
 use crate::recipes::{RecipeBook, RecipeConfig, RecipeError};
 
 /// The path the builder appends to the backend URL.
@@ -55,6 +56,8 @@ pub enum ConfigError {
     Docker { field: &'static str, reason: String },
     #[error("the docker strategy needs an image: pass --docker-image, set BUILDFLEET_DOCKER_IMAGE, put `image` under [strategy], or give every recipe an `image`")]
     DockerImage,
+    #[error("invalid [reconnect] setting {field}: {reason}")]
+    Reconnect { field: &'static str, reason: String },
     #[error(transparent)]
     Recipe(#[from] RecipeError),
 }
@@ -155,6 +158,8 @@ pub struct BuilderConfig {
     pub ca_cert: Option<PathBuf>,
     pub limits: Limits,
     pub toolchain: ToolchainEnv,
+    /// Backoff between connection attempts (the `[reconnect]` table of the file).
+    pub reconnect: ReconnectPolicy,
 }
 
 impl BuilderConfig {
@@ -179,6 +184,7 @@ impl BuilderConfig {
             ca_cert: None,
             limits: Limits::default(),
             toolchain: ToolchainEnv::from_process_env(),
+            reconnect: ReconnectPolicy::default(),
         })
     }
 }
@@ -349,7 +355,56 @@ struct FileConfig {
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
+    reconnect: FileReconnect,
+    #[serde(default)]
     recipes: Vec<RecipeConfig>,
+}
+
+/// `[reconnect]`, in milliseconds; unset fields keep [`ReconnectPolicy::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReconnect {
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    replaced_backoff_ms: Option<u64>,
+    healthy_after_ms: Option<u64>,
+}
+
+impl FileReconnect {
+    fn policy(&self) -> Result<ReconnectPolicy, ConfigError> {
+        let defaults = ReconnectPolicy::default();
+        let ms =
+            |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+        let policy = ReconnectPolicy {
+            initial_backoff: ms(self.initial_backoff_ms, defaults.initial_backoff),
+            max_backoff: ms(self.max_backoff_ms, defaults.max_backoff),
+            replaced_backoff: ms(self.replaced_backoff_ms, defaults.replaced_backoff),
+            healthy_after: ms(self.healthy_after_ms, defaults.healthy_after),
+        };
+        // A zero delay would redial in a tight loop: exactly what the backoff prevents.
+        if policy.initial_backoff.is_zero() {
+            return Err(ConfigError::Reconnect {
+                field: "initial_backoff_ms",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if policy.max_backoff < policy.initial_backoff {
+            return Err(ConfigError::Reconnect {
+                field: "max_backoff_ms",
+                reason: format!(
+                    "must not be below initial_backoff_ms ({})",
+                    policy.initial_backoff.as_millis()
+                ),
+            });
+        }
+        if policy.replaced_backoff.is_zero() {
+            return Err(ConfigError::Reconnect {
+                field: "replaced_backoff_ms",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(policy)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -470,6 +525,7 @@ impl RunArgs {
                 .transpose()?,
             limits: file.limits,
             toolchain: ToolchainEnv::from_process_env(),
+            reconnect: file.reconnect.policy()?,
         })
     }
 }

@@ -147,6 +147,7 @@ pub async fn start(config: BuilderConfig) -> Result<Builder, BuilderError> {
         capabilities,
         http::client(&tls),
         supervisor.clone(),
+        config.reconnect.clone(),
     )
     .start();
     supervisor.do_send(SetConnection(connection.recipient()));
