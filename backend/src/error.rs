@@ -90,6 +90,10 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if matches!(self, ApiError::Unavailable(_)) {
+            // The database or a service restarting: a client may try again shortly.
+            response.insert_header(("Retry-After", "1"));
+        }
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
@@ -112,7 +116,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidJobToken(_) => ApiError::Unauthorized,
             StoreError::BuilderDisabled(_) => ApiError::Forbidden,
             StoreError::InvalidInput(_) => ApiError::BadRequest(e.to_string()),
-            StoreError::Pool(_) | StoreError::Connection(_) => ApiError::Unavailable(e.to_string()),
+            _ if e.is_unavailable() => ApiError::Unavailable(e.to_string()),
             _ => ApiError::Internal(e.into()),
         }
     }

@@ -110,6 +110,8 @@ fn jobs_fail_after_max_attempts_lost(db: &TestDb) {
     for round in 1..=2 {
         let claimed = claim_one(&store, alpha);
         assert_eq!(claimed.attempt, Attempt(round));
+        // Only attempts that ran count against max_attempts.
+        store.mark_running(job, claimed.attempt).expect("accept");
         clock.advance(LEASE_MS);
         let requeued = store.requeue_expired_leases(store.now_ms()).expect("sweep");
         assert_eq!(requeued.len(), 1);

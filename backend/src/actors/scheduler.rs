@@ -575,6 +575,8 @@ struct ResumePlan {
     continued: Vec<(Job, Attempt)>,
     /// Live attempts of this builder that it no longer holds.
     abandoned: Vec<(JobId, Attempt)>,
+    /// Jobs whose lost lease was forgiven; one may be queued again.
+    forgiven: Vec<JobId>,
 }
 
 fn plan_resume(
@@ -592,6 +594,7 @@ fn plan_resume(
         decisions: Vec::new(),
         continued: Vec::new(),
         abandoned: Vec::new(),
+        forgiven: Vec::new(),
     };
     let mut kept = HashSet::new();
     for h in held {
@@ -610,9 +613,17 @@ fn plan_resume(
                     next_seq: u64::try_from(stored).unwrap_or(0) + 1,
                 }
             }
-            Some(_) => ResumeAction::Cancel {
-                reason: "this attempt is no longer current".into(),
-            },
+            Some(_) => {
+                // Still holding an attempt whose lease ran out: the builder lived through
+                // it, so the loss was the network's and does not count against the job.
+                if store.forgive_lost_attempt(key.0, key.1, builder)? {
+                    tracing::info!(job = %key.0, attempt = %key.1, %builder, "lost lease forgiven: the builder came back");
+                    plan.forgiven.push(key.0);
+                }
+                ResumeAction::Cancel {
+                    reason: "this attempt is no longer current".into(),
+                }
+            }
             None => ResumeAction::Cancel {
                 reason: "no such job".into(),
             },
@@ -654,6 +665,10 @@ impl Handler<ResumeJobs> for Scheduler {
                         tracing::info!(%builder, jobs = plan.abandoned.len(), "builder no longer holds jobs; requeueing");
                     }
                     this.expire_leases(builder, plan.abandoned, ctx);
+                    if !plan.forgiven.is_empty() {
+                        // A job the refund put back in the queue goes out now, not at the sweep.
+                        this.dispatch_all(ctx);
+                    }
                     Ok(ResumeResult { jobs: plan.decisions })
                 }),
         )

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use buildfleet_protocol::Sha256Digest;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::actors::scheduler::{CancelAttempt, JobQueued};
 use crate::error::{blocking, parse_json, ApiError};
@@ -12,7 +13,7 @@ use crate::http::auth::require;
 use crate::http::AppState;
 use crate::store::{
     Artifact, AttemptPlan, BuilderId, CancelResult, Job, JobAttempt, JobEvent, JobFilter, JobId,
-    JobMode, JobState, NewJob, TokenScope,
+    JobMode, JobState, NewJob, Submission, TokenScope,
 };
 
 /// Names the attempt whose output a response carries.
@@ -103,6 +104,10 @@ pub async fn submit(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let caller = require(&req, &state, TokenScope::Submit).await?;
+    let idempotency = idempotency_key(&req)?.map(|key| {
+        let request_sha256 = buildfleet_protocol::hex::encode(&Sha256::digest(&body));
+        (key, request_sha256)
+    });
     let body: SubmitJob = parse_json(&body)?;
     if !valid_recipe_name(&body.recipe) {
         return Err(ApiError::BadRequest(
@@ -155,7 +160,7 @@ pub async fn submit(
                 format!("{public_url}/api/v1/sources/{sha256}")
             }
         };
-        Ok(store.submit_job(NewJob {
+        let new = NewJob {
             source_url,
             source_sha256: sha256,
             source_max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
@@ -167,11 +172,42 @@ pub async fn submit(
             max_attempts,
             timeout_secs: i64::try_from(timeout).unwrap_or(i64::MAX),
             submitter: caller.0,
-        })?)
+        };
+        Ok(match idempotency {
+            None => Submission::Created(store.submit_job(new)?),
+            Some((key, request_sha256)) => store.submit_job_once(new, &key, &request_sha256)?,
+        })
     })
     .await?;
-    state.scheduler.do_send(JobQueued(job.clone()));
-    Ok(HttpResponse::Created().json(job))
+    match job {
+        Submission::Created(job) => {
+            state.scheduler.do_send(JobQueued(job.clone()));
+            Ok(HttpResponse::Created().json(job))
+        }
+        Submission::Replayed(job) => Ok(HttpResponse::Ok()
+            .insert_header(("Idempotent-Replayed", "true"))
+            .json(job)),
+        Submission::KeyReused => Err(ApiError::Unprocessable(
+            "this Idempotency-Key was used for a different request".into(),
+        )),
+    }
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "Idempotency-Key: 1 to 255 visible ASCII characters (e.g. a UUID)".into(),
+            )
+        })?;
+    Ok(Some(key.to_owned()))
 }
 
 #[derive(Debug, Deserialize)]

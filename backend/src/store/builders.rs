@@ -252,7 +252,7 @@ impl Store {
     fn update_builder(
         &self,
         id: BuilderId,
-        update: impl FnOnce(&mut DbConnection) -> QueryResult<usize>,
+        mut update: impl FnMut(&mut DbConnection) -> QueryResult<usize>,
     ) -> Result<Builder, StoreError> {
         self.write(|conn| {
             if update(conn)? == 0 {

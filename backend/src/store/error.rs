@@ -81,6 +81,45 @@ impl StoreError {
         }
     }
 
+    /// The database aborted the transaction to break a deadlock or a serialisation conflict
+    /// (PostgreSQL SQLSTATE 40P01, 40001): running it again is the prescribed answer.
+    pub fn is_retryable_conflict(&self) -> bool {
+        match self {
+            StoreError::Database(DieselError::DatabaseError(
+                DatabaseErrorKind::SerializationFailure,
+                _,
+            )) => true,
+            StoreError::Database(DieselError::DatabaseError(_, info)) => {
+                info.message().contains("deadlock detected")
+            }
+            _ => false,
+        }
+    }
+
+    /// The database is unreachable or went away mid-call (a restart, a network cut, an
+    /// exhausted pool): the same request may well succeed shortly, so callers answer
+    /// "unavailable, retry" rather than "internal error".
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Pool(_) | StoreError::Connection(_) => true,
+            StoreError::Database(DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            )) => true,
+            StoreError::Database(DieselError::BrokenTransactionManager) => true,
+            StoreError::Database(DieselError::DatabaseError(_, info)) => {
+                let message = info.message();
+                message.contains("terminating connection")
+                    || message.contains("server closed the connection")
+                    || message.contains("the database system is")
+                    || message.contains("connection")
+                        && (message.contains("refused") || message.contains("reset"))
+            }
+            StoreError::BatchFailed(message) => message.contains("connection"),
+            _ => self.is_retryable_conflict(),
+        }
+    }
+
     pub(crate) fn not_found(entity: &'static str, key: impl ToString) -> Self {
         StoreError::NotFound {
             entity,

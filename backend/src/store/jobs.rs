@@ -9,7 +9,7 @@ use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::labels::{self, Labels};
-use super::schema::{job_events, jobs};
+use super::schema::{job_events, job_submissions, jobs};
 use super::state::{JobMode, JobState};
 use super::Store;
 
@@ -254,9 +254,80 @@ impl Store {
     pub fn submit_job(&self, new: NewJob) -> Result<Job, StoreError> {
         validate(&new)?;
         let now = self.now_ms();
-        let parameters = labels::encode(&new.parameters)?;
-        let required_labels = labels::encode(&new.required_labels)?;
-        self.write(|conn| {
+        self.write(|conn| insert_job(conn, &new, now))
+    }
+
+    /// Submits a job once per idempotency key: the first request with `key` creates the job,
+    /// a later one with the same request (same `request_sha256`) gets that job back, and one
+    /// with another request is refused. Keys are forgotten after [`IDEMPOTENCY_KEY_TTL_MS`].
+    pub fn submit_job_once(
+        &self,
+        new: NewJob,
+        key: &str,
+        request_sha256: &str,
+    ) -> Result<Submission, StoreError> {
+        validate(&new)?;
+        let now = self.now_ms();
+        let attempt = || {
+            self.write(|conn| {
+                diesel::delete(
+                    job_submissions::table
+                        .filter(job_submissions::created_at.lt(now - IDEMPOTENCY_KEY_TTL_MS)),
+                )
+                .execute(conn)?;
+                let earlier: Option<(String, i64)> = job_submissions::table
+                    .find(key)
+                    .select((job_submissions::request_sha256, job_submissions::job_id))
+                    .first(conn)
+                    .optional()?;
+                if let Some((hash, job)) = earlier {
+                    return if hash == request_sha256 {
+                        Ok(Submission::Replayed(load_job(conn, JobId(job))?))
+                    } else {
+                        Ok(Submission::KeyReused)
+                    };
+                }
+                let job = insert_job(conn, &new, now)?;
+                diesel::insert_into(job_submissions::table)
+                    .values((
+                        job_submissions::idempotency_key.eq(key),
+                        job_submissions::request_sha256.eq(request_sha256),
+                        job_submissions::job_id.eq(job.id.0),
+                        job_submissions::created_at.eq(now),
+                    ))
+                    .execute(conn)?;
+                Ok(Submission::Created(job))
+            })
+        };
+        match attempt() {
+            // Two first requests raced on PostgreSQL: the loser finds the winner's job.
+            Err(StoreError::Database(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ))) => attempt(),
+            other => other,
+        }
+    }
+}
+
+/// How long an idempotency key of a job submission is remembered.
+pub const IDEMPOTENCY_KEY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// What [`Store::submit_job_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submission {
+    Created(Job),
+    /// The key was seen with the same request: its job, unchanged.
+    Replayed(Job),
+    /// The key was seen with a different request.
+    KeyReused,
+}
+
+fn insert_job(conn: &mut DbConnection, new: &NewJob, now: i64) -> Result<Job, StoreError> {
+    let parameters = labels::encode(&new.parameters)?;
+    let required_labels = labels::encode(&new.required_labels)?;
+    {
+        {
             let row = diesel::insert_into(jobs::table)
                 .values((
                     jobs::source_url.eq(&new.source_url),
@@ -281,9 +352,11 @@ impl Store {
             let job = Job::try_from(row)?;
             record_event(conn, job.id, job.attempt, None, JobState::Queued, now, None)?;
             Ok(job)
-        })
+        }
     }
+}
 
+impl Store {
     pub fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         match load_job(&mut *self.conn()?, id) {
             Ok(job) => Ok(Some(job)),

@@ -9,7 +9,7 @@ use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::jobs::{load_job_row, parse_column, Job};
-use super::schema::job_attempts;
+use super::schema::{job_attempts, jobs};
 use super::state::{AttemptOutcome, JobState};
 use super::transitions::{apply_transition, JobChanges};
 use super::Store;
@@ -154,6 +154,63 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The builder came back still holding an attempt whose lease ran out while it was away:
+    /// its process lived, so the loss was the network's, not a builder death. The attempt is
+    /// marked forgiven and no longer counts against `max_attempts`; a job that failed
+    /// only because of lost leases goes back to the queue if the refund leaves it budget.
+    /// Returns whether anything was refunded (once per attempt).
+    pub fn forgive_lost_attempt(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        builder: BuilderId,
+    ) -> Result<bool, StoreError> {
+        let now = self.now_ms();
+        self.write(|conn| {
+            let row = load_job_row(conn, job)?;
+            let marked = diesel::update(
+                job_attempts::table
+                    .filter(job_attempts::job_id.eq(job.0))
+                    .filter(job_attempts::attempt.eq(attempt.0))
+                    .filter(job_attempts::builder_id.eq(builder.0))
+                    .filter(job_attempts::outcome.eq(AttemptOutcome::Lost.as_str()))
+                    .filter(job_attempts::forgiven_at.is_null()),
+            )
+            .set((
+                job_attempts::forgiven_at.eq(now),
+                job_attempts::error.eq("lease expired while the builder was away; it came back"),
+            ))
+            .execute(conn)?;
+            if marked == 0 || row.failed_attempts == 0 {
+                return Ok(marked > 0);
+            }
+            let failed_attempts = row.failed_attempts - 1;
+            let state: JobState = parse_column(&row.state)?;
+            let gave_up = state == JobState::Failed
+                && row
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("builder lost"));
+            if gave_up && failed_attempts < row.max_attempts {
+                let changes = JobChanges {
+                    failed_attempts: Some(failed_attempts),
+                    finished_at: Some(None),
+                    error: Some(None),
+                    ..JobChanges::requeue(&row)
+                };
+                let detail = "a lost lease was the network's; retrying";
+                apply_transition(conn, &row, JobState::Queued, changes, now, Some(detail))?;
+            } else {
+                diesel::update(jobs::table.find(job.0))
+                    .set(jobs::failed_attempts.eq(failed_attempts))
+                    .execute(conn)?;
+            }
+            Ok(true)
+        })
+    }
+}
+
 fn expire(
     conn: &mut DbConnection,
     job: JobId,
@@ -165,10 +222,20 @@ fn expire(
     if row.attempt != attempt.0 || !state.is_active() {
         return Err(StoreError::Conflict { job });
     }
-    let failed_attempts = row.failed_attempts + 1;
+    // Only an attempt that ran counts against max_attempts: an assignment the builder never
+    // accepted (its `jobs` frame lost with a connection) did no work and is simply requeued.
+    let ran = state != JobState::Assigned;
+    let failed_attempts = row.failed_attempts + i32::from(ran);
     let (to, changes, detail) = if row.cancel_requested_at.is_some() {
         let changes = JobChanges::finish(now, Some("cancelled; builder lost".into()));
         (JobState::Cancelled, changes, "lease expired".to_owned())
+    } else if !ran {
+        let changes = JobChanges::requeue(&row);
+        (
+            JobState::Queued,
+            changes,
+            "lease expired before the builder accepted".to_owned(),
+        )
     } else if failed_attempts >= row.max_attempts {
         let error = format!("builder lost {failed_attempts} time(s); giving up");
         let changes = JobChanges {

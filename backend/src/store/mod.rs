@@ -44,7 +44,7 @@ pub use connection::{connect, Backend, DatabaseUrl, DbConnection};
 pub use enrolment::{EnrolmentError, EnrolmentToken, EnrolmentTokenId};
 pub use error::StoreError;
 pub use ids::{ApiTokenId, Attempt, BuilderId, JobId};
-pub use jobs::{Job, JobEvent, JobFilter, NewJob};
+pub use jobs::{Job, JobEvent, JobFilter, NewJob, Submission, IDEMPOTENCY_KEY_TTL_MS};
 pub use labels::{
     effective as effective_labels, ignored as ignored_labels, satisfies as labels_satisfy, Labels,
     ANY_VALUE as ANY_LABEL_VALUE,
@@ -80,6 +80,9 @@ impl std::fmt::Debug for Store {
             .finish_non_exhaustive()
     }
 }
+
+/// How often a PostgreSQL write is tried when it meets a deadlock or serialisation failure.
+const WRITE_TRIES: u64 = 4;
 
 impl Store {
     /// Opens a pool of at most `pool_size` connections to `database_url` (see
@@ -147,12 +150,26 @@ impl Store {
     /// call back into the store's write path (it would wait for itself).
     pub(crate) fn write<T>(
         &self,
-        f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+        mut f: impl FnMut(&mut DbConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         use diesel::Connection;
         match &self.writer {
             Some(writer) => writer.run(f),
-            None => (*self.conn()?).transaction(f),
+            None => {
+                // PostgreSQL may abort a transaction to break a deadlock or a serialisation
+                // conflict; the whole transaction is safe to run again, so it is, briefly.
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match (*self.conn()?).transaction(&mut f) {
+                        Err(e) if e.is_retryable_conflict() && tries < WRITE_TRIES => {
+                            tracing::debug!(error = %e, tries, "retrying a write after a conflict");
+                            std::thread::sleep(std::time::Duration::from_millis(5 * tries));
+                        }
+                        other => return other,
+                    }
+                }
+            }
         }
     }
 }

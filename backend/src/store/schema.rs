@@ -58,6 +58,7 @@ diesel::table! {
         statement -> Nullable<Text>,
         statement_signature -> Nullable<Text>,
         plan -> Nullable<Text>,
+        forgiven_at -> Nullable<BigInt>,
     }
 }
 
@@ -144,6 +145,15 @@ diesel::joinable!(job_events -> jobs (job_id));
 diesel::joinable!(log_chunks -> jobs (job_id));
 diesel::joinable!(artifacts -> jobs (job_id));
 
+diesel::table! {
+    job_submissions (idempotency_key) {
+        idempotency_key -> Text,
+        request_sha256 -> Text,
+        job_id -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     builders,
     jobs,
@@ -154,4 +164,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     sources,
     api_tokens,
     enrolment_tokens,
+    job_submissions,
 );

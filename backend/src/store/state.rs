@@ -91,7 +91,8 @@ string_enum!(
         TimedOut => "timed_out",
         /// The builder turned the assignment down.
         Rejected => "rejected",
-        /// The builder's lease ran out.
+        /// The builder's lease ran out (`forgiven_at` is set when the builder later came
+        /// back still holding it: a network loss, not counted against `max_attempts`).
         Lost => "lost",
     }
 );
@@ -117,7 +118,8 @@ impl JobState {
             (self, to),
             (Queued, Assigned | Cancelled)
                 // Rejection or lease loss sends it back; lease loss past the budget fails it.
-                | (Assigned, Running | Queued | Cancelled | Failed)
+                // A completion may overtake its accept (a work_ack lost in a crash).
+                | (Assigned, Running | Queued | Cancelled | Failed | Succeeded | TimedOut)
                 | (Running, Succeeded | Failed | Cancelled | TimedOut | Queued)
                 // Retry by an operator.
                 | (Failed | Cancelled | TimedOut, Queued)
