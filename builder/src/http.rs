@@ -58,3 +58,111 @@ pub fn client(tls: &Arc<rustls::ClientConfig>) -> awc::Client {
         .disable_timeout()
         .finish()
 }
+
+/// First wait between tries of a request to the backend; doubles up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_millis(250);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long a request is retried when the caller has no deadline.
+const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(600);
+
+/// Whether a failed request may be tried again, and how soon at the earliest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    Never,
+    /// A transient failure; the server may have said when (`Retry-After`).
+    After(Option<Duration>),
+}
+
+impl Retry {
+    /// Connect errors, resets, timeouts and broken responses are worth another try; a
+    /// request that cannot be built or a TLS setup the server refuses are not.
+    pub fn for_send_error(error: &awc::error::SendRequestError) -> Retry {
+        use awc::error::{ConnectError, SendRequestError};
+        match error {
+            SendRequestError::Url(_)
+            | SendRequestError::Http(_)
+            | SendRequestError::TunnelNotSupported
+            | SendRequestError::Connect(
+                ConnectError::SslIsNotSupported | ConnectError::Unresolved,
+            ) => Retry::Never,
+            _ => Retry::After(None),
+        }
+    }
+
+    /// 408, 429 and every 5xx are transient (a backend restarting, overloaded or without
+    /// its database); every other status is an answer.
+    pub fn for_status(
+        status: awc::http::StatusCode,
+        headers: &awc::http::header::HeaderMap,
+    ) -> Retry {
+        if status == awc::http::StatusCode::REQUEST_TIMEOUT
+            || status == awc::http::StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+        {
+            Retry::After(retry_after(headers))
+        } else {
+            Retry::Never
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by the backend, and ignored).
+fn retry_after(headers: &awc::http::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(awc::http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
+
+/// The waits between tries of one request: capped exponential backoff with jitter, at least
+/// the server's `Retry-After`, and never past the deadline (the job's).
+#[derive(Debug)]
+pub struct Retrier {
+    backoff: crate::connection::Backoff,
+    deadline: tokio::time::Instant,
+    started: tokio::time::Instant,
+    tries: u32,
+}
+
+impl Retrier {
+    pub fn new(deadline: Option<tokio::time::Instant>) -> Self {
+        let now = tokio::time::Instant::now();
+        Retrier {
+            backoff: crate::connection::Backoff::new(RETRY_FIRST, RETRY_MAX),
+            deadline: deadline.unwrap_or(now + DEFAULT_RETRY_BUDGET),
+            started: now,
+            tries: 1,
+        }
+    }
+
+    /// Tries made so far.
+    pub fn tries(&self) -> u32 {
+        self.tries
+    }
+
+    /// Time since the first try.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Sleeps before the next try and returns true; returns false at once (giving up) when
+    /// the failure is not transient or the next try could not start before the deadline.
+    pub async fn wait(&mut self, retry: Retry) -> bool {
+        let Retry::After(hint) = retry else {
+            return false;
+        };
+        let delay = self.backoff.next_delay().max(hint.unwrap_or_default());
+        if tokio::time::Instant::now() + delay >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(delay).await;
+        self.tries += 1;
+        true
+    }
+}

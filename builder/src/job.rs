@@ -126,7 +126,7 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
 
     stage(run, Stage::FetchingSource).await;
     let fetched = tokio::select! {
-        fetched = source::fetch(&env.client, &job.source, &layout.archive) => fetched,
+        fetched = source::fetch(&env.client, &job.source, &layout.archive, run.stop.deadline()) => fetched,
         reason = run.stop.stopped() => return Ended::stopped(reason, None),
     };
     if let Err(e) = fetched {
@@ -234,7 +234,7 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
         )
         .await;
         let result = tokio::select! {
-            result = upload::upload(&env.client, &job.upload_url, &job.job_token, artifact) => result,
+            result = upload::upload(&env.client, &job.upload_url, &job.job_token, artifact, run.stop.deadline()) => result,
             reason = run.stop.stopped() => return Ended::stopped(reason, exit_status),
         };
         match result {

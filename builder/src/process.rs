@@ -60,6 +60,11 @@ impl StopSignal {
         (StopHandle(tx), StopSignal { rx, deadline })
     }
 
+    /// When the job times out, if it has a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// The reason, if the job should stop now.
     pub fn current(&self) -> Option<StopReason> {
         if let Some(reason) = *self.rx.borrow() {

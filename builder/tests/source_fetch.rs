@@ -23,7 +23,7 @@ async fn fetches_and_verifies_a_source() {
         sha256: sha256(&body),
         max_bytes: 1 << 20,
     };
-    let size = fetch(&client, &spec, &dest).await.expect("fetch");
+    let size = fetch(&client, &spec, &dest, None).await.expect("fetch");
     assert_eq!(size, body.len() as u64);
     assert_eq!(std::fs::read(&dest).unwrap(), body);
 }
@@ -42,7 +42,7 @@ async fn a_source_over_the_limit_is_refused_and_removed() {
         sha256: sha256(&body),
         max_bytes: 100_000,
     };
-    let err = fetch(&client, &spec, &dest).await.unwrap_err();
+    let err = fetch(&client, &spec, &dest, None).await.unwrap_err();
     assert!(
         matches!(err, SourceError::TooLarge { limit: 100_000 }),
         "{err}"

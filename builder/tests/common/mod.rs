@@ -33,6 +33,20 @@ pub struct ServerState {
     /// Name → body received by PUT /upload/{name}.
     pub uploads: Mutex<BTreeMap<String, Vec<u8>>>,
     pub gets: AtomicUsize,
+    pub puts: AtomicUsize,
+    /// Answers given (status, `Retry-After` seconds) before any request is served, in order.
+    pub failures: Mutex<std::collections::VecDeque<(u16, Option<u64>)>>,
+}
+
+/// The next scripted failure, if any is left.
+fn scripted_failure(state: &ServerState) -> Option<HttpResponse> {
+    let (status, retry_after) = state.failures.lock().unwrap().pop_front()?;
+    let mut response =
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("a valid status"));
+    if let Some(seconds) = retry_after {
+        response.insert_header(("Retry-After", seconds.to_string()));
+    }
+    Some(response.body(format!("scripted {status}")))
 }
 
 pub struct TestServer {
@@ -46,6 +60,9 @@ pub fn sha256(bytes: &[u8]) -> Sha256Digest {
 
 async fn serve(req: HttpRequest, state: web::Data<ServerState>) -> HttpResponse {
     state.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Some(response) = scripted_failure(&state) {
+        return response;
+    }
     match state.files.lock().unwrap().get(req.path()) {
         Some(body) => HttpResponse::Ok().body(body.clone()),
         None => HttpResponse::NotFound().finish(),
@@ -58,6 +75,10 @@ async fn upload(
     body: web::Bytes,
     state: web::Data<ServerState>,
 ) -> HttpResponse {
+    state.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Some(response) = scripted_failure(&state) {
+        return response;
+    }
     let auth = req
         .headers()
         .get("authorization")
@@ -85,7 +106,11 @@ async fn upload(
 
 /// Starts the server on the current actix system.
 pub fn start_server() -> TestServer {
-    let state = Arc::new(ServerState::default());
+    start_server_on("127.0.0.1:0".parse().unwrap(), Arc::default())
+}
+
+/// Starts the server on `addr` with `state` (e.g. again after an outage).
+pub fn start_server_on(addr: std::net::SocketAddr, state: Arc<ServerState>) -> TestServer {
     let data = web::Data::from(state.clone());
     let server = HttpServer::new(move || {
         App::new()
@@ -95,8 +120,8 @@ pub fn start_server() -> TestServer {
             .default_service(web::get().to(serve))
     })
     .workers(1)
-    .bind("127.0.0.1:0")
-    .expect("bind 127.0.0.1:0");
+    .bind(addr)
+    .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     let addr = server.addrs()[0];
     actix_rt::spawn(server.run());
     TestServer {
