@@ -217,6 +217,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound("route".into()))
                 }))
         })
+        // Builders' frames are small and come back to back; Nagle would hold each behind
+        // the peer's delayed ACK (up to 40 ms).
+        .tcp_nodelay(true)
         .shutdown_timeout(10);
     let server = match tls {
         Some((cert, key)) => {

@@ -52,11 +52,32 @@ pub fn client(tls: &Arc<rustls::ClientConfig>) -> awc::Client {
     awc::Client::builder()
         .connector(
             awc::Connector::new()
+                .connector(nodelay_tcp_connector())
                 .rustls_0_23(tls.clone())
                 .timeout(Duration::from_secs(30)),
         )
         .disable_timeout()
         .finish()
+}
+
+/// awc's TCP connector with `TCP_NODELAY` set on each connection. The protocol sends small
+/// frames back to back (stage events, then `job_response`): with Nagle's algorithm each one
+/// after the first waits for the peer's delayed ACK, up to 40 ms on Linux. The backend's CLI
+/// uses it too.
+pub fn nodelay_tcp_connector() -> impl actix_service::Service<
+    actix_tls::connect::ConnectInfo<awc::http::Uri>,
+    Response = actix_tls::connect::Connection<awc::http::Uri, tokio::net::TcpStream>,
+    Error = actix_tls::connect::ConnectError,
+> + Clone {
+    use actix_service::ServiceExt as _;
+    actix_tls::connect::Connector::default().service().map(
+        |connection: actix_tls::connect::Connection<_, tokio::net::TcpStream>| {
+            if let Err(e) = connection.io_ref().set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+            connection
+        },
+    )
 }
 
 /// First wait between tries of a request to the backend; doubles up to [`RETRY_MAX`].

@@ -253,6 +253,7 @@ pub fn http_client(ca_cert: Option<&Path>) -> Result<awc::Client, CliError> {
     Ok(awc::Client::builder()
         .connector(
             awc::Connector::new()
+                .connector(buildfleet_builder::http::nodelay_tcp_connector())
                 .rustls_0_23(Arc::new(tls))
                 .timeout(CONNECT_TIMEOUT),
         )

@@ -73,7 +73,12 @@ impl TestServer {
             store: running.store.clone(),
             running: Some(running),
             config,
+            // As the CLI's: the TCP_NODELAY test checks every socket to the server.
             http: awc::Client::builder()
+                .connector(
+                    awc::Connector::new()
+                        .connector(buildfleet_builder::http::nodelay_tcp_connector()),
+                )
                 .timeout(Duration::from_secs(10))
                 .finish(),
             data_dir,
