@@ -1,5 +1,6 @@
 //! Running one command: its own process group, a clean environment, stdout and stderr
-//! streamed line by line, and stopping the whole process tree on cancel or timeout.
+//! streamed line by line, and stopping the whole process tree on cancel or timeout, or
+//! when the builder itself dies (see [`reaper`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -182,11 +183,15 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    reaper::tie_to_builder(&mut command);
     let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
         program: spec.program.clone(),
         source,
     })?;
     let group = child.id().and_then(ProcessGroup::led_by);
+    // Dropped last: whatever way this returns (or is dropped), the group is killed and the
+    // reaper forgets it.
+    let _registration = group.map(reaper::Registration);
     let mut stdout = child
         .stdout
         .take()
@@ -385,5 +390,153 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             line.push_str(TRUNCATION_MARKER);
         }
         line
+    }
+}
+
+/// Build processes die with the builder, however it dies (SIGKILL and OOM kills included),
+/// so an attempt that was given up and requeued never runs beside its successor.
+///
+/// Every job command leads its own process group. A parent-death signal alone is not
+/// enough: `PR_SET_PDEATHSIG` reaches only the process that set it (it is cleared in
+/// children at fork), so the group leader would die but `sleep 1000 &` would live on; and
+/// making the builder a child subreaper (`PR_SET_CHILD_SUBREAPER`) only changes who reaps
+/// orphans, it kills nothing when the builder dies. So the builder starts one tiny
+/// supervising shim, the reaper (`/bin/sh` running [`REAPER_SCRIPT`]), whose stdin is a
+/// pipe from the builder. Each job's group leader registers its pgid on that pipe itself,
+/// in the forked child before `exec` (so no process of the group exists unregistered); the
+/// builder deregisters the group once it has killed it. When the builder dies the kernel
+/// closes its end of the pipe, the reaper reads end-of-file and SIGKILLs every group still
+/// registered. The leader also gets `PR_SET_PDEATHSIG = SIGKILL` as a second line should
+/// the reaper be missing; it is spawned from the actor thread that runs the jobs, which
+/// lives as long as the builder (the signal fires when the forking *thread* exits).
+pub mod reaper {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::sync::OnceLock;
+
+    use crate::signals::ProcessGroup;
+
+    /// Reads `+PGID` / `-PGID` lines; at end of input kills what is still registered.
+    /// Terminal and termination signals are ignored: only the builder's end closing ends it.
+    pub const REAPER_SCRIPT: &str = r#"trap '' HUP INT TERM QUIT PIPE
+groups=' '
+while IFS= read -r line; do
+  case $line in
+    +*) groups="$groups${line#+} " ;;
+    -*) g=${line#-}
+        case $groups in *" $g "*) groups="${groups%% $g *} ${groups#* $g }" ;; esac ;;
+  esac
+done
+for g in $groups; do kill -KILL "-$g" 2>/dev/null; done
+"#;
+
+    struct Reaper {
+        stdin: ChildStdin,
+        _child: Child,
+    }
+
+    /// The builder process's reaper, started at the first job (one per process, shared by
+    /// builders embedded in one process); `None` if it could not start.
+    fn reaper() -> Option<&'static Reaper> {
+        static REAPER: OnceLock<Option<Reaper>> = OnceLock::new();
+        REAPER
+            .get_or_init(|| {
+                let started = Command::new("/bin/sh")
+                    .args(["-c", REAPER_SCRIPT])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn();
+                match started {
+                    Ok(mut child) => {
+                        let stdin = child.stdin.take()?;
+                        Some(Reaper {
+                            stdin,
+                            _child: child,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the process reaper: background processes of a job may outlive a killed builder");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// The reaper's pipe end, as a raw fd the forked child can write to.
+    fn reaper_fd() -> Option<RawFd> {
+        reaper().map(|r| r.stdin.as_raw_fd())
+    }
+
+    /// Makes the command's process register its group with the reaper and die with the
+    /// builder thread (parent-death signal) before it executes.
+    #[expect(unsafe_code, reason = "pre_exec and prctl(2) have no safe wrapper")]
+    pub fn tie_to_builder(command: &mut tokio::process::Command) {
+        let fd = reaper_fd();
+        let builder = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe calls (getpid, getppid, prctl, signal, write) on stack
+        // memory; it allocates nothing and takes no lock.
+        unsafe {
+            command.pre_exec(move || {
+                // SAFETY (each call): plain integer arguments, and `line` outlives `write`.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The builder died before the signal was armed: do not run orphaned.
+                if libc::getppid() != builder {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                if let Some(fd) = fd {
+                    let mut line = [0u8; 24];
+                    let len = format_line(b'+', libc::getpid(), &mut line);
+                    // A reaper that died must not SIGPIPE this child; the old disposition
+                    // (the default, set by std) is restored for the command.
+                    let previous = libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                    let written = libc::write(fd, line.as_ptr().cast(), len);
+                    libc::signal(libc::SIGPIPE, previous);
+                    let _ = written;
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// `+123\n` (or `-123\n`) into `buf` without allocating; returns its length.
+    fn format_line(sign: u8, pid: libc::pid_t, buf: &mut [u8; 24]) -> usize {
+        let mut digits = [0u8; 20];
+        let mut n = u64::try_from(pid).unwrap_or(0);
+        let mut count = 0;
+        loop {
+            digits[count] = b'0' + (n % 10) as u8;
+            count += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        buf[0] = sign;
+        for i in 0..count {
+            buf[1 + i] = digits[count - 1 - i];
+        }
+        buf[1 + count] = b'\n';
+        count + 2
+    }
+
+    /// A registered group: killed and deregistered when dropped.
+    pub struct Registration(pub ProcessGroup);
+
+    impl Drop for Registration {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            if let Some(reaper) = reaper() {
+                let mut line = [0u8; 24];
+                let len = format_line(b'-', self.0.id(), &mut line);
+                // One write of a short line: atomic on a pipe, however many jobs write.
+                let _ = (&reaper.stdin).write_all(&line[..len]);
+            }
+        }
     }
 }
