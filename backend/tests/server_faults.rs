@@ -21,6 +21,7 @@ server_tests! {
     a_completion_overtaking_its_accept_is_recorded,
     a_lease_lost_to_the_network_is_forgiven_when_the_builder_returns,
     an_idempotency_key_makes_a_retried_submission_return_the_same_job,
+    a_second_process_with_the_same_key_burns_no_attempt,
 }
 
 async fn admitted(server: &TestServer, name: &str) -> TestKey {
@@ -130,6 +131,56 @@ async fn a_lease_lost_to_the_network_is_forgiven_when_the_builder_returns(db: Te
         .await;
     assert_eq!(done, CompletionResult::Accepted);
     server.wait_for_state(id, "succeeded").await;
+    server.shutdown().await;
+}
+
+/// Two processes with one key (a cloned VM): the newer session wins and the older is told
+/// `session_replaced`, but the attempt the older one runs is not requeued at once: it keeps
+/// its grace period, and when that process comes back it resumes and finishes the same attempt.
+async fn a_second_process_with_the_same_key_burns_no_attempt(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let key = admitted(&server, "cloned").await;
+    let mut original = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    original.request_jobs(1);
+    let id = server.submit(json!({})).await;
+    let job = original.next_assignment().await;
+    original.accept(&job);
+    server.wait_for_state(id, "running").await;
+
+    let mut clone = BuilderClient::connect(&server.ws_url()).await;
+    clone.handshake(&key, vec![]).await;
+    original
+        .expect_error_and_close(buildfleet_protocol::ErrorCode::SessionReplaced)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = server.job(id).await;
+    assert_eq!(
+        (still["state"].as_str(), still["attempt"].as_i64()),
+        (Some("running"), Some(1)),
+        "the clone's empty resume does not requeue the other process's attempt: {still}"
+    );
+
+    let mut back = BuilderClient::connect(&server.ws_url()).await;
+    let result = back
+        .handshake(
+            &key,
+            vec![HeldJob {
+                job_id: job.job_id,
+                attempt: job.attempt,
+                last_acked_seq: None,
+                finished: false,
+            }],
+        )
+        .await;
+    assert!(
+        matches!(result.jobs[0].decision, ResumeAction::Continue { .. }),
+        "{result:?}"
+    );
+    let done = back.complete(&key, &job, Outcome::Succeeded, vec![]).await;
+    assert_eq!(done, CompletionResult::Accepted);
+    let finished = server.wait_for_state(id, "succeeded").await;
+    assert_eq!(finished["attempt"], 1, "{finished}");
+    assert_eq!(finished["failed_attempts"], 0, "{finished}");
     server.shutdown().await;
 }
 

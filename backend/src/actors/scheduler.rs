@@ -69,6 +69,9 @@ struct BuilderSlot {
     claim_again: bool,
     /// Jobs this builder rejected: how often, and until when it is not offered them again.
     rejected: HashMap<JobId, (u32, Instant)>,
+    /// This session replaced one that was still connected: maybe a second process with the
+    /// same key (a cloned VM), so attempts it does not resume may still run elsewhere.
+    took_over_live: bool,
 }
 
 impl BuilderSlot {
@@ -283,6 +286,30 @@ impl Scheduler {
         );
     }
 
+    /// Leaves attempts their reconnect grace period: they are requeued only if no session of
+    /// the builder resumes them in time.
+    fn cut_leases_to_grace(
+        &mut self,
+        builder: BuilderId,
+        refs: Vec<(JobId, Attempt)>,
+        ctx: &mut Context<Self>,
+    ) {
+        if refs.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let grace = i64::try_from(self.settings.reconnect_grace.as_millis()).unwrap_or(i64::MAX);
+        ctx.spawn(
+            blocking(move || store.renew_leases(builder, &refs, grace, store.now_ms()))
+                .into_actor(self)
+                .map(|result, _, _| {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "starting the grace period of unresumed attempts failed");
+                    }
+                }),
+        );
+    }
+
     fn release(&mut self, builder: BuilderId, job: (JobId, Attempt)) {
         if let Some(slot) = self.builders.get_mut(&builder) {
             slot.active.remove(&job);
@@ -479,12 +506,21 @@ impl Handler<Register> for Scheduler {
             claiming: false,
             claim_again: false,
             rejected: HashMap::new(),
+            took_over_live: false,
         };
+        // The newer session wins: after a network cut it is the builder's real connection
+        // while the old socket lingers half-open. The old one is told `session_replaced`; a
+        // builder backs off long after that, so two processes with one key do not ping-pong.
         match self.builders.insert(msg.builder, slot) {
-            Some(old) => old.session.close(
-                ErrorCode::SessionReplaced,
-                "a newer connection of this builder took over",
-            ),
+            Some(old) => {
+                if let Some(slot) = self.builders.get_mut(&msg.builder) {
+                    slot.took_over_live = true;
+                }
+                old.session.close(
+                    ErrorCode::SessionReplaced,
+                    "a newer connection of this builder took over; back off before reconnecting",
+                )
+            }
             None => {
                 self.metrics
                     .builders_connected
@@ -664,7 +700,15 @@ impl Handler<ResumeJobs> for Scheduler {
                     if !plan.abandoned.is_empty() {
                         tracing::info!(%builder, jobs = plan.abandoned.len(), "builder no longer holds jobs; requeueing");
                     }
-                    this.expire_leases(builder, plan.abandoned, ctx);
+                    let took_over_live = this.slot(builder, session).is_some_and(|s| s.took_over_live);
+                    if took_over_live {
+                        // The replaced session may be another live process with this key:
+                        // its attempts keep their grace period instead of being requeued at
+                        // once, so a clone's reconnect can still resume them.
+                        this.cut_leases_to_grace(builder, plan.abandoned, ctx);
+                    } else {
+                        this.expire_leases(builder, plan.abandoned, ctx);
+                    }
                     if !plan.forgiven.is_empty() {
                         // A job the refund put back in the queue goes out now, not at the sweep.
                         this.dispatch_all(ctx);
