@@ -297,3 +297,39 @@ fn an_empty_path_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn reconnect_settings_resolve_and_bad_ones_give_clear_errors() {
+    use std::time::Duration;
+    let base = "backend_url = \"ws://127.0.0.1:8000\"\nkey = \"/k\"\nname = \"n\"\n";
+    let file = config_file(&format!(
+        "{base}[reconnect]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nreplaced_backoff_ms = 45000\n"
+    ));
+    let config = parse(&["--config", file.path().to_str().unwrap()])
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(config.reconnect.initial_backoff, Duration::from_millis(100));
+    assert_eq!(config.reconnect.max_backoff, Duration::from_secs(2));
+    assert_eq!(config.reconnect.replaced_backoff, Duration::from_secs(45));
+    assert_eq!(config.reconnect.healthy_after, Duration::from_secs(10));
+
+    for (table, field) in [
+        ("initial_backoff_ms = 0", "initial_backoff_ms"),
+        (
+            "initial_backoff_ms = 500\nmax_backoff_ms = 100",
+            "max_backoff_ms",
+        ),
+        ("replaced_backoff_ms = 0", "replaced_backoff_ms"),
+    ] {
+        let file = config_file(&format!("{base}[reconnect]\n{table}\n"));
+        let err = resolve_err(&["--config", file.path().to_str().unwrap()]);
+        assert!(
+            matches!(err, ConfigError::Reconnect { field: f, .. } if f == field),
+            "{table}: {err}"
+        );
+    }
+    let file = config_file(&format!("{base}[reconnect]\nbackoff = 1\n"));
+    let err = resolve_err(&["--config", file.path().to_str().unwrap()]);
+    assert!(err.to_string().contains("backoff"), "{err}");
+}
