@@ -1,8 +1,11 @@
-//! `BuilderSession`: one actor per builder WebSocket, driving the session state machine of
-//! docs/protocol.md. This is the only module that touches actix-web-actors, so a move to
-//! actix-ws changes this file alone.
+//! `BuilderSession`: one actor per builder WebSocket. The protocol's rules (phases, held
+//! attempts, event order) live in [`machine`], without a socket; this file is the glue:
+//! WebSocket frames in, the machine's steps carried out with the other actors, frames out.
+//! It is the only module that touches actix-web-actors, so a move to actix-ws changes this
+//! file alone.
 
-use std::collections::HashMap;
+mod machine;
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,8 +16,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use buildfleet_protocol::ssh_key::PublicKey;
 use buildfleet_protocol::{
-    AuthAccepted, AuthRejected, ChallengeRequest, ClientMessage, CompletionAck, ErrorCode,
-    ErrorFrame, JobEvent, JobRef, ServerMessage, SessionSettings, PROTOCOL_VERSION,
+    AuthAccepted, AuthRejected, Cancel, CancelReason, Capabilities, ChallengeRequest,
+    ChallengeResponse, ClientMessage, CompletionAck, CompletionResult, ErrorCode, ErrorFrame,
+    HeldJob, Hello, JobEvent, JobRef, JobResponse, ResumeAction, ServerMessage, SessionSettings,
+    WorkAck, PROTOCOL_VERSION,
 };
 
 use super::admission::{Admission, UnauthenticatedSlot};
@@ -50,17 +55,6 @@ pub struct SessionContext {
     pub admission: Arc<Admission>,
 }
 
-enum State {
-    AwaitingHello,
-    /// Waiting for the Auth actor; frames arriving meanwhile are out of order.
-    Authenticating,
-    AwaitingChallengeResponse(Box<Challenge>),
-    AwaitingCapabilities,
-    AwaitingResume,
-    Ready,
-    Closing,
-}
-
 struct Identity {
     builder: BuilderId,
     public_key: PublicKey,
@@ -70,11 +64,10 @@ pub struct BuilderSession {
     id: u64,
     peer: Option<IpAddr>,
     ctx: SessionContext,
-    state: State,
+    machine: machine::Machine,
+    /// The challenge issued, until it is answered.
+    challenge: Option<Box<Challenge>>,
     identity: Option<Identity>,
-    /// Attempts this session may report on (assigned to it or continued by resume), each
-    /// with the next event sequence it expects: events must come without gaps.
-    held: HashMap<JobRef, u64>,
     last_heard: Instant,
     /// Held until authentication succeeds; counts against the unauthenticated caps.
     unauthenticated: Option<UnauthenticatedSlot>,
@@ -98,9 +91,9 @@ impl BuilderSession {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             peer,
             ctx,
-            state: State::AwaitingHello,
+            machine: machine::Machine::default(),
+            challenge: None,
             identity: None,
-            held: HashMap::new(),
             last_heard: Instant::now(),
             unauthenticated: Some(slot),
             fragments: None,
@@ -129,14 +122,11 @@ impl BuilderSession {
         }
     }
 
-    /// Attempts this session may report on from now on, each with the first event sequence
-    /// it expects; their acknowledgements come here.
-    fn hold(&mut self, jobs: Vec<(JobRef, u64)>, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Attempts this session reports on from now on: their acknowledgements come here.
+    fn register_attempts(&mut self, jobs: Vec<JobRef>, ctx: &mut ws::WebsocketContext<Self>) {
         if jobs.is_empty() {
             return;
         }
-        self.held.extend(jobs.iter().copied());
-        let jobs = jobs.into_iter().map(|(job, _)| job);
         self.ctx.log_sink.do_send(RegisterAttempts {
             session: self.id,
             ack_to: ctx.address().recipient(),
@@ -147,7 +137,14 @@ impl BuilderSession {
 
     /// This session no longer reports on the attempt.
     fn release(&mut self, job: JobRef) {
-        if self.held.remove(&job).is_some() {
+        if self.machine.release(job) {
+            self.forget(job);
+        }
+    }
+
+    /// Tells the LogSink this session no longer reports on `job` (the machine let it go).
+    fn forget(&mut self, job: JobRef) {
+        {
             // Events of it read before this point still go out first, as they always did.
             self.flush_events();
             self.ctx.log_sink.do_send(ReleaseAttempts {
@@ -168,11 +165,11 @@ impl BuilderSession {
         code: ErrorCode,
         message: impl Into<String>,
     ) {
-        if matches!(self.state, State::Closing) {
+        if self.machine.is_closing() {
             return;
         }
         let message = message.into();
-        tracing::info!(session = self.id, code = code.as_str(), %message, "closing builder session");
+        tracing::info!(session = self.id, phase = self.machine.phase().as_str(), code = code.as_str(), %message, "closing builder session");
         if code != ErrorCode::SessionReplaced && code != ErrorCode::ShuttingDown {
             self.ctx
                 .metrics
@@ -212,7 +209,7 @@ impl BuilderSession {
         code: ws::CloseCode,
         reason: &str,
     ) {
-        self.state = State::Closing;
+        self.machine.close();
         let description: String = reason.chars().take(100).collect();
         ctx.close(Some(ws::CloseReason {
             code,
@@ -234,359 +231,295 @@ impl BuilderSession {
         self.close_with(ctx, ws::CloseCode::Invalid, "text frame is not valid UTF-8");
     }
 
-    fn unexpected(&mut self, ctx: &mut ws::WebsocketContext<Self>, message: &ClientMessage) {
-        let state = match self.state {
-            State::AwaitingHello => "awaiting_hello",
-            State::Authenticating => "authenticating",
-            State::AwaitingChallengeResponse(_) => "awaiting_challenge_response",
-            State::AwaitingCapabilities => "awaiting_capabilities",
-            State::AwaitingResume => "awaiting_resume",
-            State::Ready => "ready",
-            State::Closing => "closing",
-        };
-        self.fail(
-            ctx,
-            ErrorCode::UnexpectedMessage,
-            format!("`{}` is not allowed in state {state}", message.type_name()),
-        );
-    }
-
     fn on_message(&mut self, message: ClientMessage, ctx: &mut ws::WebsocketContext<Self>) {
         if !matches!(message, ClientMessage::JobEvent(_)) {
             // Whatever this frame causes (a completion's log flush above all) comes after
             // the events read before it.
             self.flush_events();
         }
-        match (&self.state, message) {
-            (State::AwaitingHello, ClientMessage::Hello(hello)) => {
-                self.state = State::Authenticating;
-                let request = BeginAuth {
-                    hello,
-                    peer: self.peer,
-                };
-                ctx.wait(
-                    self.ctx.auth.send(request).into_actor(self).map(
-                        |reply, this, ctx| match reply {
-                            Ok(Ok(challenge)) => {
-                                let ttl = challenge
-                                    .expires_at
-                                    .saturating_duration_since(Instant::now());
-                                this.send(
-                                    ctx,
-                                    &ServerMessage::ChallengeRequest(ChallengeRequest {
-                                        challenge: challenge.challenge_hex.clone(),
-                                        backend_id: this.ctx.backend_id.to_string(),
-                                        expires_in_ms: u64::try_from(ttl.as_millis())
-                                            .unwrap_or(u64::MAX),
-                                    }),
-                                );
-                                this.state = State::AwaitingChallengeResponse(Box::new(challenge));
-                            }
-                            Ok(Err(rejection)) => this.reject(ctx, rejection),
-                            Err(_) => this.fail(
-                                ctx,
-                                ErrorCode::Internal,
-                                "authentication service unavailable",
-                            ),
+        match self.machine.on_frame(message) {
+            machine::Step::BeginAuth(hello) => self.begin_auth(hello, ctx),
+            machine::Step::CompleteAuth(response) => self.complete_auth(response, ctx),
+            machine::Step::SetCapabilities(capabilities) => self.set_capabilities(capabilities),
+            machine::Step::Resume(held) => self.resume(held, ctx),
+            machine::Step::GrantCredits(credits) => {
+                if let Some(builder) = self.builder() {
+                    self.ctx.scheduler.do_send(GrantCredits {
+                        builder,
+                        session: self.id,
+                        credits,
+                    });
+                }
+            }
+            machine::Step::AckWork(ack) => self.ack_work(ack, ctx),
+            machine::Step::Event(event) => self.queue_event(event, ctx),
+            machine::Step::Heartbeat { renew, foreign } => self.heartbeat(renew, foreign, ctx),
+            machine::Step::Complete(response) => self.complete(response, ctx),
+            machine::Step::RefuseStale(job) => {
+                let message = format!(
+                    "this session does not hold attempt {} of job {}",
+                    job.attempt, job.job_id
+                );
+                self.send(
+                    ctx,
+                    &ServerMessage::CompletionAck(CompletionAck {
+                        job_id: job.job_id,
+                        attempt: job.attempt,
+                        result: CompletionResult::Refused {
+                            code: ErrorCode::StaleAttempt,
+                            message,
                         },
-                    ),
+                    }),
                 );
             }
-            (State::AwaitingChallengeResponse(_), ClientMessage::ChallengeResponse(response)) => {
-                let State::AwaitingChallengeResponse(challenge) =
-                    std::mem::replace(&mut self.state, State::Authenticating)
-                else {
-                    return;
-                };
-                let public_key = challenge.public_key.clone();
-                let request = CompleteAuth {
-                    challenge: *challenge,
-                    signature: response.signature,
-                    peer: self.peer,
-                };
-                ctx.wait(self.ctx.auth.send(request).into_actor(self).map(move |reply, this, ctx| match reply {
-                    Ok(Ok(builder)) => {
-                        tracing::info!(session = this.id, builder = %builder.name, "builder authenticated");
-                        this.unauthenticated = None;
-                        this.identity = Some(Identity { builder: builder.id, public_key });
-                        this.ctx.scheduler.do_send(Register {
-                            builder: builder.id,
-                            name: builder.name.clone(),
-                            labels: builder.labels.clone(),
-                            session: SessionHandle {
-                                id: this.id,
-                                push: ctx.address().recipient(),
-                                close: ctx.address().recipient(),
-                            },
-                        });
-                        this.send(ctx, &ServerMessage::AuthAccepted(AuthAccepted {
+            machine::Step::Fail(code, message) => self.fail(ctx, code, message),
+            machine::Step::Ignore => {}
+        }
+    }
+
+    fn begin_auth(&mut self, hello: Hello, ctx: &mut ws::WebsocketContext<Self>) {
+        let request = BeginAuth {
+            hello,
+            peer: self.peer,
+        };
+        ctx.wait(self.ctx.auth.send(request).into_actor(self).map(
+            |reply, this, ctx| match reply {
+                Ok(Ok(challenge)) => {
+                    let ttl = challenge
+                        .expires_at
+                        .saturating_duration_since(Instant::now());
+                    this.send(
+                        ctx,
+                        &ServerMessage::ChallengeRequest(ChallengeRequest {
+                            challenge: challenge.challenge_hex.clone(),
+                            backend_id: this.ctx.backend_id.to_string(),
+                            expires_in_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                        }),
+                    );
+                    this.challenge = Some(Box::new(challenge));
+                    this.machine.challenge_sent();
+                }
+                Ok(Err(rejection)) => this.reject(ctx, rejection),
+                Err(_) => this.fail(
+                    ctx,
+                    ErrorCode::Internal,
+                    "authentication service unavailable",
+                ),
+            },
+        ));
+    }
+
+    fn complete_auth(&mut self, response: ChallengeResponse, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(challenge) = self.challenge.take() else {
+            self.fail(ctx, ErrorCode::Internal, "no challenge was issued");
+            return;
+        };
+        let public_key = challenge.public_key.clone();
+        let request = CompleteAuth {
+            challenge: *challenge,
+            signature: response.signature,
+            peer: self.peer,
+        };
+        ctx.wait(self.ctx.auth.send(request).into_actor(self).map(
+            move |reply, this, ctx| match reply {
+                Ok(Ok(builder)) => {
+                    tracing::info!(session = this.id, builder = %builder.name, "builder authenticated");
+                    this.unauthenticated = None;
+                    this.identity = Some(Identity {
+                        builder: builder.id,
+                        public_key,
+                    });
+                    this.ctx.scheduler.do_send(Register {
+                        builder: builder.id,
+                        name: builder.name.clone(),
+                        labels: builder.labels.clone(),
+                        session: SessionHandle {
+                            id: this.id,
+                            push: ctx.address().recipient(),
+                            close: ctx.address().recipient(),
+                        },
+                    });
+                    this.send(
+                        ctx,
+                        &ServerMessage::AuthAccepted(AuthAccepted {
                             builder_id: builder.id.0,
                             settings: this.ctx.settings.clone(),
-                        }));
-                        this.state = State::AwaitingCapabilities;
-                    }
-                    Ok(Err(rejection)) => this.reject(ctx, rejection),
-                    Err(_) => this.fail(ctx, ErrorCode::Internal, "authentication service unavailable"),
-                }));
-            }
-            (State::AwaitingCapabilities, ClientMessage::Capabilities(capabilities)) => {
-                let Some(builder) = self.builder() else {
-                    return;
-                };
-                self.ctx.scheduler.do_send(SetCapabilities {
-                    builder,
-                    session: self.id,
-                    capabilities,
-                });
-                self.state = State::AwaitingResume;
-            }
-            (State::AwaitingResume, ClientMessage::Resume(resume)) => {
-                let Some(builder) = self.builder() else {
-                    return;
-                };
-                let request = ResumeJobs {
-                    builder,
-                    session: self.id,
-                    held: resume.jobs,
-                };
-                // Nothing else is processed until resume is answered, so credits granted next
-                // cannot race the restored state.
-                ctx.wait(self.ctx.scheduler.send(request).into_actor(self).map(
-                    |reply, this, ctx| match reply {
-                        Ok(Ok(result)) => {
-                            let continued = result
-                                .jobs
-                                .iter()
-                                .filter_map(|decision| match decision.decision {
-                                    buildfleet_protocol::ResumeAction::Continue { next_seq } => {
-                                        let job = JobRef {
-                                            job_id: decision.job_id,
-                                            attempt: decision.attempt,
-                                        };
-                                        Some((job, next_seq))
-                                    }
-                                    buildfleet_protocol::ResumeAction::Cancel { .. } => None,
-                                })
-                                .collect();
-                            this.hold(continued, ctx);
-                            this.send(ctx, &ServerMessage::ResumeResult(result));
-                            this.state = State::Ready;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::error!(error = %e, "resume failed");
-                            this.fail(
-                                ctx,
-                                ErrorCode::Internal,
-                                "could not restore held jobs; reconnect",
-                            );
-                        }
-                        Err(_) => this.fail(ctx, ErrorCode::Internal, "scheduler unavailable"),
-                    },
-                ));
-            }
-            (State::Ready, ClientMessage::JobRequest(request)) => {
-                let Some(builder) = self.builder() else {
-                    return;
-                };
-                self.ctx.scheduler.do_send(GrantCredits {
-                    builder,
-                    session: self.id,
-                    credits: request.credits,
-                });
-            }
-            (State::Ready, ClientMessage::WorkAck(ack)) => {
-                let job = JobRef {
-                    job_id: ack.job_id,
-                    attempt: ack.attempt,
-                };
-                if !self.check_held(job, ctx) {
-                    return;
-                }
-                if matches!(
-                    ack.decision,
-                    buildfleet_protocol::WorkDecision::Reject { .. }
-                ) {
-                    self.release(job);
-                }
-                let Some(builder) = self.builder() else {
-                    return;
-                };
-                // Later frames wait until the decision is stored (see `AckWork`).
-                let request = AckWork {
-                    builder,
-                    session: self.id,
-                    ack,
-                };
-                ctx.wait(
-                    self.ctx
-                        .scheduler
-                        .send(request)
-                        .into_actor(self)
-                        .map(|_, _, _| ()),
-                );
-            }
-            (State::Ready, ClientMessage::JobEvent(event)) => {
-                let job = JobRef {
-                    job_id: event.job_id,
-                    attempt: event.attempt,
-                };
-                if !self.check_held(job, ctx) || !self.check_sequence(job, event.seq, ctx) {
-                    return;
-                }
-                self.queue_event(event, ctx);
-            }
-            (State::Ready, ClientMessage::Heartbeat(heartbeat)) => {
-                let Some(builder) = self.builder() else {
-                    return;
-                };
-                // Only attempts this session holds are renewed; any other named attempt is
-                // not the builder's to run here, so it is told to stop it.
-                let (active, foreign): (Vec<JobRef>, Vec<JobRef>) = heartbeat
-                    .active_jobs
-                    .into_iter()
-                    .partition(|job| self.held.contains_key(job));
-                for job in foreign {
-                    self.send(
-                        ctx,
-                        &ServerMessage::Cancel(buildfleet_protocol::Cancel {
-                            job_id: job.job_id,
-                            attempt: job.attempt,
-                            reason: buildfleet_protocol::CancelReason::Superseded,
                         }),
                     );
+                    this.machine.authenticated();
                 }
-                self.ctx.scheduler.do_send(RenewLeases {
-                    builder,
-                    session: self.id,
-                    active,
-                });
-            }
-            (State::Ready, ClientMessage::JobResponse(response)) => {
-                let job = JobRef {
-                    job_id: response.job_id,
-                    attempt: response.attempt,
-                };
-                // A completion racing its own supersession is refused, not a reason to close:
-                // the builder forgets the attempt and keeps its other jobs.
-                if !self.held.contains_key(&job) {
-                    let message = format!(
-                        "this session does not hold attempt {} of job {}",
-                        job.attempt, job.job_id
-                    );
-                    self.send(
-                        ctx,
-                        &ServerMessage::CompletionAck(CompletionAck {
-                            job_id: job.job_id,
-                            attempt: job.attempt,
-                            result: buildfleet_protocol::CompletionResult::Refused {
-                                code: ErrorCode::StaleAttempt,
-                                message,
-                            },
-                        }),
-                    );
-                    return;
-                }
-                let (Some(builder), Some(public_key)) = (
-                    self.builder(),
-                    self.identity.as_ref().map(|i| i.public_key.clone()),
-                ) else {
-                    return;
-                };
-                let request = CompleteJob {
-                    builder,
-                    public_key,
-                    response,
-                };
-                ctx.spawn(self.ctx.scheduler.send(request).into_actor(self).map(
-                    move |reply, this, ctx| {
-                        let result = match reply {
-                            Ok(result) => result,
-                            Err(_) => buildfleet_protocol::CompletionResult::Refused {
-                                code: ErrorCode::Internal,
-                                message: "scheduler unavailable; resend later".into(),
-                            },
-                        };
-                        if !matches!(
-                            &result,
-                            buildfleet_protocol::CompletionResult::Refused {
-                                code: ErrorCode::Internal,
-                                ..
-                            }
-                        ) {
-                            this.release(job);
-                        }
-                        this.send(
-                            ctx,
-                            &ServerMessage::CompletionAck(CompletionAck {
-                                job_id: job.job_id,
-                                attempt: job.attempt,
-                                result,
-                            }),
-                        );
-                    },
-                ));
-            }
-            (_, message) => self.unexpected(ctx, &message),
+                Ok(Err(rejection)) => this.reject(ctx, rejection),
+                Err(_) => this.fail(
+                    ctx,
+                    ErrorCode::Internal,
+                    "authentication service unavailable",
+                ),
+            },
+        ));
+    }
+
+    fn set_capabilities(&mut self, capabilities: Capabilities) {
+        if let Some(builder) = self.builder() {
+            self.ctx.scheduler.do_send(SetCapabilities {
+                builder,
+                session: self.id,
+                capabilities,
+            });
         }
+    }
+
+    fn resume(&mut self, held: Vec<HeldJob>, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(builder) = self.builder() else {
+            return;
+        };
+        let request = ResumeJobs {
+            builder,
+            session: self.id,
+            held,
+        };
+        // Nothing else is processed until resume is answered, so credits granted next
+        // cannot race the restored state.
+        ctx.wait(
+            self.ctx
+                .scheduler
+                .send(request)
+                .into_actor(self)
+                .map(|reply, this, ctx| match reply {
+                    Ok(Ok(result)) => {
+                        let continued: Vec<(JobRef, u64)> = result
+                            .jobs
+                            .iter()
+                            .filter_map(|decision| match decision.decision {
+                                ResumeAction::Continue { next_seq } => {
+                                    let job = JobRef {
+                                        job_id: decision.job_id,
+                                        attempt: decision.attempt,
+                                    };
+                                    Some((job, next_seq))
+                                }
+                                ResumeAction::Cancel { .. } => None,
+                            })
+                            .collect();
+                        this.register_attempts(
+                            continued.iter().map(|(job, _)| *job).collect(),
+                            ctx,
+                        );
+                        this.machine.resumed(continued);
+                        this.send(ctx, &ServerMessage::ResumeResult(result));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "resume failed");
+                        this.fail(
+                            ctx,
+                            ErrorCode::Internal,
+                            "could not restore held jobs; reconnect",
+                        );
+                    }
+                    Err(_) => this.fail(ctx, ErrorCode::Internal, "scheduler unavailable"),
+                }),
+        );
+    }
+
+    fn ack_work(&mut self, ack: WorkAck, ctx: &mut ws::WebsocketContext<Self>) {
+        let job = JobRef {
+            job_id: ack.job_id,
+            attempt: ack.attempt,
+        };
+        if !self.machine.holds(&job) {
+            // A reject: the machine let the attempt go.
+            self.forget(job);
+        }
+        let Some(builder) = self.builder() else {
+            return;
+        };
+        // Later frames wait until the decision is stored (see `AckWork`).
+        let request = AckWork {
+            builder,
+            session: self.id,
+            ack,
+        };
+        ctx.wait(
+            self.ctx
+                .scheduler
+                .send(request)
+                .into_actor(self)
+                .map(|_, _, _| ()),
+        );
+    }
+
+    fn heartbeat(
+        &mut self,
+        renew: Vec<JobRef>,
+        foreign: Vec<JobRef>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let Some(builder) = self.builder() else {
+            return;
+        };
+        // An attempt this session does not hold is not the builder's to run here.
+        for job in foreign {
+            self.send(
+                ctx,
+                &ServerMessage::Cancel(Cancel {
+                    job_id: job.job_id,
+                    attempt: job.attempt,
+                    reason: CancelReason::Superseded,
+                }),
+            );
+        }
+        self.ctx.scheduler.do_send(RenewLeases {
+            builder,
+            session: self.id,
+            active: renew,
+        });
+    }
+
+    fn complete(&mut self, response: JobResponse, ctx: &mut ws::WebsocketContext<Self>) {
+        let job = JobRef {
+            job_id: response.job_id,
+            attempt: response.attempt,
+        };
+        let (Some(builder), Some(public_key)) = (
+            self.builder(),
+            self.identity.as_ref().map(|i| i.public_key.clone()),
+        ) else {
+            return;
+        };
+        let request = CompleteJob {
+            builder,
+            public_key,
+            response,
+        };
+        ctx.spawn(self.ctx.scheduler.send(request).into_actor(self).map(
+            move |reply, this, ctx| {
+                let result = reply.unwrap_or_else(|_| CompletionResult::Refused {
+                    code: ErrorCode::Internal,
+                    message: "scheduler unavailable; resend later".into(),
+                });
+                // After an internal refusal the builder resends: the session keeps holding.
+                if !matches!(
+                    &result,
+                    CompletionResult::Refused {
+                        code: ErrorCode::Internal,
+                        ..
+                    }
+                ) {
+                    this.release(job);
+                }
+                this.send(
+                    ctx,
+                    &ServerMessage::CompletionAck(CompletionAck {
+                        job_id: job.job_id,
+                        attempt: job.attempt,
+                        result,
+                    }),
+                );
+            },
+        ));
     }
 
     fn builder(&self) -> Option<BuilderId> {
         self.identity.as_ref().map(|i| i.builder)
-    }
-
-    /// Events of an attempt come in order: a resent one (below the expected sequence) is
-    /// fine and dropped later as a duplicate, the expected one moves on, and one past it
-    /// would leave a gap that could never be acknowledged, so it closes the session.
-    fn check_sequence(
-        &mut self,
-        job: JobRef,
-        seq: u64,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) -> bool {
-        if i64::try_from(seq).is_err() {
-            self.fail(
-                ctx,
-                ErrorCode::MalformedFrame,
-                format!("job_event seq {seq} is out of range (at most {})", i64::MAX),
-            );
-            return false;
-        }
-        let Some(expected) = self.held.get_mut(&job) else {
-            return false;
-        };
-        if seq > *expected {
-            let expected = *expected;
-            self.fail(
-                ctx,
-                ErrorCode::UnexpectedMessage,
-                format!(
-                    "job_event seq {seq} of attempt {} of job {} skips {expected}..{}; events go in order",
-                    job.attempt,
-                    job.job_id,
-                    seq - 1
-                ),
-            );
-            return false;
-        }
-        if seq == *expected {
-            *expected += 1;
-        }
-        true
-    }
-
-    fn check_held(&mut self, job: JobRef, ctx: &mut ws::WebsocketContext<Self>) -> bool {
-        if self.held.contains_key(&job) {
-            return true;
-        }
-        self.fail(
-            ctx,
-            ErrorCode::UnknownJob,
-            format!(
-                "this session does not hold attempt {} of job {}",
-                job.attempt, job.job_id
-            ),
-        );
-        false
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
@@ -686,14 +619,11 @@ impl Actor for BuilderSession {
     fn stopped(&mut self, _: &mut Self::Context) {
         // Events read before the end are stored as before, then the attempts are let go.
         self.flush_events();
-        if !self.held.is_empty() {
+        let held = self.machine.release_all();
+        if !held.is_empty() {
             self.ctx.log_sink.do_send(ReleaseAttempts {
                 session: self.id,
-                attempts: self
-                    .held
-                    .drain()
-                    .map(|(job, _)| crate::wire::job_ref(job))
-                    .collect(),
+                attempts: held.into_iter().map(crate::wire::job_ref).collect(),
             });
         }
         if let Some(identity) = &self.identity {
@@ -707,7 +637,7 @@ impl Actor for BuilderSession {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for BuilderSession {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        if matches!(self.state, State::Closing) {
+        if self.machine.is_closing() {
             return;
         }
         self.last_heard = Instant::now();
@@ -716,7 +646,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for BuilderSession {
             Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
             Ok(ws::Message::Pong(_)) => {}
             Ok(ws::Message::Close(_)) => {
-                self.state = State::Closing;
+                self.machine.close();
                 ctx.stop();
             }
             Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
@@ -751,27 +681,23 @@ impl Handler<Push> for BuilderSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        if matches!(self.state, State::Closing) {
+        if self.machine.is_closing() {
             return;
         }
         match &msg.0 {
             ServerMessage::Jobs(jobs) => {
-                let assigned = jobs
+                let assigned: Vec<JobRef> = jobs
                     .jobs
                     .iter()
-                    .map(|job| {
-                        let job = JobRef {
-                            job_id: job.job_id,
-                            attempt: job.attempt,
-                        };
-                        (job, 1)
+                    .map(|job| JobRef {
+                        job_id: job.job_id,
+                        attempt: job.attempt,
                     })
                     .collect();
-                self.hold(assigned, ctx);
+                self.machine.assigned(assigned.iter().copied());
+                self.register_attempts(assigned, ctx);
             }
-            ServerMessage::Cancel(cancel)
-                if cancel.reason == buildfleet_protocol::CancelReason::Superseded =>
-            {
+            ServerMessage::Cancel(cancel) if cancel.reason == CancelReason::Superseded => {
                 self.release(JobRef {
                     job_id: cancel.job_id,
                     attempt: cancel.attempt,
