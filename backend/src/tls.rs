@@ -1,22 +1,23 @@
 //! TLS for HTTPS and WSS with rustls, from PEM files.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::Context;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    let certs = rustls_pemfile::certs(&mut BufReader::new(
-        File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("reading certificates from {}", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut BufReader::new(
-        File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))
-    .with_context(|| format!("reading the key from {}", key.display()))?
-    .with_context(|| format!("no private key in {}", key.display()))?;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("opening {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "no PEM certificate in {}",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key from {}", key.display()))?;
     rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

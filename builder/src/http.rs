@@ -1,5 +1,6 @@
-//! The HTTP/WebSocket client shared by the connection, source fetches and uploads: awc on
-//! rustls, trusting the webpki roots plus an optional operator-supplied CA file.
+//! The HTTP/WebSocket client shared by the connection, source fetches and uploads (and the
+//! backend's admin CLI): awc on rustls, trusting the webpki roots and the system's store plus
+//! an optional operator-supplied CA file, with TCP_NODELAY on every connection.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,10 +17,14 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The TLS settings of every client this builder makes.
+/// The TLS settings of every client Buildfleet makes (the builder's and the admin CLI's):
+/// the webpki roots, the system's store (which honours `SSL_CERT_FILE` and `SSL_CERT_DIR`)
+/// and an optional CA file.
 pub fn tls_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // Unreadable system certificates are skipped: the webpki roots remain.
+    let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if let Some(path) = ca_cert {
         let ca_error = |message: String| TlsError::CaFile {
             path: path.display().to_string(),
@@ -49,12 +54,20 @@ pub fn tls_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, T
 /// A client without a total request timeout: sources and artifacts may be large, and
 /// every caller bounds its request by the job's own stop signal instead.
 pub fn client(tls: &Arc<rustls::ClientConfig>) -> awc::Client {
+    client_with_connect_timeout(tls, Duration::from_secs(30))
+}
+
+/// [`client`] with another limit on establishing a connection.
+pub fn client_with_connect_timeout(
+    tls: &Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+) -> awc::Client {
     awc::Client::builder()
         .connector(
             awc::Connector::new()
                 .connector(nodelay_tcp_connector())
                 .rustls_0_23(tls.clone())
-                .timeout(Duration::from_secs(30)),
+                .timeout(connect_timeout),
         )
         .disable_timeout()
         .finish()

@@ -2,10 +2,8 @@
 //! answers to [`CliError`]s (4xx → the API's code and message, 5xx and transport failures →
 //! server/network errors).
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use awc::http::{Method, StatusCode};
@@ -133,6 +131,22 @@ impl Api {
         checked(response).await
     }
 
+    /// Opens a server-sent event stream, resuming after `last_event_id` when given.
+    pub async fn get_events(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Response, CliError> {
+        let mut request = self
+            .request(Method::GET, path)
+            .insert_header(("Accept", "text/event-stream"));
+        if let Some(id) = last_event_id {
+            request = request.insert_header(("Last-Event-ID", id));
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        checked(response).await
+    }
+
     /// A GET of a small non-JSON body (a statement, a signature, a page of log).
     pub async fn get_bytes(&self, path: &str) -> Result<Bytes, CliError> {
         let mut response = self.get_response(path).await?;
@@ -220,45 +234,20 @@ async fn checked(mut response: Response) -> Result<Response, CliError> {
     })
 }
 
-/// awc on rustls trusting the webpki roots, the system's store (which honours
-/// `SSL_CERT_FILE` and `SSL_CERT_DIR`) and an optional CA file. No overall timeout on the
-/// client: JSON calls set their own, transfers and log streams may last.
+/// The client every Buildfleet tool uses (`buildfleet_builder::http`): the webpki roots, the
+/// system's store (which honours `SSL_CERT_FILE` and `SSL_CERT_DIR`) and an optional CA file.
+/// No overall timeout on the client: JSON calls set their own, transfers and log streams last.
 pub fn http_client(ca_cert: Option<&Path>) -> Result<awc::Client, CliError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    // Unreadable system certificates are skipped: the webpki roots remain.
-    let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = ca_cert {
-        let bad = |e: &dyn std::fmt::Display| {
-            CliError::Usage(format!("--ca-cert {}: {e}", path.display()))
-        };
-        let file = File::open(path).map_err(|e| bad(&e))?;
-        let certs = rustls_pemfile::certs(&mut BufReader::new(file))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(&e))?;
-        if certs.is_empty() {
-            return Err(bad(&"no PEM certificate in the file"));
+    let tls = buildfleet_builder::http::tls_config(ca_cert).map_err(|e| match e {
+        buildfleet_builder::http::TlsError::CaFile { path, message } => {
+            CliError::Usage(format!("--ca-cert {path}: {message}"))
         }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(&e))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| CliError::Io(format!("setting up TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(awc::Client::builder()
-        .connector(
-            awc::Connector::new()
-                .connector(buildfleet_builder::http::nodelay_tcp_connector())
-                .rustls_0_23(Arc::new(tls))
-                .timeout(CONNECT_TIMEOUT),
-        )
-        .disable_timeout()
-        .finish())
+        other => CliError::Io(other.to_string()),
+    })?;
+    Ok(buildfleet_builder::http::client_with_connect_timeout(
+        &tls,
+        CONNECT_TIMEOUT,
+    ))
 }
 
 /// Percent-encodes a query value.

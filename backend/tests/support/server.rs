@@ -48,6 +48,20 @@ pub struct TestServer {
     db: TestDb,
 }
 
+/// The tests' HTTP client: the CLI's (TCP_NODELAY, the TLS roots), also trusting `ca_cert`
+/// (a test serving HTTPS sets `TestServer::http` to one), with a 10 s limit per request.
+pub fn test_client(server_cert: Option<&std::path::Path>) -> awc::Client {
+    let tls = buildfleet_builder::http::tls_config(server_cert).expect("test TLS config");
+    awc::Client::builder()
+        .connector(
+            awc::Connector::new()
+                .connector(buildfleet_builder::http::nodelay_tcp_connector())
+                .rustls_0_23(tls),
+        )
+        .timeout(Duration::from_secs(10))
+        .finish()
+}
+
 impl TestServer {
     pub async fn start(db: TestDb) -> TestServer {
         TestServer::start_with(db, |_| {}).await
@@ -72,15 +86,8 @@ impl TestServer {
             backend_id: running.backend_id.clone(),
             store: running.store.clone(),
             running: Some(running),
+            http: test_client(None),
             config,
-            // As the CLI's: the TCP_NODELAY test checks every socket to the server.
-            http: awc::Client::builder()
-                .connector(
-                    awc::Connector::new()
-                        .connector(buildfleet_builder::http::nodelay_tcp_connector()),
-                )
-                .timeout(Duration::from_secs(10))
-                .finish(),
             data_dir,
             db,
         }
