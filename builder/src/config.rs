@@ -202,6 +202,9 @@ pub struct Limits {
     pub event_buffer_bytes: usize,
     /// Seconds between SIGTERM and SIGKILL when a job is cancelled or times out.
     pub cancel_grace_secs: u64,
+    /// Bytes of verified source archives kept in `<work_dir>/sources` for later jobs of the
+    /// same source, least recently used evicted first; 0 turns the cache off.
+    pub source_cache_bytes: u64,
 }
 
 impl Default for Limits {
@@ -211,6 +214,7 @@ impl Default for Limits {
             max_archive_entries: 100_000,
             event_buffer_bytes: 8 * 1024 * 1024,
             cancel_grace_secs: 5,
+            source_cache_bytes: 1024 * 1024 * 1024,
         }
     }
 }

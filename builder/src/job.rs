@@ -1,9 +1,14 @@
 //! One job's run: fetch and verify the source, unpack it, run the recipe's commands (or
 //! describe them in plan mode), upload the artifacts, and sign the build statement.
+//!
+//! Only what the job needs sits on its critical path: its directory is a skeleton prepared
+//! ahead of time ([`SpareDirs`]) and renamed into place, the source comes from the cache
+//! when held (re-verified by the unpacker's own read), and the directory is removed after
+//! the result is reported ([`Finished::clean_up`]), not before.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use buildfleet_protocol::signing::{sign_statement, BuildStatement, STATEMENT_FORMAT};
 use buildfleet_protocol::{
@@ -17,7 +22,7 @@ use crate::event_buffer::EventBuffer;
 use crate::identity::Identity;
 use crate::process::{self, OutputSink, RunOptions, StopReason, StopSignal};
 use crate::recipes::{Recipe, RecipeBook};
-use crate::source;
+use crate::source::{CachedSource, SourceCache, SourceError};
 use crate::strategy::{CommandContext, JobLayout};
 use crate::unpack::{self, UnpackLimits};
 use crate::upload;
@@ -32,6 +37,10 @@ pub struct JobEnv {
     pub limits: Limits,
     pub offline: bool,
     pub jobs_dir: std::path::PathBuf,
+    /// Verified source archives by SHA-256 (`<work_dir>/sources`).
+    pub sources: SourceCache,
+    /// Job directory skeletons made off the critical path.
+    pub spare_dirs: Arc<SpareDirs>,
     /// The session's `max_log_line_bytes`; updated on every (re)connection.
     pub max_log_line_bytes: Arc<AtomicUsize>,
 }
@@ -88,17 +97,217 @@ impl Ended {
     }
 }
 
-/// Runs the job to its end and returns the signed `job_response`. The job directory is
-/// removed before returning, whatever happened.
-pub async fn run_job(env: &JobEnv, mut run: JobRun) -> JobResponse {
+/// A job run to its end: the signed `job_response` to report, and the job directory to
+/// remove once it is reported.
+pub struct Finished {
+    pub response: JobResponse,
+    pub cleanup: Cleanup,
+}
+
+/// The job directory, removed by [`Cleanup::run`] off the reporting path.
+#[must_use = "the job directory stays until Cleanup::run"]
+pub struct Cleanup {
+    pub dir: PathBuf,
+}
+
+impl Cleanup {
+    pub async fn run(self) {
+        let dir = self.dir;
+        match tokio::task::spawn_blocking(move || remove_dir_if_exists(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cleaning the job directory failed"),
+            Err(e) => tracing::warn!(error = %e, "cleaning the job directory failed"),
+        }
+    }
+}
+
+impl Finished {
+    /// Cleans up at once (for callers that report nothing).
+    pub async fn clean_up(self) -> JobResponse {
+        self.cleanup.run().await;
+        self.response
+    }
+}
+
+/// Runs the job to its end and returns the signed `job_response`, with the job directory
+/// still in place: the caller reports first, then runs the [`Cleanup`].
+pub async fn run_job(env: &JobEnv, mut run: JobRun) -> Finished {
     let job = &run.assignment;
     let layout = JobLayout::new(env.jobs_dir.join(format!("{}-{}", job.job_id, job.attempt)));
     let ended = steps(env, &mut run, &layout).await;
-    let dir = layout.dir.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || remove_dir_if_exists(&dir)).await {
-        tracing::warn!(error = %e, "cleaning the job directory failed");
+    Finished {
+        response: respond(env, &run, ended),
+        cleanup: Cleanup { dir: layout.dir },
     }
-    respond(env, &run, ended)
+}
+
+/// Job directory skeletons (`JobLayout` with its subdirectories) prepared while no job
+/// waits, so that starting a job costs one `rename` instead of a removal and five `mkdir`s.
+#[derive(Debug)]
+pub struct SpareDirs {
+    jobs_dir: PathBuf,
+    ready: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+}
+
+impl SpareDirs {
+    pub fn new(jobs_dir: PathBuf) -> Self {
+        SpareDirs {
+            jobs_dir,
+            ready: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Prepares a skeleton if none is ready (blocking; run it off the critical path).
+    pub fn replenish(&self) -> std::io::Result<()> {
+        if !self.lock().is_empty() {
+            return Ok(());
+        }
+        // Not `<job>-<attempt>`: a spare never collides with a job's directory.
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let layout = JobLayout::new(self.jobs_dir.join(format!("spare-{n}")));
+        layout.create()?;
+        self.lock().push(layout.dir);
+        Ok(())
+    }
+
+    /// Puts a skeleton at `layout.dir`: a spare renamed (one syscall, fine on the async
+    /// thread), else made there. Returns whether it still has to be made.
+    fn take(&self, layout: &JobLayout) -> bool {
+        let spare = self.lock().pop();
+        if let Some(spare) = spare {
+            if std::fs::rename(&spare, &layout.dir).is_ok() {
+                return false;
+            }
+            let _ = std::fs::remove_dir_all(&spare);
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The job's directory, ready to use; a spare is prepared for the next job in the background.
+async fn prepare_dir(env: &JobEnv, layout: &JobLayout) -> std::io::Result<()> {
+    let made = if env.spare_dirs.take(layout) {
+        let dir = layout.clone();
+        tokio::task::spawn_blocking(move || {
+            // Left by an earlier run of this very attempt (it is not reported twice).
+            remove_dir_if_exists(&dir.dir)?;
+            dir.create()
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+    } else {
+        Ok(())
+    };
+    let spares = env.spare_dirs.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = spares.replenish() {
+            tracing::warn!(error = %e, "cannot prepare a spare job directory");
+        }
+    });
+    made
+}
+
+/// Why [`fetch_and_unpack`] gave up.
+enum SourceFailure {
+    Stopped(StopReason),
+    Failed(BuildErrorKind, String),
+}
+
+/// Gets the source (from the cache when held), unpacks it into `layout.src` and checks the
+/// digest the unpacker read. A cached copy that reads back wrong, or fails to unpack and
+/// does not hash right, is evicted and fetched again once; nothing runs on unverified bytes.
+async fn fetch_and_unpack(
+    env: &JobEnv,
+    run: &mut JobRun,
+    layout: &JobLayout,
+) -> Result<PathBuf, SourceFailure> {
+    let spec = run.assignment.source.clone();
+    let limits = UnpackLimits {
+        max_entries: env.limits.max_archive_entries,
+        max_total_bytes: env.limits.max_unpacked_bytes,
+    };
+    let mut staged = false;
+    loop {
+        let got = tokio::select! {
+            got = env.sources.get(&env.client, &spec, run.stop.deadline()) => got,
+            reason = run.stop.stopped() => return Err(SourceFailure::Stopped(reason)),
+        };
+        let source: CachedSource =
+            got.map_err(|e| SourceFailure::Failed(e.kind(), e.to_string()))?;
+        if !staged {
+            stage(run, Stage::Unpacking).await;
+            staged = true;
+        }
+        let (archive, src) = (source.path.clone(), layout.src.clone());
+        let unpacked = tokio::select! {
+            unpacked = tokio::task::spawn_blocking(move || {
+                let result = unpack::unpack(&archive, &src, limits);
+                // A refused archive from the cache may be a corrupted copy of a good one.
+                let digest = match &result {
+                    Ok(unpacked) => Some(unpacked.archive_sha256.clone()),
+                    Err(_) => file_sha256(&archive).ok(),
+                };
+                (result, digest)
+            }) => unpacked,
+            reason = run.stop.stopped() => return Err(SourceFailure::Stopped(reason)),
+        };
+        let (result, digest) =
+            unpacked.map_err(|e| SourceFailure::Failed(BuildErrorKind::Internal, e.to_string()))?;
+        if digest.as_ref() == Some(&spec.sha256) {
+            return match result {
+                Ok(unpacked) => Ok(unpacked.root),
+                Err(e) => Err(SourceFailure::Failed(e.kind(), e.to_string())),
+            };
+        }
+        let fetched = source.fetched;
+        env.sources.evict(source);
+        if fetched {
+            // Downloaded and verified a moment ago, yet read back different: the disk.
+            let error = SourceError::Io(std::io::Error::other(format!(
+                "the source archive read back from disk does not match sha256 {}",
+                spec.sha256
+            )));
+            return Err(SourceFailure::Failed(
+                BuildErrorKind::Internal,
+                error.to_string(),
+            ));
+        }
+        tracing::warn!(sha256 = %spec.sha256, "a cached source was corrupted; fetching it again");
+        builder_note(run, "cached source corrupted; fetching it again".into()).await;
+        let src = layout.src.clone();
+        let emptied = tokio::task::spawn_blocking(move || {
+            remove_dir_if_exists(&src)?;
+            std::fs::create_dir(&src)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = emptied {
+            return Err(SourceFailure::Failed(
+                BuildErrorKind::Internal,
+                format!("cannot empty the source directory: {e}"),
+            ));
+        }
+    }
+}
+
+/// SHA-256 of a whole file.
+fn file_sha256(path: &Path) -> std::io::Result<buildfleet_protocol::Sha256Digest> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(buildfleet_protocol::Sha256Digest::from_bytes(
+        &hasher.finalize().into(),
+    ))
 }
 
 async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
@@ -110,13 +319,7 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
             None,
         );
     };
-    let dir = layout.clone();
-    let created = tokio::task::spawn_blocking(move || {
-        remove_dir_if_exists(&dir.dir)?;
-        dir.create()
-    })
-    .await;
-    if let Err(e) = created.map_err(std::io::Error::other).and_then(|r| r) {
+    if let Err(e) = prepare_dir(env, layout).await {
         return Ended::failed(
             BuildErrorKind::Internal,
             format!("cannot create the job directory: {e}"),
@@ -125,28 +328,10 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
     }
 
     stage(run, Stage::FetchingSource).await;
-    let fetched = tokio::select! {
-        fetched = source::fetch(&env.client, &job.source, &layout.archive, run.stop.deadline()) => fetched,
-        reason = run.stop.stopped() => return Ended::stopped(reason, None),
-    };
-    if let Err(e) = fetched {
-        return Ended::failed(e.kind(), e.to_string(), None);
-    }
-
-    stage(run, Stage::Unpacking).await;
-    let limits = UnpackLimits {
-        max_entries: env.limits.max_archive_entries,
-        max_total_bytes: env.limits.max_unpacked_bytes,
-    };
-    let (archive, src) = (layout.archive.clone(), layout.src.clone());
-    let unpacked = tokio::select! {
-        unpacked = tokio::task::spawn_blocking(move || unpack::unpack(&archive, &src, limits)) => unpacked,
-        reason = run.stop.stopped() => return Ended::stopped(reason, None),
-    };
-    let src_root = match unpacked {
-        Ok(Ok(unpacked)) => unpacked.root,
-        Ok(Err(e)) => return Ended::failed(e.kind(), e.to_string(), None),
-        Err(e) => return Ended::failed(BuildErrorKind::Internal, e.to_string(), None),
+    let src_root = match fetch_and_unpack(env, run, layout).await {
+        Ok(root) => root,
+        Err(SourceFailure::Stopped(reason)) => return Ended::stopped(reason, None),
+        Err(SourceFailure::Failed(kind, message)) => return Ended::failed(kind, message, None),
     };
 
     let offline = job

@@ -102,25 +102,29 @@ pub async fn start(config: BuilderConfig) -> Result<Builder, BuilderError> {
     let identity = Arc::new(identity::Identity::load(&config.key_path)?);
     let tls = http::tls_config(config.ca_cert.as_deref())?;
     let jobs_dir = config.work_dir.join("jobs");
-    // Job directories left by an earlier process belong to jobs it can no longer report.
+    let sources_dir = config.work_dir.join("sources");
+    let spare_dirs = Arc::new(job::SpareDirs::new(jobs_dir.clone()));
+    // Job directories left by an earlier process belong to jobs it can no longer report;
+    // its cached sources stay (they are verified on use).
     let prepare = {
-        let jobs_dir = jobs_dir.clone();
+        let (jobs_dir, spare_dirs) = (jobs_dir.clone(), spare_dirs.clone());
+        let (sources_dir, cache_bytes) = (sources_dir.clone(), config.limits.source_cache_bytes);
         tokio::task::spawn_blocking(move || {
             match std::fs::remove_dir_all(&jobs_dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err((jobs_dir, e)),
                 _ => {}
             }
             std::fs::create_dir_all(&jobs_dir)
+                .and_then(|()| spare_dirs.replenish())
+                .map_err(|e| (jobs_dir, e))?;
+            source::SourceCache::open(&sources_dir, cache_bytes).map_err(|e| (sources_dir, e))
         })
     };
-    prepare
+    let sources = prepare
         .await
-        .map_err(std::io::Error::other)
+        .map_err(|e| (jobs_dir.clone(), std::io::Error::other(e)))
         .and_then(|r| r)
-        .map_err(|source| BuilderError::WorkDir {
-            path: jobs_dir.clone(),
-            source,
-        })?;
+        .map_err(|(path, source)| BuilderError::WorkDir { path, source })?;
 
     let env = Rc::new(job::JobEnv {
         client: http::client(&tls),
@@ -131,6 +135,8 @@ pub async fn start(config: BuilderConfig) -> Result<Builder, BuilderError> {
         limits: config.limits.clone(),
         offline: config.offline,
         jobs_dir,
+        sources,
+        spare_dirs,
         max_log_line_bytes: Arc::new(AtomicUsize::new(DEFAULT_MAX_LOG_LINE_BYTES)),
     });
     let capabilities = Capabilities {

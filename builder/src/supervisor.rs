@@ -286,8 +286,14 @@ impl Supervisor {
             stop: signal,
         };
         actix::spawn(async move {
-            let response = run_job(&env, run).await;
-            addr.do_send(JobFinished { job, response });
+            let finished = run_job(&env, run).await;
+            // Report first: removing the job directory can take milliseconds (more on a
+            // busy disk) and nobody waits for it.
+            addr.do_send(JobFinished {
+                job,
+                response: finished.response,
+            });
+            finished.cleanup.run().await;
         });
     }
 

@@ -8,14 +8,24 @@
 //! entry count and total size are bounded, and so is everything else read between two
 //! files' data (headers, long names, extended and global headers, data of entries that
 //! are not files), which the tar crate would otherwise read into memory or skip unbounded.
+//!
+//! The destination starts empty, so the only symlinks and directories in it are the ones
+//! this archive created: the unpacker remembers them instead of asking the file system.
+//! No `lstat`/`readlink` per path component and no `canonicalize` per entry (what the tar
+//! crate's `unpack_in` does); a parent directory is created once.
+//!
+//! The archive file's SHA-256 is computed on the way through ([`Unpacked::archive_sha256`]),
+//! so a cached source is re-verified by the one read that unpacks it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
-use buildfleet_protocol::BuildErrorKind;
+use buildfleet_protocol::{BuildErrorKind, Sha256Digest};
+use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +72,66 @@ pub struct Unpacked {
     /// The directory builds run in: the archive's single top-level directory when it has
     /// one (as `.crate` files do), else `dest` itself.
     pub root: PathBuf,
+    /// SHA-256 of the archive file's bytes, all of them, as read while unpacking.
+    pub archive_sha256: Sha256Digest,
+}
+
+/// The raw archive file, hashed as it is read.
+struct Hashing<R> {
+    inner: R,
+    hasher: Rc<RefCell<Sha256>>,
+    read: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.borrow_mut().update(&buf[..n]);
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// What the archive created so far, relative to the destination.
+#[derive(Default)]
+struct Created {
+    dirs: HashSet<PathBuf>,
+    symlinks: HashSet<PathBuf>,
+}
+
+impl Created {
+    /// Refuses a path whose parents or own path are symlinks the archive made: the entry's
+    /// real location would differ from what was checked.
+    fn ensure_no_symlink_on(&self, path: &Path) -> Result<(), &'static str> {
+        if self.symlinks.is_empty() {
+            return Ok(());
+        }
+        let mut prefix = PathBuf::new();
+        for component in path.components() {
+            prefix.push(component);
+            if self.symlinks.contains(&prefix) {
+                return Err("the path goes through or replaces a symlink");
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the parent directories of `path` not made yet.
+    fn make_parents(&mut self, dest: &Path, path: &Path) -> std::io::Result<()> {
+        let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        if self.dirs.contains(parent) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dest.join(parent))?;
+        for ancestor in parent.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            if !self.dirs.insert(ancestor.to_owned()) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the tar stream may hold between the end of one file's data and the start of the
@@ -95,13 +165,20 @@ impl<R: Read> Read for Bounded<R> {
     }
 }
 
-/// Unpacks `archive` into the existing directory `dest`; on error `dest` may hold a
+/// Unpacks `archive` into the existing, empty directory `dest`; on error `dest` may hold a
 /// partial tree, which the caller removes with the job directory.
 pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpacked, UnpackError> {
     let mut file = File::open(archive).map_err(UnpackError::Read)?;
     let mut magic = [0u8; 2];
     let gzipped = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
-    let file = File::open(archive).map_err(UnpackError::Read)?;
+    file.rewind().map_err(UnpackError::Read)?;
+    let hasher = Rc::new(RefCell::new(Sha256::new()));
+    let consumed = Rc::new(Cell::new(0u64));
+    let file = Hashing {
+        inner: file,
+        hasher: hasher.clone(),
+        read: consumed.clone(),
+    };
     let reader: Box<dyn Read> = if gzipped {
         Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
     } else {
@@ -128,6 +205,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
     tar.set_unpack_xattrs(false);
     tar.set_overwrite(true);
 
+    let mut created = Created::default();
     let mut entries = 0u64;
     let mut bytes = 0u64;
     for entry in tar.entries().map_err(read_error)? {
@@ -162,8 +240,10 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
         if !is_plain_relative(&path) {
             return Err(unsafe_entry("the path is absolute or contains '..'"));
         }
-        ensure_no_symlink_on_path(dest, &path).map_err(unsafe_entry)?;
+        let path = normalized(&path);
+        created.ensure_no_symlink_on(&path).map_err(unsafe_entry)?;
 
+        let mut link_target = None;
         match entry.header().entry_type() {
             EntryType::Regular | EntryType::Continuous => {
                 bytes = bytes.saturating_add(entry.size());
@@ -189,7 +269,11 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
                 if !is_plain_relative(&target) {
                     return Err(unsafe_entry("the hard link points outside the archive"));
                 }
-                ensure_no_symlink_on_path(dest, &target).map_err(unsafe_entry)?;
+                let target = normalized(&target);
+                created
+                    .ensure_no_symlink_on(&target)
+                    .map_err(unsafe_entry)?;
+                link_target = Some(target);
             }
             // Metadata records the tar crate applies to the next entry itself.
             EntryType::XGlobalHeader
@@ -203,7 +287,11 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
             }
         }
 
-        let unpacked = entry.unpack_in(dest).map_err(|source| {
+        // Only `.` components: the destination itself, which exists.
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        let write_error = |source| {
             if hit.get() {
                 UnpackError::HeaderTooLarge(MAX_HEADER_BYTES)
             } else {
@@ -212,16 +300,61 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
                     source,
                 }
             }
-        })?;
-        if !unpacked {
-            return Err(unsafe_entry("the path leaves the archive"));
+        };
+        created.make_parents(dest, &path).map_err(write_error)?;
+        let target = dest.join(&path);
+        match link_target {
+            // The tar crate would resolve a hard link's target against the working
+            // directory outside `unpack_in`: link it here, inside `dest`.
+            Some(link) => hard_link(&dest.join(link), &target).map_err(write_error)?,
+            None => {
+                entry.unpack(&target).map_err(write_error)?;
+            }
+        }
+        match entry.header().entry_type() {
+            EntryType::Symlink => {
+                created.symlinks.insert(path);
+            }
+            EntryType::Directory => {
+                created.dirs.insert(path);
+            }
+            _ => {}
         }
     }
+    drop(tar);
+    // The tar stream ends before the file does (end-of-archive blocks, the gzip trailer,
+    // padding): hash the rest so the digest covers the whole file.
+    let mut rest = File::open(archive).map_err(UnpackError::Read)?;
+    rest.seek(SeekFrom::Start(consumed.get()))
+        .map_err(UnpackError::Read)?;
+    let mut hasher = Rc::try_unwrap(hasher)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|shared| shared.borrow().clone());
+    std::io::copy(&mut rest, &mut hasher).map_err(UnpackError::Read)?;
     Ok(Unpacked {
         entries,
         bytes,
         root: build_root(dest),
+        archive_sha256: Sha256Digest::from_bytes(&hasher.finalize().into()),
     })
+}
+
+/// A hard link at `link` to the existing `target`, replacing a file at `link`.
+fn hard_link(target: &Path, link: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(target, link) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(link)?;
+            std::fs::hard_link(target, link)
+        }
+        other => other,
+    }
+}
+
+/// The normal components only (`a/./b` → `a/b`); the path was checked plain relative.
+fn normalized(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
 }
 
 /// Relative, non-empty, only normal components (and `.`).
@@ -230,23 +363,6 @@ fn is_plain_relative(path: &Path) -> bool {
         && path
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
-/// Refuses an entry whose parent directories or own path are symlinks: the tar crate would
-/// follow them, so the entry's real location would differ from what was checked.
-fn ensure_no_symlink_on_path(dest: &Path, path: &Path) -> Result<(), &'static str> {
-    let mut current = dest.to_path_buf();
-    for component in path.components() {
-        current.push(component);
-        match std::fs::symlink_metadata(&current) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err("the path goes through or replaces a symlink");
-            }
-            Ok(_) => {}
-            Err(_) => return Ok(()),
-        }
-    }
-    Ok(())
 }
 
 /// A symlink at `link` (relative to the root) may point to `target` if the target is

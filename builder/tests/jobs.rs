@@ -330,7 +330,9 @@ async fn cancel_and_timeout_end_a_running_job() {
         }
         let response = tokio::time::timeout(Duration::from_secs(20), run_job(&env, run))
             .await
-            .expect("the job ends");
+            .expect("the job ends")
+            .clean_up()
+            .await;
         assert_eq!(response.outcome, outcome);
         let statement =
             verify_statement(env.identity.key.public_key(), &response.statement).unwrap();

@@ -374,3 +374,66 @@ fn oversized_header_records_are_refused_before_they_are_read() {
     let unpacked = unpack_bytes(&archive).expect("an archive with a long name and pax records");
     assert!(unpacked.root.ends_with("pkg"));
 }
+
+#[test]
+fn the_digest_covers_every_byte_of_the_archive_file() {
+    use sha2::{Digest, Sha256};
+    let entries = [
+        file("pkg/a", b"data"),
+        Entry {
+            path: "pkg/link",
+            kind: EntryType::Symlink,
+            link: Some("a"),
+            data: b"",
+        },
+        file("pkg/./deep/er/b", b"more"),
+    ];
+    for gzip in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("source.archive");
+        let mut bytes = raw_archive(&entries, gzip);
+        // Trailing bytes past the end-of-archive blocks count too.
+        bytes.extend_from_slice(&[0u8; 4096]);
+        std::fs::write(&archive, &bytes).unwrap();
+        let dest = dir.path().join("src");
+        std::fs::create_dir(&dest).unwrap();
+        let unpacked = unpack(&archive, &dest, LIMITS).expect("a good archive");
+        let expected = hex::encode(Sha256::digest(&bytes));
+        assert_eq!(unpacked.archive_sha256.as_str(), expected, "gzip {gzip}");
+        assert_eq!(std::fs::read(dest.join("pkg/deep/er/b")).unwrap(), b"more");
+        assert_eq!(std::fs::read(dest.join("pkg/link")).unwrap(), b"data");
+        nothing_outside(dir.path());
+    }
+}
+
+#[test]
+fn an_entry_under_a_symlink_made_earlier_is_refused() {
+    // `pkg/dir` becomes a symlink to a real directory inside the tree; a later entry
+    // through it would land where the unpacker did not check.
+    let entries = [
+        file("pkg/real/keep", b"x"),
+        Entry {
+            path: "pkg/dir",
+            kind: EntryType::Symlink,
+            link: Some("real"),
+            data: b"",
+        },
+        file("pkg/./dir/sneaky", b"y"),
+    ];
+    let (dir, result) = try_unpack(&entries, LIMITS);
+    assert_unsafe(result, "an entry through a symlink");
+    assert!(!dir.path().join("src/pkg/real/sneaky").exists());
+    let replace = [
+        Entry {
+            path: "pkg/dir",
+            kind: EntryType::Symlink,
+            link: Some("real"),
+            data: b"",
+        },
+        file("pkg/dir", b"over the link"),
+    ];
+    assert_unsafe(
+        try_unpack(&replace, LIMITS).1,
+        "an entry replacing a symlink",
+    );
+}

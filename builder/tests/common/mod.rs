@@ -16,9 +16,10 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use buildfleet_builder::config::{Limits, Strategy, ToolchainEnv};
 use buildfleet_builder::event_buffer::EventBuffer;
 use buildfleet_builder::identity::Identity;
-use buildfleet_builder::job::{JobEnv, JobRun};
+use buildfleet_builder::job::{Finished, JobEnv, JobRun, SpareDirs};
 use buildfleet_builder::process::StopSignal;
 use buildfleet_builder::recipes::{RecipeBook, RecipeConfig};
+use buildfleet_builder::source::SourceCache;
 use buildfleet_protocol::{
     Attempt, JobAssignment, JobEvent, JobId, JobMode, JobRef, Sha256Digest, SourceSpec,
 };
@@ -148,6 +149,21 @@ pub fn test_identity(dir: &Path) -> Arc<Identity> {
 }
 
 pub fn job_env(work: &Path, strategy: Strategy, recipes: Vec<RecipeConfig>) -> JobEnv {
+    job_env_with_cache(
+        work,
+        strategy,
+        recipes,
+        Limits::default().source_cache_bytes,
+    )
+}
+
+/// A job environment whose source cache holds at most `cache_bytes`.
+pub fn job_env_with_cache(
+    work: &Path,
+    strategy: Strategy,
+    recipes: Vec<RecipeConfig>,
+    cache_bytes: u64,
+) -> JobEnv {
     let tls = buildfleet_builder::http::tls_config(None).expect("tls");
     let jobs_dir = work.join("jobs");
     std::fs::create_dir_all(&jobs_dir).unwrap();
@@ -159,6 +175,8 @@ pub fn job_env(work: &Path, strategy: Strategy, recipes: Vec<RecipeConfig>) -> J
         toolchain: ToolchainEnv::from_process_env(),
         limits: Limits::default(),
         offline: true,
+        sources: SourceCache::open(&work.join("sources"), cache_bytes).expect("source cache"),
+        spare_dirs: Arc::new(SpareDirs::new(jobs_dir.clone())),
         jobs_dir,
         max_log_line_bytes: Arc::new(AtomicUsize::new(16 * 1024)),
     }
@@ -187,11 +205,18 @@ pub fn assignment(
     }
 }
 
-/// Runs one job to completion and returns its response and events.
+/// Runs one job to completion, cleans up, and returns its response and events.
 pub async fn run(
     env: &JobEnv,
     assignment: JobAssignment,
 ) -> (buildfleet_protocol::JobResponse, Vec<JobEvent>) {
+    let (finished, events) = run_uncleaned(env, assignment).await;
+    (finished.clean_up().await, events)
+}
+
+/// Runs one job to completion and returns what it finished with (its directory still in
+/// place) and its events.
+pub async fn run_uncleaned(env: &JobEnv, assignment: JobAssignment) -> (Finished, Vec<JobEvent>) {
     let job = JobRef {
         job_id: assignment.job_id,
         attempt: assignment.attempt,
@@ -206,8 +231,8 @@ pub async fn run(
         events: events.clone(),
         stop: signal,
     };
-    let response = buildfleet_builder::job::run_job(env, run).await;
-    (response, events.events_after(0))
+    let finished = buildfleet_builder::job::run_job(env, run).await;
+    (finished, events.events_after(0))
 }
 
 pub fn log_lines(events: &[JobEvent]) -> Vec<String> {
