@@ -211,7 +211,8 @@ async fn health_metrics_and_allowed_signers(db: TestDb) {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     for key in [&key_a, &key_b] {
-        let expected = signing::allowed_signers_line(&key.name, key.private.public_key());
+        let expected = signing::allowed_signers_line(&key.name, key.private.public_key())
+            .expect("an allowed-signers line");
         assert!(
             lines.contains(&expected.as_str()),
             "{expected} not in {text}"

@@ -40,6 +40,7 @@ server_tests! {
     text_that_is_not_utf8_closes_with_1007,
     a_log_line_over_the_limit_is_truncated_by_the_backend,
     operator_labels_decide_matching_and_declared_ones_are_shown,
+    a_corrupt_stored_job_fails_instead_of_going_out_with_made_up_values,
 }
 
 /// An admitted builder, ready, running one fresh job it accepted.
@@ -638,5 +639,34 @@ async fn operator_labels_decide_matching_and_declared_ones_are_shown(db: TestDb)
         view["live"]["effective_labels"],
         json!({ "pool": "ci", "arch": "aarch64" })
     );
+    server.shutdown().await;
+}
+
+/// A job row whose source digest was corrupted behind the backend's back is never sent with
+/// a stand-in digest: claiming it fails the job with the reason.
+async fn a_corrupt_stored_job_fails_instead_of_going_out_with_made_up_values(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let id = server.submit(json!({})).await;
+    server.execute_sql(&format!(
+        "UPDATE jobs SET source_sha256 = 'not-a-digest' WHERE id = {id}"
+    ));
+    let key = TestKey::generate("careful");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    builder.request_jobs(1);
+    let failed = server.wait_for_state(id, "failed").await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("source_sha256")),
+        "{failed}"
+    );
+    let sent = builder
+        .try_expect(Duration::from_millis(300), "a jobs frame", |m| match m {
+            ServerMessage::Jobs(jobs) => Some(jobs.jobs.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(sent, None, "nothing went out for the corrupt job");
     server.shutdown().await;
 }

@@ -185,11 +185,14 @@ pub fn verify_statement(
 }
 
 /// One line of an OpenSSH allowed-signers file, limited to the statement namespace.
-pub fn allowed_signers_line(principal: &str, key: &PublicKey) -> String {
+pub fn allowed_signers_line(principal: &str, key: &PublicKey) -> Result<String, SigningError> {
+    // A key that cannot be written out is an error, never a line with an empty key.
     let key_text = PublicKey::new(key.key_data().clone(), "")
         .to_openssh()
-        .unwrap_or_default();
-    format!("{principal} namespaces=\"{STATEMENT_NAMESPACE}\" {key_text}")
+        .map_err(|e| SigningError::Parse(e.to_string()))?;
+    Ok(format!(
+        "{principal} namespaces=\"{STATEMENT_NAMESPACE}\" {key_text}"
+    ))
 }
 
 /// Builder names are principals in allowed-signers files and path segments in URLs, so

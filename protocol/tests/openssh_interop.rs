@@ -327,7 +327,8 @@ fn check_our_signatures_verify_with_openssh(kind: &str, bits: Option<&str>) {
     let signed = signing::sign_statement(&key.private, &statement)
         .unwrap_or_else(|e| panic!("{kind}: sign_statement: {e}"));
     assert_eq!(signed.statement, statement.to_signed_text());
-    let allowed = signing::allowed_signers_line("builder-01", &key.public);
+    let allowed =
+        signing::allowed_signers_line("builder-01", &key.public).expect("an allowed-signers line");
     let good = openssh_verifies(
         dir,
         &allowed,
@@ -529,7 +530,8 @@ fn malformed_keys_are_refused() {
 #[test]
 fn allowed_signers_lines_drop_the_comment_and_restrict_the_namespace() {
     let key = generate("ed25519", None);
-    let line = signing::allowed_signers_line("builder-01", &key.public);
+    let line =
+        signing::allowed_signers_line("builder-01", &key.public).expect("an allowed-signers line");
     let key_text = key.public.to_openssh().unwrap();
     let without_comment = key_text.rsplit_once(' ').unwrap().0;
     assert_eq!(

@@ -133,6 +133,25 @@ impl TestDb {
         })
     }
 
+    /// Runs one SQL statement on its own connection, behind the store's back: for tests that
+    /// corrupt a row on purpose.
+    pub fn execute(&self, sql: &str) {
+        let result = match self.backend {
+            Backend::Sqlite => {
+                let path = self.url.trim_start_matches("sqlite://");
+                let mut conn = diesel::SqliteConnection::establish(path)
+                    .unwrap_or_else(|e| panic!("open {path}: {e}"));
+                diesel::sql_query(sql).execute(&mut conn)
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::establish(&self.url)
+                    .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url));
+                diesel::sql_query(sql).execute(&mut conn)
+            }
+        };
+        result.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// The database URL, for code under test that opens its own store.
     pub fn url(&self) -> &str {
         &self.url

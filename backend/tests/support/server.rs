@@ -119,6 +119,11 @@ impl TestServer {
         }
     }
 
+    /// See [`TestDb::execute`].
+    pub fn execute_sql(&self, sql: &str) {
+        self.db.execute(sql);
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.data_dir.path()
     }
