@@ -27,6 +27,11 @@ impl Api {
         }
     }
 
+    /// The admin bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,11 +1,14 @@
-//! `buildfleet-bench`: the real backend on loopback against simulated builders (real
-//! WebSocket clients, real keys, the real protocol), on SQLite and PostgreSQL. Prints a
-//! table and optionally writes JSON. How to run it and what it found: docs/benchmarks.md.
+//! `buildfleet-bench`: the real backend on loopback against real builder processes and
+//! against simulated builders (real WebSocket clients, real keys, the real protocol), on
+//! SQLite and PostgreSQL. Prints a table and optionally writes JSON. How to run it and what
+//! it found: docs/benchmarks.md.
 
 mod api;
 mod fleet;
+mod floors;
 mod procfs;
 mod report;
+mod sse;
 mod stats;
 mod suites;
 mod target;
@@ -50,7 +53,8 @@ struct Cli {
     /// Number of idle sessions (default 10000, smoke 50; capped by the fd limit).
     #[arg(long)]
     sessions: Option<usize>,
-    /// Number of jobs of the dispatch and lifecycle suites (default 1000 and 10000).
+    /// Number of jobs of the dispatch, lifecycle and real-builder throughput suites (default
+    /// 1000, 10000 and 500).
     #[arg(long)]
     jobs: Option<usize>,
 }
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
     let options = RunOptions {
         backend,
         builder_binary: find_binary(cli.bin_dir.as_ref(), "buildfleet-builder"),
+        stamp_binary: find_binary(cli.bin_dir.as_ref(), "buildfleet-bench-stamp"),
         smoke: cli.smoke,
         sessions: cli.sessions,
         jobs: cli.jobs,

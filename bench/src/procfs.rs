@@ -33,6 +33,16 @@ pub fn reset_peak_rss(pid: u32) -> bool {
 
 /// User + system CPU time the process has used so far.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    stat_ticks(pid, 11, 12)
+}
+
+/// User + system CPU time of the process's children it has waited for (its commands).
+pub fn children_cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    stat_ticks(pid, 13, 14)
+}
+
+/// The sum of two tick fields of `/proc/<pid>/stat`, counted after the command name.
+fn stat_ticks(pid: u32, first: usize, second: usize) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may contain spaces; fields after its ')' are fixed.
@@ -41,14 +51,15 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
         .map(|(_, rest)| rest)
         .with_context(|| format!("malformed {path}"))?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    // utime, stime, cutime, cstime are fields 14–17 of the whole line, 11–14 (from 0)
+    // after the name.
     let ticks = |i: usize| -> anyhow::Result<u64> {
         fields
             .get(i)
             .and_then(|f| f.parse().ok())
             .with_context(|| format!("no field {i} in {path}"))
     };
-    let total = ticks(11)? + ticks(12)?;
+    let total = ticks(first)? + ticks(second)?;
     Ok(Duration::from_secs_f64(
         total as f64 / clock_ticks_per_second(),
     ))

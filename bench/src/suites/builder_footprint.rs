@@ -132,7 +132,7 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     Ok(())
 }
 
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -163,7 +163,7 @@ path = "started"
     )
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -175,7 +175,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// A gzipped tarball with one small file: what the builder fetches and unpacks.
-fn source_archive() -> anyhow::Result<Vec<u8>> {
+pub(crate) fn source_archive() -> anyhow::Result<Vec<u8>> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(encoder);
     let contents = b"a source archive for the builder footprint benchmark\n";
@@ -187,7 +187,7 @@ fn source_archive() -> anyhow::Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
-async fn wait_connected(api: &Api, builder: i64, limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_connected(api: &Api, builder: i64, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if api.get(&format!("/api/v1/builders/{builder}")).await?["connected"] == true {

@@ -1,4 +1,4 @@
-//! The six suites. Each starts its own backend on a fresh database, measures one thing and
+//! The suites. Each starts its own backend on a fresh database, measures one thing and
 //! returns a [`SuiteResult`]; an error becomes the result's `error`, never a panic.
 
 pub mod artifact_upload;
@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod idle_sessions;
 pub mod lifecycle;
 pub mod log_ingest;
+pub mod real_builders;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -23,6 +24,7 @@ use crate::target::{Backend, BackendMode, BackendSettings, DbKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
     All,
+    RealBuilders,
     Dispatch,
     Lifecycle,
     IdleSessions,
@@ -32,7 +34,8 @@ pub enum Suite {
 }
 
 impl Suite {
-    pub const EACH: [Suite; 6] = [
+    pub const EACH: [Suite; 7] = [
+        Suite::RealBuilders,
         Suite::Dispatch,
         Suite::Lifecycle,
         Suite::IdleSessions,
@@ -44,6 +47,7 @@ impl Suite {
     pub fn name(self) -> &'static str {
         match self {
             Suite::All => "all",
+            Suite::RealBuilders => "real-builders",
             Suite::Dispatch => "dispatch",
             Suite::Lifecycle => "lifecycle",
             Suite::IdleSessions => "idle-sessions",
@@ -58,12 +62,14 @@ impl Suite {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub backend: BackendMode,
-    /// The real builder binary, for the builder footprint suite.
+    /// The real builder binary, for the builder footprint and real-builder suites.
     pub builder_binary: Option<PathBuf>,
+    /// `buildfleet-bench-stamp`, the real builders' no-op command.
+    pub stamp_binary: Option<PathBuf>,
     pub smoke: bool,
     /// Overrides the idle-sessions suite's session count.
     pub sessions: Option<usize>,
-    /// Overrides the job count of the dispatch and lifecycle suites.
+    /// Overrides the job count of the dispatch, lifecycle and real-builder suites.
     pub jobs: Option<usize>,
     /// The soft fd limit after raising it.
     pub fd_limit: u64,
@@ -83,6 +89,7 @@ impl RunOptions {
 pub async fn run(suite: Suite, db: DbKind, options: &RunOptions) -> SuiteResult {
     let mut result = SuiteResult::new(suite.name(), db.name());
     let outcome = match suite {
+        Suite::RealBuilders => real_builders::run(db, options, &mut result).await,
         Suite::Dispatch => dispatch::run(db, options, &mut result).await,
         Suite::Lifecycle => lifecycle::run(db, options, &mut result).await,
         Suite::IdleSessions => idle_sessions::run(db, options, &mut result).await,
