@@ -1,6 +1,7 @@
 //! End-to-end fixtures: real builders (the builder crate, started in-process on the test's
-//! actix system) against the real backend of [`TestServer`], a TCP proxy that can cut their
-//! connections, source archives (honest and malicious) and the checks the scenarios share.
+//! actix system) against the real backend of [`TestServer`], a TCP proxy that can cut or
+//! black-hole their connections, source archives (honest and malicious) and the checks the
+//! scenarios share.
 //! Every wait polls with a deadline: a scenario fails, it never hangs.
 // Shared by several test crates, each using a different part of it.
 #![allow(dead_code)]
@@ -492,10 +493,12 @@ pub async fn assert_all_dead(pids: &[u32], what: &str) {
 // ---- network ----
 
 /// A TCP proxy on `127.0.0.1:0` forwarding to `upstream`, which can drop every live
-/// connection at once, as a flaky network would.
+/// connection at once, as a flaky network would, or black-hole them for a while.
 pub struct TcpProxy {
     pub addr: SocketAddr,
     cut: watch::Sender<u64>,
+    /// When the current black hole ends (`None`, or a past instant: none).
+    hole: watch::Sender<Option<tokio::time::Instant>>,
     accepted: Arc<AtomicUsize>,
     accept_loop: JoinHandle<()>,
 }
@@ -507,22 +510,37 @@ impl TcpProxy {
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (cut, _) = watch::channel(0u64);
+        let (hole, _) = watch::channel(None);
         let accepted = Arc::new(AtomicUsize::new(0));
         let accept_loop = {
-            let (cut, accepted) = (cut.clone(), accepted.clone());
+            let (cut, hole, accepted) = (cut.clone(), hole.clone(), accepted.clone());
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let mut cut_rx = cut.subscribe();
+                    let mut hole_rx = hole.subscribe();
                     tokio::spawn(async move {
+                        // Opened inside a hole: accepted (the SYN got through) but never
+                        // forwarded, and closed when the hole ends, as a half-dead network
+                        // route would.
+                        if let Some(until) = hole_end(&mut hole_rx) {
+                            hold(until, &mut cut_rx).await;
+                            return;
+                        }
                         let Ok(mut server) = TcpStream::connect(upstream).await else {
                             return;
                         };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cut_rx.changed() => {}
-                        }
-                        // Both sockets drop here: each side sees its connection end.
+                        let until = tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+                            _ = cut_rx.changed() => return,
+                            until = next_hole(&mut hole_rx) => until,
+                        };
+                        // Black-holed: both sockets stay open and nothing moves either way
+                        // (bytes in the proxy's buffers are lost, as in a partition), so each
+                        // end finds out only by its own timeouts. When the hole ends the
+                        // connection is closed: both ends have given up on it by then.
+                        hold(until, &mut cut_rx).await;
+                        drop((client, server));
                     });
                 }
             })
@@ -530,6 +548,7 @@ impl TcpProxy {
         TcpProxy {
             addr,
             cut,
+            hole,
             accepted,
             accept_loop,
         }
@@ -540,9 +559,55 @@ impl TcpProxy {
         self.cut.send_modify(|generation| *generation += 1);
     }
 
+    /// Stops forwarding on every connection for `duration` without closing any: open
+    /// connections go silent, new ones are accepted and held silent. When it ends, the
+    /// held connections are closed and new ones go through again.
+    pub fn black_hole(&self, duration: Duration) {
+        self.hole
+            .send_replace(Some(tokio::time::Instant::now() + duration));
+    }
+
+    /// Whether a black hole is in force now.
+    pub fn in_black_hole(&self) -> bool {
+        self.hole
+            .borrow()
+            .is_some_and(|until| until > tokio::time::Instant::now())
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// The end of the hole in force now, if one is.
+fn hole_end(
+    hole: &mut watch::Receiver<Option<tokio::time::Instant>>,
+) -> Option<tokio::time::Instant> {
+    let until = (*hole.borrow_and_update())?;
+    (until > tokio::time::Instant::now()).then_some(until)
+}
+
+/// Waits for a hole to start (or to be in force already); returns its end.
+async fn next_hole(
+    hole: &mut watch::Receiver<Option<tokio::time::Instant>>,
+) -> tokio::time::Instant {
+    loop {
+        if let Some(until) = hole_end(hole) {
+            return until;
+        }
+        if hole.changed().await.is_err() {
+            // The proxy is gone; its cut ends the connection.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Keeps a black-holed connection open until the hole ends or the proxy cuts everything.
+async fn hold(until: tokio::time::Instant, cut: &mut watch::Receiver<u64>) {
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => {}
+        _ = cut.changed() => {}
     }
 }
 

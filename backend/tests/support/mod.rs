@@ -4,4 +4,5 @@ pub mod cli;
 pub mod db;
 pub mod e2e;
 pub mod keys;
+pub mod processes;
 pub mod server;
