@@ -30,6 +30,26 @@ async fn admitted(server: &TestServer, name: &str) -> TestKey {
     key
 }
 
+/// `builder` asks for one job, takes the next assignment (of job `id`), runs it and reports
+/// success; the job ends succeeded. Returns the assignment.
+async fn run_next_to_success(
+    server: &TestServer,
+    builder: &mut BuilderClient,
+    key: &TestKey,
+    id: i64,
+) -> buildfleet_protocol::JobAssignment {
+    builder.request_jobs(1);
+    let job = builder.next_assignment().await;
+    assert_eq!(job.job_id.0, id);
+    builder.accept(&job);
+    let result = builder
+        .complete(key, &job, Outcome::Succeeded, vec![])
+        .await;
+    assert_eq!(result, CompletionResult::Accepted);
+    server.wait_for_state(id, "succeeded").await;
+    job
+}
+
 /// The `jobs` frame went into a connection that died: the builder never accepted. With
 /// `max_attempts: 1` the job still goes back to the queue instead of failing.
 async fn an_assignment_never_accepted_does_not_use_up_an_attempt(db: TestDb) {
@@ -50,15 +70,8 @@ async fn an_assignment_never_accepted_does_not_use_up_an_attempt(db: TestDb) {
     assert_eq!(job["failed_attempts"], 0, "{job}");
 
     let mut again = BuilderClient::connect_ready(&server.ws_url(), &key).await;
-    again.request_jobs(1);
-    let second = again.next_assignment().await;
+    let second = run_next_to_success(&server, &mut again, &key, id).await;
     assert_eq!(second.attempt.0, offered.attempt.0 + 1);
-    again.accept(&second);
-    let result = again
-        .complete(&key, &second, Outcome::Succeeded, vec![])
-        .await;
-    assert_eq!(result, CompletionResult::Accepted);
-    server.wait_for_state(id, "succeeded").await;
     server.shutdown().await;
 }
 
@@ -122,15 +135,7 @@ async fn a_lease_lost_to_the_network_is_forgiven_when_the_builder_returns(db: Te
     let requeued = server.job(id).await;
     assert_eq!(requeued["failed_attempts"], 0, "{requeued}");
     assert_eq!(requeued["attempt"], 2, "{requeued}");
-    back.request_jobs(1);
-    let retry = back.next_assignment().await;
-    assert_eq!(retry.job_id, job.job_id);
-    back.accept(&retry);
-    let done = back
-        .complete(&key, &retry, Outcome::Succeeded, vec![])
-        .await;
-    assert_eq!(done, CompletionResult::Accepted);
-    server.wait_for_state(id, "succeeded").await;
+    run_next_to_success(&server, &mut back, &key, id).await;
     server.shutdown().await;
 }
 
