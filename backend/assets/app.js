@@ -107,34 +107,52 @@ function appendRecord(pre, record) {
   if (atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
+const TERMINAL = ["succeeded", "failed", "cancelled", "timed_out"];
+
+function showState(badge, state) {
+  if (!badge || badge.textContent === state) return;
+  badge.textContent = state;
+  badge.className = "state state-" + state;
+}
+
+// The log and the job's state are pushed (server-sent events). EventSource reconnects by
+// itself with Last-Event-ID, so lines are neither lost nor repeated; both streams are closed
+// after their `end`, which would otherwise make EventSource reconnect.
 function setupLiveLog() {
   const pre = document.getElementById("live-log");
   if (!pre) return;
   const status = document.getElementById("log-status");
+  const badge = document.getElementById("job-state");
   const source = new EventSource(pre.dataset.stream);
   let lines = 0;
+  let ended = false;
+  const say = (text) => { if (status) status.textContent = text; };
   source.onmessage = (event) => {
-    try { appendRecord(pre, JSON.parse(event.data)); lines += 1; } catch (_) { /* keepalive */ }
-    if (status) status.textContent = lines + " lines, live";
+    try { appendRecord(pre, JSON.parse(event.data)); lines += 1; } catch (_) { return; }
+    say(lines + " lines, live");
   };
-  source.onerror = () => { if (status) status.textContent = lines + " lines (reconnecting…)"; };
-  // The job's state is refreshed so the page shows the end of a build without a reload.
-  const stateBadge = document.getElementById("job-state");
-  if (stateBadge) {
-    const timer = setInterval(async () => {
-      try {
-        const job = await (await fetch("/api/v1/jobs/" + stateBadge.dataset.job)).json();
-        if (job.state !== stateBadge.textContent) {
-          stateBadge.textContent = job.state;
-          stateBadge.className = "state state-" + job.state;
-          if (["succeeded", "failed", "cancelled", "timed_out"].includes(job.state)) {
-            clearInterval(timer);
-            setTimeout(() => location.reload(), 1500);
-          }
-        }
-      } catch (_) { /* retry on the next tick */ }
-    }, 2000);
-  }
+  source.addEventListener("attempt", (event) => {
+    const attempt = JSON.parse(event.data).attempt;
+    appendRecord(pre, { stage: "attempt " + attempt });
+  });
+  source.addEventListener("end", (event) => {
+    ended = true;
+    source.close();
+    const end = JSON.parse(event.data);
+    say(lines + " lines, " + end.outcome.replace(/_/g, " "));
+  });
+  source.onerror = () => { if (!ended) say(lines + " lines (reconnecting…)"); };
+
+  if (!badge) return;
+  const states = new EventSource("/api/v1/jobs/" + badge.dataset.job + "/events");
+  states.addEventListener("state", (event) => showState(badge, JSON.parse(event.data).state));
+  states.addEventListener("end", (event) => {
+    states.close();
+    const wasRunning = !TERMINAL.includes(badge.textContent);
+    showState(badge, JSON.parse(event.data).outcome);
+    // Artifacts and the attempt table are server-rendered: show the final page.
+    if (wasRunning) setTimeout(() => location.reload(), 1500);
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {

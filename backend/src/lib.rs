@@ -8,6 +8,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod http;
+pub mod job_feed;
 pub mod local;
 pub mod logs;
 pub mod metrics;

@@ -58,6 +58,10 @@ pub struct Metrics {
     /// Chunk writes that failed; their events were kept for a retry.
     pub log_store_failures: AtomicU64,
     pub artifact_bytes_uploaded: AtomicU64,
+    /// Live viewers of running jobs' logs, as the LogSink holds them.
+    pub log_subscribers: AtomicI64,
+    /// Open server-sent event streams: logs and job states.
+    pub event_streams: AtomicI64,
     /// Submission (or requeue) to the `jobs` frame being sent to a builder.
     pub dispatch_latency: Histogram,
 }
@@ -95,6 +99,18 @@ impl Metrics {
             "buildfleet_builders_connected",
             "Authenticated builder sessions.",
             self.builders_connected.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "buildfleet_log_subscribers",
+            "Live log viewers the LogSink sends new lines to.",
+            self.log_subscribers.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "buildfleet_event_streams",
+            "Open server-sent event streams (live logs and job states).",
+            self.event_streams.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             out,

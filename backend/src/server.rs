@@ -15,6 +15,7 @@ use crate::actors::session::{session_settings, SessionContext};
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::http::{self, AppState};
+use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
 use crate::storage::{FsStorage, Storage};
 use crate::store::Store;
@@ -31,20 +32,45 @@ pub struct RunningServer {
     /// The thread of the Scheduler, Auth and LogSink actors; stopped with the server so that
     /// nothing of this instance keeps acting on the database.
     actors: actix::Arbiter,
+    /// Ends the open event streams and builder sessions at shutdown: a graceful stop would
+    /// otherwise wait its whole timeout for connections that never end by themselves.
+    job_feed: Arc<JobFeed>,
 }
 
 impl RunningServer {
-    /// Stops accepting, closes sessions, waits for the server task, then stops the actors.
+    /// Stops accepting, ends event streams and builder sessions, waits for the server task,
+    /// then stops the actors.
     pub async fn stop(self, graceful: bool) {
-        self.handle.stop(graceful).await;
+        // Accepting stops first (the command is sent at once), so nothing new opens while
+        // the streams and builder sessions are told to end.
+        let stopped = self.handle.stop(graceful);
+        self.job_feed.close();
+        stopped.await;
         let _ = self.server.await;
         Self::stop_actors(self.actors).await;
     }
 
-    /// Waits until the server stops (on SIGINT/SIGTERM, handled by actix).
+    /// Waits until the server stops: on SIGINT or SIGTERM gracefully, on SIGQUIT at once.
+    /// The signals are handled here rather than by actix, so that the event streams end
+    /// before the graceful stop starts waiting for open responses.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let result = self.server.await;
-        Self::stop_actors(self.actors).await;
+        let RunningServer {
+            handle,
+            mut server,
+            actors,
+            job_feed,
+            ..
+        } = self;
+        let result = tokio::select! {
+            result = &mut server => result,
+            graceful = shutdown_signal() => {
+                let stopped = handle.stop(graceful);
+                job_feed.close();
+                stopped.await;
+                server.await
+            }
+        };
+        Self::stop_actors(actors).await;
         result??;
         Ok(())
     }
@@ -52,6 +78,27 @@ impl RunningServer {
     async fn stop_actors(actors: actix::Arbiter) {
         actors.stop();
         let _ = tokio::task::spawn_blocking(move || actors.join()).await;
+    }
+}
+
+/// Resolves with whether to stop gracefully once SIGINT, SIGTERM (graceful) or SIGQUIT
+/// arrives. Never resolves if the handlers cannot be installed (the server then runs until
+/// killed, as it would with no signal handling).
+async fn shutdown_signal() -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::quit()),
+    );
+    let (Ok(mut interrupt), Ok(mut terminate), Ok(mut quit)) = handlers else {
+        tracing::error!("installing signal handlers failed; stop the backend with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => true,
+        _ = terminate.recv() => true,
+        _ = quit.recv() => false,
     }
 }
 
@@ -128,6 +175,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .clone()
         .unwrap_or_else(|| public_url.clone());
 
+    let job_feed = JobFeed::new(store.clone(), metrics.clone());
     let actors = actix::Arbiter::new();
     let log_sink = LogSink::new(
         store.clone(),
@@ -152,6 +200,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         },
         metrics.clone(),
         log_sink.clone(),
+        job_feed.clone(),
     );
     let scheduler = Scheduler::start_in_arbiter(&actors.handle(), move |_| scheduler);
     let auth = Auth::new(
@@ -184,6 +233,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         metrics,
         scheduler,
         log_sink,
+        job_feed: job_feed.clone(),
         config,
         public_url: public_url.clone(),
         admin_token: admin_token.clone(),
@@ -220,7 +270,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         // Builders' frames are small and come back to back; Nagle would hold each behind
         // the peer's delayed ACK (up to 40 ms).
         .tcp_nodelay(true)
-        .shutdown_timeout(10);
+        .shutdown_timeout(10)
+        // `RunningServer::wait` handles them: event streams end first.
+        .disable_signals();
     let server = match tls {
         Some((cert, key)) => {
             server.listen_rustls_0_23(listener, crate::tls::server_config(&cert, &key)?)?
@@ -240,5 +292,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         handle,
         server,
         actors,
+        job_feed,
     })
 }

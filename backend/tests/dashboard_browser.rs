@@ -153,6 +153,13 @@ async fn dashboard_pages_submit_and_live_log_in_chromium() {
             Duration::from_secs(15),
         )
         .await;
+    // The stream's `end` says how it ended; the log no longer claims to be live.
+    browser
+        .wait_for(
+            "document.getElementById('log-status').textContent.endsWith('lines, succeeded')",
+            Duration::from_secs(15),
+        )
+        .await;
     browser.screenshot(&shots.join("job-succeeded.png")).await;
 
     let job: serde_json::Value = awc::Client::new()

@@ -107,11 +107,15 @@ async fn read_live_log(url: String, last_seq: u64) -> Vec<u64> {
         pending.extend_from_slice(&chunk);
         while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = pending.drain(..end + 2).collect();
-            let Some(data) = event.strip_prefix(b"data: ") else {
+            let mut fields = event.split(|&b| b == b'\n');
+            if fields.clone().any(|f| f.starts_with(b"event:")) {
+                continue; // not a record: `attempt` or `end`
+            }
+            let Some(data) = fields.find_map(|f| f.strip_prefix(b"data: ")) else {
                 continue; // a keepalive comment
             };
             let record: serde_json::Value =
-                serde_json::from_slice(&data[..data.len() - 2]).expect("an SSE record is JSON");
+                serde_json::from_slice(data).expect("an SSE record is JSON");
             seqs.push(record["seq"].as_u64().expect("seq"));
         }
     }

@@ -27,7 +27,8 @@ use buildfleet_protocol::ErrorCode;
 
 /// Pending bytes of one attempt that trigger a flush before the timer does.
 const FLUSH_BYTES: usize = 256 * 1024;
-/// Per-viewer queue; a viewer that falls this far behind is dropped and re-reads by offset.
+/// Per-viewer queue; a viewer that falls this far behind is dropped and resumes from its last
+/// event id (`Last-Event-ID`), reading the stored log.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// Attempts without events for this long are forgotten (their state is in the database).
 const IDLE_FORGET: Duration = Duration::from_secs(300);
@@ -246,13 +247,33 @@ impl LogSink {
         }
     }
 
+    /// Sends stored lines to the job's viewers. A full queue drops its viewer (it reconnects
+    /// with `Last-Event-ID` and re-reads the stored log), and so does a closed one.
     fn fan_out(&mut self, (job, attempt): (JobId, Attempt), bytes: Bytes) {
         if let Some(subscribers) = self.subscribers.get_mut(&job) {
             subscribers.retain(|tx| tx.try_send((attempt, bytes.clone())).is_ok());
             if subscribers.is_empty() {
                 self.subscribers.remove(&job);
             }
+            self.count_subscribers();
         }
+    }
+
+    /// Forgets viewers whose stream ended (the client went away, the job finished): a job
+    /// that logs nothing more would otherwise keep them for the life of the process.
+    fn drop_closed_subscribers(&mut self) {
+        self.subscribers.retain(|_, subscribers| {
+            subscribers.retain(|tx| !tx.is_closed());
+            !subscribers.is_empty()
+        });
+        self.count_subscribers();
+    }
+
+    fn count_subscribers(&self) {
+        let count: usize = self.subscribers.values().map(Vec::len).sum();
+        self.metrics
+            .log_subscribers
+            .store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -378,6 +399,7 @@ impl Actor for LogSink {
             // Sessions release their attempts when they end; this catches any that did not.
             this.registrations
                 .retain(|_, registration| registration.ack_to.connected());
+            this.drop_closed_subscribers();
         });
     }
 }
@@ -519,7 +541,8 @@ impl Handler<FlushAttempt> for LogSink {
 }
 
 /// Live stored lines of a job, as JSONL bytes with their attempt, until the receiver is
-/// dropped or falls behind.
+/// dropped (noticed at the next flush tick) or falls behind. Only for jobs not yet finished:
+/// a finished job's log is all stored.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
@@ -531,6 +554,10 @@ impl Handler<Subscribe> for LogSink {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+        if msg.tx.is_closed() {
+            return; // the viewer left before it was registered
+        }
         self.subscribers.entry(msg.job).or_default().push(msg.tx);
+        self.count_subscribers();
     }
 }

@@ -22,6 +22,7 @@ use buildfleet_protocol::{
 use super::log_sink::{FlushAttempt, LogSink};
 use super::{blocking, SessionHandle};
 use crate::completion::verify_completion;
+use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
 use crate::store::{
     effective_labels, ignored_labels, labels_satisfy, Attempt, BuilderId, ClaimRequest, ClaimedJob,
@@ -78,7 +79,10 @@ impl BuilderSlot {
     /// Records a rejection and starts (or lengthens) the back-off for that job.
     fn reject(&mut self, job: JobId) {
         let now = Instant::now();
-        let count = self.rejected.get(&job).map_or(1, |(n, _)| n.saturating_add(1));
+        let count = self
+            .rejected
+            .get(&job)
+            .map_or(1, |(n, _)| n.saturating_add(1));
         let backoff = REJECT_BACKOFF
             .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
             .min(MAX_REJECT_BACKOFF);
@@ -121,6 +125,8 @@ pub struct Scheduler {
     settings: SchedulerSettings,
     metrics: Arc<Metrics>,
     log_sink: Addr<LogSink>,
+    /// Every committed transition is published here for the event streams.
+    feed: Arc<JobFeed>,
     builders: HashMap<BuilderId, BuilderSlot>,
     deadlines: HashMap<(JobId, Attempt), Deadline>,
     /// When jobs submitted through this replica became queued, for the latency histogram.
@@ -137,12 +143,14 @@ impl Scheduler {
         settings: SchedulerSettings,
         metrics: Arc<Metrics>,
         log_sink: Addr<LogSink>,
+        feed: Arc<JobFeed>,
     ) -> Self {
         Scheduler {
             store,
             settings,
             metrics,
             log_sink,
+            feed,
             builders: HashMap::new(),
             deadlines: HashMap::new(),
             queued_at: HashMap::new(),
@@ -200,7 +208,10 @@ impl Scheduler {
                         None => false,
                     };
                     match claimed {
-                        Ok(claimed) if !claimed.is_empty() => this.hand_over(builder, claimed, ctx),
+                        Ok(claimed) if !claimed.is_empty() => {
+                            this.feed.publish_all(claimed.iter().map(|c| &c.job));
+                            this.hand_over(builder, claimed, ctx)
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::error!(%builder, error = %e, "claiming jobs failed"),
                     }
@@ -220,18 +231,61 @@ impl Scheduler {
             return;
         };
         let mut assignments = Vec::with_capacity(claimed.len());
+        let mut corrupt = Vec::new();
         for claim in claimed {
-            slot.active.insert((claim.job.id, claim.attempt));
-            slot.credits = slot.credits.saturating_sub(1);
-            if let Some(queued_at) = self.queued_at.remove(&claim.job.id) {
-                self.metrics.dispatch_latency.observe(queued_at.elapsed());
+            let key = (claim.job.id, claim.attempt);
+            match assignment(&self.settings.public_url, claim) {
+                Ok(job) => {
+                    slot.active.insert(key);
+                    slot.credits = slot.credits.saturating_sub(1);
+                    if let Some(queued_at) = self.queued_at.remove(&key.0) {
+                        self.metrics.dispatch_latency.observe(queued_at.elapsed());
+                    }
+                    self.metrics.jobs_dispatched.fetch_add(1, Ordering::Relaxed);
+                    assignments.push(job);
+                }
+                Err(e) => corrupt.push((key, e.to_string())),
             }
-            self.metrics.jobs_dispatched.fetch_add(1, Ordering::Relaxed);
-            assignments.push(assignment(&self.settings.public_url, claim));
+        }
+        for ((job, attempt), error) in corrupt {
+            self.fail_corrupt(job, attempt, error, ctx);
+        }
+        let Some(slot) = self.builders.get_mut(&builder) else {
+            return;
+        };
+        if assignments.is_empty() {
+            return;
         }
         tracing::debug!(%builder, builder_name = %slot.name, jobs = assignments.len(), "dispatching");
         slot.session
             .push(ServerMessage::Jobs(Jobs { jobs: assignments }));
+    }
+
+    /// A claimed job whose stored row is corrupt never goes out: its attempt ends failed with
+    /// the reason, logged and shown on the job, instead of a builder running on made-up values.
+    fn fail_corrupt(
+        &mut self,
+        job: JobId,
+        attempt: Attempt,
+        error: String,
+        ctx: &mut Context<Self>,
+    ) {
+        tracing::error!(%job, %attempt, %error, "claimed job is corrupt; failing it");
+        let store = self.store.clone();
+        let completion = Completion {
+            outcome: Outcome::Failed,
+            exit_status: None,
+            error: Some(format!("internal: {error}")),
+            publication: None,
+        };
+        ctx.spawn(
+            blocking(move || store.complete_attempt(job, attempt, completion))
+                .into_actor(self)
+                .map(move |result, this, _| match result {
+                    Ok(failed) => this.feed.publish(&failed),
+                    Err(e) => tracing::error!(%job, error = %e, "failing a corrupt job failed"),
+                }),
+        );
     }
 
     /// Pushes a newly queued job to the matching builder with the most room.
@@ -266,24 +320,8 @@ impl Scheduler {
         refs: Vec<(JobId, Attempt)>,
         ctx: &mut Context<Self>,
     ) {
-        if refs.is_empty() {
-            return;
-        }
-        let store = self.store.clone();
-        ctx.spawn(
-            blocking(move || {
-                let now = store.now_ms();
-                // A lease renewed to "now" has expired for the sweep that follows.
-                store.renew_leases(builder, &refs, 0, now)
-            })
-            .into_actor(self)
-            .map(|result, this, ctx| {
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "expiring leases failed");
-                }
-                this.sweep(ctx);
-            }),
-        );
+        // A lease renewed to "now" has expired for the sweep that follows.
+        self.set_leases(builder, refs, Duration::ZERO, ctx);
     }
 
     /// Leaves attempts their reconnect grace period: they are requeued only if no session of
@@ -294,17 +332,32 @@ impl Scheduler {
         refs: Vec<(JobId, Attempt)>,
         ctx: &mut Context<Self>,
     ) {
+        self.set_leases(builder, refs, self.settings.reconnect_grace, ctx);
+    }
+
+    /// Sets the leases of the builder's attempts to end `from_now`; a sweep follows one that
+    /// ends them now.
+    fn set_leases(
+        &mut self,
+        builder: BuilderId,
+        refs: Vec<(JobId, Attempt)>,
+        from_now: Duration,
+        ctx: &mut Context<Self>,
+    ) {
         if refs.is_empty() {
             return;
         }
         let store = self.store.clone();
-        let grace = i64::try_from(self.settings.reconnect_grace.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = i64::try_from(from_now.as_millis()).unwrap_or(i64::MAX);
         ctx.spawn(
-            blocking(move || store.renew_leases(builder, &refs, grace, store.now_ms()))
+            blocking(move || store.renew_leases(builder, &refs, lease_ms, store.now_ms()))
                 .into_actor(self)
-                .map(|result, _, _| {
+                .map(move |result, this, ctx| {
                     if let Err(e) = result {
-                        tracing::error!(error = %e, "starting the grace period of unresumed attempts failed");
+                        tracing::error!(%builder, error = %e, "setting leases failed");
+                    }
+                    if from_now.is_zero() {
+                        this.sweep(ctx);
                     }
                 }),
         );
@@ -365,6 +418,7 @@ impl Scheduler {
                 match result {
                     Ok((requeued, depth)) => {
                         for lost in &requeued {
+                            this.feed.publish(&lost.job);
                             tracing::info!(job = %lost.job.id, attempt = %lost.lost_attempt, state = %lost.job.state.as_str(), "lease expired");
                             if let Some(builder) = lost.builder {
                                 this.send_cancel(builder, lost.job.id, lost.lost_attempt, CancelReason::Superseded);
@@ -414,8 +468,11 @@ impl Scheduler {
                 blocking(move || store.complete_attempt(job, attempt, completion))
                     .into_actor(self)
                     .map(move |result, this, ctx| {
-                        if let Err(e) = result {
-                            tracing::warn!(%job, error = %e, "closing a timed-out job failed");
+                        match result {
+                            Ok(closed) => this.feed.publish(&closed),
+                            Err(e) => {
+                                tracing::warn!(%job, error = %e, "closing a timed-out job failed")
+                            }
                         }
                         this.dispatch_to(builder, ctx);
                     }),
@@ -439,30 +496,42 @@ impl Scheduler {
     }
 }
 
-fn assignment(public_url: &str, claim: ClaimedJob) -> JobAssignment {
+/// The `jobs` entry of a claimed job. Submission validated every field; a stored value that
+/// fails here is corrupt, and is an error rather than a plausible stand-in (an all-zero
+/// digest, an immediate timeout).
+fn assignment(public_url: &str, claim: ClaimedJob) -> Result<JobAssignment, StoreError> {
     let job = claim.job;
-    JobAssignment {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("job {}: {what}", job.id));
+    let sha256: wire::Sha256Digest = job
+        .source_sha256
+        .parse()
+        .map_err(|_| corrupt("stored source_sha256 is not a SHA-256 digest"))?;
+    let max_bytes = u64::try_from(job.source_max_bytes)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| corrupt("stored source_max_bytes is not positive"))?;
+    let timeout_secs = u64::try_from(job.timeout_secs)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| corrupt("stored timeout_secs is not positive"))?;
+    Ok(JobAssignment {
         job_id: job.id.into(),
         attempt: claim.attempt.into(),
         source: SourceSpec {
             url: job.source_url,
-            // Submission validated the digest; a stored value that fails here is corrupt.
-            sha256: job
-                .source_sha256
-                .parse()
-                .unwrap_or_else(|_| wire::Sha256Digest::from_bytes(&[0; 32])),
-            max_bytes: u64::try_from(job.source_max_bytes).unwrap_or(0),
+            sha256,
+            max_bytes,
         },
         recipe: job.recipe,
         parameters: job.parameters,
         mode: job.mode.into(),
-        timeout_secs: u64::try_from(job.timeout_secs).unwrap_or(0),
+        timeout_secs,
         job_token: claim.job_token,
         upload_url: format!(
             "{public_url}/api/v1/jobs/{}/attempts/{}/artifacts",
             job.id, claim.attempt
         ),
-    }
+    })
 }
 
 impl Actor for Scheduler {
@@ -470,6 +539,21 @@ impl Actor for Scheduler {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.settings.sweep_interval, |this, ctx| this.sweep(ctx));
+        // At shutdown (the feed closes) builders are told to go and reconnect later, so a
+        // graceful stop does not wait out its timeout for their sockets.
+        let closing = self.feed.closing();
+        ctx.spawn(
+            async move { closing.cancelled().await }
+                .into_actor(self)
+                .map(|(), this, _| {
+                    for slot in this.builders.values() {
+                        slot.session.close(
+                            ErrorCode::ShuttingDown,
+                            "the backend is shutting down; reconnect later",
+                        );
+                    }
+                }),
+        );
     }
 }
 
@@ -709,6 +793,7 @@ impl Handler<ResumeJobs> for Scheduler {
                     } else {
                         this.expire_leases(builder, plan.abandoned, ctx);
                     }
+                    plan.forgiven.iter().for_each(|job| this.feed.refresh(*job));
                     if !plan.forgiven.is_empty() {
                         // A job the refund put back in the queue goes out now, not at the sweep.
                         this.dispatch_all(ctx);
@@ -763,7 +848,10 @@ impl Handler<AckWork> for Scheduler {
                 blocking(move || store.mark_running(job, attempt))
                     .into_actor(self)
                     .map(move |result, this, _| match result {
-                        Ok(job) => this.watch_timeout(builder, &job, attempt),
+                        Ok(job) => {
+                            this.feed.publish(&job);
+                            this.watch_timeout(builder, &job, attempt)
+                        }
                         Err(e) => {
                             tracing::warn!(%job, %attempt, error = %e, "accepting an assignment failed");
                             this.send_cancel(builder, job, attempt, CancelReason::Superseded);
@@ -783,6 +871,7 @@ impl Handler<AckWork> for Scheduler {
                         .map(move |result, this, ctx| match result {
                             // Offer the job to the others first: this builder just said no.
                             Ok(job) => {
+                                this.feed.publish(&job);
                                 let others: Vec<BuilderId> = this
                                     .builders
                                     .iter()
@@ -986,12 +1075,15 @@ impl Handler<CompleteJob> for Scheduler {
             .map(move |verdict, this, ctx| {
                 let result = match verdict {
                     Ok(Verdict::Completed(job)) => {
+                        this.feed.publish(&job);
                         this.metrics.jobs_completed.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(job = %job.id, state = job.state.as_str(), "job finished");
                         CompletionResult::Accepted
                     }
                     Ok(Verdict::AlreadyRecorded) => CompletionResult::Accepted,
                     Ok(Verdict::Refused(code, message)) => {
+                        // A refused statement fails the job; the store call did not hand it back.
+                        this.feed.refresh(key.0);
                         tracing::warn!(job = %key.0, attempt = %key.1, %message, "completion refused");
                         CompletionResult::Refused { code, message }
                     }
@@ -1022,6 +1114,7 @@ impl Handler<JobQueued> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: JobQueued, ctx: &mut Self::Context) {
+        self.feed.publish(&msg.0);
         self.queued_at.insert(msg.0.id, Instant::now());
         self.dispatch_job(&msg.0, ctx);
     }

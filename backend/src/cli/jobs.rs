@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::builders::parse_key_value;
@@ -14,11 +14,9 @@ use super::exit::{CliError, Outcome, EXIT_CODES_HELP};
 use super::logs::{self, LogsArgs};
 use super::output::{age, or_dash, pairs, print_fields, print_json, size, utc, Table};
 use super::source::{self, LocalArchive};
+use super::sse::Events;
 use super::views::{parse, JobDetailView, JobView};
 use crate::store::JobState;
-
-/// How often `--wait` and `logs --follow` look at the job.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -280,23 +278,37 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
     report_end(json, job.id, &detail)
 }
 
-/// Polls the job until it is in a terminal state; a spinner on a terminal shows where it is.
+/// A state event of `/jobs/{id}/events`.
+#[derive(Deserialize)]
+struct StateEvent {
+    state: JobState,
+    attempt: i32,
+}
+
+/// Waits for the job's end on its pushed state stream (no polling: it returns as soon as the
+/// backend commits the end), then reads the finished job; a spinner on a terminal shows the
+/// state meanwhile.
 pub async fn wait_for_end(api: &Api, id: i64) -> Result<Value, CliError> {
     let spinner = logs::spinner(&format!("job {id}"));
+    let mut events = Events::new(api, format!("/jobs/{id}/events"));
     loop {
-        let answer = api.get(&format!("/jobs/{id}")).await?;
-        let job: JobView = parse(&answer)?;
-        if job.state.is_terminal() {
-            if let Some(spinner) = spinner {
-                spinner.finish_and_clear();
-            }
-            return Ok(answer);
+        let event = events.next().await?;
+        if event.event == "end" {
+            break;
         }
-        if let Some(spinner) = &spinner {
-            spinner.set_message(format!("job {id}: {} (attempt {})", job.state, job.attempt));
+        if let (Some(spinner), Ok(state)) =
+            (&spinner, serde_json::from_str::<StateEvent>(&event.data))
+        {
+            spinner.set_message(format!(
+                "job {id}: {} (attempt {})",
+                state.state, state.attempt
+            ));
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    api.get(&format!("/jobs/{id}")).await
 }
 
 /// Prints how a finished job ended and answers the matching outcome.

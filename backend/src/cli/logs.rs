@@ -1,30 +1,26 @@
 //! `buildfleet job logs`: a job's stored log, or (with --follow) its live server-sent events
 //! until the job ends.
 //!
-//! Following watches two things at once: the event stream, for lines, and the job (polled
-//! every second), for its end. Once the job has ended the stored log is complete (the
-//! backend flushes it before the job changes state), so a last read of it prints whatever
-//! the stream had not delivered yet; records are deduplicated by their sequence number.
+//! Following reads one stream: the stored lines, the live ones, and an `end` event with the
+//! outcome once the job is over; a dropped stream is resumed from the last event id. Records
+//! are still deduplicated by their sequence number.
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Args;
-use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
 
-use super::client::{Api, Response};
+use super::client::Api;
 use super::exit::{CliError, Outcome, EXIT_CODES_HELP};
-use super::jobs::POLL_INTERVAL;
+use super::sse::Events;
 use super::views::{parse, JobDetailView};
 use crate::logs::LogRecord;
 use crate::store::JobState;
 
 /// Largest page of stored log read at once (the backend sends at most 8 MiB).
 const MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
-/// How long to wait before reconnecting a stream the backend closed.
-const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 #[command(after_long_help = EXIT_CODES_HELP)]
@@ -158,43 +154,12 @@ async fn read_stored(
     }
 }
 
-/// Why a stream was left.
-enum Left {
-    /// The backend closed it (or it broke): look at the job and reconnect.
-    Closed,
-    /// The followed attempt ended, or a new one began.
-    AttemptOver(Box<JobDetailView>),
-}
-
 async fn job_detail(api: &Api, id: i64) -> Result<JobDetailView, CliError> {
     parse(&api.get(&format!("/jobs/{id}")).await?)
 }
 
-/// Whether `attempt` of the job can get no more log lines.
-fn attempt_over(detail: &JobDetailView, attempt: i32) -> bool {
-    detail.job.state.is_terminal() || detail.job.attempt != attempt
-}
-
-/// How the followed attempt ended: the job's state for its current attempt, the recorded
-/// outcome for an earlier one.
+/// How an earlier attempt ended, as the job's attempts record it.
 fn outcome_of(detail: &JobDetailView, attempt: i32) -> (Outcome, String) {
-    if detail.job.attempt == attempt {
-        let error = detail
-            .job
-            .error
-            .as_deref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default();
-        let outcome = if detail.job.state == JobState::Succeeded {
-            Outcome::Success
-        } else {
-            Outcome::JobUnsuccessful
-        };
-        return (
-            outcome,
-            format!("job {} {}{error}", detail.job.id, detail.job.state),
-        );
-    }
     let recorded = detail.attempts.iter().find(|a| a.attempt == attempt);
     let outcome_name = recorded
         .and_then(|a| a.outcome.clone())
@@ -210,117 +175,64 @@ fn outcome_of(detail: &JobDetailView, attempt: i32) -> (Outcome, String) {
     )
 }
 
+/// The data of the stream's `attempt` and `end` events.
+#[derive(Deserialize)]
+struct AttemptEvent {
+    attempt: i32,
+}
+
+#[derive(Deserialize)]
+struct EndEvent {
+    outcome: JobState,
+    error: Option<String>,
+}
+
+/// Prints the live log stream until its `end` (or, with `--attempt`, until that attempt is
+/// over), then answers the outcome. Lines come once each: a dropped stream is resumed with
+/// `Last-Event-ID`.
 async fn follow(
     api: &Api,
     id: i64,
     wanted: Option<i32>,
     printer: &mut Printer,
 ) -> Result<Outcome, CliError> {
-    let mut detail = job_detail(api, id).await?;
-    let mut attempt = wanted.unwrap_or(detail.job.attempt);
+    let mut path = format!("/jobs/{id}/log/stream");
+    if let Some(attempt) = wanted {
+        path.push_str(&format!("?attempt={attempt}"));
+    }
+    printer.status(format!("waiting for job {id}"));
+    let mut events = Events::new(api, path);
     loop {
-        if attempt_over(&detail, attempt) {
-            // The stored log of an attempt that is over is complete.
-            read_stored(api, id, Some(attempt), printer).await?;
-            if wanted.is_none() && !detail.job.state.is_terminal() {
-                attempt = detail.job.attempt;
+        let event = events.next().await?;
+        match event.event.as_str() {
+            "message" => printer.record(event.data.as_bytes()),
+            "attempt" => {
+                let next: AttemptEvent = serde_json::from_str(&event.data)
+                    .map_err(|e| CliError::Network(format!("a bad attempt event: {e}")))?;
+                if let Some(wanted) = wanted {
+                    // The followed attempt is over: its log is complete.
+                    let (outcome, line) = outcome_of(&job_detail(api, id).await?, wanted);
+                    printer.note(&line);
+                    return Ok(outcome);
+                }
                 printer.last_seq = None;
                 printer.note(&format!(
-                    "--- job {id} was requeued; following attempt {attempt}"
-                ));
-                continue;
-            }
-            let (outcome, line) = outcome_of(&detail, attempt);
-            printer.note(&line);
-            return Ok(outcome);
-        }
-        printer.status(format!(
-            "waiting for job {id} ({}, attempt {attempt})",
-            detail.job.state
-        ));
-        let stream = api
-            .get_response(&format!("/jobs/{id}/log/stream?attempt={attempt}"))
-            .await?;
-        match pump(api, id, attempt, stream, printer).await? {
-            Left::AttemptOver(latest) => detail = *latest,
-            Left::Closed => {
-                tokio::time::sleep(RECONNECT_DELAY).await;
-                detail = job_detail(api, id).await?;
-            }
-        }
-    }
-}
-
-/// Prints the stream's records until it closes or the attempt is over.
-async fn pump(
-    api: &Api,
-    id: i64,
-    attempt: i32,
-    mut stream: Response,
-    printer: &mut Printer,
-) -> Result<Left, CliError> {
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        tokio::select! {
-            chunk = stream.next() => match chunk {
-                Some(Ok(bytes)) => feed_sse(&mut pending, &bytes, printer),
-                Some(Err(_)) | None => return Ok(Left::Closed),
-            },
-            _ = ticker.tick() => {
-                let detail = job_detail(api, id).await?;
-                if attempt_over(&detail, attempt) {
-                    return Ok(Left::AttemptOver(Box::new(detail)));
-                }
-                printer.status(format!(
-                    "waiting for job {id} ({}, attempt {attempt})",
-                    detail.job.state
+                    "--- job {id} was requeued; following attempt {}",
+                    next.attempt
                 ));
             }
+            "end" => {
+                let end: EndEvent = serde_json::from_str(&event.data)
+                    .map_err(|e| CliError::Network(format!("a bad end event: {e}")))?;
+                let error = end.error.map(|e| format!(": {e}")).unwrap_or_default();
+                printer.note(&format!("job {id} {}{error}", end.outcome));
+                return Ok(if end.outcome == JobState::Succeeded {
+                    Outcome::Success
+                } else {
+                    Outcome::JobUnsuccessful
+                });
+            }
+            _ => {}
         }
-    }
-}
-
-/// Splits server-sent events into lines and prints each `data:` payload.
-fn feed_sse(pending: &mut Vec<u8>, bytes: &Bytes, printer: &mut Printer) {
-    pending.extend_from_slice(bytes);
-    while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-        let line: Vec<u8> = pending.drain(..=end).collect();
-        let line = line.strip_suffix(b"\n").unwrap_or(&line);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(data) = line.strip_prefix(b"data:") {
-            let data = data.strip_prefix(b" ").unwrap_or(data);
-            printer.record(data);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_lines_split_across_chunks_are_joined() {
-        let mut printer = Printer {
-            json: true,
-            last_seq: None,
-            spinner: None,
-        };
-        let mut pending = Vec::new();
-        feed_sse(
-            &mut pending,
-            &Bytes::from_static(b": keepalive\n\ndata: {\"seq\":1,\"ts\":5,\"li"),
-            &mut printer,
-        );
-        assert_eq!(printer.last_seq, None);
-        feed_sse(
-            &mut pending,
-            &Bytes::from_static(b"ne\":\"a\"}\n\ndata: {\"seq\":1,\"ts\":5}\n\n"),
-            &mut printer,
-        );
-        assert_eq!(printer.last_seq, Some(1));
-        assert!(pending.is_empty());
     }
 }

@@ -13,6 +13,7 @@ mod jobs;
 mod logs;
 mod output;
 mod source;
+mod sse;
 mod views;
 
 use std::path::PathBuf;

@@ -333,7 +333,10 @@ pub async fn cancel(
     let store = state.store.clone();
     let result = blocking(move || Ok(store.cancel_job(id)?)).await?;
     let job = match result {
-        CancelResult::Cancelled(job) => job,
+        CancelResult::Cancelled(job) => {
+            state.job_feed.publish(&job);
+            job
+        }
         CancelResult::Requested { job, attempt } => {
             if let Some(builder) = attempt.builder {
                 state.scheduler.do_send(CancelAttempt {

@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod builders;
 pub mod enrolment;
+pub mod events;
 pub mod jobs;
 pub mod logs;
 pub mod sources;
@@ -19,6 +20,7 @@ use actix_web::web;
 use crate::actors::log_sink::LogSink;
 use crate::actors::scheduler::Scheduler;
 use crate::config::ServerConfig;
+use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
 use crate::store::Store;
@@ -30,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub scheduler: Addr<Scheduler>,
     pub log_sink: Addr<LogSink>,
+    /// Committed job state changes, for the event streams; also ends them at shutdown.
+    pub job_feed: Arc<JobFeed>,
     pub config: Arc<ServerConfig>,
     /// Base URL for links handed to builders and clients (no trailing slash).
     pub public_url: String,
@@ -68,6 +72,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/jobs/{id}/plan", web::get().to(jobs::plan))
                 .route("/jobs/{id}/log", web::get().to(logs::whole))
                 .route("/jobs/{id}/log/stream", web::get().to(logs::stream))
+                .route("/jobs/{id}/events", web::get().to(events::job))
+                .route("/job-events", web::get().to(events::all))
                 .route("/jobs/{id}/artifacts", web::get().to(artifacts::list))
                 .route(
                     "/jobs/{id}/artifacts/{name}",

@@ -184,7 +184,7 @@ async fn watch(url: String, expected: u64, limit: Duration) -> Watch {
         }
     };
     let deadline = tokio::time::Instant::now() + limit;
-    // Records are `data: …\n\n`; count them across chunk boundaries by their prefix.
+    // Records are unnamed events (`id: …\ndata: …\n\n`); count them across chunk boundaries.
     let mut carry: Vec<u8> = Vec::new();
     while watch.records < expected {
         match tokio::time::timeout_at(deadline, response.next()).await {
@@ -192,7 +192,8 @@ async fn watch(url: String, expected: u64, limit: Duration) -> Watch {
                 carry.extend_from_slice(&chunk);
                 let mut start = 0;
                 while let Some(end) = find(&carry[start..], b"\n\n") {
-                    if carry[start..].starts_with(b"data: ") {
+                    let event = &carry[start..start + end];
+                    if find(event, b"data: ").is_some() && find(event, b"event: ").is_none() {
                         watch.records += 1;
                         watch.last_record_at = Some(Instant::now());
                     }
