@@ -122,13 +122,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Runs a blocking store call on actix's blocking pool and flattens the two error layers.
+/// Runs a blocking store call within the store's admission limit
+/// ([`crate::offload::store`]) and flattens the two error layers.
 pub async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,
     T: Send + 'static,
 {
-    actix_web::web::block(f).await.map_err(ApiError::internal)?
+    crate::offload::store(f).await.map_err(ApiError::internal)?
 }
 
 /// Parses a JSON request body after authentication, so an unauthenticated caller learns

@@ -192,7 +192,7 @@ impl JobFeed {
         let feed = self.clone();
         actix_rt::spawn(async move {
             let store = feed.store.clone();
-            match tokio::task::spawn_blocking(move || store.job(job)).await {
+            match crate::offload::store(move || store.job(job)).await {
                 Ok(Ok(Some(found))) => feed.publish(&found),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::warn!(%job, error = %e, "reading a changed job failed"),

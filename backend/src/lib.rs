@@ -12,6 +12,7 @@ pub mod job_feed;
 pub mod local;
 pub mod logs;
 pub mod metrics;
+pub mod offload;
 pub mod server;
 pub mod storage;
 pub mod store;

@@ -150,6 +150,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let admin_token = admin_token(&config)?;
     let database_url = config.database_url.clone();
     let pool_size = config.limits.db_pool_size;
+    crate::offload::configure(usize::try_from(pool_size).unwrap_or(usize::MAX));
     let store = tokio::task::spawn_blocking(move || Store::open(&database_url, pool_size))
         .await?
         .context("opening the database")?;

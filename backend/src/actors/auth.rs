@@ -22,7 +22,7 @@ use buildfleet_protocol::{ErrorCode, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSI
 use rand::RngCore;
 
 use crate::metrics::Metrics;
-use crate::store::{Builder, Store, StoreError};
+use crate::store::{Builder, BuilderId, Store, StoreError};
 
 /// Failures within this window, opened by the first failure, count together.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -295,7 +295,7 @@ impl Auth {
     /// Turns a looked-up builder into a challenge, or says why not.
     fn issue_challenge(
         &mut self,
-        looked_up: Result<Result<Option<Builder>, StoreError>, tokio::task::JoinError>,
+        looked_up: Result<Result<Option<Builder>, StoreError>, crate::offload::OffloadError>,
         peer: Option<IpAddr>,
     ) -> Result<Challenge, Rejection> {
         let builder = match looked_up {
@@ -375,8 +375,7 @@ impl Handler<BeginAuth> for Auth {
         let peer = msg.peer;
         Box::pin(
             async move {
-                tokio::task::spawn_blocking(move || store.builder_by_fingerprint(&fingerprint))
-                    .await
+                crate::offload::store(move || store.builder_by_fingerprint(&fingerprint)).await
             }
             .into_actor(self)
             .map(move |looked_up, auth, _| auth.issue_challenge(looked_up, peer)),
@@ -396,7 +395,7 @@ impl Handler<CompleteAuth> for Auth {
         if let Some(rejection) = self.key_refusal(&fingerprint, now) {
             return Box::pin(fut::ready(Err(rejection)));
         }
-        let verdict = match outstanding {
+        let answerable = match outstanding {
             None => Err(Rejection::new(
                 ErrorCode::AuthFailed,
                 "challenge already answered",
@@ -405,36 +404,75 @@ impl Handler<CompleteAuth> for Auth {
                 ErrorCode::ChallengeExpired,
                 "the challenge expired; reconnect",
             )),
-            Some(_) => signing::verify_challenge(
-                &challenge.public_key,
-                &self.backend_id,
-                &challenge.challenge_hex,
-                &msg.signature,
-            )
-            .map_err(|e| {
-                Rejection::new(
-                    ErrorCode::AuthFailed,
-                    format!("challenge response rejected: {e}"),
-                )
-            }),
+            Some(_) => Ok(()),
         };
-        if let Err(rejection) = verdict {
-            self.count_failure();
-            let failures = self.key_failures.record(fingerprint.clone(), now);
-            let code = rejection.code.as_str();
-            let peer = msg.peer;
-            tracing::info!(%fingerprint, ?peer, failures, code, "failed challenge answer");
-            if failures == MAX_KEY_FAILURES {
-                tracing::warn!(%fingerprint, ?peer, "key throttled for the rest of its window");
-            }
-            return Box::pin(after(penalty(failures, self.max_penalty), Err(rejection)));
+        let peer = msg.peer;
+        if let Err(rejection) = answerable {
+            return self.failed_answer(fingerprint, peer, rejection);
         }
-        self.key_failures.clear(&fingerprint);
-        // Re-check after the round trip: an operator may have disabled the builder meanwhile.
-        let store = self.store.clone();
+        // The signature check is CPU work (RSA keys above all): off this thread, which the
+        // Scheduler and the LogSink share, so a reconnect storm cannot stall dispatch.
+        let (key, backend_id) = (challenge.public_key.clone(), self.backend_id.clone());
+        let (challenge_hex, signature) = (challenge.challenge_hex.clone(), msg.signature);
+        let verify = crate::offload::cpu(move || {
+            signing::verify_challenge(&key, &backend_id, &challenge_hex, &signature)
+        });
         let id = challenge.builder.id;
+        Box::pin(verify.into_actor(self).then(
+            move |verified, auth, _| -> ResponseActFuture<Self, Result<Builder, Rejection>> {
+                let verified = match verified {
+                    Ok(verified) => verified.map_err(|e| {
+                        Rejection::new(
+                            ErrorCode::AuthFailed,
+                            format!("challenge response rejected: {e}"),
+                        )
+                    }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "verifying a challenge answer failed");
+                        return Box::pin(fut::ready(Err(Rejection::new(
+                            ErrorCode::Internal,
+                            "could not verify the answer",
+                        ))));
+                    }
+                };
+                if let Err(rejection) = verified {
+                    return auth.failed_answer(fingerprint, peer, rejection);
+                }
+                auth.key_failures.clear(&fingerprint);
+                auth.recheck_builder(id)
+            },
+        ))
+    }
+}
+
+impl Auth {
+    /// Counts a failed answer against its key and replies after the key's penalty delay.
+    fn failed_answer(
+        &mut self,
+        fingerprint: String,
+        peer: Option<IpAddr>,
+        rejection: Rejection,
+    ) -> ResponseActFuture<Self, Result<Builder, Rejection>> {
+        self.count_failure();
+        let failures = self
+            .key_failures
+            .record(fingerprint.clone(), Instant::now());
+        let code = rejection.code.as_str();
+        tracing::info!(%fingerprint, ?peer, failures, code, "failed challenge answer");
+        if failures == MAX_KEY_FAILURES {
+            tracing::warn!(%fingerprint, ?peer, "key throttled for the rest of its window");
+        }
+        Box::pin(after(penalty(failures, self.max_penalty), Err(rejection)))
+    }
+
+    /// Re-checks the builder after the round trip: an operator may have disabled it meanwhile.
+    fn recheck_builder(
+        &self,
+        id: BuilderId,
+    ) -> ResponseActFuture<Self, Result<Builder, Rejection>> {
+        let store = self.store.clone();
         Box::pin(
-            async move { tokio::task::spawn_blocking(move || store.builder_by_id(id)).await }
+            async move { crate::offload::store(move || store.builder_by_id(id)).await }
                 .into_actor(self)
                 .map(|looked_up, _, _| match looked_up {
                     Ok(Ok(Some(builder))) if builder.enabled => Ok(builder),

@@ -163,7 +163,7 @@ impl LogSink {
             self.limits.clone(),
         );
         ctx.spawn(
-            tokio::task::spawn_blocking(move || {
+            crate::offload::store(move || {
                 let mut events = events;
                 let outcome = write_events(&store, &*storage, &limits, key, stored, &mut events);
                 (outcome, events)

@@ -45,12 +45,13 @@ impl SessionHandle {
     }
 }
 
-/// Runs a blocking store call off the actor's thread.
+/// Runs a blocking store call off the actor's thread, within the store's admission limit
+/// ([`crate::offload::store`]).
 pub(crate) async fn blocking<T, E, F>(f: F) -> Result<T, anyhow::Error>
 where
     F: FnOnce() -> Result<T, E> + Send + 'static,
     T: Send + 'static,
     E: Into<anyhow::Error> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await?.map_err(Into::into)
+    crate::offload::store(f).await?.map_err(Into::into)
 }

@@ -141,7 +141,7 @@ pub async fn resolve(
         Ok(_) => Next::Other,
         Err(RecvError::Lagged(_)) => {
             let store = feed.store().clone();
-            match tokio::task::spawn_blocking(move || store.job(job)).await {
+            match crate::offload::store(move || store.job(job)).await {
                 Ok(Ok(Some(found))) => Next::Change(JobChange::of(&found)),
                 Ok(Ok(None)) => Next::Closed,
                 Ok(Err(e)) => {

@@ -189,7 +189,7 @@ impl LogFollower {
         loop {
             let (store, storage) = (self.store.clone(), self.storage.clone());
             let (job, attempt, after) = (self.job, self.attempt, self.last);
-            let read = tokio::task::spawn_blocking(move || {
+            let read = crate::offload::store(move || {
                 let chunks = store.log_chunks(job)?;
                 // Start at the first chunk that may hold a record past `after`.
                 let from = offset.unwrap_or_else(|| {
