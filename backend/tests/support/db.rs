@@ -99,6 +99,11 @@ impl TestDb {
             let _ = writeln!(std::io::stderr(), "skipped: {POSTGRES_URL_VAR} is not set");
             return None;
         };
+        Some(TestDb::postgres_at(admin_url))
+    }
+
+    /// A fresh database, migrated, on the PostgreSQL server at `admin_url`.
+    pub fn postgres_at(admin_url: String) -> TestDb {
         let database = format!("bf_test_{:016x}", rand::thread_rng().gen::<u64>());
         let mut admin = PgConnection::establish(&admin_url).unwrap_or_else(|e| {
             panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable at {admin_url}: {e}")
@@ -125,12 +130,12 @@ impl TestDb {
                 panic!("open PostgreSQL store at {url}: {e}");
             }
         };
-        Some(TestDb {
+        TestDb {
             url,
             backend: Backend::Postgres,
             store,
             cleanup,
-        })
+        }
     }
 
     /// Runs one SQL statement on its own connection, behind the store's back: for tests that

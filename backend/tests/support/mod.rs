@@ -4,5 +4,6 @@ pub mod cli;
 pub mod db;
 pub mod e2e;
 pub mod keys;
+pub mod private_postgres;
 pub mod processes;
 pub mod server;
