@@ -1,0 +1,276 @@
+//! Completion: a builder's `job_response` verified and recorded, or refused with a reason.
+
+use super::*;
+
+/// A builder's `job_response`. The answer becomes its `completion_ack`.
+#[derive(Message)]
+#[rtype(result = "CompletionResult")]
+pub struct CompleteJob {
+    pub builder: BuilderId,
+    pub public_key: PublicKey,
+    pub response: JobResponse,
+}
+
+pub(super) enum Verdict {
+    Completed(Box<Job>),
+    /// The attempt had already ended with this outcome: a resent response.
+    AlreadyRecorded,
+    Refused(ErrorCode, String),
+}
+
+pub(super) fn record_completion(
+    store: &Store,
+    backend_id: &str,
+    builder: BuilderId,
+    key: &PublicKey,
+    response: &JobResponse,
+) -> Result<Verdict, StoreError> {
+    let job_id: JobId = response.job_id.into();
+    let attempt: Attempt = response.attempt.into();
+    let Some(job) = store.job(job_id)? else {
+        return Ok(Verdict::Refused(
+            ErrorCode::UnknownJob,
+            format!("no job {job_id}"),
+        ));
+    };
+    if job.builder_id != Some(builder) || job.attempt != attempt {
+        return Ok(Verdict::Refused(
+            ErrorCode::StaleAttempt,
+            format!("attempt {attempt} of job {job_id} is not yours or not current"),
+        ));
+    }
+    if job.state.is_terminal() {
+        let outcome: Outcome = response.outcome.into();
+        return Ok(if job.state == outcome.job_state() {
+            Verdict::AlreadyRecorded
+        } else {
+            Verdict::Refused(
+                ErrorCode::StaleAttempt,
+                format!("job {job_id} already ended as {}", job.state.as_str()),
+            )
+        });
+    }
+    let uploads: Vec<_> = store
+        .artifacts(job_id, false)?
+        .into_iter()
+        .filter(|a| a.attempt == attempt)
+        .collect();
+    let publication = match verify_completion(&job, response, key, backend_id, &uploads) {
+        Ok(publication) => publication,
+        Err(e) => return refuse_statement(store, job_id, attempt, response, e.to_string()),
+    };
+    let error = response
+        .error
+        .as_ref()
+        .map(|e| format!("{}: {}", e.kind.as_str(), e.message));
+    let completion = Completion {
+        outcome: response.outcome.into(),
+        exit_status: response.exit_status,
+        error,
+        publication: Some(publication),
+    };
+    match store.complete_attempt(job_id, attempt, completion) {
+        Ok(job) => Ok(Verdict::Completed(Box::new(job))),
+        Err(e @ (StoreError::StaleAttempt { .. } | StoreError::IllegalTransition { .. })) => {
+            Ok(Verdict::Refused(ErrorCode::StaleAttempt, e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A completion whose statement does not verify ends its attempt at once, as failed with the
+/// refusal as its error: the job token is revoked with it (no upload is accepted after the
+/// refusal), nothing is published, and the job does not sit in `running` until the lease
+/// runs out. The submitter may retry the job.
+pub(super) fn refuse_statement(
+    store: &Store,
+    job: JobId,
+    attempt: Attempt,
+    response: &JobResponse,
+    message: String,
+) -> Result<Verdict, StoreError> {
+    let completion = Completion {
+        outcome: Outcome::Failed,
+        exit_status: response.exit_status,
+        error: Some(format!("completion refused: invalid_statement: {message}")),
+        publication: None,
+    };
+    match store.complete_attempt(job, attempt, completion) {
+        Ok(_) => Ok(Verdict::Refused(ErrorCode::InvalidStatement, message)),
+        Err(e @ (StoreError::StaleAttempt { .. } | StoreError::IllegalTransition { .. })) => {
+            Ok(Verdict::Refused(ErrorCode::StaleAttempt, e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Handler<CompleteJob> for Scheduler {
+    type Result = ResponseActFuture<Self, CompletionResult>;
+
+    fn handle(&mut self, msg: CompleteJob, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let backend_id = self.settings.backend_id.clone();
+        let builder = msg.builder;
+        let key = (
+            JobId::from(msg.response.job_id),
+            Attempt::from(msg.response.attempt),
+        );
+        // Logs first, so a finished job's log is complete when its state says so.
+        let flush = self.log_sink.send(FlushAttempt {
+            job: key.0,
+            attempt: key.1,
+        });
+        Box::pin(
+            async move {
+                // A job must not end with its log short: if the log is not all stored, the
+                // completion is refused as internal and the builder resends it.
+                match flush.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(anyhow::Error::new(e)),
+                    Err(e) => return Err(anyhow::anyhow!("log sink unavailable: {e}")),
+                }
+                blocking(move || record_completion(&store, &backend_id, builder, &msg.public_key, &msg.response)).await
+            }
+            .into_actor(self)
+            .map(move |verdict, this, ctx| {
+                let result = match verdict {
+                    Ok(Verdict::Completed(job)) => {
+                        this.feed.publish(&job);
+                        this.metrics.jobs_completed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(job = %job.id, state = job.state.as_str(), "job finished");
+                        CompletionResult::Accepted
+                    }
+                    Ok(Verdict::AlreadyRecorded) => CompletionResult::Accepted,
+                    Ok(Verdict::Refused(code, message)) => {
+                        // A refused statement fails the job; the store call did not hand it back.
+                        this.feed.refresh(key.0);
+                        tracing::warn!(job = %key.0, attempt = %key.1, %message, "completion refused");
+                        CompletionResult::Refused { code, message }
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %key.0, error = %e, "recording a completion failed");
+                        CompletionResult::Refused { code: ErrorCode::Internal, message: "could not record the completion; resend later".into() }
+                    }
+                };
+                // An internal error leaves the job held: the builder resends after reconnecting.
+                if !matches!(&result, CompletionResult::Refused { code: ErrorCode::Internal, .. }) {
+                    this.release(builder, key);
+                    this.dispatch_to(builder, ctx);
+                }
+                result
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use buildfleet_protocol::{signing, Outcome as WireOutcome, SignedStatement};
+
+    use super::*;
+    use crate::store::{JobMode, NewBuilder, NewJob};
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGCESyFVhjj3+3Pxrf0PHQ2oy+Y72SGDbtjxPvfFd+h9 c";
+
+    /// A SQLite store with one admitted builder running one claimed job.
+    fn assigned_job() -> (tempfile::TempDir, Store, BuilderId, JobId, Attempt) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let store = Store::open(&url, 2).expect("store");
+        let builder = store
+            .admit_builder(NewBuilder {
+                name: "completer".into(),
+                public_key: KEY.into(),
+                fingerprint: "SHA256:kKtVJKTvSbqzXwZIpgdyQ9jfx7U9t/IdkqJbTStGu80".into(),
+                labels: Labels::new(),
+            })
+            .expect("admit")
+            .id;
+        let job = store
+            .submit_job(NewJob {
+                source_url: "https://example.invalid/s.tar.gz".into(),
+                source_sha256: "ab".repeat(32),
+                source_max_bytes: 1 << 20,
+                recipe: "r".into(),
+                parameters: Labels::new(),
+                required_labels: Labels::new(),
+                mode: JobMode::Build,
+                priority: 0,
+                max_attempts: 3,
+                timeout_secs: 60,
+                submitter: "unit".into(),
+            })
+            .expect("submit")
+            .id;
+        let now = store.now_ms();
+        let claimed = store
+            .claim_jobs(&ClaimRequest {
+                builder,
+                recipes: vec!["r".into()],
+                labels: Labels::new(),
+                limit: 1,
+                lease_ms: 60_000,
+                now_ms: now,
+                exclude: Vec::new(),
+            })
+            .expect("claim");
+        (dir, store, builder, job, claimed[0].attempt)
+    }
+
+    fn response(job: JobId, attempt: Attempt, signature: &str) -> JobResponse {
+        JobResponse {
+            job_id: job.into(),
+            attempt: attempt.into(),
+            outcome: WireOutcome::Succeeded,
+            exit_status: Some(0),
+            error: None,
+            artifacts: vec![],
+            plan: None,
+            statement: SignedStatement {
+                statement: "{}\n".into(),
+                signature: signature.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_statement_that_does_not_verify_fails_the_attempt() {
+        let (_dir, store, builder, job, attempt) = assigned_job();
+        let key = signing::parse_public_key(KEY).expect("key");
+        let verdict = record_completion(&store, "b", builder, &key, &response(job, attempt, "x"))
+            .expect("recorded");
+        assert!(matches!(
+            verdict,
+            Verdict::Refused(ErrorCode::InvalidStatement, _)
+        ));
+        let failed = store.job(job).expect("read").expect("exists");
+        assert_eq!(failed.state, JobState::Failed);
+        assert!(failed
+            .error
+            .is_some_and(|e| e.starts_with("completion refused: invalid_statement")));
+    }
+
+    #[test]
+    fn other_builders_and_unknown_jobs_are_refused_without_change() {
+        let (_dir, store, builder, job, attempt) = assigned_job();
+        let key = signing::parse_public_key(KEY).expect("key");
+        let stranger = BuilderId(builder.0 + 1);
+        let verdict = record_completion(&store, "b", stranger, &key, &response(job, attempt, "x"))
+            .expect("recorded");
+        assert!(matches!(
+            verdict,
+            Verdict::Refused(ErrorCode::StaleAttempt, _)
+        ));
+        let missing = JobId(job.0 + 1);
+        let verdict =
+            record_completion(&store, "b", builder, &key, &response(missing, attempt, "x"))
+                .expect("recorded");
+        assert!(matches!(
+            verdict,
+            Verdict::Refused(ErrorCode::UnknownJob, _)
+        ));
+        let untouched = store.job(job).expect("read").expect("exists");
+        assert_eq!(untouched.state, JobState::Assigned);
+    }
+}

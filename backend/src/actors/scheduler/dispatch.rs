@@ -1,0 +1,193 @@
+//! Dispatch: claims for a builder with free slots and the `jobs` frames that carry them. No
+//! poll on this path: a submitted job, granted credits or a freed slot triggers a claim.
+
+use super::*;
+
+impl Scheduler {
+    /// Claims jobs for one builder, as many as it has free slots for. One claim per builder
+    /// is in flight at a time; triggers during a claim run it again afterwards.
+    pub(super) fn dispatch_to(&mut self, builder: BuilderId, ctx: &mut Context<Self>) {
+        let lease_ms = self.lease_ms();
+        let now_ms = self.store.now_ms();
+        let Some(slot) = self.builders.get_mut(&builder) else {
+            return;
+        };
+        let limit = slot.free_slots();
+        if limit == 0 {
+            return;
+        }
+        if slot.claiming {
+            slot.claim_again = true;
+            return;
+        }
+        slot.claiming = true;
+        let request = ClaimRequest {
+            builder,
+            recipes: slot.recipes.iter().cloned().collect(),
+            labels: slot.labels.clone(),
+            limit: limit as usize,
+            lease_ms,
+            now_ms,
+            exclude: slot.excluded(),
+        };
+        let store = self.store.clone();
+        ctx.spawn(
+            blocking(move || store.claim_jobs(&request))
+                .into_actor(self)
+                .map(move |claimed, this, ctx| {
+                    let again = match this.builders.get_mut(&builder) {
+                        Some(slot) => {
+                            slot.claiming = false;
+                            std::mem::take(&mut slot.claim_again)
+                        }
+                        None => false,
+                    };
+                    match claimed {
+                        Ok(claimed) if !claimed.is_empty() => {
+                            this.feed.publish_all(claimed.iter().map(|c| &c.job));
+                            this.hand_over(builder, claimed, ctx)
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(%builder, error = %e, "claiming jobs failed"),
+                    }
+                    if again {
+                        this.dispatch_to(builder, ctx);
+                    }
+                }),
+        );
+    }
+
+    /// Sends freshly claimed jobs to their builder.
+    pub(super) fn hand_over(
+        &mut self,
+        builder: BuilderId,
+        claimed: Vec<ClaimedJob>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(slot) = self.builders.get_mut(&builder) else {
+            // The builder left during the claim: give the jobs back at once.
+            let refs: Vec<_> = claimed.iter().map(|c| (c.job.id, c.attempt)).collect();
+            self.expire_leases(builder, refs, ctx);
+            return;
+        };
+        let mut assignments = Vec::with_capacity(claimed.len());
+        let mut corrupt = Vec::new();
+        for claim in claimed {
+            let key = (claim.job.id, claim.attempt);
+            match assignment(&self.settings.public_url, claim) {
+                Ok(job) => {
+                    slot.active.insert(key);
+                    slot.credits = slot.credits.saturating_sub(1);
+                    if let Some(queued_at) = self.queued_at.remove(&key.0) {
+                        self.metrics.dispatch_latency.observe(queued_at.elapsed());
+                    }
+                    self.metrics.jobs_dispatched.fetch_add(1, Ordering::Relaxed);
+                    assignments.push(job);
+                }
+                Err(e) => corrupt.push((key, e.to_string())),
+            }
+        }
+        for ((job, attempt), error) in corrupt {
+            self.fail_corrupt(job, attempt, error, ctx);
+        }
+        let Some(slot) = self.builders.get_mut(&builder) else {
+            return;
+        };
+        if assignments.is_empty() {
+            return;
+        }
+        tracing::debug!(%builder, builder_name = %slot.name, jobs = assignments.len(), "dispatching");
+        slot.session
+            .push(ServerMessage::Jobs(Jobs { jobs: assignments }));
+    }
+
+    /// A claimed job whose stored row is corrupt never goes out: its attempt ends failed with
+    /// the reason, logged and shown on the job, instead of a builder running on made-up values.
+    pub(super) fn fail_corrupt(
+        &mut self,
+        job: JobId,
+        attempt: Attempt,
+        error: String,
+        ctx: &mut Context<Self>,
+    ) {
+        tracing::error!(%job, %attempt, %error, "claimed job is corrupt; failing it");
+        let store = self.store.clone();
+        let completion = Completion {
+            outcome: Outcome::Failed,
+            exit_status: None,
+            error: Some(format!("internal: {error}")),
+            publication: None,
+        };
+        ctx.spawn(
+            blocking(move || store.complete_attempt(job, attempt, completion))
+                .into_actor(self)
+                .map(move |result, this, _| match result {
+                    Ok(failed) => this.feed.publish(&failed),
+                    Err(e) => tracing::error!(%job, error = %e, "failing a corrupt job failed"),
+                }),
+        );
+    }
+
+    /// Pushes a newly queued job to the matching builder with the most room.
+    pub(super) fn dispatch_job(&mut self, job: &Job, ctx: &mut Context<Self>) {
+        let best = self
+            .builders
+            .iter()
+            .filter(|(_, slot)| slot.free_slots() > 0 && slot.can_run(job))
+            .max_by_key(|(id, slot)| (slot.free_slots(), std::cmp::Reverse(id.0)))
+            .map(|(id, _)| *id);
+        if let Some(builder) = best {
+            self.dispatch_to(builder, ctx);
+        }
+    }
+
+    pub(super) fn dispatch_all(&mut self, ctx: &mut Context<Self>) {
+        let idle: Vec<BuilderId> = self
+            .builders
+            .iter()
+            .filter(|(_, slot)| slot.free_slots() > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for builder in idle {
+            self.dispatch_to(builder, ctx);
+        }
+    }
+}
+
+/// The `jobs` entry of a claimed job. Submission validated every field; a stored value that
+/// fails here is corrupt, and is an error rather than a plausible stand-in (an all-zero
+/// digest, an immediate timeout).
+pub(super) fn assignment(public_url: &str, claim: ClaimedJob) -> Result<JobAssignment, StoreError> {
+    let job = claim.job;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("job {}: {what}", job.id));
+    let sha256: wire::Sha256Digest = job
+        .source_sha256
+        .parse()
+        .map_err(|_| corrupt("stored source_sha256 is not a SHA-256 digest"))?;
+    let max_bytes = u64::try_from(job.source_max_bytes)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| corrupt("stored source_max_bytes is not positive"))?;
+    let timeout_secs = u64::try_from(job.timeout_secs)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| corrupt("stored timeout_secs is not positive"))?;
+    Ok(JobAssignment {
+        job_id: job.id.into(),
+        attempt: claim.attempt.into(),
+        source: SourceSpec {
+            url: job.source_url,
+            sha256,
+            max_bytes,
+        },
+        recipe: job.recipe,
+        parameters: job.parameters,
+        mode: job.mode.into(),
+        timeout_secs,
+        job_token: claim.job_token,
+        upload_url: format!(
+            "{public_url}/api/v1/jobs/{}/attempts/{}/artifacts",
+            job.id, claim.attempt
+        ),
+    })
+}
