@@ -123,10 +123,12 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     let mut running = Vec::with_capacity(sizes.latency_jobs);
     let mut terminal = Vec::with_capacity(sizes.latency_jobs);
     let mut polled = false;
+    let mut latency_ids = Vec::with_capacity(sizes.latency_jobs);
     for _ in 0..sizes.latency_jobs {
         let sent_ns = unix_ns();
         let sent = Instant::now();
         let job = submit(&api, &source).await?;
+        latency_ids.push(job);
         let (seen, pushed) = wait_terminal(&api, job).await?;
         polled |= !pushed;
         terminal.push(seen.duration_since(sent));
@@ -174,6 +176,8 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     } else {
         "terminal seen on the pushed job state (GET /api/v1/jobs/{id}/events, its `end` event)"
     });
+
+    breakdown(&api, &latency_ids, "latency", result).await?;
 
     // Throughput: the fleet grows to its full size, then the submitters go.
     fleet.grow(sizes.builders).await?;
@@ -416,15 +420,19 @@ async fn throughput(
         let share = sizes.jobs / sizes.submitters + usize::from(s < sizes.jobs % sizes.submitters);
         let (api, source) = (api.clone(), source.to_owned());
         submitters.push(actix_rt::spawn(async move {
+            let mut ids = Vec::with_capacity(share);
             for _ in 0..share {
-                submit(&api, &source).await?;
+                ids.push(submit(&api, &source).await?);
             }
-            anyhow::Ok(Instant::now())
+            anyhow::Ok((Instant::now(), ids))
         }));
     }
     let mut submitted = started;
+    let mut ids = Vec::with_capacity(sizes.jobs);
     for submitter in submitters {
-        submitted = submitted.max(submitter.await??);
+        let (at, mut some) = submitter.await??;
+        submitted = submitted.max(at);
+        ids.append(&mut some);
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     if pushed {
@@ -519,11 +527,76 @@ async fn throughput(
             "MiB",
         );
     }
+    breakdown(api, &ids, "throughput", result).await?;
     result.note(if pushed {
         "throughput ends at the last terminal change on the pushed feed (GET /api/v1/job-events)"
     } else {
         "the backend has no pushed job feed: throughput ends when /metrics counted every completion (5 ms polls)"
     });
+    Ok(())
+}
+
+/// Where a builder's time per job went in the throughput phase, from the job records
+/// (millisecond timestamps of the backend's commits) and the command's own clock.
+async fn breakdown(
+    api: &Api,
+    ids: &[i64],
+    phase: &str,
+    result: &mut SuiteResult,
+) -> anyhow::Result<()> {
+    // (builder, assigned, started, running, finished), in ms since the epoch.
+    let mut rows = Vec::with_capacity(ids.len());
+    for &job in ids {
+        let detail = api.get(&format!("/api/v1/jobs/{job}")).await?;
+        let attempt = &detail["attempts"][0];
+        let field = |name: &str| {
+            attempt[name]
+                .as_i64()
+                .with_context(|| format!("{name} of job {job}"))
+        };
+        let running_ms = (stamp_of(api, job).await? / 1_000_000) as i64;
+        rows.push((
+            attempt["builder"].as_i64().unwrap_or(0),
+            field("assigned_at")?,
+            field("started_at")?,
+            running_ms,
+            field("finished_at")?,
+        ));
+    }
+    let p50 = |mut values: Vec<i64>| -> f64 {
+        values.sort_unstable();
+        values
+            .get(values.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0) as f64
+    };
+    result.metric(
+        format!("{phase}: assigned -> accepted (running recorded), p50"),
+        p50(rows.iter().map(|r| r.2 - r.1).collect()),
+        "ms",
+    );
+    result.metric(
+        format!("{phase}: assigned -> command running, p50"),
+        p50(rows.iter().map(|r| r.3 - r.1).collect()),
+        "ms",
+    );
+    result.metric(
+        format!("{phase}: command running -> terminal committed, p50"),
+        p50(rows.iter().map(|r| r.4 - r.3).collect()),
+        "ms",
+    );
+    rows.sort_unstable_by_key(|r| (r.0, r.1));
+    let gaps: Vec<i64> = rows
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| w[1].1 - w[0].4)
+        .collect();
+    result.metric(
+        format!("{phase}: a builder's terminal committed -> its next assignment, p50"),
+        p50(gaps),
+        "ms",
+    );
+    result.note("the per-job breakdown has millisecond resolution (the backend's timestamps)");
     Ok(())
 }
 
