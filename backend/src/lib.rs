@@ -1,6 +1,19 @@
 //! Buildfleet backend library: the binary in `main.rs` is a thin shell over it, and the
 //! integration tests start the real server through [`server::start`].
 
+// Product code turns no error into a panic and no value into a silently wrong one: a corrupt
+// or out-of-range value is an error that is logged and surfaced (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
+
 pub mod actors;
 pub mod cli;
 pub mod completion;

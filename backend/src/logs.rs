@@ -59,6 +59,10 @@ impl LogRecord {
         }
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "a record is strings and numbers: serialising cannot fail"
+    )]
     pub fn to_jsonl(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).expect("log records always serialise");
         line.push(b'\n');

@@ -10,6 +10,19 @@
 //! [`supervisor::Supervisor`] (jobs, resume, credits); each job runs as a child task
 //! ([`job::run_job`]).
 
+// Product code turns no error into a panic and no value into a silently wrong one: a corrupt
+// or out-of-range value is an error that is logged and surfaced (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
+
 pub mod artifacts;
 pub mod config;
 pub mod connection;

@@ -1,5 +1,18 @@
 //! `buildfleet-builder run` and `buildfleet-builder keygen`.
 
+// Product code turns no error into a panic and no value into a silently wrong one: a corrupt
+// or out-of-range value is an error that is logged and surfaced (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
+
 use anyhow::Context as _;
 use buildfleet_builder::config::{Cli, Command};
 use buildfleet_builder::Shutdown;

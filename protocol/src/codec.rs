@@ -75,6 +75,10 @@ pub fn decode<T: DeserializeOwned>(text: &str, max_bytes: usize) -> Result<T, De
     Ok(message)
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "only strings, numbers, sequences and string-keyed maps: serialising cannot fail"
+)]
 fn encode<T: Serialize>(message: &T) -> String {
     // The message types contain only strings, numbers, sequences and string-keyed maps,
     // which serde_json always serialises.

@@ -3,6 +3,19 @@
 //!
 //! The specification is `docs/protocol.md`; a test parses every example in it.
 
+// Product code turns no error into a panic and no value into a silently wrong one: a corrupt
+// or out-of-range value is an error that is logged and surfaced (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
+
 pub mod codec;
 pub mod hex;
 pub mod messages;

@@ -137,6 +137,10 @@ pub struct BuildStatement {
 
 impl BuildStatement {
     /// The exact text that is signed.
+    #[allow(
+        clippy::expect_used,
+        reason = "a statement is strings, numbers and sequences: serialising cannot fail"
+    )]
     pub fn to_signed_text(&self) -> String {
         let mut text =
             serde_json::to_string_pretty(self).expect("statements always serialise to JSON");
