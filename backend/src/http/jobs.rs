@@ -12,8 +12,8 @@ use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
 use crate::http::AppState;
 use crate::store::{
-    Artifact, AttemptPlan, BuilderId, CancelResult, Job, JobAttempt, JobEvent, JobFilter, JobId,
-    JobMode, JobState, NewJob, Submission, TokenScope,
+    Artifact, AttemptPlan, BuilderId, CancelResult, Job, JobAttempt, JobFilter, JobId, JobMode,
+    JobState, JobTransition, NewJob, Submission, TokenScope,
 };
 
 /// Names the attempt whose output a response carries.
@@ -49,7 +49,7 @@ pub struct JobDetail {
     #[serde(flatten)]
     pub job: Job,
     pub attempts: Vec<JobAttempt>,
-    pub events: Vec<JobEvent>,
+    pub events: Vec<JobTransition>,
     pub artifacts: Vec<ArtifactView>,
     /// `GET /api/v1/jobs/{id}/plan`, once a plan-mode attempt reported its plan.
     pub plan_url: Option<String>,

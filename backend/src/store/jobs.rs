@@ -82,7 +82,7 @@ impl JobFilter {
 
 /// One recorded state change of a job. `from` is `None` for the submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JobEvent {
+pub struct JobTransition {
     pub id: i64,
     pub job: JobId,
     pub attempt: Attempt,
@@ -161,7 +161,7 @@ where
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = job_events)]
-struct JobEventRow {
+struct JobTransitionRow {
     id: i64,
     job_id: i64,
     attempt: i32,
@@ -171,11 +171,11 @@ struct JobEventRow {
     detail: Option<String>,
 }
 
-impl TryFrom<JobEventRow> for JobEvent {
+impl TryFrom<JobTransitionRow> for JobTransition {
     type Error = StoreError;
 
-    fn try_from(row: JobEventRow) -> Result<Self, StoreError> {
-        Ok(JobEvent {
+    fn try_from(row: JobTransitionRow) -> Result<Self, StoreError> {
+        Ok(JobTransition {
             id: row.id,
             job: JobId(row.job_id),
             attempt: Attempt(row.attempt),
@@ -394,14 +394,14 @@ impl Store {
     }
 
     /// A job's recorded state changes, oldest first.
-    pub fn job_events(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+    pub fn job_events(&self, id: JobId) -> Result<Vec<JobTransition>, StoreError> {
         job_events::table
             .filter(job_events::job_id.eq(id.0))
             .order(job_events::id.asc())
-            .select(JobEventRow::as_select())
+            .select(JobTransitionRow::as_select())
             .load(&mut *self.conn()?)?
             .into_iter()
-            .map(JobEvent::try_from)
+            .map(JobTransition::try_from)
             .collect()
     }
 

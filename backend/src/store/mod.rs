@@ -44,7 +44,7 @@ pub use connection::{connect, Backend, DatabaseUrl, DbConnection};
 pub use enrolment::{EnrolmentError, EnrolmentToken, EnrolmentTokenId};
 pub use error::StoreError;
 pub use ids::{ApiTokenId, Attempt, BuilderId, JobId};
-pub use jobs::{Job, JobEvent, JobFilter, NewJob, Submission, IDEMPOTENCY_KEY_TTL_MS};
+pub use jobs::{Job, JobFilter, JobTransition, NewJob, Submission, IDEMPOTENCY_KEY_TTL_MS};
 pub use labels::{
     effective as effective_labels, ignored as ignored_labels, satisfies as labels_satisfy, Labels,
     ANY_VALUE as ANY_LABEL_VALUE,
