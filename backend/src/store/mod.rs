@@ -173,3 +173,93 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use diesel::{Connection as _, PgConnection, RunQueryDsl as _};
+
+    use super::*;
+
+    /// Two PostgreSQL writes that lock two builder rows in opposite orders deadlock; the
+    /// database aborts one of them (SQLSTATE 40P01), and `write` runs it again, so both
+    /// succeed. Runs when BUILDFLEET_TEST_POSTGRES_URL names a server (the test command
+    /// always sets it).
+    #[test]
+    fn a_write_aborted_by_a_deadlock_is_run_again() {
+        let Ok(admin_url) = std::env::var("BUILDFLEET_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: BUILDFLEET_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let database = format!("bf_unit_deadlock_{}", std::process::id());
+        let mut admin = PgConnection::establish(&admin_url).expect("admin connection");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .execute(&mut admin)
+            .expect("drop");
+        diesel::sql_query(format!("CREATE DATABASE {database}"))
+            .execute(&mut admin)
+            .expect("create");
+        let url = match admin_url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{database}"),
+            None => panic!("an admin URL with a database: {admin_url}"),
+        };
+        let store = Store::open(&url, 4).expect("store");
+        let ids: Vec<BuilderId> = ["first", "second"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                store
+                    .admit_builder(NewBuilder {
+                        name: (*name).into(),
+                        public_key: format!("ssh-ed25519 AAAA{i} {name}"),
+                        fingerprint: format!("SHA256:{name}{i}"),
+                        labels: Labels::new(),
+                    })
+                    .expect("admit")
+                    .id
+            })
+            .collect();
+        let barrier = Arc::new(Barrier::new(2));
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writers: Vec<_> = [(ids[0], ids[1]), (ids[1], ids[0])]
+            .into_iter()
+            .map(|(a, b)| {
+                let (store, barrier, runs) = (store.clone(), barrier.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    let mut first_try = true;
+                    store.write(|conn| {
+                        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let touch = |conn: &mut DbConnection, id: BuilderId| {
+                            diesel::sql_query(format!(
+                                "UPDATE builders SET last_seen_at = 1 WHERE id = {}",
+                                id.0
+                            ))
+                            .execute(conn)
+                        };
+                        touch(conn, a)?;
+                        if std::mem::take(&mut first_try) {
+                            // Both hold their first row before either asks for its second.
+                            barrier.wait();
+                        }
+                        touch(conn, b)?;
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer
+                .join()
+                .expect("writer thread")
+                .expect("the write succeeds");
+        }
+        assert!(
+            runs.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+            "one of the two writes was aborted by the deadlock and run again"
+        );
+        drop(store);
+        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .execute(&mut admin);
+    }
+}
