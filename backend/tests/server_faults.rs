@@ -116,18 +116,7 @@ async fn a_lease_lost_to_the_network_is_forgiven_when_the_builder_returns(db: Te
         "{failed}"
     );
 
-    let mut back = BuilderClient::connect(&server.ws_url()).await;
-    let result = back
-        .handshake(
-            &key,
-            vec![HeldJob {
-                job_id: job.job_id,
-                attempt: job.attempt,
-                last_acked_seq: None,
-                finished: false,
-            }],
-        )
-        .await;
+    let (mut back, result) = reconnect_holding(&server, &key, &job).await;
     assert!(
         matches!(result.jobs[0].decision, ResumeAction::Cancel { .. }),
         "the old attempt is over: {result:?}"
@@ -165,18 +154,7 @@ async fn a_second_process_with_the_same_key_burns_no_attempt(db: TestDb) {
         "the clone's empty resume does not requeue the other process's attempt: {still}"
     );
 
-    let mut back = BuilderClient::connect(&server.ws_url()).await;
-    let result = back
-        .handshake(
-            &key,
-            vec![HeldJob {
-                job_id: job.job_id,
-                attempt: job.attempt,
-                last_acked_seq: None,
-                finished: false,
-            }],
-        )
-        .await;
+    let (mut back, result) = reconnect_holding(&server, &key, &job).await;
     assert!(
         matches!(result.jobs[0].decision, ResumeAction::Continue { .. }),
         "{result:?}"
@@ -187,6 +165,24 @@ async fn a_second_process_with_the_same_key_burns_no_attempt(db: TestDb) {
     assert_eq!(finished["attempt"], 1, "{finished}");
     assert_eq!(finished["failed_attempts"], 0, "{finished}");
     server.shutdown().await;
+}
+
+/// A new connection of the builder with `key` that resumes `job` (not finished, nothing
+/// acknowledged); returns it with the resume result.
+async fn reconnect_holding(
+    server: &TestServer,
+    key: &TestKey,
+    job: &buildfleet_protocol::JobAssignment,
+) -> (BuilderClient, buildfleet_protocol::ResumeResult) {
+    let mut back = BuilderClient::connect(&server.ws_url()).await;
+    let held = HeldJob {
+        job_id: job.job_id,
+        attempt: job.attempt,
+        last_acked_seq: None,
+        finished: false,
+    };
+    let result = back.handshake(key, vec![held]).await;
+    (back, result)
 }
 
 async fn submit_with_key(

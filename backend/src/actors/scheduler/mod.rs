@@ -8,6 +8,8 @@
 
 mod completion;
 mod dispatch;
+#[cfg(test)]
+mod fixture;
 mod resume;
 mod sweep;
 

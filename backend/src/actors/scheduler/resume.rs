@@ -131,51 +131,10 @@ mod tests {
     use buildfleet_protocol::{HeldJob, ResumeAction};
 
     use super::*;
-    use crate::store::{JobMode, NewBuilder, NewJob};
 
-    /// A SQLite store with one admitted builder running one claimed, accepted job.
+    /// A store with one builder running one claimed, accepted job.
     fn running_job() -> (tempfile::TempDir, Store, BuilderId, JobId, Attempt) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
-        let store = Store::open(&url, 2).expect("store");
-        let builder = store
-            .admit_builder(NewBuilder {
-                name: "resumer".into(),
-                public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGCESyFVhjj3+3Pxrf0PHQ2oy+Y72SGDbtjxPvfFd+h9 r".into(),
-                fingerprint: "SHA256:kKtVJKTvSbqzXwZIpgdyQ9jfx7U9t/IdkqJbTStGu80".into(),
-                labels: Labels::new(),
-            })
-            .expect("admit")
-            .id;
-        let job = store
-            .submit_job(NewJob {
-                source_url: "https://example.invalid/s.tar.gz".into(),
-                source_sha256: "ab".repeat(32),
-                source_max_bytes: 1 << 20,
-                recipe: "r".into(),
-                parameters: Labels::new(),
-                required_labels: Labels::new(),
-                mode: JobMode::Build,
-                priority: 0,
-                max_attempts: 3,
-                timeout_secs: 60,
-                submitter: "unit".into(),
-            })
-            .expect("submit")
-            .id;
-        let now = store.now_ms();
-        let claimed = store
-            .claim_jobs(&ClaimRequest {
-                builder,
-                recipes: vec!["r".into()],
-                labels: Labels::new(),
-                limit: 1,
-                lease_ms: 60_000,
-                now_ms: now,
-                exclude: Vec::new(),
-            })
-            .expect("claim");
-        let attempt = claimed[0].attempt;
+        let (dir, store, builder, job, attempt) = super::super::fixture::assigned_job();
         store.mark_running(job, attempt).expect("accept");
         (dir, store, builder, job, attempt)
     }
