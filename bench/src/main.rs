@@ -50,7 +50,8 @@ struct Cli {
     /// executable's directory).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Number of idle sessions (default 10000, smoke 50; capped by the fd limit).
+    /// Number of idle sessions, or of reconnect-storm builders (default 10000 and 5000, smoke
+    /// 50; capped by the fd limit).
     #[arg(long)]
     sessions: Option<usize>,
     /// Number of jobs of the dispatch, lifecycle and real-builder throughput suites (default

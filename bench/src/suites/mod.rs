@@ -8,6 +8,7 @@ pub mod idle_sessions;
 pub mod lifecycle;
 pub mod log_ingest;
 pub mod real_builders;
+pub mod reconnect_storm;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -28,17 +29,19 @@ pub enum Suite {
     Dispatch,
     Lifecycle,
     IdleSessions,
+    ReconnectStorm,
     LogIngest,
     ArtifactUpload,
     BuilderFootprint,
 }
 
 impl Suite {
-    pub const EACH: [Suite; 7] = [
+    pub const EACH: [Suite; 8] = [
         Suite::RealBuilders,
         Suite::Dispatch,
         Suite::Lifecycle,
         Suite::IdleSessions,
+        Suite::ReconnectStorm,
         Suite::LogIngest,
         Suite::ArtifactUpload,
         Suite::BuilderFootprint,
@@ -51,6 +54,7 @@ impl Suite {
             Suite::Dispatch => "dispatch",
             Suite::Lifecycle => "lifecycle",
             Suite::IdleSessions => "idle-sessions",
+            Suite::ReconnectStorm => "reconnect-storm",
             Suite::LogIngest => "log-ingest",
             Suite::ArtifactUpload => "artifact-upload",
             Suite::BuilderFootprint => "builder-footprint",
@@ -67,7 +71,7 @@ pub struct RunOptions {
     /// `buildfleet-bench-stamp`, the real builders' no-op command.
     pub stamp_binary: Option<PathBuf>,
     pub smoke: bool,
-    /// Overrides the idle-sessions suite's session count.
+    /// Overrides the session count of the idle-sessions and reconnect-storm suites.
     pub sessions: Option<usize>,
     /// Overrides the job count of the dispatch, lifecycle and real-builder suites.
     pub jobs: Option<usize>,
@@ -93,6 +97,7 @@ pub async fn run(suite: Suite, db: DbKind, options: &RunOptions) -> SuiteResult 
         Suite::Dispatch => dispatch::run(db, options, &mut result).await,
         Suite::Lifecycle => lifecycle::run(db, options, &mut result).await,
         Suite::IdleSessions => idle_sessions::run(db, options, &mut result).await,
+        Suite::ReconnectStorm => reconnect_storm::run(db, options, &mut result).await,
         Suite::LogIngest => log_ingest::run(db, options, &mut result).await,
         Suite::ArtifactUpload => artifact_upload::run(db, options, &mut result).await,
         Suite::BuilderFootprint => builder_footprint::run(db, options, &mut result).await,
