@@ -95,6 +95,14 @@ impl Ended {
             ..Ended::failed(kind, message, exit_status)
         }
     }
+
+    /// The end of a step after the commands ran keeps their exit status.
+    fn with_exit_status(self, exit_status: Option<i32>) -> Self {
+        Ended {
+            exit_status,
+            ..self
+        }
+    }
 }
 
 /// A job run to its end: the signed `job_response` to report, and the job directory to
@@ -237,19 +245,21 @@ async fn fetch_and_unpack(
     };
     let mut staged = false;
     loop {
-        let got = tokio::select! {
-            got = env.sources.get(&env.client, &spec, run.stop.deadline()) => got,
-            reason = run.stop.stopped() => return Err(SourceFailure::Stopped(reason)),
-        };
-        let source: CachedSource =
-            got.map_err(|e| SourceFailure::Failed(e.kind(), e.to_string()))?;
+        let deadline = run.stop.deadline();
+        let source: CachedSource = run
+            .stop
+            .race(env.sources.get(&env.client, &spec, deadline))
+            .await
+            .map_err(SourceFailure::Stopped)?
+            .map_err(|e| SourceFailure::Failed(e.kind(), e.to_string()))?;
         if !staged {
             stage(run, Stage::Unpacking).await;
             staged = true;
         }
         let (archive, src) = (source.path.clone(), layout.src.clone());
-        let unpacked = tokio::select! {
-            unpacked = tokio::task::spawn_blocking(move || {
+        let unpacked = run
+            .stop
+            .race(tokio::task::spawn_blocking(move || {
                 let result = unpack::unpack(&archive, &src, limits);
                 // A refused archive from the cache may be a corrupted copy of a good one.
                 let digest = match &result {
@@ -257,9 +267,9 @@ async fn fetch_and_unpack(
                     Err(_) => file_sha256(&archive).ok(),
                 };
                 (result, digest)
-            }) => unpacked,
-            reason = run.stop.stopped() => return Err(SourceFailure::Stopped(reason)),
-        };
+            }))
+            .await
+            .map_err(SourceFailure::Stopped)?;
         let (result, digest) =
             unpacked.map_err(|e| SourceFailure::Failed(BuildErrorKind::Internal, e.to_string()))?;
         if digest.as_ref() == Some(&spec.sha256) {
@@ -358,24 +368,51 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
         src_root: &src_root,
         toolchain: &env.toolchain,
     };
+    let exit_status = match run_commands(env, run, &context, &commands).await {
+        Ok(exit_status) => exit_status,
+        Err(ended) => return ended,
+    };
+
+    stage(run, Stage::Uploading).await;
+    let artifacts = match upload_artifacts(env, run, &recipe, layout, &src_root).await {
+        Ok(artifacts) => artifacts,
+        Err(ended) => return ended.with_exit_status(exit_status),
+    };
+
+    stage(run, Stage::Finishing).await;
+    Ended {
+        outcome: Outcome::Succeeded,
+        exit_status,
+        error: None,
+        artifacts,
+        plan: None,
+    }
+}
+
+/// Runs the recipe's commands in order; the first that fails or is stopped ends the job.
+/// Returns the last command's exit status.
+async fn run_commands(
+    env: &JobEnv,
+    run: &mut JobRun,
+    context: &CommandContext<'_>,
+    commands: &[Vec<String>],
+) -> Result<Option<i32>, Ended> {
     let options = RunOptions {
         max_line_bytes: env.max_log_line_bytes.load(Ordering::Relaxed),
         grace: env.limits.cancel_grace(),
     };
     let mut exit_status = None;
     for (index, argv) in commands.iter().enumerate() {
-        let spec = match context.command_spec(argv, index) {
-            Ok(spec) => spec,
-            Err(e) => return Ended::failed(BuildErrorKind::Internal, e.to_string(), None),
-        };
+        let spec = context
+            .command_spec(argv, index)
+            .map_err(|e| Ended::failed(BuildErrorKind::Internal, e.to_string(), None))?;
         builder_note(run, format!("$ {}", argv.join(" "))).await;
-        let exit = match process::run(&spec, run.events.as_ref(), &mut run.stop, options).await {
-            Ok(exit) => exit,
-            Err(e) => return Ended::failed(BuildErrorKind::CommandFailed, e.to_string(), None),
-        };
+        let exit = process::run(&spec, run.events.as_ref(), &mut run.stop, options)
+            .await
+            .map_err(|e| Ended::failed(BuildErrorKind::CommandFailed, e.to_string(), None))?;
         exit_status = exit.code;
         if let Some(reason) = exit.stopped {
-            return Ended::stopped(reason, exit.code);
+            return Err(Ended::stopped(reason, exit.code));
         }
         if !exit.success() {
             let how = match (exit.code, exit.signal) {
@@ -383,7 +420,7 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
                 (None, Some(signal)) => format!("signal {signal}"),
                 (None, None) => "an unknown status".to_owned(),
             };
-            return Ended::failed(
+            return Err(Ended::failed(
                 BuildErrorKind::CommandFailed,
                 format!(
                     "command {} of {} ({}) ended with {how}",
@@ -392,23 +429,39 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
                     argv.join(" ")
                 ),
                 exit.code,
-            );
+            ));
         }
     }
+    Ok(exit_status)
+}
 
-    stage(run, Stage::Uploading).await;
+/// Collects the recipe's artifacts and uploads each; returns their digests in order.
+async fn upload_artifacts(
+    env: &JobEnv,
+    run: &mut JobRun,
+    recipe: &Recipe,
+    layout: &JobLayout,
+    src_root: &Path,
+) -> Result<Vec<ArtifactDigest>, Ended> {
     let rules = recipe.artifacts.clone();
-    let (out, staging, root) = (layout.out.clone(), layout.staging.clone(), src_root.clone());
-    let collected = tokio::select! {
-        collected = tokio::task::spawn_blocking(move || artifacts::collect(&rules, &out, &root, &staging)) => collected,
-        reason = run.stop.stopped() => return Ended::stopped(reason, exit_status),
-    };
+    let (out, staging, root) = (
+        layout.out.clone(),
+        layout.staging.clone(),
+        src_root.to_path_buf(),
+    );
+    let collected = run
+        .stop
+        .race(tokio::task::spawn_blocking(move || {
+            artifacts::collect(&rules, &out, &root, &staging)
+        }))
+        .await
+        .map_err(|reason| Ended::stopped(reason, None))?;
     let prepared = match collected {
         Ok(Ok(prepared)) => prepared,
-        Ok(Err(e)) => return Ended::failed(e.kind(), e.to_string(), exit_status),
-        Err(e) => return Ended::failed(BuildErrorKind::Internal, e.to_string(), exit_status),
+        Ok(Err(e)) => return Err(Ended::failed(e.kind(), e.to_string(), None)),
+        Err(e) => return Err(Ended::failed(BuildErrorKind::Internal, e.to_string(), None)),
     };
-    let mut uploaded = Vec::new();
+    let mut uploaded = Vec::with_capacity(prepared.len());
     for artifact in &prepared {
         builder_note(
             run,
@@ -418,24 +471,24 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
             ),
         )
         .await;
-        let result = tokio::select! {
-            result = upload::upload(&env.client, &job.upload_url, &job.job_token, artifact, run.stop.deadline()) => result,
-            reason = run.stop.stopped() => return Ended::stopped(reason, exit_status),
-        };
-        match result {
-            Ok(digest) => uploaded.push(digest),
-            Err(e) => return Ended::failed(e.kind(), e.to_string(), exit_status),
-        }
+        let deadline = run.stop.deadline();
+        let job = &run.assignment;
+        let upload = upload::upload(
+            &env.client,
+            &job.upload_url,
+            &job.job_token,
+            artifact,
+            deadline,
+        );
+        let digest = run
+            .stop
+            .race(upload)
+            .await
+            .map_err(|reason| Ended::stopped(reason, None))?
+            .map_err(|e| Ended::failed(e.kind(), e.to_string(), None))?;
+        uploaded.push(digest);
     }
-
-    stage(run, Stage::Finishing).await;
-    Ended {
-        outcome: Outcome::Succeeded,
-        exit_status,
-        error: None,
-        artifacts: uploaded,
-        plan: None,
-    }
+    Ok(uploaded)
 }
 
 async fn stage(run: &JobRun, stage: Stage) {

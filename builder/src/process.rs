@@ -76,6 +76,17 @@ impl StopSignal {
             .map(|_| StopReason::TimedOut)
     }
 
+    /// Runs `work` unless the job stops first; the one place a step races the stop signal.
+    pub async fn race<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, StopReason> {
+        tokio::select! {
+            done = work => Ok(done),
+            reason = self.stopped() => Err(reason),
+        }
+    }
+
     /// Waits for a stop reason (cancel-safe).
     pub async fn stopped(&mut self) -> StopReason {
         let deadline = self.deadline;
