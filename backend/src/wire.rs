@@ -29,12 +29,12 @@ impl From<store::Attempt> for wire::Attempt {
     }
 }
 
-impl From<store::JobMode> for wire::JobMode {
-    fn from(mode: store::JobMode) -> Self {
-        match mode {
-            store::JobMode::Build => wire::JobMode::Build,
-            store::JobMode::Plan => wire::JobMode::Plan,
-        }
+/// A job's mode as the builder protocol spells it (both enums live in other crates, so this
+/// is a function rather than a `From`).
+pub fn job_mode(mode: store::JobMode) -> wire::JobMode {
+    match mode {
+        store::JobMode::Build => wire::JobMode::Build,
+        store::JobMode::Plan => wire::JobMode::Plan,
     }
 }
 

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use serde_json::{json, Value};
+use buildfleet_api::{AdmitBuilder, Builder, JobDetail, SubmitJob, UploadedSource};
+use serde_json::Value;
 
 use crate::target::Backend;
 
@@ -40,7 +41,7 @@ impl Api {
         &self,
         method: awc::http::Method,
         path: &str,
-        body: &Value,
+        body: &impl serde::Serialize,
     ) -> anyhow::Result<Value> {
         let mut response = self
             .client
@@ -93,29 +94,45 @@ impl Api {
 
     /// Admits a builder; returns its id.
     pub async fn admit_builder(&self, name: &str, public_key: &str) -> anyhow::Result<i64> {
-        let body = json!({ "name": name, "public_key": public_key });
-        let builder = self
-            .send_json(awc::http::Method::POST, "/api/v1/builders", &body)
-            .await?;
-        builder["id"].as_i64().context("admitted builder has no id")
+        let body = AdmitBuilder {
+            name: name.to_owned(),
+            public_key: public_key.to_owned(),
+            labels: Default::default(),
+        };
+        let builder: Builder = parse(
+            self.send_json(awc::http::Method::POST, "/api/v1/builders", &body)
+                .await?,
+        )?;
+        Ok(builder.record.id)
     }
 
-    /// Submits a job of `recipe`; returns its id.
+    /// Submits a no-op job of `recipe` whose source simulated builders never fetch; returns
+    /// its id.
     pub async fn submit(&self, recipe: &str) -> anyhow::Result<i64> {
-        let body = json!({
-            "source_url": "http://127.0.0.1:9/noop.tar.gz",
-            "source_sha256": NOOP_SOURCE_SHA256,
-            "recipe": recipe,
-            "max_attempts": 1,
-        });
-        self.submit_body(&body).await
+        self.submit_body(&SubmitJob {
+            source_url: Some("http://127.0.0.1:9/noop.tar.gz".into()),
+            max_attempts: Some(1),
+            ..SubmitJob::new(NOOP_SOURCE_SHA256, recipe)
+        })
+        .await
     }
 
-    pub async fn submit_body(&self, body: &Value) -> anyhow::Result<i64> {
-        let job = self
-            .send_json(awc::http::Method::POST, "/api/v1/jobs", body)
-            .await?;
-        job["id"].as_i64().context("submitted job has no id")
+    pub async fn submit_body(&self, body: &SubmitJob) -> anyhow::Result<i64> {
+        let job: buildfleet_api::Job = parse(
+            self.send_json(awc::http::Method::POST, "/api/v1/jobs", body)
+                .await?,
+        )?;
+        Ok(job.id)
+    }
+
+    /// `GET /api/v1/jobs/{id}`.
+    pub async fn job(&self, id: i64) -> anyhow::Result<JobDetail> {
+        parse(self.get(&format!("/api/v1/jobs/{id}")).await?)
+    }
+
+    /// `GET /api/v1/builders/{id}`.
+    pub async fn builder(&self, id: i64) -> anyhow::Result<Builder> {
+        parse(self.get(&format!("/api/v1/builders/{id}")).await?)
     }
 
     /// Uploads a source archive; returns its SHA-256.
@@ -132,10 +149,8 @@ impl Api {
         if !status.is_success() {
             bail!("POST /api/v1/sources: {status}: {body}");
         }
-        body["sha256"]
-            .as_str()
-            .map(str::to_owned)
-            .context("uploaded source has no sha256")
+        let uploaded: UploadedSource = parse(body)?;
+        Ok(uploaded.sha256)
     }
 
     /// The value of an unlabelled counter or gauge of `/metrics`.
@@ -149,6 +164,11 @@ impl Api {
             })
             .with_context(|| format!("no metric {name}"))
     }
+}
+
+/// Reads an answer as one of the API's bodies.
+fn parse<T: serde::de::DeserializeOwned>(value: Value) -> anyhow::Result<T> {
+    serde_json::from_value(value).context("unexpected answer from the backend")
 }
 
 /// An awc client without awc's default limit of 100 connections and 5 s timeout.

@@ -16,7 +16,9 @@ use tokio::io::AsyncWriteExt;
 use super::client::{encode, Api};
 use super::exit::{CliError, Outcome, EXIT_CODES_HELP};
 use super::output::{print_json, size, Table};
-use super::views::{parse, ArtifactView, BuilderView, JobDetailView};
+use buildfleet_api::{Artifact, Builder, JobDetail};
+
+use super::client::parse;
 
 #[derive(Debug, Subcommand)]
 pub enum ArtifactCommand {
@@ -73,7 +75,7 @@ async fn list(api: &Api, json: bool, job: i64) -> Result<Outcome, CliError> {
         print_json(&answer);
         return Ok(Outcome::Success);
     }
-    let artifacts: Vec<ArtifactView> = parse(&answer["artifacts"])?;
+    let artifacts: Vec<Artifact> = parse(&answer["artifacts"])?;
     let mut table = Table::new(&["NAME", "SIZE", "ATTEMPT", "SHA256"]);
     for a in &artifacts {
         table.row(vec![
@@ -222,7 +224,7 @@ async fn verify(
     }
 
     // The signer: the builder of the attempt the statement covers.
-    let detail: JobDetailView = parse(&api.get(&format!("/jobs/{job}")).await?)?;
+    let detail: JobDetail = parse(&api.get(&format!("/jobs/{job}")).await?)?;
     let attempt = statement.attempt.0;
     let builder_id = detail
         .attempts
@@ -234,7 +236,8 @@ async fn verify(
                 "attempt {attempt} has no builder on record (removed?): nobody to check the signature against"
             ))
         })?;
-    let builder: BuilderView = parse(&api.get(&format!("/builders/{builder_id}")).await?)?;
+    let builder: Builder = parse(&api.get(&format!("/builders/{builder_id}")).await?)?;
+    let builder = builder.record;
     if builder.fingerprint != statement.builder.to_string() {
         return Err(CliError::Verification(format!(
             "the statement names key {}, but builder {} has key {}",

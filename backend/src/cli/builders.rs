@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use super::client::Api;
 use super::exit::{CliError, Outcome};
 use super::output::{age, or_dash, pairs, print_json, Table};
-use super::views::{parse, BuilderView};
+use buildfleet_api::Builder;
+
+use super::client::parse;
 
 #[derive(Debug, Subcommand)]
 pub enum BuilderCommand {
@@ -99,7 +101,8 @@ async fn admit(api: &Api, json: bool, args: AdmitArgs) -> Result<Outcome, CliErr
     if json {
         print_json(&admitted);
     } else {
-        let builder: BuilderView = parse(&admitted)?;
+        let builder: Builder = parse(&admitted)?;
+        let builder = builder.record;
         println!(
             "admitted builder {} ({}), key {}",
             builder.id, builder.name, builder.fingerprint
@@ -114,7 +117,7 @@ async fn list(api: &Api, json: bool) -> Result<Outcome, CliError> {
         print_json(&answer);
         return Ok(Outcome::Success);
     }
-    let builders: Vec<BuilderView> = parse(&answer["builders"])?;
+    let builders: Vec<Builder> = parse(&answer["builders"])?;
     let mut table = Table::new(&[
         "ID",
         "NAME",
@@ -129,8 +132,8 @@ async fn list(api: &Api, json: bool) -> Result<Outcome, CliError> {
     ]);
     for b in &builders {
         table.row(vec![
-            b.id.to_string(),
-            b.name.clone(),
+            b.record.id.to_string(),
+            b.record.name.clone(),
             state(b),
             if b.connected { "yes" } else { "no" }.into(),
             b.live.as_ref().map_or_else(
@@ -141,22 +144,22 @@ async fn list(api: &Api, json: bool) -> Result<Outcome, CliError> {
                 .as_ref()
                 .filter(|l| !l.recipes.is_empty())
                 .map_or_else(|| "-".to_owned(), |l| l.recipes.join(",")),
-            pairs(&b.labels),
+            pairs(&b.record.labels),
             b.live
                 .as_ref()
                 .filter(|l| !l.declared_labels.is_empty())
                 .map_or_else(|| "-".to_owned(), |l| pairs(&l.declared_labels)),
-            or_dash(b.last_seen_at.map(age)),
-            b.fingerprint.clone(),
+            or_dash(b.record.last_seen_at.map(age)),
+            b.record.fingerprint.clone(),
         ]);
     }
     table.print();
     Ok(Outcome::Success)
 }
 
-fn state(b: &BuilderView) -> String {
+fn state(b: &Builder) -> String {
     match &b.live {
-        _ if !b.enabled => "disabled".into(),
+        _ if !b.record.enabled => "disabled".into(),
         Some(live) if live.draining => "draining".into(),
         Some(live) if live.paused => "paused".into(),
         _ => "enabled".into(),
@@ -169,11 +172,11 @@ async fn resolve(api: &Api, builder: &BuilderRef) -> Result<i64, CliError> {
         return Ok(id);
     }
     let answer = api.get("/builders").await?;
-    let builders: Vec<BuilderView> = parse(&answer["builders"])?;
+    let builders: Vec<Builder> = parse(&answer["builders"])?;
     builders
         .iter()
-        .find(|b| b.name == builder.builder)
-        .map(|b| b.id)
+        .find(|b| b.record.name == builder.builder)
+        .map(|b| b.record.id)
         .ok_or_else(|| CliError::Api {
             status: 404,
             code: "not_found".into(),
@@ -195,7 +198,7 @@ async fn act(
     if json {
         print_json(&answer);
     } else {
-        let b: BuilderView = parse(&answer)?;
+        let b: Builder = parse(&answer)?;
         let done = match action {
             "enable" => "enabled",
             "disable" => "disabled",
@@ -203,7 +206,12 @@ async fn act(
             "pause" => "paused",
             _ => "resumed",
         };
-        println!("builder {} ({}) {done}; now {}", b.id, b.name, state(&b));
+        println!(
+            "builder {} ({}) {done}; now {}",
+            b.record.id,
+            b.record.name,
+            state(&b)
+        );
     }
     Ok(Outcome::Success)
 }

@@ -15,7 +15,9 @@ use super::logs::{self, LogsArgs};
 use super::output::{age, or_dash, pairs, print_fields, print_json, size, utc, Table};
 use super::source::{self, LocalArchive};
 use super::sse::Events;
-use super::views::{parse, JobDetailView, JobView};
+use buildfleet_api::{Job, JobDetail, JobMode};
+
+use super::client::parse;
 use crate::store::JobState;
 
 #[derive(Debug, Subcommand)]
@@ -264,7 +266,7 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
         body["max_attempts"] = max.into();
     }
     let answer = api.post("/jobs", Some(&body)).await?.unwrap_or(Value::Null);
-    let job: JobView = parse(&answer)?;
+    let job: Job = parse(&answer)?;
     if !args.wait {
         if json {
             print_json(&answer);
@@ -313,7 +315,7 @@ pub async fn wait_for_end(api: &Api, id: i64) -> Result<Value, CliError> {
 
 /// Prints how a finished job ended and answers the matching outcome.
 pub fn report_end(json: bool, id: i64, answer: &Value) -> Result<Outcome, CliError> {
-    let detail: JobDetailView = parse(answer)?;
+    let detail: JobDetail = parse(answer)?;
     if json {
         print_json(answer);
     }
@@ -333,7 +335,7 @@ pub fn report_end(json: bool, id: i64, answer: &Value) -> Result<Outcome, CliErr
         (true, _) => eprintln!("{line}"),
         (false, Outcome::Success) => {
             println!("{line}");
-            if job.mode == "plan" {
+            if job.mode == JobMode::Plan {
                 println!("  plan: buildfleet job plan {id}");
             }
             for artifact in &detail.artifacts {
@@ -369,7 +371,7 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
         print_json(&answer);
         return Ok(Outcome::Success);
     }
-    let jobs: Vec<JobView> = parse(&answer["jobs"])?;
+    let jobs: Vec<Job> = parse(&answer["jobs"])?;
     let mut table = Table::new(&[
         "ID", "STATE", "RECIPE", "MODE", "ATTEMPT", "BUILDER", "CREATED", "SOURCE",
     ]);
@@ -378,7 +380,7 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
             job.id.to_string(),
             job.state.to_string(),
             job.recipe.clone(),
-            job.mode.clone(),
+            job.mode.to_string(),
             format!("{}/{}", job.attempt, job.max_attempts),
             or_dash(job.builder_id),
             age(job.created_at),
@@ -402,7 +404,7 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         print_json(&answer);
         return Ok(Outcome::Success);
     }
-    let detail: JobDetailView = parse(&answer)?;
+    let detail: JobDetail = parse(&answer)?;
     let job = &detail.job;
     let mut fields: Vec<(&str, String)> = vec![("job", job.id.to_string())];
     let mut field = |name: &'static str, value: String| fields.push((name, value));
@@ -440,7 +442,7 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
             table.row(vec![
                 a.attempt.to_string(),
                 or_dash(a.builder),
-                or_dash(a.outcome.as_deref()),
+                or_dash(a.outcome),
                 or_dash(a.exit_status),
                 utc(a.assigned_at),
                 or_dash(a.finished_at.map(utc)),
@@ -469,7 +471,7 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
             table.row(vec![
                 utc(e.at),
                 e.attempt.to_string(),
-                format!("{} → {}", e.from.as_deref().unwrap_or("∅"), e.to),
+                format!("{} → {}", e.from.map_or("∅", |s| s.as_str()), e.to),
                 or_dash(e.detail.as_deref()),
             ]);
         }
@@ -501,7 +503,7 @@ async fn cancel(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         print_json(&answer);
         return Ok(Outcome::Success);
     }
-    let job: JobView = parse(&answer)?;
+    let job: Job = parse(&answer)?;
     if job.state.is_terminal() {
         println!("job {id} {}", job.state);
     } else {
@@ -522,7 +524,7 @@ async fn retry(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         print_json(&answer);
         return Ok(Outcome::Success);
     }
-    let job: JobView = parse(&answer)?;
+    let job: Job = parse(&answer)?;
     println!("job {id} {} again (attempt {})", job.state, job.attempt);
     Ok(Outcome::Success)
 }

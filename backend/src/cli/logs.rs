@@ -15,7 +15,9 @@ use serde::Deserialize;
 use super::client::Api;
 use super::exit::{CliError, Outcome, EXIT_CODES_HELP};
 use super::sse::Events;
-use super::views::{parse, JobDetailView};
+use buildfleet_api::{AttemptOutcome, JobDetail};
+
+use super::client::parse;
 use crate::logs::LogRecord;
 use crate::store::JobState;
 
@@ -154,17 +156,17 @@ async fn read_stored(
     }
 }
 
-async fn job_detail(api: &Api, id: i64) -> Result<JobDetailView, CliError> {
+async fn job_detail(api: &Api, id: i64) -> Result<JobDetail, CliError> {
     parse(&api.get(&format!("/jobs/{id}")).await?)
 }
 
 /// How an earlier attempt ended, as the job's attempts record it.
-fn outcome_of(detail: &JobDetailView, attempt: i32) -> (Outcome, String) {
+fn outcome_of(detail: &JobDetail, attempt: i32) -> (Outcome, String) {
     let recorded = detail.attempts.iter().find(|a| a.attempt == attempt);
     let outcome_name = recorded
-        .and_then(|a| a.outcome.clone())
-        .unwrap_or_else(|| "lost".into());
-    let outcome = if outcome_name == "succeeded" {
+        .and_then(|a| a.outcome)
+        .unwrap_or(AttemptOutcome::Lost);
+    let outcome = if outcome_name == AttemptOutcome::Succeeded {
         Outcome::Success
     } else {
         Outcome::JobUnsuccessful

@@ -11,10 +11,9 @@ mod client;
 mod exit;
 mod jobs;
 mod logs;
-mod output;
+pub(crate) mod output;
 mod source;
 mod sse;
-mod views;
 
 use std::path::PathBuf;
 

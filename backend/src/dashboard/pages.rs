@@ -8,6 +8,7 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
 use crate::actors::scheduler::{LiveBuilder, LiveBuilders};
+use crate::cli::output::size;
 use crate::error::{blocking, ApiError};
 use crate::http::jobs::{load_detail, parse_job_id, JobDetail};
 use crate::http::AppState;
@@ -84,16 +85,6 @@ fn format_duration(ms: i64) -> String {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m {}s", secs / 60, secs % 60),
         _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
-    }
-}
-
-fn format_bytes(bytes: i64) -> String {
-    let b = bytes.max(0) as f64;
-    match bytes {
-        ..1024 => format!("{bytes} B"),
-        1024..1_048_576 => format!("{:.1} KiB", b / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
-        _ => format!("{:.2} GiB", b / 1_073_741_824.0),
     }
 }
 
@@ -353,7 +344,7 @@ pub async fn job(
             div.table-wrap { table {
                 thead { tr { th { "Name" } th { "Size" } th { "SHA-256" } } }
                 tbody { @for a in &detail.artifacts {
-                    tr { td { a href=(a.url) { (a.name) } } td { (format_bytes(a.size)) } td.mono { (a.sha256) } }
+                    tr { td { a href=(a.url) { (a.name) } } td { (size(a.size)) } td.mono { (a.sha256) } }
                 } }
             } }
             h2 { "Verify with OpenSSH" }

@@ -7,10 +7,13 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use buildfleet_protocol::{validate_artifact_name, Sha256Digest};
 
+use buildfleet_api as api;
+
 use crate::error::{blocking, ApiError};
 use crate::http::auth::bearer;
-use crate::http::jobs::{parse_job_id, ArtifactView, ATTEMPT_HEADER};
+use crate::http::jobs::{parse_job_id, ATTEMPT_HEADER};
 use crate::http::streaming::{open_stream, receive};
+use crate::http::views;
 use crate::http::AppState;
 use crate::storage::keys;
 use crate::store::{Artifact, Attempt, AttemptStatement, JobId, NewArtifact, StoreError};
@@ -107,8 +110,7 @@ pub async fn upload(
         .metrics
         .artifact_bytes_uploaded
         .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-    Ok(HttpResponse::Created()
-        .json(serde_json::json!({ "name": name, "size": size, "sha256": sha256 })))
+    Ok(HttpResponse::Created().json(api::UploadedArtifact { name, size, sha256 }))
 }
 
 async fn published(state: &AppState, job: JobId) -> Result<Vec<Artifact>, ApiError> {
@@ -135,10 +137,10 @@ pub async fn list(
         Ok((store.artifacts(job, true)?, store.job_statement(job)?))
     })
     .await?;
-    let artifacts: Vec<_> = artifacts
+    let artifacts = artifacts
         .into_iter()
-        .map(|a| ArtifactView::new(&state.public_url, a))
-        .collect();
+        .map(|a| views::artifact(&state.public_url, a))
+        .collect::<Result<_, _>>()?;
     // Links only to what `/statement` serves, so a client never follows one into a 404.
     let base = &state.public_url;
     let link = |path: &str| {
@@ -146,13 +148,13 @@ pub async fn list(
             .as_ref()
             .map(|_| format!("{base}/api/v1/jobs/{job}/{path}"))
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "artifacts": artifacts,
-        "statement_attempt": statement.as_ref().map(|s| s.attempt),
-        "statement_url": link("statement"),
-        "signature_url": link("statement.sig"),
-        "allowed_signers_url": format!("{base}/api/v1/allowed_signers"),
-    })))
+    Ok(HttpResponse::Ok().json(api::ArtifactList {
+        artifacts,
+        statement_attempt: statement.as_ref().map(|s| s.attempt.0),
+        statement_url: link("statement"),
+        signature_url: link("statement.sig"),
+        allowed_signers_url: format!("{base}/api/v1/allowed_signers"),
+    }))
 }
 
 /// The published artifact `name` of the latest attempt that published artifacts (the one

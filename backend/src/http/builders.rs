@@ -3,33 +3,14 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use buildfleet_api::{self as api, AdmitBuilder};
 use buildfleet_protocol::{signing, ControlCommand};
-use serde::{Deserialize, Serialize};
 
 use crate::actors::scheduler::{ControlBuilder, LiveBuilder, LiveBuilders, RevokeBuilder};
 use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
-use crate::http::AppState;
+use crate::http::{views, AppState};
 use crate::store::{Builder, BuilderId, NewBuilder, TokenScope};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdmitBuilder {
-    pub name: String,
-    /// One OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
-    pub public_key: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BuilderView {
-    #[serde(flatten)]
-    pub builder: Builder,
-    pub connected: bool,
-    /// Present while connected: what the scheduler sees.
-    pub live: Option<LiveBuilder>,
-}
 
 async fn live(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiError> {
     state
@@ -39,13 +20,9 @@ async fn live(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiE
         .map_err(|_| ApiError::Unavailable("scheduler".into()))
 }
 
-fn view(builder: Builder, live: &BTreeMap<BuilderId, LiveBuilder>) -> BuilderView {
+fn view(builder: Builder, live: &BTreeMap<BuilderId, LiveBuilder>) -> api::Builder {
     let live = live.get(&builder.id).cloned();
-    BuilderView {
-        connected: live.is_some(),
-        live,
-        builder,
-    }
+    views::builder(builder, live)
 }
 
 fn parse_id(raw: &str) -> Result<BuilderId, ApiError> {
@@ -57,8 +34,8 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     let store = state.store.clone();
     let builders = blocking(move || Ok(store.list_builders()?)).await?;
     let live = live(&state).await?;
-    let views: Vec<_> = builders.into_iter().map(|b| view(b, &live)).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "builders": views })))
+    let builders = builders.into_iter().map(|b| view(b, &live)).collect();
+    Ok(HttpResponse::Ok().json(api::BuilderList { builders }))
 }
 
 pub async fn get(

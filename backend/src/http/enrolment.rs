@@ -11,64 +11,19 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use buildfleet_api::{self as api, CreateEnrolmentToken, Enrol};
 use buildfleet_protocol::signing;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
-use crate::http::AppState;
-use crate::store::{EnrolmentError, EnrolmentToken, EnrolmentTokenId, NewBuilder, TokenScope};
+use crate::http::{views, AppState};
+use crate::store::{EnrolmentError, EnrolmentTokenId, NewBuilder, TokenScope};
 
 /// Longest lifetime a token may be given: enrolment tokens are for setting builders up now,
 /// not standing credentials.
 const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 const DEFAULT_TTL_SECS: u64 = 3600;
 const MAX_USES: u32 = 10_000;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateEnrolmentToken {
-    pub max_uses: u32,
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
-    /// Labels every builder enrolled with this token gets.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Serialize)]
-struct CreatedEnrolmentToken {
-    #[serde(flatten)]
-    token: TokenView,
-    /// The secret, shown this once.
-    #[serde(rename = "token")]
-    secret: String,
-}
-
-#[derive(Debug, Serialize)]
-struct TokenView {
-    #[serde(flatten)]
-    token: EnrolmentToken,
-    usable: bool,
-}
-
-impl TokenView {
-    fn new(token: EnrolmentToken, now: i64) -> Self {
-        TokenView {
-            usable: token.is_usable(now),
-            token,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Enrol {
-    pub token: String,
-    pub name: String,
-    /// One OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
-    pub public_key: String,
-}
 
 pub async fn create(
     req: HttpRequest,
@@ -99,8 +54,8 @@ pub async fn create(
     })
     .await?;
     tracing::info!(token = %token.id, max_uses = token.max_uses, expires_at = token.expires_at, "enrolment token created");
-    Ok(HttpResponse::Created().json(CreatedEnrolmentToken {
-        token: TokenView::new(token, now),
+    Ok(HttpResponse::Created().json(api::CreatedEnrolmentToken {
+        token: views::enrolment_token(token, now),
         secret,
     }))
 }
@@ -110,8 +65,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let store = state.store.clone();
     let (tokens, now) =
         blocking(move || Ok((store.list_enrolment_tokens()?, store.now_ms()))).await?;
-    let views: Vec<_> = tokens.into_iter().map(|t| TokenView::new(t, now)).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "enrolment_tokens": views })))
+    let enrolment_tokens = tokens
+        .into_iter()
+        .map(|t| views::enrolment_token(t, now))
+        .collect();
+    Ok(HttpResponse::Ok().json(api::EnrolmentTokenList { enrolment_tokens }))
 }
 
 pub async fn revoke(
@@ -127,7 +85,7 @@ pub async fn revoke(
     let (token, now) =
         blocking(move || Ok((store.revoke_enrolment_token(id)?, store.now_ms()))).await?;
     tracing::info!(token = %token.id, "enrolment token revoked");
-    Ok(HttpResponse::Ok().json(TokenView::new(token, now)))
+    Ok(HttpResponse::Ok().json(views::enrolment_token(token, now)))
 }
 
 pub async fn enrol(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
@@ -152,8 +110,8 @@ pub async fn enrol(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
     })
     .await?;
     tracing::info!(builder = %builder.name, fingerprint = %builder.fingerprint, token = %token_id, "builder enrolled");
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "builder": builder,
-        "enrolment_token": token_id,
-    })))
+    Ok(HttpResponse::Created().json(api::Enrolled {
+        builder: builder.into(),
+        enrolment_token: token_id.0,
+    }))
 }

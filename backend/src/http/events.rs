@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, Responder};
 use actix_web_lab::sse;
+use buildfleet_api as api;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
@@ -89,22 +90,19 @@ pub fn last_event_id(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 fn json_data(value: &impl Serialize) -> sse::Data {
-    // A JobChange always serialises; an empty object is never sent in practice.
+    // The API's bodies always serialise; an empty object is never sent in practice.
     sse::Data::new(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
 }
 
-/// The data of an `end` event: the terminal change, its state repeated as the outcome.
-#[derive(Serialize)]
-struct EndData<'a> {
-    #[serde(flatten)]
-    change: &'a JobChange,
-    outcome: JobState,
+/// The data of a `state` event.
+fn state_data(change: &JobChange) -> sse::Data {
+    json_data(&api::JobChange::from(change)).event("state")
 }
 
-/// The `end` event of a finished job.
+/// The `end` event of a finished job: the terminal change, its state repeated as the outcome.
 pub fn end_event(change: &JobChange) -> sse::Data {
-    json_data(&EndData {
-        change,
+    json_data(&api::JobEnd {
+        change: change.into(),
         outcome: change.state,
     })
     .event("end")
@@ -220,9 +218,7 @@ pub async fn job(
                     .await;
             }
             if last.is_none_or(|l| current.position() > l) {
-                let event = json_data(&current)
-                    .event("state")
-                    .id(current.job_event_id());
+                let event = state_data(&current).id(current.job_event_id());
                 out.send(event).await?;
                 last = Some(current.position());
             }
@@ -313,9 +309,7 @@ pub async fn all(
     Ok(stream(feed, move |out| async move {
         let mut last_seq = 0;
         let send = |published: &Published| {
-            json_data(&published.change)
-                .event("state")
-                .id(format!("{epoch}:{}", published.seq))
+            state_data(&published.change).id(format!("{epoch}:{}", published.seq))
         };
         match replay {
             None => {}

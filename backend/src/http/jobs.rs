@@ -1,19 +1,17 @@
 //! Jobs: submit, list with filters, get, cancel, retry, and a plan-mode job's plan output.
 
-use std::collections::BTreeMap;
-
 use actix_web::{web, HttpRequest, HttpResponse};
+use buildfleet_api::{self as api, ListJobs, SubmitJob};
 use buildfleet_protocol::Sha256Digest;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::actors::scheduler::{CancelAttempt, JobQueued};
 use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
-use crate::http::AppState;
+use crate::http::{views, AppState};
 use crate::store::{
-    Artifact, AttemptPlan, BuilderId, CancelResult, Job, JobAttempt, JobFilter, JobId, JobMode,
-    JobState, JobTransition, NewJob, Submission, TokenScope,
+    AttemptPlan, BuilderId, CancelResult, Job, JobAttempt, JobFilter, JobId, JobMode, JobState,
+    JobTransition, NewJob, Submission, TokenScope,
 };
 
 /// Names the attempt whose output a response carries.
@@ -23,58 +21,29 @@ const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitJob {
-    /// Where builders fetch the source; omitted for a source uploaded to `/api/v1/sources`.
-    pub source_url: Option<String>,
-    pub source_sha256: Sha256Digest,
-    pub source_max_bytes: Option<u64>,
-    pub recipe: String,
-    #[serde(default)]
-    pub parameters: BTreeMap<String, String>,
-    /// Labels a builder must have to take the job.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub mode: Option<JobMode>,
-    #[serde(default)]
-    pub priority: i32,
-    pub timeout_secs: Option<u64>,
-    pub max_attempts: Option<i32>,
-}
-
-#[derive(Debug, Serialize)]
+/// A job with its history, as the JSON answer and the dashboard's job page show it.
+#[derive(Debug)]
 pub struct JobDetail {
-    #[serde(flatten)]
     pub job: Job,
     pub attempts: Vec<JobAttempt>,
     pub events: Vec<JobTransition>,
-    pub artifacts: Vec<ArtifactView>,
-    /// `GET /api/v1/jobs/{id}/plan`, once a plan-mode attempt reported its plan.
-    pub plan_url: Option<String>,
-    /// The plan itself, for the dashboard; the JSON links to it instead.
-    #[serde(skip)]
+    pub artifacts: Vec<api::Artifact>,
+    /// The plan of a plan-mode job, once an attempt reported it.
     pub plan: Option<AttemptPlan>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ArtifactView {
-    pub name: String,
-    pub size: i64,
-    pub sha256: String,
-    pub attempt: i32,
-    pub url: String,
-}
-
-impl ArtifactView {
-    pub fn new(public_url: &str, a: Artifact) -> Self {
-        ArtifactView {
-            url: format!("{public_url}/api/v1/jobs/{}/artifacts/{}", a.job, a.name),
-            name: a.name,
-            size: a.size,
-            sha256: a.sha256,
-            attempt: a.attempt.0,
+impl JobDetail {
+    /// The JSON answer: the plan itself is linked, not inlined.
+    pub fn into_api(self, public_url: &str) -> api::JobDetail {
+        let id = self.job.id;
+        api::JobDetail {
+            plan_url: self
+                .plan
+                .map(|_| format!("{public_url}/api/v1/jobs/{id}/plan")),
+            job: self.job.into(),
+            attempts: self.attempts.into_iter().map(Into::into).collect(),
+            events: self.events.into_iter().map(Into::into).collect(),
+            artifacts: self.artifacts,
         }
     }
 }
@@ -109,6 +78,10 @@ pub async fn submit(
         (key, request_sha256)
     });
     let body: SubmitJob = parse_json(&body)?;
+    let source_sha256: Sha256Digest = body
+        .source_sha256
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("source_sha256: {e}")))?;
     if !valid_recipe_name(&body.recipe) {
         return Err(ApiError::BadRequest(
             "recipe: 1-64 characters of [A-Za-z0-9._-]".into(),
@@ -139,7 +112,7 @@ pub async fn submit(
             "source_max_bytes must be 1..={limit}"
         )));
     }
-    let sha256 = body.source_sha256.to_string();
+    let sha256 = source_sha256.to_string();
     let store = state.store.clone();
     let public_url = state.public_url.clone();
     let source_url = body.source_url;
@@ -182,11 +155,11 @@ pub async fn submit(
     match job {
         Submission::Created(job) => {
             state.scheduler.do_send(JobQueued(job.clone()));
-            Ok(HttpResponse::Created().json(job))
+            Ok(HttpResponse::Created().json(api::Job::from(job)))
         }
         Submission::Replayed(job) => Ok(HttpResponse::Ok()
             .insert_header(("Idempotent-Replayed", "true"))
-            .json(job)),
+            .json(api::Job::from(job))),
         Submission::KeyReused => Err(ApiError::Unprocessable(
             "this Idempotency-Key was used for a different request".into(),
         )),
@@ -210,19 +183,9 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub state: Option<String>,
-    pub recipe: Option<String>,
-    pub builder: Option<i64>,
-    pub before: Option<i64>,
-    pub limit: Option<usize>,
-}
-
 pub async fn list(
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    query: web::Query<ListJobs>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let job_state = match query.state.as_deref() {
@@ -253,7 +216,10 @@ pub async fn list(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs, "next_before": next_before })))
+    Ok(HttpResponse::Ok().json(api::JobList {
+        jobs: jobs.into_iter().map(Into::into).collect(),
+        next_before,
+    }))
 }
 
 pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiError> {
@@ -268,17 +234,14 @@ pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiEr
             JobMode::Build => None,
         };
         Ok(JobDetail {
-            plan_url: plan
-                .as_ref()
-                .map(|_| format!("{public_url}/api/v1/jobs/{id}/plan")),
             plan,
             attempts: store.job_attempts(id)?,
             events: store.job_events(id)?,
             artifacts: store
                 .artifacts(id, true)?
                 .into_iter()
-                .map(|a| ArtifactView::new(&public_url, a))
-                .collect(),
+                .map(|a| views::artifact(&public_url, a))
+                .collect::<Result<_, _>>()?,
             job,
         })
     })
@@ -290,7 +253,8 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
-    Ok(HttpResponse::Ok().json(load_detail(&state, id).await?))
+    let detail = load_detail(&state, id).await?;
+    Ok(HttpResponse::Ok().json(detail.into_api(&state.public_url)))
 }
 
 /// `GET /api/v1/jobs/{id}/plan`: the plan output of the job's latest attempt that reported
@@ -348,7 +312,7 @@ pub async fn cancel(
             job
         }
     };
-    Ok(HttpResponse::Accepted().json(job))
+    Ok(HttpResponse::Accepted().json(api::Job::from(job)))
 }
 
 pub async fn retry(
@@ -361,5 +325,5 @@ pub async fn retry(
     let store = state.store.clone();
     let job = blocking(move || Ok(store.retry_job(id)?)).await?;
     state.scheduler.do_send(JobQueued(job.clone()));
-    Ok(HttpResponse::Ok().json(job))
+    Ok(HttpResponse::Ok().json(api::Job::from(job)))
 }

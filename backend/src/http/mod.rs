@@ -11,6 +11,7 @@ pub mod logs;
 pub mod sources;
 pub mod streaming;
 pub mod system;
+pub mod views;
 
 use std::sync::Arc;
 

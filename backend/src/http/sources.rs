@@ -32,6 +32,11 @@ pub async fn upload(
     let key = keys::source(&sha256);
     let (store, storage) = (state.store.clone(), state.storage.clone());
     let stored_key = key.clone();
+    let answer = buildfleet_api::UploadedSource {
+        url: format!("{}/api/v1/sources/{sha256}", state.public_url),
+        sha256: sha256.clone(),
+        size,
+    };
     blocking(move || {
         storage
             .commit(received.blob, &stored_key)
@@ -44,11 +49,7 @@ pub async fn upload(
         Ok(())
     })
     .await?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "sha256": received.sha256,
-        "size": size,
-        "url": format!("{}/api/v1/sources/{}", state.public_url, received.sha256),
-    })))
+    Ok(HttpResponse::Created().json(answer))
 }
 
 /// `GET /api/v1/sources/{sha256}`: public, like the artifacts built from it.

@@ -1,76 +1,9 @@
-//! Typed job states, modes and outcomes, and the one transition table of the job lifecycle.
+//! Typed job states, modes and outcomes. The states, modes and attempt outcomes are the API's
+//! own (`buildfleet_api::state`, with the one transition table of the job lifecycle); a
+//! builder's outcome is the store's.
 
-/// Raised when a database column holds a value this enum does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {kind} {value:?}")]
-pub struct UnknownValue {
-    pub kind: &'static str,
-    pub value: String,
-}
-
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident, $kind:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
-        )]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name {
-            $($(#[$vmeta])* $variant),+
-        }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The stored (and serialized) spelling.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-        }
-
-        impl ::std::fmt::Display for $name {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl ::std::str::FromStr for $name {
-            type Err = $crate::store::UnknownValue;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err($crate::store::UnknownValue { kind: $kind, value: s.to_owned() }),
-                }
-            }
-        }
-    };
-}
-
-pub(crate) use string_enum;
-
-string_enum!(
-    /// Where a job is in its lifecycle.
-    JobState, "job state" {
-        Queued => "queued",
-        Assigned => "assigned",
-        Running => "running",
-        Succeeded => "succeeded",
-        Failed => "failed",
-        Cancelled => "cancelled",
-        TimedOut => "timed_out",
-    }
-);
-
-string_enum!(
-    /// What a job asks of its builder: a real build or a dry run that reports its plan.
-    JobMode, "job mode" {
-        Build => "build",
-        Plan => "plan",
-    }
-);
+pub use buildfleet_api::string_enum;
+pub use buildfleet_api::{AttemptOutcome, JobMode, JobState, UnknownValue};
 
 string_enum!(
     /// How a builder says an attempt ended.
@@ -81,51 +14,6 @@ string_enum!(
         TimedOut => "timed_out",
     }
 );
-
-string_enum!(
-    /// How an attempt ended: a builder's outcome, or one of the ways the backend ends it.
-    AttemptOutcome, "attempt outcome" {
-        Succeeded => "succeeded",
-        Failed => "failed",
-        Cancelled => "cancelled",
-        TimedOut => "timed_out",
-        /// The builder turned the assignment down.
-        Rejected => "rejected",
-        /// The builder's lease ran out (`forgiven_at` is set when the builder later came
-        /// back still holding it: a network loss, not counted against `max_attempts`).
-        Lost => "lost",
-    }
-);
-
-impl JobState {
-    /// A terminal job stays put unless an operator retries it.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut
-        )
-    }
-
-    /// A job whose attempt is held by a builder.
-    pub fn is_active(self) -> bool {
-        matches!(self, JobState::Assigned | JobState::Running)
-    }
-
-    /// The transition table. Everything not listed here is refused.
-    pub fn can_become(self, to: JobState) -> bool {
-        use JobState::*;
-        matches!(
-            (self, to),
-            (Queued, Assigned | Cancelled)
-                // Rejection or lease loss sends it back; lease loss past the budget fails it.
-                // A completion may overtake its accept (a work_ack lost in a crash).
-                | (Assigned, Running | Queued | Cancelled | Failed | Succeeded | TimedOut)
-                | (Running, Succeeded | Failed | Cancelled | TimedOut | Queued)
-                // Retry by an operator.
-                | (Failed | Cancelled | TimedOut, Queued)
-        )
-    }
-}
 
 impl Outcome {
     /// The terminal job state this outcome leads to.
@@ -155,20 +43,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_state_round_trips_through_its_spelling() {
-        for state in JobState::ALL {
-            assert_eq!(state.as_str().parse::<JobState>(), Ok(*state));
-        }
-        assert!("done".parse::<JobState>().is_err());
-    }
-
-    #[test]
-    fn terminal_states_only_go_back_to_queued() {
-        for from in JobState::ALL.iter().filter(|s| s.is_terminal()) {
-            for to in JobState::ALL {
-                let expected = *to == JobState::Queued && *from != JobState::Succeeded;
-                assert_eq!(from.can_become(*to), expected, "{from} -> {to}");
-            }
+    fn every_outcome_leads_to_the_terminal_state_of_its_spelling() {
+        for outcome in Outcome::ALL {
+            let state = outcome.job_state();
+            assert!(state.is_terminal());
+            assert_eq!(state.as_str(), outcome.as_str());
+            assert_eq!(AttemptOutcome::from(*outcome).as_str(), outcome.as_str());
         }
     }
 }

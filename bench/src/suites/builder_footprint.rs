@@ -7,7 +7,7 @@ use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use serde_json::json;
+use buildfleet_api::{JobDetail, JobState, SubmitJob};
 
 use crate::api::Api;
 use crate::fleet::Identity;
@@ -19,7 +19,6 @@ use crate::target::{Backend, BackendSettings, DbKind};
 use super::RunOptions;
 
 const RECIPE: &str = "bench-timestamp";
-const TERMINAL: [&str; 4] = ["succeeded", "failed", "cancelled", "timed_out"];
 
 pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> anyhow::Result<()> {
     let Some(binary) = options.builder_binary.clone() else {
@@ -79,14 +78,21 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     let mut end_to_end = Vec::new();
     for _ in 0..jobs {
         let job = api
-            .submit_body(&json!({ "source_sha256": source, "recipe": RECIPE, "max_attempts": 1 }))
+            .submit_body(&SubmitJob {
+                max_attempts: Some(1),
+                ..SubmitJob::new(source.as_str(), RECIPE)
+            })
             .await?;
         let submitted_ns = unix_ns();
         let submitted = Instant::now();
         let detail = wait_finished(&api, job, Duration::from_secs(60)).await?;
         end_to_end.push(submitted.elapsed());
-        if detail["state"] != "succeeded" {
-            bail!("job {job} ended {}: {}", detail["state"], detail["error"]);
+        if detail.job.state != JobState::Succeeded {
+            bail!(
+                "job {job} ended {}: {}",
+                detail.job.state,
+                detail.job.error.as_deref().unwrap_or_default()
+            );
         }
         let stamp = api
             .get_bytes(&format!("/api/v1/jobs/{job}/artifacts/started"))
@@ -95,9 +101,11 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
             .trim()
             .parse()
             .context("the recipe's timestamp")?;
-        let assigned_ms = detail["attempts"][0]["assigned_at"]
-            .as_i64()
-            .context("assigned_at")?;
+        let assigned_ms = detail
+            .attempts
+            .first()
+            .map(|a| a.assigned_at)
+            .context("the job has no attempt")?;
         from_submit.push(duration_ns(started_ns - submitted_ns));
         from_assigned.push(duration_ns(
             started_ns - i128::from(assigned_ms) * 1_000_000,
@@ -190,7 +198,7 @@ pub(crate) fn source_archive() -> anyhow::Result<Vec<u8>> {
 pub(crate) async fn wait_connected(api: &Api, builder: i64, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if api.get(&format!("/api/v1/builders/{builder}")).await?["connected"] == true {
+        if api.builder(builder).await?.connected {
             return Ok(());
         }
         actix_rt::time::sleep(Duration::from_millis(20)).await;
@@ -198,14 +206,11 @@ pub(crate) async fn wait_connected(api: &Api, builder: i64, limit: Duration) -> 
     bail!("the builder did not connect within {limit:?}")
 }
 
-async fn wait_finished(api: &Api, job: i64, limit: Duration) -> anyhow::Result<serde_json::Value> {
+async fn wait_finished(api: &Api, job: i64, limit: Duration) -> anyhow::Result<JobDetail> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let detail = api.get(&format!("/api/v1/jobs/{job}")).await?;
-        if detail["state"]
-            .as_str()
-            .is_some_and(|s| TERMINAL.contains(&s))
-        {
+        let detail = api.job(job).await?;
+        if detail.job.state.is_terminal() {
             return Ok(detail);
         }
         actix_rt::time::sleep(Duration::from_millis(10)).await;

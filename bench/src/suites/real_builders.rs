@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use serde_json::{json, Value};
+use buildfleet_api::{JobChange, JobDetail, JobEnd, JobState, SubmitJob};
 
 use crate::api::{http_client, Api};
 use crate::fleet::Identity;
@@ -34,7 +34,6 @@ use super::builder_footprint::{source_archive, wait_connected, write_private, Ki
 use super::RunOptions;
 
 const RECIPE: &str = "bench-stamp";
-const TERMINAL: [&str; 4] = ["succeeded", "failed", "cancelled", "timed_out"];
 const JOB_LIMIT: Duration = Duration::from_secs(60);
 
 struct Sizes {
@@ -269,8 +268,11 @@ commands = [[{stamp:?}]]
 }
 
 async fn submit(api: &Api, source: &str) -> anyhow::Result<i64> {
-    api.submit_body(&json!({ "source_sha256": source, "recipe": RECIPE, "max_attempts": 1 }))
-        .await
+    api.submit_body(&SubmitJob {
+        max_attempts: Some(1),
+        ..SubmitJob::new(source, RECIPE)
+    })
+    .await
 }
 
 /// `count` jobs at once, so that every builder fetches and caches the source (and has run
@@ -282,11 +284,10 @@ async fn warm_up(api: &Api, source: &str, count: usize) -> anyhow::Result<()> {
     }
     for job in jobs {
         let detail = poll_terminal(api, job).await?;
-        if detail["state"] != "succeeded" {
+        if detail.job.state != JobState::Succeeded {
             bail!(
-                "warm-up job {job} ended {}: {}",
-                detail["state"],
-                detail["error"]
+                "warm-up {}",
+                ended_unsuccessfully(job, detail.job.state, detail.job.error.as_deref())
             );
         }
     }
@@ -305,9 +306,13 @@ async fn wait_terminal(api: &Api, job: i64) -> anyhow::Result<(Instant, bool)> {
             };
             if event.name == "end" {
                 let seen = Instant::now();
-                let data: Value = serde_json::from_str(&event.data)?;
-                if data["outcome"] != "succeeded" {
-                    bail!("job {job} ended {}: {}", data["outcome"], data["error"]);
+                let end: JobEnd = serde_json::from_str(&event.data)?;
+                if end.outcome != JobState::Succeeded {
+                    return Err(ended_unsuccessfully(
+                        job,
+                        end.outcome,
+                        end.change.error.as_deref(),
+                    ));
                 }
                 return Ok((seen, true));
             }
@@ -315,22 +320,27 @@ async fn wait_terminal(api: &Api, job: i64) -> anyhow::Result<(Instant, bool)> {
         Opened::NotFound => {
             let detail = poll_terminal(api, job).await?;
             let seen = Instant::now();
-            if detail["state"] != "succeeded" {
-                bail!("job {job} ended {}: {}", detail["state"], detail["error"]);
+            if detail.job.state != JobState::Succeeded {
+                return Err(ended_unsuccessfully(
+                    job,
+                    detail.job.state,
+                    detail.job.error.as_deref(),
+                ));
             }
             Ok((seen, false))
         }
     }
 }
 
-async fn poll_terminal(api: &Api, job: i64) -> anyhow::Result<Value> {
+fn ended_unsuccessfully(job: i64, state: JobState, error: Option<&str>) -> anyhow::Error {
+    anyhow::anyhow!("job {job} ended {state}: {}", error.unwrap_or_default())
+}
+
+async fn poll_terminal(api: &Api, job: i64) -> anyhow::Result<JobDetail> {
     let deadline = Instant::now() + JOB_LIMIT;
     while Instant::now() < deadline {
-        let detail = api.get(&format!("/api/v1/jobs/{job}")).await?;
-        if detail["state"]
-            .as_str()
-            .is_some_and(|s| TERMINAL.contains(&s))
-        {
+        let detail = api.job(job).await?;
+        if detail.job.state.is_terminal() {
             return Ok(detail);
         }
         actix_rt::time::sleep(Duration::from_millis(1)).await;
@@ -396,17 +406,16 @@ async fn throughput(
                 if event.name != "state" {
                     continue;
                 }
-                let Ok(change) = serde_json::from_str::<Value>(&event.data) else {
+                let Ok(change) = serde_json::from_str::<JobChange>(&event.data) else {
                     continue;
                 };
-                let state = change["state"].as_str().unwrap_or_default();
-                if TERMINAL.contains(&state) && seen.insert(change["job"].to_string()) {
+                if change.state.is_terminal() && seen.insert(change.job) {
                     last.set(Instant::now());
-                    if state != "succeeded" {
-                        failed.borrow_mut().push(format!(
-                            "job {} {state}: {}",
-                            change["job"], change["error"]
-                        ));
+                    if change.state != JobState::Succeeded {
+                        failed.borrow_mut().push(
+                            ended_unsuccessfully(change.job, change.state, change.error.as_deref())
+                                .to_string(),
+                        );
                     }
                     done.set(done.get() + 1);
                 }
@@ -547,20 +556,22 @@ async fn breakdown(
     // (builder, assigned, started, running, finished), in ms since the epoch.
     let mut rows = Vec::with_capacity(ids.len());
     for &job in ids {
-        let detail = api.get(&format!("/api/v1/jobs/{job}")).await?;
-        let attempt = &detail["attempts"][0];
-        let field = |name: &str| {
-            attempt[name]
-                .as_i64()
-                .with_context(|| format!("{name} of job {job}"))
-        };
+        let detail = api.job(job).await?;
+        let attempt = detail
+            .attempts
+            .first()
+            .with_context(|| format!("job {job} has no attempt"))?;
         let running_ms = (stamp_of(api, job).await? / 1_000_000) as i64;
         rows.push((
-            attempt["builder"].as_i64().unwrap_or(0),
-            field("assigned_at")?,
-            field("started_at")?,
+            attempt.builder.unwrap_or(0),
+            attempt.assigned_at,
+            attempt
+                .started_at
+                .with_context(|| format!("started_at of job {job}"))?,
             running_ms,
-            field("finished_at")?,
+            attempt
+                .finished_at
+                .with_context(|| format!("finished_at of job {job}"))?,
         ));
     }
     let p50 = |mut values: Vec<i64>| -> f64 {

@@ -1,0 +1,28 @@
+//! The REST API's bodies, one definition for every side: the server serialises these, and
+//! the CLI, the benchmarks and the tests read them. Field order and names are the wire
+//! format (`docs/api.md`); the server converts its store rows into these at the edge, so a
+//! store change cannot change an answer by accident.
+//!
+//! Identifiers are plain integers here: typed ids are the server's business.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod builders;
+pub mod error;
+pub mod jobs;
+pub mod sources;
+pub mod state;
+
+pub use builders::{
+    AdmitBuilder, Builder, BuilderList, BuilderRecord, CreateEnrolmentToken, CreatedEnrolmentToken,
+    Enrol, Enrolled, EnrolmentToken, EnrolmentTokenList, LiveBuilder,
+};
+pub use error::{ErrorBody, ErrorDetail};
+pub use jobs::{
+    Artifact, ArtifactList, Attempt, Job, JobChange, JobDetail, JobEnd, JobList, ListJobs,
+    SubmitJob, Transition, UploadedArtifact,
+};
+pub use sources::UploadedSource;
+pub use state::{AttemptOutcome, JobMode, JobState, UnknownValue};
+
+/// Labels, parameters: ordered so answers are stable.
+pub type Labels = std::collections::BTreeMap<String, String>;
