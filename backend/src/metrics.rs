@@ -57,6 +57,8 @@ pub struct Metrics {
     pub log_lines_stored: AtomicU64,
     /// Chunk writes that failed; their events were kept for a retry.
     pub log_store_failures: AtomicU64,
+    /// Times an attempt's unstored events were let go and its session closed for a resend.
+    pub log_sheds: AtomicU64,
     pub artifact_bytes_uploaded: AtomicU64,
     /// Live viewers of running jobs' logs, as the LogSink holds them.
     pub log_subscribers: AtomicI64,
@@ -160,6 +162,12 @@ impl Metrics {
             "buildfleet_log_store_failures_total",
             "Log chunk writes that failed and were retried (no event dropped).",
             &self.log_store_failures,
+        );
+        counter(
+            &mut out,
+            "buildfleet_log_sheds_total",
+            "Times an attempt's unstored log events passed the cap and its session was closed so the builder resends them.",
+            &self.log_sheds,
         );
         counter(
             &mut out,

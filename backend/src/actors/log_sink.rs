@@ -32,9 +32,9 @@ const FLUSH_BYTES: usize = 256 * 1024;
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// Attempts without events for this long are forgotten (their state is in the database).
 const IDLE_FORGET: Duration = Duration::from_secs(300);
-/// Unstored bytes an attempt may hold while storage fails. Beyond this the sink lets the
-/// events go and closes the attempt's session: they were never acknowledged, so the builder
-/// still has them and resends them after it reconnects.
+/// Unstored bytes an attempt may hold, while storage fails or while it is slower than the
+/// builder writes. Beyond this the sink lets the events go and closes the attempt's session
+/// ([`LogSink::shed`]): they were never acknowledged, so the builder resends them.
 const MAX_UNSTORED_BYTES: usize = 8 * 1024 * 1024;
 /// First and longest wait before a failed chunk write is retried.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -61,6 +61,8 @@ struct AttemptLog {
     /// Received and not yet stored: new events, and those of a write that failed.
     pending: Vec<JobEvent>,
     pending_bytes: usize,
+    /// Bytes of the events the write in progress took; counted against the cap too.
+    in_flight_bytes: usize,
     flushing: bool,
     /// `FlushAttempt` callers: told whether everything received before them is stored.
     waiters: Vec<oneshot::Sender<Result<(), FlushFailed>>>,
@@ -155,7 +157,7 @@ impl LogSink {
         }
         log.flushing = true;
         let events = mem::take(&mut log.pending);
-        log.pending_bytes = 0;
+        log.in_flight_bytes = mem::take(&mut log.pending_bytes);
         let stored = log.stored;
         let (store, storage, limits) = (
             self.store.clone(),
@@ -196,6 +198,7 @@ impl LogSink {
             return;
         };
         log.flushing = false;
+        log.in_flight_bytes = 0;
         // Events that arrived during the write join what is still unwritten.
         unwritten.append(&mut log.pending);
         log.pending_bytes = unwritten.iter().map(approximate_size).sum();
@@ -230,20 +233,35 @@ impl LogSink {
                 let overflow = lost || log.pending_bytes > MAX_UNSTORED_BYTES;
                 tracing::warn!(job = %key.0, attempt = %key.1, error = %message, kept = log.pending.len(), "storing log events failed; kept unacknowledged for a retry");
                 if overflow {
-                    // Nothing held here any more (or too much): let the builder resend.
-                    log.pending.clear();
-                    log.pending_bytes = 0;
-                    log.stored = None;
-                    if let Some(registration) = self.registrations.get(&key) {
-                        registration.close.do_send(CloseSession {
-                            code: ErrorCode::Internal,
-                            message:
-                                "the backend could not store this job's log; reconnect and resend"
-                                    .into(),
-                        });
-                    }
+                    // Nothing held here any more (or too much).
+                    self.shed(
+                        key,
+                        "the backend could not store this job's log; reconnect and resend",
+                    );
                 }
             }
+        }
+    }
+
+    /// Lets go of an attempt's unstored events and closes its session: none of them was
+    /// acknowledged, so the builder still holds them and resends them after it reconnects.
+    /// What bounds the memory an attempt can take here, whatever the store does.
+    fn shed(&mut self, key: (JobId, Attempt), message: &str) {
+        let Some(log) = self.attempts.get_mut(&key) else {
+            return;
+        };
+        log.pending.clear();
+        log.pending_bytes = 0;
+        log.stored = None;
+        for waiter in log.waiters.drain(..) {
+            let _ = waiter.send(Err(FlushFailed(message.to_owned())));
+        }
+        self.metrics.log_sheds.fetch_add(1, Ordering::Relaxed);
+        if let Some(registration) = self.registrations.get(&key) {
+            registration.close.do_send(CloseSession {
+                code: ErrorCode::Internal,
+                message: message.to_owned(),
+            });
         }
     }
 
@@ -499,7 +517,13 @@ impl Handler<AppendEvents> for LogSink {
                 Some(stored) if resent => self.ack(key, stored.seq),
                 _ => {}
             }
-            if log.pending_bytes >= FLUSH_BYTES {
+            if log.pending_bytes + log.in_flight_bytes > MAX_UNSTORED_BYTES {
+                // The store is slower than the builder writes: shed rather than grow.
+                self.shed(
+                    key,
+                    "the backend is behind storing this job's log; reconnect and resend",
+                );
+            } else if log.pending_bytes >= FLUSH_BYTES {
                 self.flush(key, ctx);
             }
         }
