@@ -109,12 +109,18 @@ impl Api {
     /// Submits a no-op job of `recipe` whose source simulated builders never fetch; returns
     /// its id.
     pub async fn submit(&self, recipe: &str) -> anyhow::Result<i64> {
-        self.submit_body(&SubmitJob {
-            source_url: Some("http://127.0.0.1:9/noop.tar.gz".into()),
-            max_attempts: Some(1),
-            ..SubmitJob::new(NOOP_SOURCE_SHA256, recipe)
-        })
-        .await
+        self.submit_body(&noop_job(recipe)).await
+    }
+
+    /// Submits `count` no-op jobs of `recipe` in one request (one transaction); returns their
+    /// ids.
+    pub async fn submit_batch(&self, recipe: &str, count: usize) -> anyhow::Result<Vec<i64>> {
+        let job = noop_job(recipe);
+        let jobs: Vec<buildfleet_api::Job> = parse(
+            self.send_json(awc::http::Method::POST, "/api/v1/jobs", &vec![job; count])
+                .await?,
+        )?;
+        Ok(jobs.into_iter().map(|j| j.id).collect())
     }
 
     pub async fn submit_body(&self, body: &SubmitJob) -> anyhow::Result<i64> {
@@ -163,6 +169,15 @@ impl Api {
                 (key == name).then(|| value.trim().parse().ok())?
             })
             .with_context(|| format!("no metric {name}"))
+    }
+}
+
+/// A one-attempt job whose source simulated builders never fetch.
+fn noop_job(recipe: &str) -> SubmitJob {
+    SubmitJob {
+        source_url: Some("http://127.0.0.1:9/noop.tar.gz".into()),
+        max_attempts: Some(1),
+        ..SubmitJob::new(NOOP_SOURCE_SHA256, recipe)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::http::auth::require;
 use crate::http::{views, AppState};
 use crate::store::{
     AttemptPlan, BuilderId, CancelResult, Job, JobAttempt, JobFilter, JobId, JobMode, JobState,
-    JobTransition, NewJob, Submission, TokenScope,
+    JobTransition, NewJob, Store, Submission, TokenScope,
 };
 
 /// Names the attempt whose output a response carries.
@@ -67,6 +67,11 @@ fn valid_param_key(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Most jobs one `POST /api/v1/jobs` with an array may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// `POST /api/v1/jobs`: one job (an object), or many in one request and one transaction (an
+/// array, all or none: a bad entry refuses the batch and names its index).
 pub async fn submit(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -77,7 +82,97 @@ pub async fn submit(
         let request_sha256 = buildfleet_protocol::hex::encode(&Sha256::digest(&body));
         (key, request_sha256)
     });
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        if idempotency.is_some() {
+            return Err(ApiError::BadRequest(
+                "Idempotency-Key applies to one job; submit a batch without it".into(),
+            ));
+        }
+        return submit_batch(&state, caller.0, &body).await;
+    }
     let body: SubmitJob = parse_json(&body)?;
+    let checked = check_submission(&state, body, caller.0)?;
+    let store = state.store.clone();
+    let public_url = state.public_url.clone();
+    let job = blocking(move || {
+        let new = checked.resolve(&store, &public_url)?;
+        Ok(match idempotency {
+            None => Submission::Created(store.submit_job(new)?),
+            Some((key, request_sha256)) => store.submit_job_once(new, &key, &request_sha256)?,
+        })
+    })
+    .await?;
+    match job {
+        Submission::Created(job) => {
+            state.scheduler.do_send(JobQueued(vec![job.clone()]));
+            Ok(HttpResponse::Created().json(api::Job::from(job)))
+        }
+        Submission::Replayed(job) => Ok(HttpResponse::Ok()
+            .insert_header(("Idempotent-Replayed", "true"))
+            .json(api::Job::from(job))),
+        Submission::KeyReused => Err(ApiError::Unprocessable(
+            "this Idempotency-Key was used for a different request".into(),
+        )),
+    }
+}
+
+async fn submit_batch(
+    state: &AppState,
+    submitter: String,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let bodies: Vec<SubmitJob> = parse_json(body)?;
+    if bodies.is_empty() || bodies.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "a batch holds 1..={MAX_BATCH} jobs, not {}",
+            bodies.len()
+        )));
+    }
+    let checked = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(index, body)| {
+            check_submission(state, body, submitter.clone()).map_err(|e| at_index(index, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = state.store.clone();
+    let public_url = state.public_url.clone();
+    let jobs = blocking(move || {
+        let news = checked
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| {
+                c.resolve(&store, &public_url)
+                    .map_err(|e| at_index(index, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(store.submit_jobs(news)?)
+    })
+    .await?;
+    state.scheduler.do_send(JobQueued(jobs.clone()));
+    let jobs: Vec<api::Job> = jobs.into_iter().map(Into::into).collect();
+    Ok(HttpResponse::Created().json(jobs))
+}
+
+/// A refusal of one entry of a batch names the entry.
+fn at_index(index: usize, error: ApiError) -> ApiError {
+    match error {
+        ApiError::BadRequest(message) => ApiError::BadRequest(format!("[{index}]: {message}")),
+        other => other,
+    }
+}
+
+/// A submission whose fields were checked; its source is resolved against the store.
+struct CheckedSubmission {
+    source_url: Option<String>,
+    job: NewJob,
+}
+
+fn check_submission(
+    state: &AppState,
+    body: SubmitJob,
+    submitter: String,
+) -> Result<CheckedSubmission, ApiError> {
     let source_sha256: Sha256Digest = body
         .source_sha256
         .parse()
@@ -112,20 +207,46 @@ pub async fn submit(
             "source_max_bytes must be 1..={limit}"
         )));
     }
-    let sha256 = source_sha256.to_string();
-    let store = state.store.clone();
-    let public_url = state.public_url.clone();
-    let source_url = body.source_url;
-    let job = blocking(move || {
-        let source_url = match source_url {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => url,
-            Some(url) => {
-                return Err(ApiError::BadRequest(format!(
-                    "source_url {url:?} is not http(s)"
-                )))
-            }
+    if let Some(url) = &body.source_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ApiError::BadRequest(format!(
+                "source_url {url:?} is not http(s)"
+            )));
+        }
+    }
+    // Both bounded above by checks that fit i64 (limits are configured in i64 range).
+    let source_max_bytes = i64::try_from(max_bytes)
+        .map_err(|_| ApiError::BadRequest("source_max_bytes is too large".into()))?;
+    let timeout_secs = i64::try_from(timeout)
+        .map_err(|_| ApiError::BadRequest("timeout_secs is too large".into()))?;
+    Ok(CheckedSubmission {
+        source_url: body.source_url,
+        job: NewJob {
+            source_url: String::new(),
+            source_sha256: source_sha256.to_string(),
+            source_max_bytes,
+            recipe: body.recipe,
+            parameters: body.parameters,
+            required_labels: body.labels,
+            mode: body.mode.unwrap_or(JobMode::Build),
+            priority: body.priority,
+            max_attempts,
+            timeout_secs,
+            submitter,
+        },
+    })
+}
+
+impl CheckedSubmission {
+    /// The job with its source URL: the given one, or the uploaded source's (which must
+    /// exist).
+    fn resolve(self, store: &Store, public_url: &str) -> Result<NewJob, ApiError> {
+        let mut job = self.job;
+        job.source_url = match self.source_url {
+            Some(url) => url,
             None => {
-                store.source(&sha256)?.ok_or_else(|| {
+                let sha256 = &job.source_sha256;
+                store.source(sha256)?.ok_or_else(|| {
                     ApiError::BadRequest(format!(
                         "no uploaded source with sha256 {sha256}; upload it or give source_url"
                     ))
@@ -133,36 +254,7 @@ pub async fn submit(
                 format!("{public_url}/api/v1/sources/{sha256}")
             }
         };
-        let new = NewJob {
-            source_url,
-            source_sha256: sha256,
-            source_max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
-            recipe: body.recipe,
-            parameters: body.parameters,
-            required_labels: body.labels,
-            mode: body.mode.unwrap_or(JobMode::Build),
-            priority: body.priority,
-            max_attempts,
-            timeout_secs: i64::try_from(timeout).unwrap_or(i64::MAX),
-            submitter: caller.0,
-        };
-        Ok(match idempotency {
-            None => Submission::Created(store.submit_job(new)?),
-            Some((key, request_sha256)) => store.submit_job_once(new, &key, &request_sha256)?,
-        })
-    })
-    .await?;
-    match job {
-        Submission::Created(job) => {
-            state.scheduler.do_send(JobQueued(job.clone()));
-            Ok(HttpResponse::Created().json(api::Job::from(job)))
-        }
-        Submission::Replayed(job) => Ok(HttpResponse::Ok()
-            .insert_header(("Idempotent-Replayed", "true"))
-            .json(api::Job::from(job))),
-        Submission::KeyReused => Err(ApiError::Unprocessable(
-            "this Idempotency-Key was used for a different request".into(),
-        )),
+        Ok(job)
     }
 }
 
@@ -324,6 +416,6 @@ pub async fn retry(
     let id = parse_job_id(&path)?;
     let store = state.store.clone();
     let job = blocking(move || Ok(store.retry_job(id)?)).await?;
-    state.scheduler.do_send(JobQueued(job.clone()));
+    state.scheduler.do_send(JobQueued(vec![job.clone()]));
     Ok(HttpResponse::Ok().json(api::Job::from(job)))
 }

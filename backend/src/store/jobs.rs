@@ -257,6 +257,19 @@ impl Store {
         self.write(|conn| insert_job(conn, &new, now))
     }
 
+    /// Submits many jobs in one transaction: all of them or, on an error, none.
+    pub fn submit_jobs(&self, news: Vec<NewJob>) -> Result<Vec<Job>, StoreError> {
+        for new in &news {
+            validate(new)?;
+        }
+        let now = self.now_ms();
+        self.write(|conn| {
+            news.iter()
+                .map(|new| insert_job(conn, new, now))
+                .collect::<Result<Vec<_>, _>>()
+        })
+    }
+
     /// Submits a job once per idempotency key: the first request with `key` creates the job,
     /// a later one with the same request (same `request_sha256`) gets that job back, and one
     /// with another request is refused. Keys are forgotten after [`IDEMPOTENCY_KEY_TTL_MS`].

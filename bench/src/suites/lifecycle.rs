@@ -1,5 +1,5 @@
 //! Lifecycle throughput: no-op jobs per second through their whole life — submitted over
-//! the API, assigned, acknowledged, a few log lines, completed with a signed statement and
+//! the API in batches, assigned, acknowledged, a few log lines, completed with a signed statement and
 //! stored — with many builders of several slots each.
 
 use std::sync::Arc;
@@ -15,7 +15,9 @@ use super::{setup, CpuMeter, RunOptions};
 
 const RECIPE: &str = "bench-noop";
 /// Submissions in flight at once (several API clients).
-const SUBMITTERS: usize = 32;
+const SUBMITTERS: usize = 8;
+/// Jobs per submission (`POST /api/v1/jobs` with an array: one request, one transaction).
+const SUBMIT_BATCH: usize = 50;
 const LOG_LINES: u32 = 3;
 
 pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> anyhow::Result<()> {
@@ -28,6 +30,7 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     result.param("jobs", jobs);
     result.param("log_lines_per_job", LOG_LINES);
     result.param("concurrent_submitters", SUBMITTERS);
+    result.param("jobs_per_submission", SUBMIT_BATCH);
     let behaviour = Behaviour {
         log_lines: LOG_LINES,
         log_line: Arc::from("   Compiling buildfleet-bench v0.1.0 (/work/bench) -- a no-op line"),
@@ -40,9 +43,16 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     let cpu = CpuMeter::start(&s.backend);
     let started = Instant::now();
     let api = s.api.clone();
+    let batches: Vec<usize> = (0..jobs)
+        .step_by(SUBMIT_BATCH)
+        .map(|first| SUBMIT_BATCH.min(jobs - first))
+        .collect();
     let submitting = actix_rt::spawn(async move {
-        let outcomes: Vec<anyhow::Result<i64>> = futures_util::stream::iter(0..jobs)
-            .map(|_| api.submit(RECIPE))
+        let outcomes: Vec<(usize, anyhow::Result<Vec<i64>>)> = futures_util::stream::iter(batches)
+            .map(|count| {
+                let api = api.clone();
+                async move { (count, api.submit_batch(RECIPE, count).await) }
+            })
             .buffer_unordered(SUBMITTERS)
             .collect()
             .await;
@@ -78,8 +88,12 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     }
     let elapsed = last.saturating_duration_since(started);
     let (outcomes, submit_time) = submitting.await?;
-    let submit_errors = outcomes.iter().filter(|o| o.is_err()).count();
-    if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+    let submit_errors: usize = outcomes
+        .iter()
+        .filter(|(_, o)| o.is_err())
+        .map(|(count, _)| count)
+        .sum();
+    if let Some((_, Err(e))) = outcomes.iter().find(|(_, o)| o.is_err()) {
         result.note(format!("{submit_errors} submissions failed, first: {e:#}"));
     }
     let throughput = completed as f64 / elapsed.as_secs_f64().max(1e-9);

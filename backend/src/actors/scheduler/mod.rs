@@ -483,18 +483,25 @@ impl Handler<RenewLeases> for Scheduler {
 
 // ---- messages from the HTTP API ----
 
-/// A job became queued (submitted or retried): push it now.
+/// Jobs became queued (submitted, alone or in a batch, or retried): push them now.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct JobQueued(pub Job);
+pub struct JobQueued(pub Vec<Job>);
 
 impl Handler<JobQueued> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: JobQueued, ctx: &mut Self::Context) {
-        self.feed.publish(&msg.0);
-        self.queued_at.insert(msg.0.id, Instant::now());
-        self.dispatch_job(&msg.0, ctx);
+        let now = Instant::now();
+        for job in &msg.0 {
+            self.feed.publish(job);
+            self.queued_at.insert(job.id, now);
+        }
+        match msg.0.as_slice() {
+            [job] => self.dispatch_job(job, ctx),
+            // A batch: one claim per builder with free slots, not one pass per job.
+            _ => self.dispatch_all(ctx),
+        }
     }
 }
 
