@@ -1,12 +1,10 @@
 //! `buildfleet builder …` and the CLI's error contract, run as the real binary against a
 //! running backend.
 
-mod support;
-
-use support::cli::run_cli;
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::TestServer;
+use buildfleet_testkit::cli::run_cli;
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::TestServer;
 
 #[actix_rt::test]
 async fn admit_list_disable_enable_remove() {

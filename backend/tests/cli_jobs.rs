@@ -1,15 +1,13 @@
 //! `buildfleet job …` against a running backend (no builder: jobs stay queued): submit
 //! from a directory, an archive, a crate and a URL; list, show, cancel, retry.
 
-mod support;
-
 use std::io::Read;
 use std::path::Path;
 
+use buildfleet_testkit::cli::CliOutput;
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::server::TestServer;
 use sha2::{Digest, Sha256};
-use support::cli::CliOutput;
-use support::db::TestDb;
-use support::server::TestServer;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

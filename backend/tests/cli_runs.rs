@@ -2,14 +2,12 @@
 //! them; `job logs --follow`, `job submit --wait` and `artifact download` (with the real
 //! `ssh-keygen -Y verify`) see them through.
 
-mod support;
-
 use std::path::Path;
 
-use support::cli::{shell_recipe, wait_connected, TestBuilder};
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::TestServer;
+use buildfleet_testkit::cli::{shell_recipe, wait_connected, TestBuilder};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::TestServer;
 
 /// Prints on both streams around a pause (so a follower sees lines arrive live), then
 /// writes the artifact.

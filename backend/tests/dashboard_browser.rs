@@ -2,15 +2,13 @@
 //! widths, a build submitted through the form runs on a local builder, and its log appears
 //! live on the job page. Screenshots go to `test-output/dashboard/`.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use buildfleet_backend::config::ServerConfig;
 use buildfleet_backend::{local, server};
-use support::browser::Browser;
+use buildfleet_testkit::browser::Browser;
 
 fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-output/dashboard")

@@ -2,18 +2,17 @@
 //! the source directory, and archive bombs (too many entries, too many bytes) each fail
 //! the job with a stable error kind, and the recipe never runs.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::json;
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     sha256_hex, small_source, start_server, tar_gz_large_file, tar_gz_many_entries,
     tar_gz_with_raw_path, upload_source, wait_outcome, E2eBuilder, QUICK_RECIPE,
 };
-use support::server::{server_tests, TestServer};
+use buildfleet_testkit::server::TestServer;
+use buildfleet_testkit::server_tests;
+use serde_json::json;
 
 server_tests! {
     digest_mismatch_fails_before_anything_runs,

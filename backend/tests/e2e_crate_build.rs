@@ -3,18 +3,17 @@
 //! published artifact checks out as a submitter would check it: its SHA-256, its contents,
 //! and its build statement with the stock `ssh-keygen -Y verify`.
 
-mod support;
-
 use std::time::Duration;
 
 use buildfleet_protocol::signing::STATEMENT_NAMESPACE;
-use serde_json::{json, Value};
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     itoa_crate, sha256_hex, start_server, tar_gz_files, upload_source, wait_outcome, E2eBuilder,
 };
-use support::keys::ssh_keygen_verify;
-use support::server::{server_tests, TestServer};
+use buildfleet_testkit::keys::ssh_keygen_verify;
+use buildfleet_testkit::server::TestServer;
+use buildfleet_testkit::server_tests;
+use serde_json::{json, Value};
 
 server_tests! {
     itoa_crate_builds_and_its_artifact_verifies,

@@ -14,26 +14,24 @@
 //! The CI variant runs in well under a minute per database; the soak variants (`#[ignore]`d)
 //! run longer with more of everything. How to run them: docs/testing.md.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use awc::http::StatusCode;
 use buildfleet_backend::store::JobId;
 use buildfleet_builder::recipes::RecipeConfig;
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
+    e2e_recipes, is_terminal, small_source, TcpProxy, LINES_RECIPE, LINE_COUNT, QUICK_RECIPE,
+};
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::processes::{
+    builder_config_toml, job_processes, tail, Api, BackendProcess, BuilderProcess,
+};
+use buildfleet_testkit::server_tests;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{json, Value};
-use support::db::TestDb;
-use support::e2e::{
-    e2e_recipes, is_terminal, small_source, TcpProxy, LINES_RECIPE, LINE_COUNT, QUICK_RECIPE,
-};
-use support::keys::TestKey;
-use support::processes::{
-    builder_config_toml, job_processes, tail, Api, BackendProcess, BuilderProcess,
-};
-use support::server::server_tests;
 
 server_tests! {
     faults_lose_no_job_and_no_log_line,

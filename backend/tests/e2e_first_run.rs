@@ -6,17 +6,15 @@
 //! runs do not collide). This failed while the relative data directory reached the local
 //! builder unresolved: its build ran in the job directory and wrote its output elsewhere.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::cli::{CliOutput, CLI_LIMIT};
-use support::db::TestDb;
-use support::e2e::tar_gz_files;
-use support::server::server_tests;
+use buildfleet_testkit::cli::{CliOutput, CLI_LIMIT};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::tar_gz_files;
+use buildfleet_testkit::server_tests;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 

@@ -2,18 +2,16 @@
 //! every job succeeds exactly once, with its own artifact, and the work spreads over the
 //! fleet.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     small_source, start_server, upload_source, wait_connected, wait_terminal, E2eBuilder,
     QUICK_RECIPE,
 };
-use support::server::server_tests;
+use buildfleet_testkit::server_tests;
+use serde_json::json;
 
 server_tests! {
     many_jobs_spread_over_several_builders_each_run_once,

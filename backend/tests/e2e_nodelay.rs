@@ -6,17 +6,15 @@
 // of a socket the code under test owns.
 #![allow(unsafe_code)]
 
-mod support;
-
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use serde_json::json;
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     small_source, start_server, upload_source, wait_outcome, E2eBuilder, QUICK_RECIPE,
 };
-use support::server::server_tests;
+use buildfleet_testkit::server_tests;
+use serde_json::json;
 
 server_tests! {
     every_builder_connection_has_tcp_nodelay_on_both_ends,

@@ -5,18 +5,16 @@
 //! exact log. The database is a server of this test's own, since restarting the shared test
 //! server would break everyone else's tests.
 
-mod support;
-
 use std::time::Duration;
 
-use serde_json::json;
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     assert_complete_log, configure_server, small_source, upload_source, wait_outcome, E2eBuilder,
     LINES_RECIPE,
 };
-use support::private_postgres::PrivatePostgres;
-use support::server::TestServer;
+use buildfleet_testkit::private_postgres::PrivatePostgres;
+use buildfleet_testkit::server::TestServer;
+use serde_json::json;
 
 const JOBS: usize = 8;
 

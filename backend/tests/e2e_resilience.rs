@@ -3,17 +3,16 @@
 //! real builder reconnects, resumes, and the job finishes with its whole log, each line
 //! stored once.
 
-mod support;
-
 use std::time::Duration;
 
-use serde_json::json;
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     assert_complete_log, connect_url_of, small_source, start_server, upload_source, wait_lines,
     wait_outcome, E2eBuilder, TcpProxy, LINES_RECIPE, LINE_COUNT,
 };
-use support::server::{server_tests, wait_until};
+use buildfleet_testkit::server::wait_until;
+use buildfleet_testkit::server_tests;
+use serde_json::json;
 
 server_tests! {
     connection_cut_mid_build_resumes_with_an_exact_log,

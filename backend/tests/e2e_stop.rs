@@ -1,18 +1,17 @@
 //! Stopping a build stops all of it: a job cancelled through the API and a job past its
 //! timeout each end with their whole process tree gone, background children included.
 
-mod support;
-
 use std::time::Duration;
 
 use awc::http::StatusCode;
-use serde_json::json;
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     assert_all_dead, pid_alive, small_source, start_server, upload_source, wait_for_pids, wait_job,
     wait_outcome, E2eBuilder, TREE_RECIPE,
 };
-use support::server::{server_tests, TestServer};
+use buildfleet_testkit::server::TestServer;
+use buildfleet_testkit::server_tests;
+use serde_json::json;
 
 server_tests! {
     cancel_kills_the_whole_process_tree,

@@ -3,18 +3,17 @@
 //! artifact over `https://`, and the CLI reaches the API with `--ca-cert`, and is refused
 //! without it.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::json;
-use support::cli::run_cli;
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::cli::run_cli;
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     configure_server, small_source, upload_source, wait_outcome, E2eBuilder, QUICK_RECIPE,
 };
-use support::server::{server_tests, test_client, TestServer};
+use buildfleet_testkit::server::{test_client, TestServer};
+use buildfleet_testkit::server_tests;
+use serde_json::json;
 
 server_tests! {
     builders_and_the_cli_work_over_tls,

@@ -1,16 +1,15 @@
 //! The REST API's basics against the real server: authorisation, the JSON error shape,
 //! listing and filtering, health, metrics and the allowed-signers file.
 
-mod support;
-
 use awc::http::StatusCode;
 use buildfleet_backend::store::JobState;
 use buildfleet_protocol::signing;
+use buildfleet_testkit::builder_client::{job_ref, BuilderClient};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::{error_code, TestServer, SOURCE_SHA256};
+use buildfleet_testkit::server_tests;
 use serde_json::{json, Value};
-use support::builder_client::{job_ref, BuilderClient};
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::{error_code, server_tests, TestServer, SOURCE_SHA256};
 
 server_tests! {
     submission_needs_a_token_and_valid_json,

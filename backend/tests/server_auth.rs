@@ -1,15 +1,14 @@
 //! Builder authentication against the real backend: bad and replayed signatures, unknown,
 //! disabled and revoked builders, and a newer session replacing an older one.
 
-mod support;
-
 use buildfleet_protocol::signing;
 use buildfleet_protocol::{ChallengeResponse, ClientMessage, ErrorCode, Hello, PROTOCOL_VERSION};
+use buildfleet_testkit::builder_client::BuilderClient;
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::TestServer;
+use buildfleet_testkit::server_tests;
 use serde_json::json;
-use support::builder_client::BuilderClient;
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::{server_tests, TestServer};
 
 server_tests! {
     bad_signature_is_rejected_and_closed,
@@ -171,7 +170,7 @@ async fn newer_session_replaces_the_older_one(db: TestDb) {
     let new = BuilderClient::connect_ready(&server.ws_url(), &key).await;
     old.expect_error_and_close(ErrorCode::SessionReplaced).await;
     // The newer one is the live one.
-    support::server::wait_until("the new session to be live", || async {
+    buildfleet_testkit::server::wait_until("the new session to be live", || async {
         let builder = server.get_ok(&format!("/builders/{id}")).await;
         (builder["connected"] == true).then_some(())
     })

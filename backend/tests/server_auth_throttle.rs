@@ -3,18 +3,17 @@
 //! address gets a prompt `auth_rejected{too_many_attempts}` with `retry_after_ms`, and no other
 //! admitted key from the same address is refused or slowed down.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use buildfleet_backend::actors::auth::{FAILURE_WINDOW, MAX_KEY_FAILURES, MAX_UNKNOWN_PER_ADDRESS};
 use buildfleet_protocol::{
     AuthRejected, ChallengeResponse, ClientMessage, ErrorCode, ServerMessage,
 };
-use support::builder_client::BuilderClient;
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::{server_tests, TestServer};
+use buildfleet_testkit::builder_client::BuilderClient;
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::TestServer;
+use buildfleet_testkit::server_tests;
 
 server_tests! {
     bad_signatures_throttle_that_key_alone,

@@ -2,19 +2,20 @@
 //! binary and out-of-order frames, unsafe artifact names, digest mismatches and statements
 //! that do not match the uploads.
 
-mod support;
-
 use awc::http::StatusCode;
 use buildfleet_backend::store::JobId;
 use buildfleet_protocol::{
     ArtifactDigest, ClientMessage, CompletionResult, ErrorCode, HeldJob, JobAssignment, JobRequest,
     Outcome, ResumeAction,
 };
+use buildfleet_testkit::builder_client::{
+    digest_of, job_ref, sha256_hex, upload, upload_ok, BuilderClient,
+};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::{error_code, TestServer};
+use buildfleet_testkit::server_tests;
 use serde_json::json;
-use support::builder_client::{digest_of, job_ref, sha256_hex, upload, upload_ok, BuilderClient};
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::{error_code, server_tests, TestServer};
 
 server_tests! {
     wrong_job_token_is_refused_and_nothing_recorded,

@@ -2,8 +2,6 @@
 //! checks, `POST /api/v1/enrol` admitting a key, the one 401 for every unusable token, the
 //! token list, and enrolled keys then authenticating over the builder WebSocket.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,12 +10,13 @@ use buildfleet_backend::store::TokenScope;
 use buildfleet_builder::enrol::{enrol as builder_enrol, EnrolError, Enrolment};
 use buildfleet_builder::BuilderConfig;
 use buildfleet_protocol::ErrorCode;
+use buildfleet_testkit::builder_client::BuilderClient;
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::wait_connected;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::{error_code, wait_until, TestServer};
+use buildfleet_testkit::server_tests;
 use serde_json::{json, Value};
-use support::builder_client::BuilderClient;
-use support::db::TestDb;
-use support::e2e::wait_connected;
-use support::keys::TestKey;
-use support::server::{error_code, server_tests, wait_until, TestServer};
 
 server_tests! {
     token_endpoints_need_the_admin_token,

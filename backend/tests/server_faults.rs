@@ -3,18 +3,17 @@
 //! network is forgiven when the builder comes back, submissions are idempotent with a key,
 //! and a database outage answers 503 with Retry-After instead of 500.
 
-mod support;
-
 use std::time::Duration;
 
 use awc::http::StatusCode;
 use buildfleet_protocol::{CompletionResult, HeldJob, Outcome, ResumeAction};
+use buildfleet_testkit::builder_client::BuilderClient;
+use buildfleet_testkit::db::{TestDb, POSTGRES_URL_VAR};
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::{error_code, wait_until, TestServer};
+use buildfleet_testkit::server_tests;
 use diesel::{Connection as _, PgConnection, RunQueryDsl as _};
 use serde_json::{json, Value};
-use support::builder_client::BuilderClient;
-use support::db::{TestDb, POSTGRES_URL_VAR};
-use support::keys::TestKey;
-use support::server::{error_code, server_tests, wait_until, TestServer};
 
 server_tests! {
     an_assignment_never_accepted_does_not_use_up_an_attempt,
@@ -216,7 +215,7 @@ async fn an_idempotency_key_makes_a_retried_submission_return_the_same_job(db: T
     let server = TestServer::start(db).await;
     let body = json!({
         "source_url": "https://example.invalid/crate-1.0.0.tar.gz",
-        "source_sha256": support::server::SOURCE_SHA256,
+        "source_sha256": buildfleet_testkit::server::SOURCE_SHA256,
         "recipe": "cargo-build",
     });
     let (status, replayed, first) = submit_with_key(&server, Some("retry-7f3a"), &body).await;
@@ -286,7 +285,7 @@ async fn a_database_outage_answers_503_with_retry_after() {
         .expect("outage");
     let body = json!({
         "source_url": "https://example.invalid/crate-1.0.0.tar.gz",
-        "source_sha256": support::server::SOURCE_SHA256,
+        "source_sha256": buildfleet_testkit::server::SOURCE_SHA256,
         "recipe": "cargo-build",
     });
     let mut request = server

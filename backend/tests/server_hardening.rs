@@ -5,8 +5,6 @@
 //! docs/protocol.md defines (credits, repeated accepts, foreign heartbeats, fragments, UTF-8,
 //! long lines) behave as written.
 
-mod support;
-
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -17,12 +15,15 @@ use buildfleet_protocol::{
     CancelReason, ClientMessage, CompletionResult, ErrorCode, Heartbeat, HeldJob, JobAssignment,
     JobRef, Outcome, ServerMessage,
 };
+use buildfleet_testkit::builder_client::{
+    default_capabilities, job_ref, upload, upload_ok, BuilderClient,
+};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::{wait_until, TestServer};
+use buildfleet_testkit::server_tests;
 use bytes::Bytes;
 use serde_json::json;
-use support::builder_client::{default_capabilities, job_ref, upload, upload_ok, BuilderClient};
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::{server_tests, wait_until, TestServer};
 
 server_tests! {
     a_gap_in_event_sequence_closes_the_session_and_nothing_past_it_is_acknowledged,
@@ -273,7 +274,7 @@ async fn a_refused_completion_fails_the_attempt_and_revokes_its_token(db: TestDb
         &job.job_token,
         "late.bin",
         b"late",
-        &support::builder_client::sha256_hex(b"late"),
+        &buildfleet_testkit::builder_client::sha256_hex(b"late"),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "token revoked: {body}");

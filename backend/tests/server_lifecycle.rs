@@ -1,8 +1,6 @@
 //! A job's life through the real backend: pushed dispatch, logs, upload, signed completion,
 //! competing builders, rejection, cancellation and timeouts.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -10,11 +8,12 @@ use awc::http::StatusCode;
 use buildfleet_backend::store::{AttemptOutcome, JobId, JobState};
 use buildfleet_protocol::signing::STATEMENT_NAMESPACE;
 use buildfleet_protocol::{CancelReason, CompletionResult, JobRef, Outcome, ServerMessage};
+use buildfleet_testkit::builder_client::{job_ref, upload, upload_ok, BuilderClient};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::{ssh_keygen_verify, TestKey};
+use buildfleet_testkit::server::TestServer;
+use buildfleet_testkit::server_tests;
 use serde_json::json;
-use support::builder_client::{job_ref, upload, upload_ok, BuilderClient};
-use support::db::TestDb;
-use support::keys::{ssh_keygen_verify, TestKey};
-use support::server::{server_tests, TestServer};
 
 server_tests! {
     happy_path_pushes_runs_and_publishes_a_verifiable_build,
@@ -36,7 +35,7 @@ async fn happy_path_pushes_runs_and_publishes_a_verifiable_build(db: TestDb) {
     let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
     builder.request_jobs(1);
     // Let the credits reach the scheduler before the job exists.
-    support::server::wait_until("the builder to be ready with credits", || async {
+    buildfleet_testkit::server::wait_until("the builder to be ready with credits", || async {
         let live = server.get_ok(&format!("/builders/{builder_id}")).await;
         (live["live"]["credits"] == 1).then_some(())
     })
@@ -59,7 +58,10 @@ async fn happy_path_pushes_runs_and_publishes_a_verifiable_build(db: TestDb) {
         job.parameters.get("profile").map(String::as_str),
         Some("release")
     );
-    assert_eq!(job.source.sha256.as_str(), support::server::SOURCE_SHA256);
+    assert_eq!(
+        job.source.sha256.as_str(),
+        buildfleet_testkit::server::SOURCE_SHA256
+    );
     assert!(job.upload_url.starts_with(&server.url));
     assert_eq!(server.job(id).await["state"], "assigned");
 
@@ -150,7 +152,7 @@ async fn happy_path_pushes_runs_and_publishes_a_verifiable_build(db: TestDb) {
         &job.job_token,
         "late",
         b"x",
-        &support::builder_client::sha256_hex(b"x"),
+        &buildfleet_testkit::builder_client::sha256_hex(b"x"),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "token revoked: {body}");

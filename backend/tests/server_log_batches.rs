@@ -4,8 +4,6 @@
 //! reconnect, nothing lost before a completion or a protocol error, the size limit with its
 //! marker, and live fan-out. Plus the heartbeat side: `last_seen_at` written by the sweep.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use buildfleet_backend::store::BuilderId;
@@ -13,12 +11,13 @@ use buildfleet_protocol::{
     ClientMessage, CompletionResult, ErrorCode, HeldJob, JobAssignment, JobRef, Outcome,
     ResumeAction, ResumeResult,
 };
+use buildfleet_testkit::builder_client::{job_ref, BuilderClient};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::{wait_until, TestServer};
+use buildfleet_testkit::server_tests;
 use futures_util::StreamExt as _;
 use serde_json::json;
-use support::builder_client::{job_ref, BuilderClient};
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::{server_tests, wait_until, TestServer};
 
 server_tests! {
     bursts_split_by_a_reconnect_keep_each_log_exact,

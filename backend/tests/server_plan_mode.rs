@@ -3,23 +3,22 @@
 //! a job without artifacts is served at `/statement(.sig)`, where `/artifacts` points, and
 //! verifies with `ssh-keygen -Y verify`.
 
-mod support;
-
 use awc::http::StatusCode;
 use buildfleet_backend::store::MAX_PLAN_BYTES;
 use buildfleet_protocol::signing::STATEMENT_NAMESPACE;
 use buildfleet_protocol::{
     ClientMessage, CompletionResult, ErrorCode, JobAssignment, JobMode, Outcome,
 };
-use serde_json::{json, Value};
-use support::builder_client::{job_ref, BuilderClient};
-use support::db::TestDb;
-use support::e2e::{
+use buildfleet_testkit::builder_client::{job_ref, BuilderClient};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
     small_source, start_server, upload_source, wait_connected, wait_outcome, E2eBuilder,
     QUICK_JOB_LIMIT, QUICK_RECIPE,
 };
-use support::keys::{ssh_keygen_verify, TestKey};
-use support::server::{error_code, server_tests, TestServer};
+use buildfleet_testkit::keys::{ssh_keygen_verify, TestKey};
+use buildfleet_testkit::server::{error_code, TestServer};
+use buildfleet_testkit::server_tests;
+use serde_json::{json, Value};
 
 server_tests! {
     plan_job_serves_its_plan_and_a_verifiable_statement,

@@ -2,19 +2,20 @@
 //! duplicating a log line, requeue after it, a backend restart with jobs in flight, and the
 //! attempt number fencing off what a superseded attempt still sends.
 
-mod support;
-
 use awc::http::StatusCode;
 use buildfleet_backend::store::{AttemptOutcome, JobId};
 use buildfleet_protocol::{
     CancelReason, CompletionResult, ErrorCode, HeldJob, JobRef, Outcome, ResumeAction,
     ServerMessage,
 };
+use buildfleet_testkit::builder_client::{
+    job_ref, sha256_hex, upload, upload_ok, BuilderClient, Incoming,
+};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::TestServer;
+use buildfleet_testkit::server_tests;
 use serde_json::json;
-use support::builder_client::{job_ref, sha256_hex, upload, upload_ok, BuilderClient, Incoming};
-use support::db::TestDb;
-use support::keys::TestKey;
-use support::server::{server_tests, TestServer};
 
 server_tests! {
     resume_within_grace_keeps_the_job_and_the_log_exact,

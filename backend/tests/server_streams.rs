@@ -2,24 +2,23 @@
 //! subscriber left behind), a job's pushed state and every job's state, the CLI reading them
 //! (`submit --wait`, `logs --follow` across a cut connection), and a SIGTERM with streams open.
 
-mod support;
-
 use std::pin::Pin;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
 use buildfleet_protocol::{CompletionResult, JobAssignment, JobRef, Outcome};
+use buildfleet_testkit::builder_client::{job_ref, BuilderClient};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
+    start_server, wait_connected, E2eBuilder, TcpProxy, LINES_RECIPE, LINE_COUNT, QUICK_RECIPE,
+};
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::{error_code, wait_until, TestServer};
+use buildfleet_testkit::server_tests;
 use eventsource_stream::{Event, EventStreamError, Eventsource as _};
 use futures_util::{Stream, StreamExt as _};
 use serde_json::{json, Value};
-use support::builder_client::{job_ref, BuilderClient};
-use support::db::TestDb;
-use support::e2e::{
-    start_server, wait_connected, E2eBuilder, TcpProxy, LINES_RECIPE, LINE_COUNT, QUICK_RECIPE,
-};
-use support::keys::TestKey;
-use support::server::{error_code, server_tests, wait_until, TestServer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 server_tests! {
@@ -626,7 +625,7 @@ async fn sigterm_with_streams_open_exits_at_once(db: TestDb) {
         .bearer_auth(token)
         .send_json(&json!({
             "source_url": "https://example.invalid/crate-1.0.0.tar.gz",
-            "source_sha256": support::server::SOURCE_SHA256,
+            "source_sha256": buildfleet_testkit::server::SOURCE_SHA256,
             "recipe": "cargo-build",
         }))
         .await

@@ -1,9 +1,8 @@
 //! Builders: admission, uniqueness, lookups, enabling, labels, last contact, removal.
 
-mod support;
-
 use buildfleet_backend::store::{Builder, ClaimRequest, Labels, StoreError};
-use support::db::{admit, new_builder, new_job, TestDb, T0};
+use buildfleet_testkit::db::{admit, new_builder, new_job, TestDb, T0};
+use buildfleet_testkit::db_tests;
 
 fn admitted_builders_can_be_found_every_way(db: &TestDb) {
     let (store, _) = db.manual_store();

@@ -1,15 +1,14 @@
 //! The claim: which jobs a builder gets, in what order, and that concurrent claimers (threads,
 //! and on PostgreSQL separate pools as separate replicas) never share a job.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::thread;
 
 use buildfleet_backend::store::{
     BuilderId, ClaimRequest, JobId, JobState, Labels, Store, StoreError,
 };
-use support::db::{admit, claim_request, new_job, TestDb, LEASE_MS, T0};
+use buildfleet_testkit::db::{admit, claim_request, new_job, TestDb, LEASE_MS, T0};
+use buildfleet_testkit::db_tests;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs

@@ -2,8 +2,6 @@
 //! with the token's labels, expiry, the use bound under concurrency, revocation, unknown
 //! tokens and keys that are admitted already.
 
-mod support;
-
 use std::sync::{Arc, Barrier};
 use std::thread;
 
@@ -12,8 +10,9 @@ use buildfleet_backend::store::{
     connect, Backend, Builder, EnrolmentError, EnrolmentToken, EnrolmentTokenId, Labels,
     NewBuilder, Store, StoreError,
 };
+use buildfleet_testkit::db::{admit, digest, new_builder, TestDb, T0};
+use buildfleet_testkit::db_tests;
 use diesel::prelude::*;
-use support::db::{admit, digest, new_builder, TestDb, T0};
 
 const HOUR_MS: i64 = 3_600_000;
 

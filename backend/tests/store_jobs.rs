@@ -1,11 +1,10 @@
 //! Jobs: submission and its checks, lookup, listing with filters and paging, statistics.
 
-mod support;
-
 use buildfleet_backend::store::{
     Attempt, ClaimRequest, JobFilter, JobId, JobMode, JobState, Labels, NewJob,
 };
-use support::db::{admit, new_job, TestDb, T0};
+use buildfleet_testkit::db::{admit, new_job, TestDb, T0};
+use buildfleet_testkit::db_tests;
 
 fn submitted_jobs_are_queued_at_attempt_one(db: &TestDb) {
     let (store, _) = db.manual_store();

@@ -1,9 +1,8 @@
 //! Leases: renewal, the reconnect grace period, and the sweep that requeues what expired.
 
-mod support;
-
 use buildfleet_backend::store::{Attempt, AttemptOutcome, JobState, StoreError};
-use support::db::{admit, claim_one, new_job, TestDb, LEASE_MS, T0};
+use buildfleet_testkit::db::{admit, claim_one, new_job, TestDb, LEASE_MS, T0};
+use buildfleet_testkit::db_tests;
 
 fn builders_renew_only_their_own_live_leases(db: &TestDb) {
     let (store, clock) = db.manual_store();

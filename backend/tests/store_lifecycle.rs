@@ -1,11 +1,10 @@
 //! The job state machine: every legal move, the illegal ones refused, each move recorded.
 
-mod support;
-
 use buildfleet_backend::store::{
     Attempt, AttemptOutcome, CancelResult, Completion, JobState, Outcome, StoreError,
 };
-use support::db::{admit, claim_one, new_job, TestDb, LEASE_MS, T0};
+use buildfleet_testkit::db::{admit, claim_one, new_job, TestDb, LEASE_MS, T0};
+use buildfleet_testkit::db_tests;
 
 fn completion(outcome: Outcome) -> Completion {
     Completion {
@@ -327,7 +326,7 @@ fn stale_attempts_are_fenced_off(db: &TestDb) {
         attempt: a1,
         name: "out.tar.gz".into(),
         size: 1,
-        sha256: support::db::digest("out"),
+        sha256: buildfleet_testkit::db::digest("out"),
         storage_key: "artifacts/x".into(),
     };
     is_stale(

@@ -1,15 +1,14 @@
 //! Migrations run up, down and up again on both backends; both backends ship the same
 //! migration names; URLs that name no supported database are refused.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use buildfleet_backend::store::{
     connect, pending_migrations, revert_all_migrations, run_migrations, Store, StoreError,
 };
-use support::db::{new_job, with_database, TestDb};
+use buildfleet_testkit::db::{new_job, with_database, TestDb};
+use buildfleet_testkit::db_tests;
 
 fn migration_names(backend: &str) -> BTreeSet<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,11 +1,10 @@
 //! What attempts produce: log chunk index and artifacts, fenced by attempt.
 
-mod support;
-
 use buildfleet_backend::store::{
     Attempt, Completion, JobId, NewArtifact, NewLogChunk, Outcome, Publication, StoreError,
 };
-use support::db::{admit, claim_one, digest, new_job, TestDb, T0};
+use buildfleet_testkit::db::{admit, claim_one, digest, new_job, TestDb, T0};
+use buildfleet_testkit::db_tests;
 
 fn chunk(job: JobId, attempt: Attempt, first_seq: i64, last_seq: i64) -> NewLogChunk {
     NewLogChunk {

@@ -1,9 +1,8 @@
 //! API tokens (hashed bearer secrets) and the source archive catalogue.
 
-mod support;
-
 use buildfleet_backend::store::{StoreError, TokenScope};
-use support::db::{digest, TestDb, T0};
+use buildfleet_testkit::db::{digest, TestDb, T0};
+use buildfleet_testkit::db_tests;
 
 fn api_tokens_verify_until_revoked_or_expired(db: &TestDb) {
     let (store, clock) = db.manual_store();

@@ -1,6 +1,5 @@
 //! Builder keys made by the real `ssh-keygen`, and checks of statements with the real
 //! `ssh-keygen -Y verify`, so the tests exercise what operators and submitters run.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -5,12 +5,9 @@
 //! Without that variable the PostgreSQL half of each test says so on stderr and returns; with
 //! it set but the server unreachable, the test fails.
 //!
-//! Use from a test crate with `mod support;` (its `mod.rs` has `pub mod db;`), then
+//! Use from a test crate with `use buildfleet_testkit::db_tests;`, then
 //! `db_tests! { scenario_a, scenario_b }` where each `fn scenario(db: &TestDb)` runs once per
 //! backend, as `sqlite::scenario` and `postgres::scenario`.
-
-// Shared by several test crates, each using a different part of it.
-#![allow(dead_code)]
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -39,12 +36,15 @@ pub struct TestDb {
     url: String,
     backend: Backend,
     store: Store,
-    cleanup: Cleanup,
+    /// Held for its `Drop`, after the store's (fields drop in order).
+    _cleanup: Cleanup,
 }
 
 enum Cleanup {
-    /// Deleted with the directory.
-    Sqlite(tempfile::TempDir),
+    /// Deleted with the directory, when dropped.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
     Postgres {
         admin_url: String,
         database: String,
@@ -52,7 +52,7 @@ enum Cleanup {
 }
 
 /// Runs each named `fn(&TestDb)` on SQLite and on PostgreSQL, as `sqlite::NAME` and
-/// `postgres::NAME` tests. Expects the helper at `crate::support::db`.
+/// `postgres::NAME` tests.
 #[macro_export]
 macro_rules! db_tests {
     ($($name:ident),+ $(,)?) => {
@@ -60,7 +60,7 @@ macro_rules! db_tests {
             $(
                 #[test]
                 fn $name() {
-                    super::$name(&$crate::support::db::TestDb::sqlite());
+                    super::$name(&$crate::db::TestDb::sqlite());
                 }
             )+
         }
@@ -68,7 +68,7 @@ macro_rules! db_tests {
             $(
                 #[test]
                 fn $name() {
-                    if let Some(db) = $crate::support::db::TestDb::postgres() {
+                    if let Some(db) = $crate::db::TestDb::postgres() {
                         super::$name(&db);
                     }
                 }
@@ -87,7 +87,7 @@ impl TestDb {
             url,
             backend: Backend::Sqlite,
             store,
-            cleanup: Cleanup::Sqlite(dir),
+            _cleanup: Cleanup::Sqlite { _dir: dir },
         }
     }
 
@@ -134,7 +134,7 @@ impl TestDb {
             url,
             backend: Backend::Postgres,
             store,
-            cleanup,
+            _cleanup: cleanup,
         }
     }
 

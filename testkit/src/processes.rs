@@ -2,19 +2,20 @@
 //! `buildfleet-builder run`, an HTTP client that rides out the backend's restarts, and a
 //! look into `/proc` for the build processes a builder left behind.
 //!
-//! **Finding the builder binary.** Cargo defines `CARGO_BIN_EXE_<name>` only for binaries of
-//! the package under test, and `buildfleet-builder` belongs to the builder package (a library
-//! dependency of the backend; artifact dependencies are unstable). So [`builder_binary`] runs
-//! `cargo build -p buildfleet-builder --bin buildfleet-builder` once per test process, with
-//! the cargo that runs the tests (`CARGO`), into the test's own target directory and profile
-//! (read from the test executable's path, `<target>/[<triple>/]<profile>/deps/<test>`), and
-//! takes the executable path cargo reports. Cargo holds its build lock only while compiling,
-//! not while tests run, so this does not deadlock; when the binary is current it is a
-//! no-op of about a second. The test thus never runs a builder older than the builder code
-//! it links. `BUILDFLEET_BUILDER_BIN=/path/to/buildfleet-builder` skips the build (a release
-//! binary for a soak, or a machine without cargo).
-// Shared by several test crates, each using a different part of it.
-#![allow(dead_code)]
+//! **Finding the binaries.** `cargo test` tells a test where the binaries of its own package
+//! are, in `CARGO_BIN_EXE_<name>` (also at run time, as the pinned toolchain's Cargo does),
+//! so the backend's tests find `buildfleet` there. `buildfleet-builder` belongs
+//! to the builder package (a library dependency of the backend; artifact dependencies are
+//! unstable), and this crate is a library, so neither has a compile-time path. When the
+//! variable is not set, [`workspace_binary`] runs `cargo build -p <package> --bin <name>`
+//! once per test process, with the cargo that runs the tests (`CARGO`), into the test's own
+//! target directory and profile (read from the test executable's path,
+//! `<target>/[<triple>/]<profile>/deps/<test>`), and takes the executable path cargo reports.
+//! Cargo holds its build lock only while compiling, not while tests run, so this does not
+//! deadlock; when the binary is current it is a no-op of about a second. A test thus never
+//! runs a binary older than the code it links. `BUILDFLEET_BUILDER_BIN` and
+//! `BUILDFLEET_BACKEND_BIN` name a built binary instead (a release binary for a soak, or a
+//! machine without cargo).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
-use super::keys::TestKey;
+use crate::keys::TestKey;
 
 /// How long the backend may take to listen after a (re)start.
 pub const BACKEND_START_LIMIT: Duration = Duration::from_secs(60);
@@ -47,21 +48,44 @@ pub fn builder_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            if let Some(path) = std::env::var_os("BUILDFLEET_BUILDER_BIN") {
-                let path = PathBuf::from(path);
-                assert!(
-                    path.is_file(),
-                    "BUILDFLEET_BUILDER_BIN={} is not a file",
-                    path.display()
-                );
-                return path;
-            }
-            build_builder_binary()
+            workspace_binary(
+                "buildfleet-builder",
+                "buildfleet-builder",
+                "BUILDFLEET_BUILDER_BIN",
+            )
         })
         .clone()
 }
 
-fn build_builder_binary() -> PathBuf {
+/// Path of the backend's `buildfleet` binary built from the current sources (see the module
+/// documentation); built at most once per test process.
+pub fn backend_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            workspace_binary("buildfleet-backend", "buildfleet", "BUILDFLEET_BACKEND_BIN")
+        })
+        .clone()
+}
+
+/// The binary `bin` of the workspace package `package`: named by `override_var`, else by
+/// cargo's `CARGO_BIN_EXE_<bin>`, else built by cargo (see the module documentation).
+pub fn workspace_binary(package: &str, bin: &str, override_var: &str) -> PathBuf {
+    let named = std::env::var_os(override_var)
+        .map(|path| (override_var.to_owned(), path))
+        .or_else(|| {
+            let var = format!("CARGO_BIN_EXE_{bin}");
+            std::env::var_os(&var).map(|path| (var, path))
+        });
+    if let Some((var, path)) = named {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "{var}={} is not a file", path.display());
+        return path;
+    }
+    build_binary(package, bin, override_var)
+}
+
+fn build_binary(package: &str, bin: &str, override_var: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     // <target>/[<triple>/]<profile>/deps/<test executable>
     let profile_dir = exe
@@ -86,13 +110,7 @@ fn build_builder_binary() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let mut command = std::process::Command::new(&cargo);
     command
-        .args([
-            "build",
-            "-p",
-            "buildfleet-builder",
-            "--bin",
-            "buildfleet-builder",
-        ])
+        .args(["build", "-p", package, "--bin", bin])
         .args(["--message-format", "json-render-diagnostics"])
         .arg("--target-dir")
         .arg(target_dir)
@@ -112,22 +130,20 @@ fn build_builder_binary() -> PathBuf {
     }
     let output = command
         .output()
-        .unwrap_or_else(|e| panic!("running {cargo:?} to build buildfleet-builder: {e}"));
+        .unwrap_or_else(|e| panic!("running {cargo:?} to build {bin}: {e}"));
     assert!(
         output.status.success(),
-        "cargo build -p buildfleet-builder failed ({}); set BUILDFLEET_BUILDER_BIN to use a \
-         built binary instead:\n{}",
+        "cargo build -p {package} --bin {bin} failed ({}); set {override_var} to use a built \
+         binary instead:\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|m| {
-            m["reason"] == "compiler-artifact" && m["target"]["name"] == "buildfleet-builder"
-        })
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no buildfleet-builder executable")
+        .unwrap_or_else(|| panic!("cargo reported no {bin} executable"))
 }
 
 /// The last `lines` lines of a log file, for failure messages.
@@ -214,7 +230,7 @@ impl BackendProcess {
     async fn spawn(&mut self, bind: &str) -> Result<(), String> {
         let offset = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
         let (stdout, stderr) = log_file(&self.log);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_buildfleet"));
+        let mut command = Command::new(backend_binary());
         without_buildfleet_env(&mut command);
         command
             .args(&self.args)
@@ -516,7 +532,7 @@ pub fn job_processes(work_dir: &Path) -> Vec<(u32, String)> {
             let var = String::from_utf8_lossy(var);
             prefixes.iter().any(|p| var.starts_with(p.as_str()))
         });
-        if matches && super::e2e::pid_alive(pid) {
+        if matches && crate::e2e::pid_alive(pid) {
             let cmdline = std::fs::read(entry.path().join("cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
                 .unwrap_or_default();

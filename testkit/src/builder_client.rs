@@ -2,7 +2,6 @@
 //! step by the tests. A background task answers pings and, once the session is ready, sends
 //! heartbeats for the jobs the script holds, so leases live as long as a real builder's.
 //! Every wait has a deadline: a test fails, it never hangs.
-#![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, VecDeque};
@@ -22,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::keys::TestKey;
+use crate::keys::TestKey;
 
 /// How long one expected frame may take to arrive.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);

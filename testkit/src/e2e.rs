@@ -3,8 +3,6 @@
 //! black-hole their connections, source archives (honest and malicious) and the checks the
 //! scenarios share.
 //! Every wait polls with a deadline: a scenario fails, it never hangs.
-// Shared by several test crates, each using a different part of it.
-#![allow(dead_code)]
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -23,9 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::db::TestDb;
-use super::keys::TestKey;
-use super::server::{test_timings, TestServer};
+use crate::db::TestDb;
+use crate::keys::TestKey;
+use crate::server::{test_timings, TestServer};
 
 /// How often job state is polled.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);

@@ -2,7 +2,6 @@
 //! for tests that restart the database: the shared test server cannot be restarted under
 //! everyone else's tests. Made with the installed server binaries, as
 //! scripts/test-postgres.sh does; stopped when dropped.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,8 +1,6 @@
 //! The real `buildfleet` binary run as a subprocess against an in-process backend, and an
 //! in-process builder with recipes of the test's choosing, so the CLI tests exercise what
 //! an operator types against jobs that really run.
-// Shared by several test crates, each using a different part of it.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Stdio;
@@ -12,8 +10,8 @@ use buildfleet_builder::recipes::{ArtifactConfig, Pack, RecipeBook, RecipeConfig
 use buildfleet_builder::BuilderConfig;
 use serde_json::Value;
 
-use super::keys::TestKey;
-use super::server::TestServer;
+use crate::keys::TestKey;
+use crate::server::TestServer;
 
 /// One CLI run may take this long before the test fails.
 pub const CLI_LIMIT: Duration = Duration::from_secs(120);
@@ -49,7 +47,7 @@ impl CliOutput {
 
 /// Runs `buildfleet ARGS` with `env` (and no BUILDFLEET_* variable of ours leaking in).
 pub async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_buildfleet"));
+    let mut command = tokio::process::Command::new(crate::processes::backend_binary());
     command
         .args(args)
         .env_remove("BUILDFLEET_URL")

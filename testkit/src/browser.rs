@@ -1,6 +1,5 @@
 //! Headless Chromium driven over the Chrome DevTools Protocol: enough to open pages, run
 //! script in them, upload a file through a form and take screenshots.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,9 +1,0 @@
-pub mod browser;
-pub mod builder_client;
-pub mod cli;
-pub mod db;
-pub mod e2e;
-pub mod keys;
-pub mod private_postgres;
-pub mod processes;
-pub mod server;
