@@ -23,6 +23,7 @@ pub mod error;
 pub mod http;
 pub mod job_feed;
 pub mod local;
+pub mod log_segments;
 pub mod logs;
 pub mod metrics;
 pub mod offload;

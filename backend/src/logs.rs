@@ -1,7 +1,10 @@
-//! The stored form of job logs: one JSON object per line (JSONL), appended in chunks to one
-//! file per attempt, with a database row per chunk. Reading goes through the chunk rows, so
-//! bytes written by a flush that crashed before its row was committed are never served.
+//! The stored form of job logs: one JSON object per line (JSONL), appended in chunks to shared
+//! log segments (chunks of many attempts in one file; older logs have a file per attempt),
+//! with a database row per chunk naming its file, offset and length. Reading goes by the
+//! chunk rows alone, so bytes of other attempts, and bytes written by a flush that failed or
+//! crashed before its row was committed, are never served.
 
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
 use buildfleet_protocol::{JobEvent, JobEventKind, LogStream, Stage};
@@ -85,7 +88,7 @@ fn truncate_utf8(text: &str, max: usize) -> String {
 }
 
 /// Reads the stored log of one attempt from logical byte `offset` on (offsets count only
-/// committed chunk bytes). Returns the bytes and the offset after them.
+/// committed chunk bytes of that attempt). Returns the bytes and the offset after them.
 pub fn read_attempt_log(
     storage: &dyn Storage,
     chunks: &[LogChunk],
@@ -95,26 +98,33 @@ pub fn read_attempt_log(
 ) -> std::io::Result<(Vec<u8>, u64)> {
     let mut out = Vec::new();
     let mut logical = 0u64;
-    let mut file = None;
+    // The file of the previous chunk: consecutive chunks are mostly in the same segment.
+    let mut open: Option<(&str, File)> = None;
     for chunk in chunks.iter().filter(|c| c.attempt == attempt) {
         let len = u64::try_from(chunk.length).unwrap_or(0);
         let chunk_end = logical + len;
-        if chunk_end > offset && (out.len() as u64) < max_bytes {
+        let read = out.len() as u64;
+        if chunk_end > offset && read < max_bytes {
             let skip = offset.saturating_sub(logical);
-            let want = (len - skip).min(max_bytes - out.len() as u64);
-            let f = match &mut file {
-                Some(f) => f,
-                None => file.insert(storage.open(&chunk.location)?),
+            let want = (len - skip).min(max_bytes - read);
+            let (_, file) = match open.take() {
+                Some((location, file)) if location == chunk.location => {
+                    open.insert((location, file))
+                }
+                _ => open.insert((chunk.location.as_str(), storage.open(&chunk.location)?)),
             };
-            f.seek(SeekFrom::Start(
+            file.seek(SeekFrom::Start(
                 u64::try_from(chunk.byte_offset).unwrap_or(0) + skip,
             ))?;
             let start = out.len();
-            f.take(want).read_to_end(&mut out)?;
+            file.take(want).read_to_end(&mut out)?;
             if ((out.len() - start) as u64) < want {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    "log file shorter than its chunks",
+                    format!(
+                        "stored log {} is shorter than its chunk at offset {}",
+                        chunk.location, chunk.byte_offset
+                    ),
                 ));
             }
         }
@@ -122,4 +132,58 @@ pub fn read_attempt_log(
     }
     let next = offset + out.len() as u64;
     Ok((out, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::FsStorage;
+    use crate::store::JobId;
+
+    fn chunk(attempt: i32, seq: i64, location: &str, offset: u64, bytes: &[u8]) -> LogChunk {
+        LogChunk {
+            job: JobId(7),
+            attempt: Attempt(attempt),
+            first_seq: seq,
+            last_seq: seq,
+            location: location.to_owned(),
+            byte_offset: offset as i64,
+            length: bytes.len() as i64,
+            created_at: 0,
+        }
+    }
+
+    /// Chunks of two attempts interleaved in one segment, after an attempt stored in the old
+    /// layout (a file of its own): each attempt reads back its own bytes alone, whole or from
+    /// any offset, and unreferenced bytes (a failed flush's) are never served.
+    #[test]
+    fn attempts_read_their_own_chunks_from_shared_segments_and_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsStorage::new(dir.path()).unwrap();
+        let old = "logs/7/1.jsonl";
+        let mut chunks = vec![
+            chunk(1, 1, old, storage.append(old, b"a1\n").unwrap(), b"a1\n"),
+            chunk(1, 2, old, storage.append(old, b"a2\n").unwrap(), b"a2\n"),
+        ];
+        let segment_chunk = |attempt, seq, bytes: &[u8]| {
+            let span = storage.append_log(bytes).unwrap();
+            chunk(attempt, seq, &span.key, span.offset, bytes)
+        };
+        let b1 = segment_chunk(2, 1, b"b1\n");
+        let c1 = segment_chunk(3, 1, b"c1-other-attempt\n");
+        storage.append_log(b"never committed\n").unwrap();
+        let b2 = segment_chunk(2, 2, b"b2 longer\n");
+        let c2 = segment_chunk(3, 2, b"c2\n");
+        chunks.extend([b1, b2, c1, c2]);
+        let read = |attempt, offset, max| {
+            read_attempt_log(&storage, &chunks, Attempt(attempt), offset, max).unwrap()
+        };
+        assert_eq!(read(1, 0, 100), (b"a1\na2\n".to_vec(), 6));
+        assert_eq!(read(2, 0, 100), (b"b1\nb2 longer\n".to_vec(), 13));
+        assert_eq!(read(3, 0, 100), (b"c1-other-attempt\nc2\n".to_vec(), 20));
+        assert_eq!(read(2, 2, 100), (b"\nb2 longer\n".to_vec(), 13));
+        assert_eq!(read(2, 1, 4), (b"1\nb2".to_vec(), 5));
+        assert_eq!(read(2, 13, 100), (Vec::new(), 13));
+        assert_eq!(read(4, 0, 100), (Vec::new(), 0));
+    }
 }

@@ -1,10 +1,14 @@
 //! Blob storage for logs, sources and artifacts behind one trait. The filesystem
 //! implementation keeps everything under the data directory; blobs are written to a temporary
-//! file and renamed into place, so a reader never sees a half-written blob.
+//! file and renamed into place, so a reader never sees a half-written blob. Log chunks are
+//! the exception: they are appended to shared segments ([`crate::log_segments`]) and read
+//! back by offset and length.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use crate::log_segments::{SegmentLog, SegmentSpan, MAX_SEGMENT_BYTES};
 
 /// A blob being written; [`Storage::commit`] makes it visible under its key.
 pub struct PendingBlob {
@@ -22,8 +26,19 @@ pub trait Storage: Send + Sync + 'static {
     fn open(&self, key: &str) -> io::Result<File>;
     fn exists(&self, key: &str) -> bool;
     /// Appends to the blob under `key` (created if missing) and returns the offset at which
-    /// `bytes` start. Used for log chunks.
+    /// `bytes` start. For one writer of that key at a time; log chunks use
+    /// [`Storage::append_log`].
     fn append(&self, key: &str, bytes: &[u8]) -> io::Result<u64>;
+    /// Appends one log chunk to this process's current log segment and returns the segment's
+    /// key and the offset where the chunk starts. Safe to call from many threads at once.
+    /// Storage without log segments (a test double) refuses.
+    fn append_log(&self, bytes: &[u8]) -> io::Result<SegmentSpan> {
+        let _ = bytes;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this storage keeps no log segments",
+        ))
+    }
     fn remove(&self, key: &str) -> io::Result<()>;
 }
 
@@ -31,13 +46,16 @@ pub trait Storage: Send + Sync + 'static {
 /// (never from user input), checked again here so that no key can leave the root.
 pub struct FsStorage {
     root: PathBuf,
+    /// This process's log segments, under a directory of its own.
+    segments: SegmentLog,
 }
 
 impl FsStorage {
     pub fn new(root: impl Into<PathBuf>) -> io::Result<FsStorage> {
         let root = root.into();
         fs::create_dir_all(root.join("tmp"))?;
-        Ok(FsStorage { root })
+        let segments = SegmentLog::create(&root, MAX_SEGMENT_BYTES)?;
+        Ok(FsStorage { root, segments })
     }
 
     fn path(&self, key: &str) -> io::Result<PathBuf> {
@@ -108,6 +126,10 @@ impl Storage for FsStorage {
         Ok(offset)
     }
 
+    fn append_log(&self, bytes: &[u8]) -> io::Result<SegmentSpan> {
+        self.segments.append(bytes)
+    }
+
     fn remove(&self, key: &str) -> io::Result<()> {
         match fs::remove_file(self.path(key)?) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -117,8 +139,14 @@ impl Storage for FsStorage {
 }
 
 /// Storage keys, in one place so their layout is documented by code.
+///
+/// Logs stored before segments existed live at `logs/{job}/{attempt}.jsonl`, one file per
+/// attempt; their chunk rows still name those files, and they are read like any segment.
 pub mod keys {
     use crate::store::{Attempt, JobId};
+
+    /// The directory under which every process keeps its own log segment directory.
+    pub const LOG_SEGMENTS: &str = "log-segments";
 
     pub fn source(sha256: &str) -> String {
         format!("sources/{}/{sha256}", &sha256[..2])
@@ -128,14 +156,21 @@ pub mod keys {
         format!("artifacts/{job}/{attempt}/{name}")
     }
 
-    pub fn log(job: JobId, attempt: Attempt) -> String {
-        format!("logs/{job}/{attempt}.jsonl")
+    /// One process's log segments: `prefix` is made at its start and is never reused.
+    pub fn log_segment_dir(prefix: &str) -> String {
+        format!("{LOG_SEGMENTS}/{prefix}")
+    }
+
+    /// The `index`th log segment of a process, numbered from 0.
+    pub fn log_segment(prefix: &str, index: u64) -> String {
+        format!("{LOG_SEGMENTS}/{prefix}/{index:08}.seg")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn commit_append_and_reject_escaping_keys() {
@@ -147,6 +182,17 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("a/b/c")).unwrap(), b"hello");
         assert_eq!(storage.append("logs/x", b"12").unwrap(), 0);
         assert_eq!(storage.append("logs/x", b"345").unwrap(), 2);
+        let span = storage.append_log(b"chunk").unwrap();
+        assert!(span
+            .key
+            .starts_with(&format!("{}/", storage.segments.directory_key())));
+        let mut read = String::new();
+        storage
+            .open(&span.key)
+            .unwrap()
+            .read_to_string(&mut read)
+            .unwrap();
+        assert_eq!(read, "chunk");
         for bad in ["../x", "/etc/passwd", "a/../../x", "", "a//b"] {
             assert!(storage.open(bad).is_err(), "{bad:?} must be refused");
         }

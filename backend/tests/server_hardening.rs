@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use awc::http::StatusCode;
 use awc::ws;
+use buildfleet_backend::storage::keys;
 use buildfleet_protocol::{
     CancelReason, ClientMessage, CompletionResult, ErrorCode, Heartbeat, HeldJob, JobAssignment,
     JobRef, Outcome, ServerMessage,
@@ -127,17 +128,15 @@ async fn an_event_sequence_beyond_i64_is_a_malformed_frame(db: TestDb) {
     server.shutdown().await;
 }
 
-/// The attempt's log file cannot be written (a directory stands where it goes): the events
-/// are neither acknowledged nor dropped, a completion meanwhile is refused as `internal` so
-/// the builder resends it, and once storage works again every event is stored exactly once.
+/// The log segment cannot be written (a directory stands where it goes): the events are
+/// neither acknowledged nor dropped, a completion meanwhile is refused as `internal` so the
+/// builder resends it, and once storage works again every event is stored exactly once.
 async fn a_failed_chunk_write_keeps_its_events_until_storage_recovers(db: TestDb) {
     let server = TestServer::start(db).await;
     let (mut builder, key, job) = running_job(&server, "disk-error").await;
     let job_key = job_ref(&job);
-    let blocker = server
-        .data_dir()
-        .join(format!("blobs/logs/{}/{}.jsonl", job.job_id, job.attempt));
-    std::fs::create_dir_all(&blocker).expect("a directory where the log file goes");
+    let blocker = first_log_segment(&server);
+    std::fs::create_dir(&blocker).expect("a directory where the log segment goes");
     for seq in 1..=5 {
         builder.log(job_key, seq, &line(seq));
     }
@@ -184,6 +183,20 @@ async fn a_failed_chunk_write_keeps_its_events_until_storage_recovers(db: TestDb
         (1..=5).map(line).collect::<Vec<_>>()
     );
     server.shutdown().await;
+}
+
+/// The first log segment of the server: under the directory the backend process made for
+/// itself at start (the only one, as the server was not restarted); opened at the first log
+/// write, so a test can put something in its way before that.
+fn first_log_segment(server: &TestServer) -> std::path::PathBuf {
+    let blobs = server.data_dir().join("blobs");
+    let prefixes: Vec<_> = std::fs::read_dir(blobs.join(keys::LOG_SEGMENTS))
+        .expect("the log segment directory")
+        .map(|entry| entry.expect("an entry").file_name())
+        .collect();
+    assert_eq!(prefixes.len(), 1, "one backend process: {prefixes:?}");
+    let prefix = prefixes[0].to_str().expect("a UTF-8 prefix");
+    blobs.join(keys::log_segment(prefix, 0))
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {

@@ -1,7 +1,8 @@
-//! The `LogSink` actor: takes `job_event`s from sessions, writes them in chunks (one file
-//! append and one row per flush, never a row per line), acknowledges the highest stored
-//! sequence to the builder, drops resent duplicates, cuts a log at its size limit with a
-//! marker, and fans stored lines out to live viewers.
+//! The `LogSink` actor: takes `job_event`s from sessions, writes them in chunks (one append
+//! to the process's shared log segment and one row per flush: never a row per line, never a
+//! file per attempt), acknowledges the highest stored sequence to the builder, drops resent
+//! duplicates, cuts a log at its size limit with a marker, and fans stored lines out to live
+//! viewers.
 //!
 //! A session registers itself once per attempt (`RegisterAttempts`, at assignment or resume)
 //! as the recipient of that attempt's acknowledgements, and sends the events it read in one
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{CloseSession, Push};
 use crate::logs::LogRecord;
 use crate::metrics::Metrics;
-use crate::storage::{keys, Storage};
+use crate::storage::Storage;
 use crate::store::{Attempt, JobId, NewLogChunk, Store, StoreError};
 use buildfleet_protocol::ErrorCode;
 
@@ -370,15 +371,16 @@ fn write_events(
         lines += 1;
     }
     if let Some(first_seq) = first_seq {
-        let location = keys::log(key.0, key.1);
-        let byte_offset = storage.append(&location, &buffer)?;
+        // Bytes whose row is never committed (the insert fails, the process dies) stay in the
+        // segment unreferenced: readers go by chunk rows only.
+        let span = storage.append_log(&buffer)?;
         store.append_log_chunk(&NewLogChunk {
             job: key.0,
             attempt: key.1,
             first_seq: i64::try_from(first_seq)?,
             last_seq: i64::try_from(last_seq)?,
-            location,
-            byte_offset: i64::try_from(byte_offset)?,
+            location: span.key,
+            byte_offset: i64::try_from(span.offset)?,
             length: i64::try_from(buffer.len())?,
         })?;
         stored.bytes += buffer.len() as u64;

@@ -1,5 +1,6 @@
 //! Log chunk index: where each run of log lines of an attempt is stored. The lines live in
-//! the log store (files); the database holds only one row per chunk.
+//! the log store (shared segment files, many attempts to a file); the database holds only one
+//! row per chunk, and that row alone says which bytes of a file belong to the attempt.
 
 use diesel::prelude::*;
 use serde::Serialize;
@@ -18,7 +19,8 @@ pub struct LogChunk {
     pub attempt: Attempt,
     pub first_seq: i64,
     pub last_seq: i64,
-    /// Storage key of the file holding the chunk.
+    /// Storage key of the file holding the chunk: a shared log segment, or for logs stored
+    /// before segments, the attempt's own file. The chunk is `length` bytes from `byte_offset`.
     pub location: String,
     pub byte_offset: i64,
     pub length: i64,
