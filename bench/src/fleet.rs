@@ -2,6 +2,11 @@
 //! keys, many per process, running no-op jobs. Each is one task on the bench's actix
 //! system; what happens to jobs is reported as [`Event`]s, what a suite wants done is sent
 //! as [`Command`]s.
+//!
+//! The protocol client is the test kit's (`buildfleet_testkit::builder_client::connection`:
+//! dialling, the handshake, frames, the signed completion), the one the backend's tests
+//! script; this module is the many-session driver on top of it: one task per session, no
+//! queue between the socket and the session, replies written in batches.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -11,13 +16,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use awc::ws;
-use buildfleet_protocol::signing::{self, BuildStatement, STATEMENT_FORMAT};
+use buildfleet_protocol::signing;
 use buildfleet_protocol::ssh_key::{Algorithm, LineEnding, PrivateKey};
 use buildfleet_protocol::{
-    ArtifactDigest, Capabilities, ChallengeResponse, ClientMessage, CompletionResult, Fingerprint,
-    Heartbeat, Hello, JobAssignment, JobEvent, JobEventKind, JobRef, JobRequest, JobResponse,
-    LogStream, Outcome, RecipeCapability, Resume, ServerMessage, WorkAck, WorkDecision,
-    PROTOCOL_VERSION,
+    ArtifactDigest, Capabilities, ClientMessage, CompletionResult, Fingerprint, Heartbeat,
+    JobAssignment, JobEvent, JobEventKind, JobRef, JobRequest, LogStream, Outcome,
+    RecipeCapability, ServerMessage, WorkAck, WorkDecision,
+};
+use buildfleet_testkit::builder_client::connection::{
+    self, Connection, Credentials, Frame, Transport as _, WsSink, WsStream,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
@@ -52,6 +59,16 @@ impl Identity {
     /// The private key in OpenSSH format, for a real builder process.
     pub fn private_openssh(&self) -> anyhow::Result<String> {
         Ok(self.key.to_openssh(LineEnding::LF)?.to_string())
+    }
+
+    /// Who the simulated builder says it is: builder version `bench`.
+    pub fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            name: &self.name,
+            fingerprint: &self.fingerprint,
+            key: &self.key,
+            version: "bench",
+        }
     }
 }
 
@@ -175,10 +192,6 @@ impl Drop for SimBuilder {
     }
 }
 
-type Sink =
-    futures_util::stream::SplitSink<actix_codec::Framed<awc::BoxedSocket, ws::Codec>, ws::Message>;
-type Stream = futures_util::stream::SplitStream<actix_codec::Framed<awc::BoxedSocket, ws::Codec>>;
-
 /// Everything a fleet's builders share.
 #[derive(Clone)]
 pub struct FleetContext {
@@ -195,22 +208,38 @@ pub async fn connect(
     index: usize,
     identity: Rc<Identity>,
 ) -> anyhow::Result<SimBuilder> {
-    let (_, framed) = ctx
-        .client
-        .ws(ctx.ws_url.as_str())
-        .protocols(["buildfleet.v1"])
-        .max_frame_size(16 * 1024 * 1024)
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", ctx.ws_url))?;
-    let (mut sink, mut stream) = framed.split();
-    let accepted = handshake(&mut sink, &mut stream, &identity, &ctx.behaviour).await?;
-    let heartbeat_interval = accepted.heartbeat_interval.max(Duration::from_millis(50));
+    let mut connection = Connection::dial(&ctx.client, &ctx.ws_url, HANDSHAKE_STEP_TIMEOUT).await?;
+    let capabilities = Capabilities {
+        recipes: vec![RecipeCapability {
+            name: ctx.behaviour.recipe.clone(),
+            version: "1".into(),
+        }],
+        labels: Default::default(),
+        max_concurrent_jobs: ctx.behaviour.slots.max(1),
+    };
+    let (authenticated, _) = connection::handshake(
+        &mut connection,
+        identity.credentials(),
+        capabilities,
+        Vec::new(),
+    )
+    .await?;
+    if ctx.behaviour.slots > 0 {
+        connection
+            .send(&ClientMessage::JobRequest(JobRequest {
+                credits: ctx.behaviour.slots,
+            }))
+            .await?;
+    }
+    let heartbeat_interval = authenticated
+        .heartbeat_interval()
+        .max(Duration::from_millis(50));
+    let (sink, stream) = connection.into_parts();
     let (commands, command_rx) = mpsc::unbounded_channel();
     let session = Session {
         index,
         identity,
-        backend_id: accepted.backend_id,
+        backend_id: authenticated.challenge.backend_id,
         behaviour: ctx.behaviour.clone(),
         events: ctx.events.clone(),
         counters: ctx.counters.clone(),
@@ -222,101 +251,6 @@ pub async fn connect(
         index,
         commands,
         task,
-    })
-}
-
-struct Accepted {
-    backend_id: String,
-    heartbeat_interval: Duration,
-}
-
-async fn next_message(stream: &mut Stream, sink: &mut Sink) -> anyhow::Result<ServerMessage> {
-    loop {
-        let frame = tokio::time::timeout(HANDSHAKE_STEP_TIMEOUT, stream.next())
-            .await
-            .context("timed out waiting for the backend")?;
-        match frame {
-            Some(Ok(ws::Frame::Text(bytes))) => {
-                let text = std::str::from_utf8(&bytes)?;
-                return Ok(ServerMessage::decode(text, usize::MAX)?);
-            }
-            Some(Ok(ws::Frame::Ping(p))) => sink.send(ws::Message::Pong(p)).await?,
-            Some(Ok(ws::Frame::Close(reason))) => bail!("closed by the backend: {reason:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => bail!("WebSocket error: {e}"),
-            None => bail!("connection closed"),
-        }
-    }
-}
-
-async fn send(sink: &mut Sink, message: &ClientMessage) -> anyhow::Result<()> {
-    sink.send(ws::Message::Text(message.to_json().into()))
-        .await?;
-    Ok(())
-}
-
-/// hello → challenge → signed answer → accepted → capabilities, resume (nothing held) →
-/// resume result → credits.
-async fn handshake(
-    sink: &mut Sink,
-    stream: &mut Stream,
-    identity: &Identity,
-    behaviour: &Behaviour,
-) -> anyhow::Result<Accepted> {
-    send(
-        sink,
-        &ClientMessage::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            fingerprint: identity.fingerprint.clone(),
-            builder_name: identity.name.clone(),
-            builder_version: "bench".into(),
-        }),
-    )
-    .await?;
-    let challenge = match next_message(stream, sink).await? {
-        ServerMessage::ChallengeRequest(c) => c,
-        other => bail!("expected challenge_request, got {other:?}"),
-    };
-    let signature =
-        signing::sign_challenge(&identity.key, &challenge.backend_id, &challenge.challenge)?;
-    send(
-        sink,
-        &ClientMessage::ChallengeResponse(ChallengeResponse { signature }),
-    )
-    .await?;
-    let accepted = match next_message(stream, sink).await? {
-        ServerMessage::AuthAccepted(a) => a,
-        other => bail!("expected auth_accepted, got {other:?}"),
-    };
-    send(
-        sink,
-        &ClientMessage::Capabilities(Capabilities {
-            recipes: vec![RecipeCapability {
-                name: behaviour.recipe.clone(),
-                version: "1".into(),
-            }],
-            labels: Default::default(),
-            max_concurrent_jobs: behaviour.slots.max(1),
-        }),
-    )
-    .await?;
-    send(sink, &ClientMessage::Resume(Resume { jobs: Vec::new() })).await?;
-    match next_message(stream, sink).await? {
-        ServerMessage::ResumeResult(_) => {}
-        other => bail!("expected resume_result, got {other:?}"),
-    }
-    if behaviour.slots > 0 {
-        send(
-            sink,
-            &ClientMessage::JobRequest(JobRequest {
-                credits: behaviour.slots,
-            }),
-        )
-        .await?;
-    }
-    Ok(Accepted {
-        backend_id: challenge.backend_id,
-        heartbeat_interval: Duration::from_millis(accepted.settings.heartbeat_interval_ms),
     })
 }
 
@@ -352,8 +286,8 @@ struct Session {
 impl Session {
     async fn run(
         mut self,
-        mut sink: Sink,
-        mut stream: Stream,
+        mut sink: WsSink,
+        mut stream: WsStream,
         mut commands: mpsc::UnboundedReceiver<Command>,
         heartbeat_interval: Duration,
     ) {
@@ -364,22 +298,25 @@ impl Session {
         heartbeats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
             tokio::select! {
-                frame = stream.next() => match frame {
-                    Some(Ok(ws::Frame::Text(bytes))) => {
-                        let at = Instant::now();
-                        if let Err(e) = self.on_text(&bytes, at) {
-                            break e.to_string();
+                frame = stream.next() => {
+                    // Before decoding: the time the frame arrived.
+                    let at = Instant::now();
+                    match connection::read(frame) {
+                        Frame::Message(message) => {
+                            if let Err(e) = self.on_message(message, at) {
+                                break e.to_string();
+                            }
                         }
+                        Frame::Ping(p) => {
+                            self.counters.pongs_sent.set(self.counters.pongs_sent.get() + 1);
+                            self.outgoing.push(ws::Message::Pong(p));
+                        }
+                        Frame::Other(_) => {}
+                        Frame::Undecodable(text) => break format!("undecodable frame from the backend: {text}"),
+                        Frame::Closed(reason) => break format!("closed by the backend: {reason:?}"),
+                        Frame::Broken(reason) => break reason,
                     }
-                    Some(Ok(ws::Frame::Ping(p))) => {
-                        self.counters.pongs_sent.set(self.counters.pongs_sent.get() + 1);
-                        self.outgoing.push(ws::Message::Pong(p));
-                    }
-                    Some(Ok(ws::Frame::Close(reason))) => break format!("closed by the backend: {reason:?}"),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break format!("WebSocket error: {e}"),
-                    None => break "connection closed".into(),
-                },
+                }
                 command = commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => break "stopped".into(),
@@ -402,7 +339,7 @@ impl Session {
         });
     }
 
-    async fn flush(&mut self, sink: &mut Sink) -> anyhow::Result<()> {
+    async fn flush(&mut self, sink: &mut WsSink) -> anyhow::Result<()> {
         for message in self.outgoing.drain(..) {
             sink.feed(message).await?;
         }
@@ -411,13 +348,11 @@ impl Session {
     }
 
     fn push(&mut self, message: &ClientMessage) {
-        self.outgoing
-            .push(ws::Message::Text(message.to_json().into()));
+        self.outgoing.push(connection::encode(message));
     }
 
-    fn on_text(&mut self, bytes: &[u8], at: Instant) -> anyhow::Result<()> {
-        let text = std::str::from_utf8(bytes)?;
-        match ServerMessage::decode(text, usize::MAX)? {
+    fn on_message(&mut self, message: ServerMessage, at: Instant) -> anyhow::Result<()> {
+        match message {
             ServerMessage::Jobs(jobs) => {
                 for job in jobs.jobs {
                     self.on_assignment(job, at);
@@ -497,40 +432,22 @@ impl Session {
         let Some(held) = self.held.get(&job_id) else {
             return;
         };
-        let job = &held.assignment;
-        let statement = BuildStatement {
-            format: STATEMENT_FORMAT.into(),
-            backend_id: self.backend_id.clone(),
-            builder: self.identity.fingerprint.clone(),
-            job_id: job.job_id,
-            attempt: job.attempt,
-            source_sha256: job.source.sha256.clone(),
-            recipe: job.recipe.clone(),
-            mode: job.mode,
-            outcome: Outcome::Succeeded,
-            artifacts: artifacts.clone(),
-        };
-        let statement = match signing::sign_statement(&self.identity.key, &statement) {
-            Ok(s) => s,
+        let response = connection::job_response(
+            self.identity.credentials(),
+            &self.backend_id,
+            &held.assignment,
+            Outcome::Succeeded,
+            artifacts,
+        );
+        match response {
+            Ok(response) => self.push(&ClientMessage::JobResponse(response)),
             Err(e) => {
                 let _ = self.events.send(Event::Lost {
                     builder: self.index,
-                    reason: format!("signing: {e}"),
+                    reason: e.to_string(),
                 });
-                return;
             }
-        };
-        let response = ClientMessage::JobResponse(JobResponse {
-            job_id: job.job_id,
-            attempt: job.attempt,
-            outcome: Outcome::Succeeded,
-            exit_status: Some(0),
-            error: None,
-            artifacts,
-            plan: None,
-            statement,
-        });
-        self.push(&response);
+        }
     }
 
     fn on_command(&mut self, command: Command) {

@@ -2,6 +2,12 @@
 //! step by the tests. A background task answers pings and, once the session is ready, sends
 //! heartbeats for the jobs the script holds, so leases live as long as a real builder's.
 //! Every wait has a deadline: a test fails, it never hangs.
+//!
+//! The protocol itself (dialling, frames, the handshake, the signed completion) is in
+//! [`connection`], which the benchmark's simulated fleet drives as well; this module is the
+//! step-by-step driver that panics where a test should fail.
+
+pub mod connection;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, VecDeque};
@@ -9,18 +15,18 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use awc::ws;
-use buildfleet_protocol::signing::{self, BuildStatement, STATEMENT_FORMAT};
 use buildfleet_protocol::{
     ArtifactDigest, AuthAccepted, Capabilities, ClientMessage, CompletionResult, ErrorCode,
-    Heartbeat, HeldJob, Hello, JobAssignment, JobEvent, JobEventKind, JobRef, JobRequest,
-    JobResponse, LogStream, Outcome, RecipeCapability, Resume, ResumeResult, ServerMessage,
-    Sha256Digest, WorkAck, WorkDecision, PROTOCOL_VERSION,
+    Heartbeat, HeldJob, JobAssignment, JobEvent, JobEventKind, JobRef, JobRequest, JobResponse,
+    LogStream, Outcome, RecipeCapability, ResumeResult, ServerMessage, Sha256Digest, WorkAck,
+    WorkDecision,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use self::connection::{Authenticated, ClientError, Frame, Transport, WsSink, WsStream};
 use crate::keys::TestKey;
 
 /// How long one expected frame may take to arrive.
@@ -54,14 +60,15 @@ pub struct BuilderClient {
 impl BuilderClient {
     /// Opens the WebSocket to `url` (`ws://…/api/v1/builders/connect`).
     pub async fn connect(url: &str) -> BuilderClient {
-        let (_response, framed) = awc::Client::new()
-            .ws(url)
-            .protocols(["buildfleet.v1"])
-            .max_frame_size(16 * 1024 * 1024)
-            .connect()
+        let (sink, stream) = connection::dial(&awc::Client::new(), url)
             .await
-            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-        let (mut sink, mut stream) = framed.split();
+            .unwrap_or_else(|e| panic!("{e}"));
+        BuilderClient::over(sink, stream)
+    }
+
+    /// Drives an open connection: a writer task, and a reader task that answers pings and
+    /// queues everything else.
+    fn over(mut sink: WsSink, mut stream: WsStream) -> BuilderClient {
         let (outgoing, mut to_send) = mpsc::unbounded_channel::<ws::Message>();
         let (deliver, incoming) = mpsc::unbounded_channel();
         let writer = actix_rt::spawn(async move {
@@ -75,22 +82,16 @@ impl BuilderClient {
         let pong = outgoing.clone();
         let reader = actix_rt::spawn(async move {
             loop {
-                let frame = stream.next().await;
-                let item = match frame {
-                    Some(Ok(ws::Frame::Text(bytes))) => {
-                        let text = String::from_utf8_lossy(&bytes).into_owned();
-                        match ServerMessage::decode(&text, usize::MAX) {
-                            Ok(message) => Incoming::Message(message),
-                            Err(_) => Incoming::Undecodable(text),
-                        }
-                    }
-                    Some(Ok(ws::Frame::Ping(payload))) => {
+                let item = match connection::read(stream.next().await) {
+                    Frame::Message(message) => Incoming::Message(message),
+                    Frame::Undecodable(text) => Incoming::Undecodable(text),
+                    Frame::Ping(payload) => {
                         let _ = pong.send(ws::Message::Pong(payload));
                         continue;
                     }
-                    Some(Ok(ws::Frame::Close(reason))) => Incoming::Closed(reason),
-                    Some(Ok(other)) => Incoming::Undecodable(format!("{other:?}")),
-                    Some(Err(_)) | None => Incoming::Closed(None),
+                    Frame::Other(other) => Incoming::Undecodable(format!("{other:?}")),
+                    Frame::Closed(reason) => Incoming::Closed(reason),
+                    Frame::Broken(_) => Incoming::Closed(None),
                 };
                 let closed = matches!(item, Incoming::Closed(_));
                 if deliver.send(item).is_err() || closed {
@@ -140,7 +141,7 @@ impl BuilderClient {
             }
             _ => {}
         }
-        self.send_raw(&message.to_json());
+        self.send_ws(connection::encode(&message));
     }
 
     pub fn send_raw(&mut self, text: &str) {
@@ -164,28 +165,31 @@ impl BuilderClient {
 
     /// The next frame, from the backlog first. Fails the test after [`RECV_TIMEOUT`].
     pub async fn next_incoming(&mut self) -> Incoming {
-        if let Some(item) = self.backlog.pop_front() {
-            return item;
-        }
-        self.read_socket().await
+        self.try_next_incoming()
+            .await
+            .unwrap_or_else(|_| panic!("no frame from the backend within {RECV_TIMEOUT:?}"))
     }
 
-    async fn read_socket(&mut self) -> Incoming {
+    /// The next frame, from the backlog first; an error after [`RECV_TIMEOUT`].
+    async fn try_next_incoming(&mut self) -> Result<Incoming, ClientError> {
+        if let Some(item) = self.backlog.pop_front() {
+            return Ok(item);
+        }
         if self.closed {
-            return Incoming::Closed(None);
+            return Ok(Incoming::Closed(None));
         }
         match tokio::time::timeout(RECV_TIMEOUT, self.incoming.recv()).await {
             Ok(Some(item)) => {
                 if matches!(item, Incoming::Closed(_)) {
                     self.closed = true;
                 }
-                item
+                Ok(item)
             }
             Ok(None) => {
                 self.closed = true;
-                Incoming::Closed(None)
+                Ok(Incoming::Closed(None))
             }
-            Err(_) => panic!("no frame from the backend within {RECV_TIMEOUT:?}"),
+            Err(_) => Err(ClientError::Timeout(RECV_TIMEOUT)),
         }
     }
 
@@ -292,12 +296,7 @@ impl BuilderClient {
     // ---- the session's steps ----
 
     pub fn hello(&mut self, key: &TestKey) {
-        self.send(ClientMessage::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            fingerprint: key.fingerprint.clone(),
-            builder_name: key.name.clone(),
-            builder_version: "test".into(),
-        }));
+        self.send(connection::hello(key.credentials()));
     }
 
     /// Sends hello and returns the challenge (hex) of the challenge request.
@@ -307,8 +306,7 @@ impl BuilderClient {
             ServerMessage::ChallengeRequest(request) => request,
             other => panic!("expected challenge_request, got {other:?}"),
         };
-        assert_eq!(request.challenge.len(), 64, "32 random bytes in hex");
-        assert!(request.expires_in_ms > 0);
+        check_challenge(&request);
         self.backend_id = Some(request.backend_id);
         request.challenge
     }
@@ -319,23 +317,24 @@ impl BuilderClient {
             .backend_id
             .as_deref()
             .expect("a challenge was received");
-        signing::sign_challenge(&key.private, backend_id, challenge).expect("signing a challenge")
+        connection::sign_challenge(&key.private, backend_id, challenge)
+            .expect("signing a challenge")
     }
 
     /// hello → challenge_request → challenge_response → auth_accepted.
     pub async fn authenticate(&mut self, key: &TestKey) -> AuthAccepted {
-        let challenge = self.request_challenge(key).await;
-        let signature = self.sign_challenge(key, &challenge);
-        self.send(ClientMessage::ChallengeResponse(
-            buildfleet_protocol::ChallengeResponse { signature },
-        ));
-        let accepted = match self.recv().await {
-            ServerMessage::AuthAccepted(accepted) => accepted,
-            other => panic!("expected auth_accepted, got {other:?}"),
-        };
-        self.heartbeat_interval = Duration::from_millis(accepted.settings.heartbeat_interval_ms);
-        self.accepted = Some(accepted.clone());
-        accepted
+        let authenticated = connection::authenticate(self, key.credentials())
+            .await
+            .unwrap_or_else(|e| panic!("authenticating {}: {e}", key.name));
+        self.authenticated(authenticated)
+    }
+
+    fn authenticated(&mut self, authenticated: Authenticated) -> AuthAccepted {
+        check_challenge(&authenticated.challenge);
+        self.heartbeat_interval = authenticated.heartbeat_interval();
+        self.backend_id = Some(authenticated.challenge.backend_id);
+        self.accepted = Some(authenticated.accepted.clone());
+        authenticated.accepted
     }
 
     /// authenticate, then capabilities (recipe `cargo-build`, 4 slots) and resume with
@@ -351,13 +350,11 @@ impl BuilderClient {
         capabilities: Capabilities,
         held: Vec<HeldJob>,
     ) -> ResumeResult {
-        self.authenticate(key).await;
-        self.send(ClientMessage::Capabilities(capabilities));
-        self.send(ClientMessage::Resume(Resume { jobs: held.clone() }));
-        let result = match self.recv().await {
-            ServerMessage::ResumeResult(result) => result,
-            other => panic!("expected resume_result, got {other:?}"),
-        };
+        let (authenticated, result) =
+            connection::handshake(self, key.credentials(), capabilities, held.clone())
+                .await
+                .unwrap_or_else(|e| panic!("handshake of {}: {e}", key.name));
+        self.authenticated(authenticated);
         for decision in &result.jobs {
             let still_running = held.iter().any(|h| {
                 h.job_id == decision.job_id && h.attempt == decision.attempt && !h.finished
@@ -391,10 +388,7 @@ impl BuilderClient {
                 let beat = ClientMessage::Heartbeat(Heartbeat {
                     active_jobs: active.borrow().iter().copied().collect(),
                 });
-                if outgoing
-                    .send(ws::Message::Text(beat.to_json().into()))
-                    .is_err()
-                {
+                if outgoing.send(connection::encode(&beat)).is_err() {
                     break;
                 }
             }
@@ -483,33 +477,9 @@ impl BuilderClient {
         outcome: Outcome,
         artifacts: Vec<ArtifactDigest>,
     ) -> JobResponse {
-        let statement = BuildStatement {
-            format: STATEMENT_FORMAT.into(),
-            backend_id: self.backend_id.clone().expect("authenticated"),
-            builder: key.fingerprint.clone(),
-            job_id: job.job_id,
-            attempt: job.attempt,
-            source_sha256: job.source.sha256.clone(),
-            recipe: job.recipe.clone(),
-            mode: job.mode,
-            outcome,
-            artifacts: artifacts.clone(),
-        };
-        JobResponse {
-            job_id: job.job_id,
-            attempt: job.attempt,
-            outcome,
-            exit_status: match outcome {
-                Outcome::Succeeded => Some(0),
-                Outcome::Failed => Some(1),
-                Outcome::Cancelled | Outcome::TimedOut => None,
-            },
-            error: None,
-            artifacts,
-            plan: None,
-            statement: signing::sign_statement(&key.private, &statement)
-                .expect("signing a statement"),
-        }
+        let backend_id = self.backend_id.as_deref().expect("authenticated");
+        connection::job_response(key.credentials(), backend_id, job, outcome, artifacts)
+            .expect("signing a statement")
     }
 
     /// Sends the signed completion and returns the `completion_ack` result.
@@ -559,10 +529,33 @@ impl BuilderClient {
     }
 }
 
+/// The handshake of [`connection`] over this client's queues, so the tests run the one
+/// handshake the benchmark runs.
+impl Transport for BuilderClient {
+    async fn send(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
+        BuilderClient::send(self, message.clone());
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
+        match self.try_next_incoming().await? {
+            Incoming::Message(message) => Ok(message),
+            Incoming::Undecodable(text) => Err(ClientError::Undecodable(text)),
+            Incoming::Closed(reason) => Err(ClientError::Closed(reason)),
+        }
+    }
+}
+
 impl Drop for BuilderClient {
     fn drop(&mut self) {
         self.abort_tasks();
     }
+}
+
+/// What a test expects of every challenge: 32 random bytes in hex, not yet expired.
+fn check_challenge(request: &buildfleet_protocol::ChallengeRequest) {
+    assert_eq!(request.challenge.len(), 64, "32 random bytes in hex");
+    assert!(request.expires_in_ms > 0);
 }
 
 pub fn job_ref(job: &JobAssignment) -> JobRef {

@@ -8,6 +8,8 @@ use buildfleet_protocol::signing;
 use buildfleet_protocol::ssh_key::PrivateKey;
 use buildfleet_protocol::Fingerprint;
 
+use crate::builder_client::connection::Credentials;
+
 /// An Ed25519 key pair in a temporary directory.
 pub struct TestKey {
     pub name: String,
@@ -58,6 +60,16 @@ impl TestKey {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Who the scripted builder says it is: this key, its name, builder version `test`.
+    pub fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            name: &self.name,
+            fingerprint: &self.fingerprint,
+            key: &self.private,
+            version: "test",
+        }
     }
 }
 
