@@ -5,7 +5,7 @@
 //! back by offset and length.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::log_segments::{SegmentLog, SegmentSpan, MAX_SEGMENT_BYTES};
@@ -25,20 +25,9 @@ pub trait Storage: Send + Sync + 'static {
     fn discard(&self, blob: PendingBlob);
     fn open(&self, key: &str) -> io::Result<File>;
     fn exists(&self, key: &str) -> bool;
-    /// Appends to the blob under `key` (created if missing) and returns the offset at which
-    /// `bytes` start. For one writer of that key at a time; log chunks use
-    /// [`Storage::append_log`].
-    fn append(&self, key: &str, bytes: &[u8]) -> io::Result<u64>;
     /// Appends one log chunk to this process's current log segment and returns the segment's
     /// key and the offset where the chunk starts. Safe to call from many threads at once.
-    /// Storage without log segments (a test double) refuses.
-    fn append_log(&self, bytes: &[u8]) -> io::Result<SegmentSpan> {
-        let _ = bytes;
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this storage keeps no log segments",
-        ))
-    }
+    fn append_log(&self, bytes: &[u8]) -> io::Result<SegmentSpan>;
     fn remove(&self, key: &str) -> io::Result<()>;
 }
 
@@ -56,6 +45,19 @@ impl FsStorage {
         fs::create_dir_all(root.join("tmp"))?;
         let segments = SegmentLog::create(&root, MAX_SEGMENT_BYTES)?;
         Ok(FsStorage { root, segments })
+    }
+
+    /// Appends to the file under `key` as logs were stored before segments (one file per
+    /// attempt), so tests can lay out old data; returns the offset where `bytes` start.
+    #[cfg(test)]
+    pub(crate) fn append(&self, key: &str, bytes: &[u8]) -> io::Result<u64> {
+        use std::io::Write as _;
+        let path = self.path(key)?;
+        ensure_parent(&path)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let offset = file.metadata()?.len();
+        file.write_all(bytes)?;
+        Ok(offset)
     }
 
     fn path(&self, key: &str) -> io::Result<PathBuf> {
@@ -117,15 +119,6 @@ impl Storage for FsStorage {
         self.path(key).map(|p| p.is_file()).unwrap_or(false)
     }
 
-    fn append(&self, key: &str, bytes: &[u8]) -> io::Result<u64> {
-        let path = self.path(key)?;
-        ensure_parent(&path)?;
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let offset = file.metadata()?.len();
-        file.write_all(bytes)?;
-        Ok(offset)
-    }
-
     fn append_log(&self, bytes: &[u8]) -> io::Result<SegmentSpan> {
         self.segments.append(bytes)
     }
@@ -170,7 +163,7 @@ pub mod keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     #[test]
     fn commit_append_and_reject_escaping_keys() {

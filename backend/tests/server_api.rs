@@ -1,5 +1,5 @@
 //! The REST API's basics against the real server: authorisation, the JSON error shape,
-//! listing and filtering, health, metrics and the allowed-signers file.
+//! batched submission, listing and filtering, health, metrics and the allowed-signers file.
 
 use awc::http::StatusCode;
 use buildfleet_backend::store::JobState;
@@ -16,6 +16,7 @@ server_tests! {
     jobs_list_and_filter_by_state,
     health_metrics_and_allowed_signers,
     builder_admission_checks_its_input,
+    a_batch_is_submitted_all_or_nothing_and_dispatched,
 }
 
 fn valid_job() -> Value {
@@ -249,4 +250,64 @@ async fn builder_admission_checks_its_input(db: TestDb) {
     assert_eq!(builders[0]["fingerprint"], key.fingerprint.as_str());
     assert_eq!(builders[0]["connected"], false);
     server.shutdown().await;
+}
+
+/// `POST /jobs` with an array: one request, one transaction, every job queued and pushed; a
+/// bad entry refuses the whole batch and names its index.
+async fn a_batch_is_submitted_all_or_nothing_and_dispatched(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let key = TestKey::generate("batch-taker");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    builder.request_jobs(3);
+
+    let mut bad = valid_job();
+    bad["recipe"] = json!("no spaces allowed");
+    let (status, body) = server
+        .post_admin("/jobs", &json!([valid_job(), bad, valid_job()]))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("[1]: recipe")),
+        "{body}"
+    );
+    assert_eq!(
+        job_count(&server).await,
+        0,
+        "nothing of a refused batch is kept"
+    );
+    for refused in [json!([]), json!(vec![valid_job(); 1001])] {
+        let (status, body) = server.post_admin("/jobs", &refused).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error_code(&body), "bad_request");
+    }
+    let mut keyed = buildfleet_testkit::server::test_client(None)
+        .post(server.api("/jobs"))
+        .bearer_auth(&server.admin_token)
+        .insert_header(("Idempotency-Key", "batch-1"))
+        .send_json(&json!([valid_job()]))
+        .await
+        .expect("POST /jobs");
+    assert_eq!(keyed.status(), StatusCode::BAD_REQUEST);
+    let keyed: Value = keyed.json().await.expect("the error as JSON");
+    assert_eq!(error_code(&keyed), "bad_request");
+
+    let (status, created) = server
+        .post_admin("/jobs", &json!([valid_job(), valid_job(), valid_job()]))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let jobs: Vec<buildfleet_api::Job> = serde_json::from_value(created).expect("an array of jobs");
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.windows(2).all(|w| w[0].id < w[1].id), "in order");
+    assert!(jobs.iter().all(|j| j.state == JobState::Queued));
+    let mut pushed: Vec<i64> = Vec::new();
+    while pushed.len() < 3 {
+        pushed.extend(builder.next_jobs().await.iter().map(|j| j.job_id.0));
+    }
+    pushed.sort_unstable();
+    assert_eq!(pushed, jobs.iter().map(|j| j.id).collect::<Vec<_>>());
+    assert_eq!(job_count(&server).await, 3);
+    builder.close().await;
 }

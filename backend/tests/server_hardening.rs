@@ -1,5 +1,5 @@
 //! Hostile and edge-case builders against the real backend (issue 12): every event at or
-//! below an acknowledgement is stored, the handshake deadline holds against clients that only
+//! below an acknowledgement is stored, unstored events are capped per attempt (a stuck write cannot grow memory), the handshake deadline holds against clients that only
 //! answer pings, unauthenticated connections are capped, a refused completion ends its attempt
 //! and revokes its token, a rejected job goes to other builders first, and the protocol edges
 //! docs/protocol.md defines (credits, repeated accepts, foreign heartbeats, fragments, UTF-8,
@@ -30,6 +30,7 @@ server_tests! {
     a_gap_in_event_sequence_closes_the_session_and_nothing_past_it_is_acknowledged,
     an_event_sequence_beyond_i64_is_a_malformed_frame,
     a_failed_chunk_write_keeps_its_events_until_storage_recovers,
+    unstored_events_past_the_cap_are_shed_and_the_session_closed,
     a_client_answering_pings_is_closed_at_the_handshake_deadline,
     unauthenticated_connections_are_capped_per_address,
     a_refused_completion_fails_the_attempt_and_revokes_its_token,
@@ -181,6 +182,61 @@ async fn a_failed_chunk_write_keeps_its_events_until_storage_recovers(db: TestDb
     assert_eq!(
         server.log_lines(job.job_id.0).await,
         (1..=5).map(line).collect::<Vec<_>>()
+    );
+    server.shutdown().await;
+}
+
+/// While storage is stuck (a write that does not return), a builder that keeps writing does
+/// not grow the backend's memory past the per-attempt cap (8 MiB): the unacknowledged events
+/// are let go and the session closed, so the builder resends them after it reconnects.
+async fn unstored_events_past_the_cap_are_shed_and_the_session_closed(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let (mut builder, _key, job) = running_job(&server, "log-cap").await;
+    let job_key = job_ref(&job);
+    // A FIFO where the log segment goes: the first chunk write blocks opening it.
+    let log_file = first_log_segment(&server);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&log_file)
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    builder.log(job_key, 1, &line(1));
+    // 9 MiB in 4 KiB lines while that write hangs.
+    let long_line = "x".repeat(4096);
+    for seq in 2..=(2 + 9 * 256) {
+        builder.log(job_key, seq, &long_line);
+    }
+    let (seen, _) = builder.expect_closed().await;
+    assert!(
+        seen.iter().any(|m| matches!(m,
+            ServerMessage::Error(e) if e.code == ErrorCode::Internal && e.message.contains("behind storing"))),
+        "expected the cap's error before the close, got {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|m| matches!(m, ServerMessage::EventAck(_))),
+        "nothing was stored, so nothing may be acknowledged: {seen:?}"
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "buildfleet_log_sheds_total"), Some(1.0));
+
+    // Unstick the write (the FIFO is refused as a segment once open, which closes it for the
+    // reader): later writes go to a plain file again.
+    let stuck = log_file.with_extension("fifo");
+    std::fs::rename(&log_file, &stuck).expect("moving the FIFO aside");
+    let drained = std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        std::fs::File::open(&stuck)
+            .and_then(|mut fifo| fifo.read_to_end(&mut sink))
+            .map(|_| sink.len())
+    });
+    drained
+        .join()
+        .expect("the FIFO reader")
+        .expect("reading the FIFO");
+    assert_eq!(
+        server.job(job.job_id.0).await["state"],
+        "running",
+        "the job waits for its builder to come back and resend"
     );
     server.shutdown().await;
 }

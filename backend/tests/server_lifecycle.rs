@@ -1,5 +1,6 @@
 //! A job's life through the real backend: pushed dispatch, logs, upload, signed completion,
-//! competing builders, rejection, cancellation and timeouts.
+//! competing builders, rejection, cancellation and timeouts, and builders that accept every
+//! assignment (no `work_ack`: the claim starts the job).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -8,7 +9,9 @@ use awc::http::StatusCode;
 use buildfleet_backend::store::{AttemptOutcome, JobId, JobState};
 use buildfleet_protocol::signing::STATEMENT_NAMESPACE;
 use buildfleet_protocol::{CancelReason, CompletionResult, JobRef, Outcome, ServerMessage};
-use buildfleet_testkit::builder_client::{job_ref, upload, upload_ok, BuilderClient};
+use buildfleet_testkit::builder_client::{
+    default_capabilities, job_ref, upload, upload_ok, BuilderClient,
+};
 use buildfleet_testkit::db::TestDb;
 use buildfleet_testkit::keys::{ssh_keygen_verify, TestKey};
 use buildfleet_testkit::server::TestServer;
@@ -22,6 +25,7 @@ server_tests! {
     cancel_through_the_api_reaches_the_builder,
     timed_out_job_is_cancelled_and_recorded,
     timed_out_job_closes_even_without_the_builder,
+    a_builder_that_accepts_every_assignment_runs_from_the_claim,
 }
 
 async fn happy_path_pushes_runs_and_publishes_a_verifiable_build(db: TestDb) {
@@ -433,6 +437,55 @@ async fn timed_out_job_closes_even_without_the_builder(db: TestDb) {
         .await;
     assert_eq!(counts.get(&JobState::TimedOut), Some(&1));
 
+    builder.close().await;
+    server.shutdown().await;
+}
+
+/// A builder that declared `accepts_every_assignment` sends no `work_ack`: its job is
+/// `running` from the claim (the history still shows `assigned` then `running`), its timeout
+/// runs from then, and it completes as usual.
+async fn a_builder_that_accepts_every_assignment_runs_from_the_claim(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let key = TestKey::generate("eager-builder");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect(&server.ws_url()).await;
+    let capabilities = buildfleet_protocol::Capabilities {
+        accepts_every_assignment: true,
+        ..default_capabilities(2)
+    };
+    builder.handshake_with(&key, capabilities, Vec::new()).await;
+    builder.request_jobs(2);
+
+    let id = server.submit(json!({})).await;
+    let job = builder.next_assignment().await;
+    let running = server.job(id).await;
+    assert_eq!(running["state"], "running", "{running}");
+    assert!(running["started_at"].is_i64(), "{running}");
+    let transitions: Vec<String> = running["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["to"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(transitions, ["queued", "assigned", "running"]);
+    builder.log(job_ref(&job), 1, "no work_ack was sent");
+    assert_eq!(builder.expect_event_ack(job_ref(&job), 1).await, 1);
+    let result = builder
+        .complete(&key, &job, Outcome::Succeeded, vec![])
+        .await;
+    assert_eq!(result, CompletionResult::Accepted);
+    server.wait_for_state(id, "succeeded").await;
+
+    // The timeout is watched from the claim, as for an accepted job.
+    let slow = server.submit(json!({ "timeout_secs": 1 })).await;
+    let job = builder.next_assignment().await;
+    assert_eq!(job.job_id.0, slow);
+    let reason = expect_cancel(&mut builder, job_ref(&job)).await;
+    assert_eq!(reason, CancelReason::TimedOut);
+    builder
+        .complete(&key, &job, Outcome::TimedOut, vec![])
+        .await;
+    server.wait_for_state(slow, "timed_out").await;
     builder.close().await;
     server.shutdown().await;
 }

@@ -108,6 +108,8 @@ pub struct Behaviour {
     pub log_line: Arc<str>,
     /// Ask for one more job after each completion is acknowledged.
     pub refill: bool,
+    /// Declare `accepts_every_assignment` and send no `work_ack`: the claim starts the job.
+    pub accepts_every_assignment: bool,
 }
 
 impl Behaviour {
@@ -119,6 +121,7 @@ impl Behaviour {
             log_lines: 0,
             log_line: Arc::from(""),
             refill: true,
+            accepts_every_assignment: false,
         }
     }
 }
@@ -216,6 +219,7 @@ pub async fn connect(
         }],
         labels: Default::default(),
         max_concurrent_jobs: ctx.behaviour.slots.max(1),
+        accepts_every_assignment: ctx.behaviour.accepts_every_assignment,
     };
     let (authenticated, _) = connection::handshake(
         &mut connection,
@@ -381,11 +385,13 @@ impl Session {
 
     fn on_assignment(&mut self, job: JobAssignment, at: Instant) {
         let job_id = job.job_id.0;
-        self.push(&ClientMessage::WorkAck(WorkAck {
-            job_id: job.job_id,
-            attempt: job.attempt,
-            decision: WorkDecision::Accept,
-        }));
+        if !self.behaviour.accepts_every_assignment {
+            self.push(&ClientMessage::WorkAck(WorkAck {
+                job_id: job.job_id,
+                attempt: job.attempt,
+                decision: WorkDecision::Accept,
+            }));
+        }
         let _ = self.events.send(Event::Assigned {
             builder: self.index,
             job: Box::new(job.clone()),

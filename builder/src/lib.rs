@@ -156,6 +156,8 @@ pub async fn start(config: BuilderConfig) -> Result<Builder, BuilderError> {
         recipes: config.recipes.capabilities(),
         labels: config.labels.clone(),
         max_concurrent_jobs: config.max_concurrent_jobs,
+        // It turns assignments down while paused or shutting down, so each one is acked.
+        accepts_every_assignment: false,
     };
     let (done_tx, done) = oneshot::channel();
     let supervisor = supervisor::Supervisor::new(env, config.max_concurrent_jobs, done_tx).start();

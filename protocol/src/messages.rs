@@ -124,6 +124,11 @@ pub struct Capabilities {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub max_concurrent_jobs: u32,
+    /// The builder never turns an assignment down (it asks only for credits it will use,
+    /// and reports a job it cannot run as failed): each assignment is `running` from the
+    /// moment it is sent, and no `work_ack` is expected (one that comes is harmless).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepts_every_assignment: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -573,6 +573,7 @@ pub fn default_capabilities(max_concurrent_jobs: u32) -> Capabilities {
         }],
         labels: Default::default(),
         max_concurrent_jobs,
+        accepts_every_assignment: false,
     }
 }
 

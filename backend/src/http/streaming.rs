@@ -501,8 +501,8 @@ mod tests {
         fn exists(&self, key: &str) -> bool {
             self.inner.exists(key)
         }
-        fn append(&self, key: &str, bytes: &[u8]) -> io::Result<u64> {
-            self.inner.append(key, bytes)
+        fn append_log(&self, bytes: &[u8]) -> io::Result<crate::log_segments::SegmentSpan> {
+            self.inner.append_log(bytes)
         }
         fn remove(&self, key: &str) -> io::Result<()> {
             self.inner.remove(key)

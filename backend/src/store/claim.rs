@@ -7,7 +7,7 @@ use super::builders::require_builder;
 use super::connection::DbConnection;
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId};
-use super::jobs::{Job, JobRow};
+use super::jobs::{load_job_row, Job, JobRow};
 use super::labels::{self, Labels};
 use super::schema::{job_attempts, jobs};
 use super::secret;
@@ -63,6 +63,21 @@ impl Store {
     /// LOCKED`, so concurrent claims (also from other replicas) take disjoint jobs without
     /// waiting; SQLite runs the whole claim in one `BEGIN IMMEDIATE` transaction.
     pub fn claim_jobs(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.claim(request, false)
+    }
+
+    /// Claims as [`Store::claim_jobs`] does, for a builder that accepts every assignment
+    /// (`accepts_every_assignment` in its capabilities): each job goes `queued → assigned →
+    /// running` in the claim's transaction (both transitions recorded, started at the
+    /// claim), so no `work_ack` and no second write are needed.
+    pub fn claim_jobs_started(
+        &self,
+        request: &ClaimRequest,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.claim(request, true)
+    }
+
+    fn claim(&self, request: &ClaimRequest, start: bool) -> Result<Vec<ClaimedJob>, StoreError> {
         if request.limit == 0 || request.recipes.is_empty() {
             return Ok(Vec::new());
         }
@@ -83,7 +98,14 @@ impl Store {
             let chosen = choose_jobs(conn, request)?;
             chosen
                 .into_iter()
-                .map(|row| assign(conn, request, &row))
+                .map(|row| {
+                    let claimed = assign(conn, request, &row)?;
+                    if start {
+                        start_attempt(conn, request, claimed)
+                    } else {
+                        Ok(claimed)
+                    }
+                })
                 .collect()
         })
     }
@@ -153,6 +175,29 @@ fn lock_queued_batch(
             .load(lite)?,
     };
     Ok(rows)
+}
+
+/// `assigned → running` at the claim's time, for a builder that never turns work down.
+fn start_attempt(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    claimed: ClaimedJob,
+) -> Result<ClaimedJob, StoreError> {
+    let now = request.now_ms;
+    let row = load_job_row(conn, claimed.job.id)?;
+    let changes = JobChanges {
+        started_at: Some(Some(now)),
+        ..JobChanges::default()
+    };
+    let job = apply_transition(conn, &row, JobState::Running, changes, now, None)?;
+    diesel::update(
+        job_attempts::table
+            .filter(job_attempts::job_id.eq(row.id))
+            .filter(job_attempts::attempt.eq(row.attempt)),
+    )
+    .set(job_attempts::started_at.eq(now))
+    .execute(conn)?;
+    Ok(ClaimedJob { job, ..claimed })
 }
 
 fn assign(

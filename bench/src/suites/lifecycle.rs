@@ -31,9 +31,12 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     result.param("log_lines_per_job", LOG_LINES);
     result.param("concurrent_submitters", SUBMITTERS);
     result.param("jobs_per_submission", SUBMIT_BATCH);
+    result.param("accepts_every_assignment", true);
     let behaviour = Behaviour {
         log_lines: LOG_LINES,
         log_line: Arc::from("   Compiling buildfleet-bench v0.1.0 (/work/bench) -- a no-op line"),
+        // Simulated builders never turn work down: their claims start the jobs.
+        accepts_every_assignment: true,
         ..Behaviour::noop(RECIPE, slots)
     };
     let mut s = setup(db, options, &BackendSettings::default(), behaviour, result).await?;

@@ -31,29 +31,36 @@ impl Scheduler {
             exclude: slot.excluded(),
         };
         let store = self.store.clone();
+        let start = slot.accepts_every_assignment;
         ctx.spawn(
-            blocking(move || store.claim_jobs(&request))
-                .into_actor(self)
-                .map(move |claimed, this, ctx| {
-                    let again = match this.builders.get_mut(&builder) {
-                        Some(slot) => {
-                            slot.claiming = false;
-                            std::mem::take(&mut slot.claim_again)
-                        }
-                        None => false,
-                    };
-                    match claimed {
-                        Ok(claimed) if !claimed.is_empty() => {
-                            this.feed.publish_all(claimed.iter().map(|c| &c.job));
-                            this.hand_over(builder, claimed, ctx)
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(%builder, error = %e, "claiming jobs failed"),
+            blocking(move || {
+                if start {
+                    store.claim_jobs_started(&request)
+                } else {
+                    store.claim_jobs(&request)
+                }
+            })
+            .into_actor(self)
+            .map(move |claimed, this, ctx| {
+                let again = match this.builders.get_mut(&builder) {
+                    Some(slot) => {
+                        slot.claiming = false;
+                        std::mem::take(&mut slot.claim_again)
                     }
-                    if again {
-                        this.dispatch_to(builder, ctx);
+                    None => false,
+                };
+                match claimed {
+                    Ok(claimed) if !claimed.is_empty() => {
+                        this.feed.publish_all(claimed.iter().map(|c| &c.job));
+                        this.hand_over(builder, claimed, ctx)
                     }
-                }),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(%builder, error = %e, "claiming jobs failed"),
+                }
+                if again {
+                    this.dispatch_to(builder, ctx);
+                }
+            }),
         );
     }
 
@@ -72,8 +79,14 @@ impl Scheduler {
         };
         let mut assignments = Vec::with_capacity(claimed.len());
         let mut corrupt = Vec::new();
+        // Claims that started their job (a builder that accepts every assignment): their
+        // timeout runs from now, as an accepted job's does.
+        let mut started = Vec::new();
         for claim in claimed {
             let key = (claim.job.id, claim.attempt);
+            if claim.job.state == JobState::Running {
+                started.push(claim.job.clone());
+            }
             match assignment(&self.settings.public_url, claim) {
                 Ok(job) => {
                     slot.active.insert(key);
@@ -88,7 +101,11 @@ impl Scheduler {
             }
         }
         for ((job, attempt), error) in corrupt {
+            started.retain(|j| j.id != job);
             self.fail_corrupt(job, attempt, error, ctx);
+        }
+        for job in &started {
+            self.watch_timeout(builder, job, job.attempt);
         }
         let Some(slot) = self.builders.get_mut(&builder) else {
             return;

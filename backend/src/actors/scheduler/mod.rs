@@ -83,6 +83,8 @@ struct BuilderSlot {
     /// This session replaced one that was still connected: maybe a second process with the
     /// same key (a cloned VM), so attempts it does not resume may still run elsewhere.
     took_over_live: bool,
+    /// The builder declared it never turns an assignment down: its claims start the job.
+    accepts_every_assignment: bool,
 }
 
 impl BuilderSlot {
@@ -254,6 +256,7 @@ impl Handler<Register> for Scheduler {
             claim_again: false,
             rejected: HashMap::new(),
             took_over_live: false,
+            accepts_every_assignment: false,
         };
         // The newer session wins: after a network cut it is the builder's real connection
         // while the old socket lingers half-open. The old one is told `session_replaced`; a
@@ -339,6 +342,7 @@ impl Handler<SetCapabilities> for Scheduler {
             slot.labels = effective_labels(&slot.operator_labels, &caps.labels);
             slot.declared_labels = caps.labels;
             slot.max_concurrent = caps.max_concurrent_jobs;
+            slot.accepts_every_assignment = caps.accepts_every_assignment;
         }
     }
 }

@@ -316,6 +316,7 @@ mod tests {
             recipes: vec![],
             labels: Default::default(),
             max_concurrent_jobs: 1,
+            accepts_every_assignment: false,
         });
         assert!(matches!(
             machine.on_frame(capabilities),
