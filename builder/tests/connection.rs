@@ -2,6 +2,13 @@
 //! WebSocket server on 127.0.0.1:0): authentication, capabilities, resume, credits, a job
 //! streamed to completion, and a connection lost mid-build that resumes with no lost and
 //! no duplicated log line.
+//!
+//! The fake stays, rather than the test kit's real backend, because these tests script the
+//! server's side frame by frame: closing the socket after exactly the tenth stored event,
+//! answering with a protocol version the builder does not speak, refusing a key and then
+//! admitting it. A real backend cannot be told to do any of that; and the tests read every
+//! frame the builder sent, in order. The builder's key is the test kit's (`TestKey`, made
+//! by `ssh-keygen`, as an operator would make one).
 
 mod common;
 
@@ -17,6 +24,7 @@ use buildfleet_builder::recipes::{RecipeBook, RecipeConfig};
 use buildfleet_builder::BuilderError;
 use buildfleet_protocol::signing::{verify_challenge, verify_statement};
 use buildfleet_protocol::*;
+use buildfleet_testkit::keys::TestKey;
 use common::sha256;
 
 #[derive(Default)]
@@ -218,13 +226,13 @@ fn start_backend(backend: Backend) -> (String, Shared) {
     (format!("127.0.0.1:{}", addr.port()), shared)
 }
 
-fn builder_config(addr: &str, work: &std::path::Path) -> (BuilderConfig, ssh_key::PublicKey) {
-    let key_path = work.join("key");
-    let generated = buildfleet_builder::identity::keygen(&key_path, "t").unwrap();
-    let public = buildfleet_protocol::signing::parse_public_key(&generated.public_key).unwrap();
+/// A builder configuration for a new key; the key stays with the caller for the fake to
+/// admit and to check signatures with.
+fn builder_config(addr: &str, work: &std::path::Path) -> (BuilderConfig, TestKey) {
+    let key = TestKey::generate("test-builder");
     let mut config = BuilderConfig::new(
         &format!("ws://{addr}"),
-        &key_path,
+        key.private_key_path(),
         "test-builder",
         work.join("work"),
     )
@@ -239,7 +247,7 @@ fn builder_config(addr: &str, work: &std::path::Path) -> (BuilderConfig, ssh_key
         image: None,
     }])
     .unwrap();
-    (config, public)
+    (config, key)
 }
 
 fn assignment(addr: &str, source: &[u8]) -> JobAssignment {
@@ -280,10 +288,10 @@ async fn a_job_survives_a_lost_connection_without_losing_or_duplicating_lines() 
         ..Backend::default()
     });
     let work = tempfile::tempdir().unwrap();
-    let (config, public) = builder_config(&addr, work.path());
+    let (config, key) = builder_config(&addr, work.path());
     {
         let mut backend = shared.lock().unwrap();
-        backend.admitted = Some(public.clone());
+        backend.admitted = Some(key.private.public_key().clone());
         backend.pending.push(assignment(&addr, &source));
     }
     let builder = buildfleet_builder::start(config).await.unwrap();
@@ -307,7 +315,8 @@ async fn a_job_survives_a_lost_connection_without_losing_or_duplicating_lines() 
     );
     let response = &backend.responses[0];
     assert_eq!(response.outcome, Outcome::Succeeded, "{:?}", response.error);
-    verify_statement(&public, &response.statement).expect("the statement verifies");
+    verify_statement(key.private.public_key(), &response.statement)
+        .expect("the statement verifies");
 
     let events = &backend.stored[&JobRef {
         job_id: JobId(9),
@@ -367,14 +376,14 @@ async fn an_unknown_builder_keeps_retrying_and_an_unsupported_version_stops_it()
         ..Backend::default()
     });
     let work = tempfile::tempdir().unwrap();
-    let (config, public) = builder_config(&addr, work.path());
+    let (config, key) = builder_config(&addr, work.path());
     let builder = buildfleet_builder::start(config).await.unwrap();
     wait_for(&shared, "a retried hello", |b| b.hellos >= 3).await;
 
     // Admitted now, but the backend picks a protocol version the builder does not speak.
     {
         let mut backend = shared.lock().unwrap();
-        backend.admitted = Some(public);
+        backend.admitted = Some(key.private.public_key().clone());
         backend.version = PROTOCOL_VERSION + 1;
     }
     let result = tokio::time::timeout(Duration::from_secs(60), builder.wait())

@@ -3,6 +3,11 @@
 //! (a backend that refuses the builder, sessions that die right after authenticating),
 //! `session_replaced` waits the long back-off, a healthy session resets the backoff, and
 //! never are two connections open at once.
+//!
+//! The backend stays a scripted fake, not the test kit's real one: these tests need a
+//! backend that misbehaves on cue (refusing the builder, ending sessions right after
+//! authentication, replacing them, throttling every hello), which a real backend cannot be
+//! told to do. The key is made by the builder's own `keygen`; the fake checks no signature.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,6 +1,11 @@
 //! A builder told `auth_rejected{too_many_attempts, retry_after_ms}` waits at least that long
 //! before it dials again, against a fake backend (a real actix-web WebSocket server on
 //! 127.0.0.1:0) that throttles every hello.
+//!
+//! The backend stays a scripted fake, not the test kit's real one: the real backend
+//! throttles only after real failures, and this test needs every hello throttled with a
+//! chosen `retry_after_ms`. The key is made by the builder's own `keygen`; the fake checks
+//! no signature.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -127,7 +127,7 @@ impl TestBuilder {
         let work_dir = tempfile::tempdir().expect("builder work dir");
         let mut config = BuilderConfig::new(
             &format!("ws://{}", server.addr),
-            key.dir().join("id_ed25519"),
+            key.private_key_path(),
             &key.name,
             work_dir.path(),
         )

@@ -125,7 +125,7 @@ impl E2eBuilder {
         let work_dir = tempfile::tempdir().expect("builder work dir");
         let mut config = BuilderConfig::new(
             &format!("ws://{}", server.addr),
-            key.dir().join("id_ed25519"),
+            key.private_key_path(),
             name,
             work_dir.path(),
         )

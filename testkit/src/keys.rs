@@ -62,6 +62,11 @@ impl TestKey {
         self.dir.path()
     }
 
+    /// The private key file, for a builder's `--key`.
+    pub fn private_key_path(&self) -> PathBuf {
+        self.dir.path().join("id_ed25519")
+    }
+
     /// Who the scripted builder says it is: this key, its name, builder version `test`.
     pub fn credentials(&self) -> Credentials<'_> {
         Credentials {

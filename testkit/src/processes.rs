@@ -385,7 +385,7 @@ impl BuilderProcess {
             .arg("--backend-url")
             .arg(&self.backend_url)
             .arg("--key")
-            .arg(self.key.dir().join("id_ed25519"))
+            .arg(self.key.private_key_path())
             .arg("--name")
             .arg(&self.name)
             .arg("--work-dir")

@@ -1,5 +1,10 @@
 //! Test helpers: a real HTTP server on 127.0.0.1:0 that serves source archives and takes
 //! artifact uploads the way the backend does, and a job environment around it.
+//!
+//! A scripted stand-in rather than the test kit's real backend: the tests that use it run a
+//! job's steps without a session (no admission, no assignment), count requests, and script
+//! failures the real backend cannot be told to produce (a chosen status with `Retry-After`,
+//! an outage on a fixed port).
 
 #![allow(
     dead_code,
