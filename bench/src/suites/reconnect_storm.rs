@@ -30,8 +30,11 @@ use super::{setup, CpuMeter, RunOptions};
 const RECIPE: &str = "bench-noop";
 const STORM_RECIPE: &str = "bench-storm-idle";
 const PROBES: usize = 4;
+/// Free slots per probe: jobs that pile up while dispatch stalls are then handed out as soon
+/// as the backend gets to them, so the latency stays the backend's, not a wait for a builder.
+const PROBE_SLOTS: u32 = 256;
 /// The submitter's steady pace (100 jobs/s): a small share of what the backend sustains, so
-/// the probes are idle at nearly every submission and the latency is dispatch, not queueing.
+/// the probes have free slots at every submission and the latency is dispatch, not queueing.
 const SUBMIT_INTERVAL: Duration = Duration::from_millis(10);
 /// Descriptors kept free for the database, storage, the API and the probes.
 const FD_RESERVE: u64 = 256;
@@ -82,6 +85,7 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
     };
     result.param("storm_builders", storm_size);
     result.param("probe_builders", PROBES);
+    result.param("probe_slots", PROBE_SLOTS);
     result.param(
         "submit_interval_ms",
         u64::try_from(SUBMIT_INTERVAL.as_millis()).unwrap_or(u64::MAX),
@@ -93,7 +97,7 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
         db,
         options,
         &BackendSettings::default(),
-        Behaviour::noop(RECIPE, 1),
+        Behaviour::noop(RECIPE, PROBE_SLOTS),
         result,
     )
     .await?;
@@ -195,6 +199,7 @@ async fn measure(
     let mut early_frames: HashMap<i64, Instant> = HashMap::new();
     let mut samples: Vec<Sample> = Vec::new();
     let mut failed_submits: Vec<(Instant, String)> = Vec::new();
+    let mut most_awaiting = 0usize;
 
     loop {
         let until = match &stage {
@@ -203,6 +208,7 @@ async fn measure(
             | Stage::After { until }
             | Stage::Draining { until } => *until,
         };
+        most_awaiting = most_awaiting.max(in_flight + awaiting_frame.len());
         let submitting = !matches!(stage, Stage::Draining { .. });
         if !submitting && in_flight == 0 && awaiting_frame.is_empty() {
             break;
@@ -331,6 +337,17 @@ async fn measure(
         .iter()
         .filter(|(sent, _)| *sent >= storm.cut && *sent <= storm_end)
         .count();
+    result.metric(
+        "most jobs submitted and not yet dispatched at once",
+        most_awaiting as f64,
+        "jobs",
+    );
+    let probe_slots = PROBES * usize::try_from(PROBE_SLOTS).unwrap_or(usize::MAX);
+    if most_awaiting > probe_slots {
+        result.note(format!(
+            "up to {most_awaiting} jobs awaited dispatch at once, more than the probes' {probe_slots} slots: some waited for a slot"
+        ));
+    }
     result.metric(
         "submissions refused (whole run)",
         failed_submits.len() as f64,
