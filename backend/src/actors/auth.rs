@@ -375,7 +375,10 @@ impl Handler<BeginAuth> for Auth {
         let peer = msg.peer;
         Box::pin(
             async move {
-                crate::offload::store(move || store.builder_by_fingerprint(&fingerprint)).await
+                crate::offload::store_for_sessions(move || {
+                    store.builder_by_fingerprint(&fingerprint)
+                })
+                .await
             }
             .into_actor(self)
             .map(move |looked_up, auth, _| auth.issue_challenge(looked_up, peer)),
@@ -472,7 +475,7 @@ impl Auth {
     ) -> ResponseActFuture<Self, Result<Builder, Rejection>> {
         let store = self.store.clone();
         Box::pin(
-            async move { crate::offload::store(move || store.builder_by_id(id)).await }
+            async move { crate::offload::store_for_sessions(move || store.builder_by_id(id)).await }
                 .into_actor(self)
                 .map(|looked_up, _, _| match looked_up {
                     Ok(Ok(Some(builder))) if builder.enabled => Ok(builder),

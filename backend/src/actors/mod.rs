@@ -55,3 +55,16 @@ where
 {
     crate::offload::store(f).await?.map_err(Into::into)
 }
+
+/// [`blocking`] for a session coming or going, within the sessions' share of the permits
+/// ([`crate::offload::store_for_sessions`]).
+pub(crate) async fn blocking_for_sessions<T, E, F>(f: F) -> Result<T, anyhow::Error>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    crate::offload::store_for_sessions(f)
+        .await?
+        .map_err(Into::into)
+}

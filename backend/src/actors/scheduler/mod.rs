@@ -305,7 +305,7 @@ impl Handler<Unregister> for Scheduler {
         let grace = i64::try_from(self.settings.reconnect_grace.as_millis()).unwrap_or(i64::MAX);
         let builder = msg.builder;
         ctx.spawn(
-            blocking(move || {
+            crate::actors::blocking_for_sessions(move || {
                 let now = store.now_ms();
                 store.touch_builder_last_seen(builder)?;
                 store.set_builder_lease_expiry(builder, now.saturating_add(grace))

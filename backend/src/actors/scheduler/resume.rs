@@ -90,7 +90,7 @@ impl Handler<ResumeJobs> for Scheduler {
         let lease_ms = self.lease_ms();
         let (builder, session) = (msg.builder, msg.session);
         Box::pin(
-            blocking(move || plan_resume(&store, builder, &msg.held, lease_ms))
+            crate::actors::blocking_for_sessions(move || plan_resume(&store, builder, &msg.held, lease_ms))
                 .into_actor(self)
                 .map(move |plan, this, ctx| {
                     let plan = plan?;
