@@ -26,3 +26,7 @@ pub use state::{AttemptOutcome, JobMode, JobState, UnknownValue};
 
 /// Labels, parameters: ordered so answers are stable.
 pub type Labels = std::collections::BTreeMap<String, String>;
+
+/// A job's annotations (`crate`, `version`, `commit`, …): ordered so answers and signed
+/// statements are stable.
+pub type Annotations = std::collections::BTreeMap<String, String>;

@@ -68,6 +68,13 @@ function setupSubmit() {
         const at = pair.indexOf("=");
         return at < 0 ? [pair, ""] : [pair.slice(0, at).trim(), pair.slice(at + 1).trim()];
       }));
+    // Annotations: one key=value per line (a value may hold commas and further '='). A line
+    // without '=' becomes an empty value, which the server refuses naming the key.
+    const parseLines = (text) => Object.fromEntries(
+      (text || "").split(/\r?\n/).map((s) => s.trim()).filter(Boolean).map((line) => {
+        const at = line.indexOf("=");
+        return at < 0 ? [line, ""] : [line.slice(0, at).trim(), line.slice(at + 1).trim()];
+      }));
     const job = {
       recipe: data.get("recipe"),
       mode: data.get("mode"),
@@ -75,6 +82,7 @@ function setupSubmit() {
       timeout_secs: Number(data.get("timeout_secs") || 3600),
       parameters: parsePairs(data.get("parameters")),
       labels: parsePairs(data.get("labels")),
+      annotations: parseLines(data.get("annotations")),
     };
     try {
       const file = data.get("archive");

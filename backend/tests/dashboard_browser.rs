@@ -108,6 +108,13 @@ async fn dashboard_pages_submit_and_live_log_in_chromium() {
     browser
         .eval("document.querySelector('input[name=parameters]').value = 'offline=true'")
         .await;
+    // Annotations, one per line: a value with a comma, and a link.
+    browser
+        .eval(
+            "document.querySelector('textarea[name=annotations]').value = \
+             'crate=itoa\\nauthor=Ada, Grace\\nlinks.ci=https://ci.invalid/run/7'",
+        )
+        .await;
     browser
         .eval("document.querySelector('#submit-form button[type=submit]').click()")
         .await;
@@ -159,6 +166,15 @@ async fn dashboard_pages_submit_and_live_log_in_chromium() {
         )
         .await;
     browser.screenshot(&shots.join("job-succeeded.png")).await;
+    // The annotations are on the page, the http(s) one as a link.
+    let link = browser
+        .eval("document.querySelector('table.annotations a[href=\"https://ci.invalid/run/7\"]') !== null && document.querySelector('table.annotations').innerText.includes('Ada, Grace')")
+        .await;
+    assert_eq!(
+        link,
+        serde_json::json!(true),
+        "the job page shows its annotations"
+    );
 
     let job: serde_json::Value = awc::Client::new()
         .get(format!("{base}/api/v1/jobs/{job_id}"))
@@ -171,6 +187,14 @@ async fn dashboard_pages_submit_and_live_log_in_chromium() {
         .unwrap();
     assert_eq!(job["state"], "succeeded");
     assert_eq!(job["artifacts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        job["annotations"],
+        serde_json::json!({
+            "crate": "itoa",
+            "author": "Ada, Grace",
+            "links.ci": "https://ci.invalid/run/7",
+        })
+    );
 
     drop(browser);
     for builder in builders {
@@ -198,12 +222,14 @@ async fn pages_render_without_javascript_and_reject_bad_filters() {
         assert!(body.starts_with("<!DOCTYPE html>"), "{path} is HTML");
         assert!(body.contains("<nav>"), "{path} has the navigation");
     }
-    let response = client
-        .get(format!("{}/jobs?state=bogus", running.public_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
+    for bad in ["state=bogus", "annotation=Not%20a%20key:x"] {
+        let response = client
+            .get(format!("{}/jobs?{bad}", running.public_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+    }
     let response = client
         .get(format!("{}/jobs/999", running.public_url))
         .send()

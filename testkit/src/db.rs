@@ -237,6 +237,7 @@ pub fn new_job(recipe: &str) -> NewJob {
         recipe: recipe.to_owned(),
         parameters: Labels::from([("profile".to_owned(), "release".to_owned())]),
         required_labels: Labels::new(),
+        annotations: Labels::new(),
         mode: JobMode::Build,
         priority: 0,
         max_attempts: 3,

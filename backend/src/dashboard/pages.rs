@@ -12,7 +12,10 @@ use crate::cli::output::size;
 use crate::error::{blocking, ApiError};
 use crate::http::jobs::{load_detail, parse_job_id, JobDetail};
 use crate::http::AppState;
-use crate::store::{Builder, BuilderId, Job, JobFilter, JobId, JobMode, JobState};
+use crate::store::{
+    annotation_headline, AnnotationFilter, Annotations, Builder, BuilderId, Job, JobFilter, JobId,
+    JobMode, JobState,
+};
 
 const PAGE_SIZE: usize = 50;
 
@@ -106,7 +109,10 @@ fn jobs_table(jobs: &[Job], names: &BTreeMap<BuilderId, String>, now: i64) -> Ma
                         tr {
                             td { a href={ "/jobs/" (job.id) } { "#" (job.id) } }
                             td { (state_badge(job.state)) }
-                            td.mono { (job.recipe) }
+                            td.mono {
+                                (job.recipe)
+                                @if let Some(what) = annotation_headline(&job.annotations) { " · " span.what { (what) } }
+                            }
                             td { (job.mode.as_str()) }
                             td { (job.attempt) " / " (job.max_attempts) }
                             td { @if let Some(b) = job.builder_id { (names.get(&b).map(String::as_str).unwrap_or("?")) } @else { span.muted { "—" } } }
@@ -219,6 +225,8 @@ pub struct JobsQuery {
     state: Option<String>,
     recipe: Option<String>,
     builder: Option<String>,
+    /// One `key:value` (or `key`) annotation filter.
+    annotation: Option<String>,
     before: Option<i64>,
 }
 
@@ -242,10 +250,21 @@ pub async fn jobs(
         ),
     };
     let recipe = query.recipe.clone().filter(|r| !r.is_empty());
+    let annotation = query
+        .annotation
+        .clone()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty());
+    let annotations = annotation
+        .as_deref()
+        .map(AnnotationFilter::parse)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let filter = JobFilter {
         state: job_state,
         recipe: recipe.clone(),
         builder,
+        annotations: annotations.into_iter().collect(),
         before_id: query.before.map(JobId),
         limit: PAGE_SIZE,
     };
@@ -266,14 +285,15 @@ pub async fn jobs(
         value
             .as_deref()
             .filter(|v| !v.is_empty())
-            .map(|v| format!("&{key}={v}"))
+            .map(|v| format!("&{key}={}", query_value(v)))
             .unwrap_or_default()
     };
     let filters = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         keep("state", &query.state),
         keep("recipe", &recipe),
-        keep("builder", &query.builder)
+        keep("builder", &query.builder),
+        keep("annotation", &annotation)
     );
     let body = html! {
         h1 { "Jobs" }
@@ -285,6 +305,7 @@ pub async fn jobs(
                 }
             }
             label { "Recipe" input name="recipe" value=(recipe.clone().unwrap_or_default()) placeholder="any"; }
+            label { "Annotation" input name="annotation" value=(annotation.clone().unwrap_or_default()) placeholder="crate:itoa"; }
             label { "Builder"
                 select name="builder" {
                     option value="" { "any" }
@@ -334,6 +355,10 @@ pub async fn job(
             tr { th { "Submitted" } td { (format_time(job.created_at)) " by " (job.submitter) } }
             @if let Some(e) = &job.error { tr { th { "Error" } td.mono { (e) } } }
         } } }
+        @if !job.annotations.is_empty() {
+            h2 { "Annotations" }
+            (annotations_table(&job.annotations))
+        }
         h2 { "Log " span.muted #log-status { "" } }
         pre.log #live-log data-stream={ "/api/v1/jobs/" (job.id) "/log/stream" } {}
         p.muted { "Whole log: " a href={ "/api/v1/jobs/" (job.id) "/log?format=text" } { "text" } " · " a href={ "/api/v1/jobs/" (job.id) "/log" } { "JSONL" } }
@@ -358,7 +383,7 @@ pub async fn job(
                 // The plan was stored with a verified statement; it signs the outcome and
                 // mode, not the plan text.
                 h2 { "Verify the statement with OpenSSH" }
-                p.muted { "The signed statement covers the job, attempt, source, recipe, mode, outcome and (no) artifacts; not the plan text." }
+                p.muted { "The signed statement covers the job, attempt, source, recipe, mode, annotations, outcome and (no) artifacts; not the plan text." }
                 pre.log { (verify_instructions(public_url, job.id, &signer, None)) }
             } @else {
                 p.muted { "No plan reported yet." }
@@ -392,6 +417,46 @@ pub async fn job(
         } }
     };
     Ok(layout(&format!("Job #{}", job.id), body))
+}
+
+/// A job's annotations, one row each. An http(s) value is a link; every value is escaped
+/// (maud), and a message keeps its lines.
+fn annotations_table(annotations: &Annotations) -> Markup {
+    html! {
+        div.table-wrap { table.annotations { tbody {
+            @for (key, value) in annotations {
+                tr {
+                    th.mono { (key) }
+                    td.mono {
+                        @if is_web_link(value) {
+                            a href=(value) rel="nofollow noopener noreferrer" { (value) }
+                        } @else {
+                            (value)
+                        }
+                    }
+                }
+            }
+        } } }
+    }
+}
+
+/// Percent-encodes a value for a pager link's query (a filter may hold `&`, `=`, spaces).
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Only plain http(s) URLs become links: never `javascript:` and the like.
+fn is_web_link(value: &str) -> bool {
+    (value.starts_with("https://") || value.starts_with("http://"))
+        && !value.chars().any(char::is_whitespace)
 }
 
 /// The commands that check a job's statement (and `artifact` against it, if given).
@@ -429,6 +494,7 @@ pub async fn submit() -> HttpResponse {
             label { "Mode" select name="mode" { option value="build" { "build" } option value="plan" { "plan (dry run)" } } }
             label { "Parameters (k=v, comma separated)" input name="parameters" placeholder="features=serde"; }
             label { "Required builder labels (k=v)" input name="labels" placeholder="os=linux"; }
+            label { "Annotations (one k=v per line)" textarea name="annotations" rows="3" placeholder="commit=1a2b3c4d\nbranch=main" {} }
             label { "Priority" input type="number" name="priority" value="0" min="-1000" max="1000"; }
             label { "Timeout (seconds)" input type="number" name="timeout_secs" value="3600" min="1"; }
             div { button type="submit" { "Submit" } }

@@ -10,8 +10,8 @@ use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
 use crate::http::{views, AppState};
 use crate::store::{
-    AttemptPlan, BuilderId, CancelResult, Job, JobAttempt, JobFilter, JobId, JobMode, JobState,
-    JobTransition, NewJob, Store, Submission, TokenScope,
+    check_annotations, AnnotationFilter, AttemptPlan, BuilderId, CancelResult, Job, JobAttempt,
+    JobFilter, JobId, JobMode, JobState, JobTransition, NewJob, Store, Submission, TokenScope,
 };
 
 /// Names the attempt whose output a response carries.
@@ -187,6 +187,7 @@ fn check_submission(
             "parameter name {key:?}: use [A-Za-z0-9_]"
         )));
     }
+    check_annotations(&body.annotations).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let timeout = body.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
     if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
         return Err(ApiError::BadRequest(format!(
@@ -228,6 +229,7 @@ fn check_submission(
             recipe: body.recipe,
             parameters: body.parameters,
             required_labels: body.labels,
+            annotations: body.annotations,
             mode: body.mode.unwrap_or(JobMode::Build),
             priority: body.priority,
             max_attempts,
@@ -275,11 +277,33 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-pub async fn list(
-    state: web::Data<AppState>,
-    query: web::Query<ListJobs>,
-) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
+/// The query of `GET /api/v1/jobs`. A form decoder (`web::Query`) cannot put a repeated
+/// `annotation` into a field, so those are taken out first and the rest decoded as usual
+/// (unknown parameters still refused).
+fn list_query(query_string: &str) -> Result<ListJobs, ApiError> {
+    let invalid = |e: actix_web::error::QueryPayloadError| {
+        ApiError::BadRequest(format!("invalid query: {e}"))
+    };
+    let mut annotation = Vec::new();
+    let mut rest = Vec::new();
+    for segment in query_string.split('&').filter(|s| !s.is_empty()) {
+        let pairs = web::Query::<Vec<(String, String)>>::from_query(segment)
+            .map_err(invalid)?
+            .into_inner();
+        match pairs.as_slice() {
+            [(key, value)] if key == "annotation" => annotation.push(value.clone()),
+            _ => rest.push(segment),
+        }
+    }
+    let mut query = web::Query::<ListJobs>::from_query(&rest.join("&"))
+        .map_err(invalid)?
+        .into_inner();
+    query.annotation = annotation;
+    Ok(query)
+}
+
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut query = list_query(req.query_string())?;
     let job_state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
@@ -294,10 +318,14 @@ pub async fn list(
             JobFilter::MAX_LIMIT
         )));
     }
+    query.annotation.retain(|a| !a.is_empty());
+    let annotations = AnnotationFilter::parse_all(&query.annotation)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let filter = JobFilter {
         state: job_state,
         recipe: query.recipe.filter(|r| !r.is_empty()),
         builder: query.builder.map(BuilderId),
+        annotations,
         before_id: query.before.map(JobId),
         limit,
     };

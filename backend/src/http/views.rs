@@ -19,6 +19,7 @@ impl From<Job> for api::Job {
             recipe: job.recipe,
             parameters: job.parameters,
             required_labels: job.required_labels,
+            annotations: job.annotations,
             mode: job.mode,
             priority: job.priority,
             state: job.state,

@@ -6,6 +6,7 @@
 //! attempt number fences builders: a write naming an attempt that is not the job's live one is
 //! refused with [`StoreError::StaleAttempt`].
 
+mod annotations;
 mod artifacts;
 mod attempt_outputs;
 mod attempts;
@@ -34,6 +35,12 @@ use std::sync::Arc;
 
 use r2d2::{Pool, PooledConnection};
 
+pub use annotations::{
+    check as check_annotations, headline as annotation_headline, AnnotationError, AnnotationFilter,
+    Annotations, MAX_ANNOTATIONS, MAX_FILTERS as MAX_ANNOTATION_FILTERS,
+    MAX_KEY_BYTES as MAX_ANNOTATION_KEY_BYTES, MAX_MESSAGE_BYTES as MAX_ANNOTATION_MESSAGE_BYTES,
+    MAX_VALUE_BYTES as MAX_ANNOTATION_VALUE_BYTES,
+};
 pub use artifacts::{Artifact, NewArtifact, Publication};
 pub use attempt_outputs::{AttemptPlan, AttemptStatement, MAX_PLAN_BYTES};
 pub use attempts::JobAttempt;

@@ -38,6 +38,7 @@ diesel::table! {
         cancel_requested_at -> Nullable<BigInt>,
         error -> Nullable<Text>,
         builder_id -> Nullable<BigInt>,
+        annotations -> Text,
     }
 }
 
@@ -154,9 +155,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    job_annotations (job_id, key) {
+        job_id -> BigInt,
+        key -> Text,
+        value -> Text,
+        value_sha256 -> Text,
+    }
+}
+
+diesel::joinable!(job_annotations -> jobs (job_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     builders,
     jobs,
+    job_annotations,
     job_attempts,
     job_events,
     log_chunks,

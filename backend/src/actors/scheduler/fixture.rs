@@ -29,6 +29,7 @@ pub(super) fn assigned_job() -> (tempfile::TempDir, Store, BuilderId, JobId, Att
             recipe: "r".into(),
             parameters: Labels::new(),
             required_labels: Labels::new(),
+            annotations: Labels::new(),
             mode: JobMode::Build,
             priority: 0,
             max_attempts: 3,

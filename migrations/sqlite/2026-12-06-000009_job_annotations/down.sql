@@ -1,0 +1,2 @@
+DROP TABLE job_annotations;
+ALTER TABLE jobs DROP COLUMN annotations;
