@@ -388,3 +388,204 @@ async fn list_show_cancel_retry() {
     server.cli(&["job", "logs", "999"]).await.expect_code(3);
     server.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn annotations_from_the_command_line_and_the_crate() {
+    let server = TestServer::start(TestDb::sqlite()).await;
+    let work = tempfile::tempdir().unwrap();
+    let digest = "ab".repeat(32);
+    let url = "https://example.invalid/app.tar.gz";
+
+    // --annotate, repeated; a value keeps its '=' and spaces, a message its lines.
+    let annotated = server
+        .cli(&[
+            "job",
+            "submit",
+            url,
+            "--sha256",
+            &digest,
+            "--annotate",
+            "commit=0123456789abcdef0123",
+            "--annotate",
+            "branch=main",
+            "--annotate",
+            "links.ci=https://ci.invalid/run?id=7",
+            "--annotate",
+            "message=Fix it\n\nFor real.",
+            "--json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        annotated["annotations"],
+        serde_json::json!({
+            "commit": "0123456789abcdef0123",
+            "branch": "main",
+            "links.ci": "https://ci.invalid/run?id=7",
+            "message": "Fix it\n\nFor real.",
+        })
+    );
+    let annotated_id = annotated["id"].as_i64().unwrap().to_string();
+
+    // --crate annotates crate and version itself, beside the given ones.
+    let cargo_home = work.path().join("cargo-home");
+    let cache = cargo_home.join("registry/cache/index.crates.io-1949cf8c6b5b557f");
+    std::fs::create_dir_all(&cache).unwrap();
+    let crate_bytes = tar_gz(
+        &[("Cargo.toml", "[package]\nname = \"tiny\"\n")],
+        "tiny-0.3.1",
+    );
+    std::fs::write(cache.join("tiny-0.3.1.crate"), &crate_bytes).unwrap();
+    let cargo_home = [("CARGO_HOME", cargo_home.to_str().unwrap())];
+    let submitted = server
+        .cli_env(
+            &[
+                "job",
+                "submit",
+                "--crate",
+                "tiny@0.3.1",
+                "--annotate",
+                "target=x86_64-unknown-linux-gnu",
+            ],
+            &cargo_home,
+        )
+        .await
+        .ok();
+    assert!(
+        submitted
+            .stdout
+            .contains("(tiny@0.3.1 (x86_64-unknown-linux-gnu), cargo-build, queued)"),
+        "{}",
+        submitted.stdout
+    );
+    let crate_job = server
+        .cli(&["job", "list", "--limit", "1", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        crate_job["jobs"][0]["annotations"],
+        serde_json::json!({
+            "crate": "tiny",
+            "version": "0.3.1",
+            "target": "x86_64-unknown-linux-gnu",
+        })
+    );
+    let crate_id = crate_job["jobs"][0]["id"].as_i64().unwrap().to_string();
+
+    // A given annotation that contradicts --crate, or one given twice, is a usage error;
+    // a bad key is the server's refusal, naming it.
+    let contradiction = server
+        .cli_env(
+            &[
+                "job",
+                "submit",
+                "--crate",
+                "tiny@0.3.1",
+                "--annotate",
+                "version=9",
+            ],
+            &cargo_home,
+        )
+        .await
+        .expect_code(2);
+    assert!(
+        contradiction
+            .stderr
+            .contains("version=9 contradicts --crate tiny@0.3.1"),
+        "{}",
+        contradiction.stderr
+    );
+    server
+        .cli(&[
+            "job",
+            "submit",
+            url,
+            "--sha256",
+            &digest,
+            "--annotate",
+            "a=1",
+            "--annotate",
+            "a=2",
+        ])
+        .await
+        .expect_code(2);
+    let refused = server
+        .cli(&[
+            "job",
+            "submit",
+            url,
+            "--sha256",
+            &digest,
+            "--annotate",
+            "Commit=x",
+        ])
+        .await
+        .expect_code(3);
+    assert!(refused.stderr.contains("\"Commit\""), "{}", refused.stderr);
+
+    // Lists filter by annotation (all must match) and show what each job builds.
+    let table = server
+        .cli(&["job", "list", "--annotation", "crate:tiny"])
+        .await
+        .ok()
+        .stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].contains("WHAT"), "{table}");
+    assert!(
+        lines[1].starts_with(&format!("{crate_id} "))
+            && lines[1].contains("tiny@0.3.1 (x86_64-unknown-linux-gnu)"),
+        "{table}"
+    );
+    let both = server
+        .cli(&[
+            "job",
+            "list",
+            "--annotation",
+            "branch:main",
+            "--annotation",
+            "links.ci:https://ci.invalid/run?id=7",
+            "--json",
+        ])
+        .await
+        .ok()
+        .json();
+    let ids: Vec<String> = both["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].to_string())
+        .collect();
+    assert_eq!(ids, std::slice::from_ref(&annotated_id));
+    let none = server
+        .cli(&[
+            "job",
+            "list",
+            "--annotation",
+            "branch:main",
+            "--annotation",
+            "crate:tiny",
+            "--json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(none["jobs"].as_array().unwrap().len(), 0);
+    let listed = server.cli(&["job", "list"]).await.ok().stdout;
+    assert!(listed.contains("main@0123456789ab"), "{listed}");
+
+    // `job show` prints every annotation, a message with its lines.
+    let shown = server
+        .cli(&["job", "show", &annotated_id])
+        .await
+        .ok()
+        .stdout;
+    assert!(shown.contains("annotations:"), "{shown}");
+    assert!(shown.contains("  branch    main\n"), "{shown}");
+    assert!(
+        shown.contains("  message   Fix it\n\n            For real.\n"),
+        "{shown}"
+    );
+}

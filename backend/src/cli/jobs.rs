@@ -18,7 +18,7 @@ use super::sse::Events;
 use buildfleet_api::{Job, JobDetail, JobMode};
 
 use super::client::parse;
-use crate::store::JobState;
+use crate::store::{annotation_headline, JobState};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -79,6 +79,11 @@ pub struct SubmitArgs {
     /// A label `key=value` the builder must have; repeat for more.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
+    /// An annotation `key=value` saying what the job builds (commit, branch, author,
+    /// message, …): shown in lists, filterable, signed into the build statement; repeat for
+    /// more. `--crate` adds `crate` and `version` itself.
+    #[arg(long = "annotate", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub annotations: Vec<(String, String)>,
     /// Dry run: the builder reports its plan instead of building.
     #[arg(long)]
     pub plan: bool,
@@ -116,6 +121,10 @@ pub struct ListArgs {
     /// Only jobs whose current (or last) attempt ran on this builder id.
     #[arg(long, value_name = "ID")]
     pub builder: Option<i64>,
+    /// Only jobs with this annotation, `key:value` (or `key` for any value); repeat to
+    /// require several.
+    #[arg(long = "annotation", value_name = "KEY:VALUE")]
+    pub annotations: Vec<String>,
     /// At most this many jobs (1..=500).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -244,7 +253,37 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| CliError::Io(format!("background task failed: {e}")))?
 }
 
+/// The submission's annotations: those given, plus `crate` and `version` of `--crate` (a
+/// given one that says otherwise is a mistake, refused before anything is uploaded).
+fn annotations(args: &SubmitArgs) -> Result<BTreeMap<String, String>, CliError> {
+    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in &args.annotations {
+        if annotations.insert(key.clone(), value.clone()).is_some() {
+            return Err(CliError::Usage(format!(
+                "--annotate {key}=…: the key is given twice"
+            )));
+        }
+    }
+    if let Some(spec) = &args.krate {
+        let (name, version) = source::parse_crate(spec)?;
+        for (key, value) in [("crate", name), ("version", version)] {
+            match annotations.get(key) {
+                Some(given) if *given != value => {
+                    return Err(CliError::Usage(format!(
+                        "--annotate {key}={given} contradicts --crate {spec}"
+                    )))
+                }
+                _ => {
+                    annotations.insert(key.to_owned(), value);
+                }
+            }
+        }
+    }
+    Ok(annotations)
+}
+
 async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliError> {
+    let annotations = annotations(&args)?;
     let (source_url, sha256) = prepare_source(api, &args).await?;
     let parameters: BTreeMap<_, _> = args.params.iter().cloned().collect();
     let labels: BTreeMap<_, _> = args.labels.iter().cloned().collect();
@@ -253,6 +292,7 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
         "recipe": args.recipe,
         "parameters": parameters,
         "labels": labels,
+        "annotations": annotations,
         "mode": if args.plan { "plan" } else { "build" },
         "priority": args.priority,
     });
@@ -271,7 +311,13 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
         if json {
             print_json(&answer);
         } else {
-            println!("submitted job {} ({}, {})", job.id, job.recipe, job.state);
+            let what = annotation_headline(&job.annotations)
+                .map(|h| format!("{h}, "))
+                .unwrap_or_default();
+            println!(
+                "submitted job {} ({what}{}, {})",
+                job.id, job.recipe, job.state
+            );
         }
         return Ok(Outcome::Success);
     }
@@ -363,6 +409,9 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
     if let Some(builder) = args.builder {
         query.push(format!("builder={builder}"));
     }
+    for annotation in &args.annotations {
+        query.push(format!("annotation={}", encode(annotation)));
+    }
     if let Some(before) = args.before {
         query.push(format!("before={before}"));
     }
@@ -373,13 +422,14 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
     }
     let jobs: Vec<Job> = parse(&answer["jobs"])?;
     let mut table = Table::new(&[
-        "ID", "STATE", "RECIPE", "MODE", "ATTEMPT", "BUILDER", "CREATED", "SOURCE",
+        "ID", "STATE", "RECIPE", "WHAT", "MODE", "ATTEMPT", "BUILDER", "CREATED", "SOURCE",
     ]);
     for job in &jobs {
         table.row(vec![
             job.id.to_string(),
             job.state.to_string(),
             job.recipe.clone(),
+            or_dash(annotation_headline(&job.annotations)),
             job.mode.to_string(),
             format!("{}/{}", job.attempt, job.max_attempts),
             or_dash(job.builder_id),
@@ -432,6 +482,7 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         field("cancel asked", utc(at));
     }
     print_fields(&fields);
+    print_annotations(&job.annotations);
 
     if !detail.attempts.is_empty() {
         println!();
@@ -478,6 +529,25 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         table.print();
     }
     Ok(Outcome::Success)
+}
+
+/// Every annotation on its own line, keys aligned; a multi-line value (a commit message)
+/// keeps its lines, indented under its first.
+fn print_annotations(annotations: &BTreeMap<String, String>) {
+    if annotations.is_empty() {
+        return;
+    }
+    println!();
+    println!("annotations:");
+    let width = annotations.keys().map(|k| k.len()).max().unwrap_or(0);
+    for (key, value) in annotations {
+        let mut lines = value.lines();
+        println!("  {key:width$}  {}", lines.next().unwrap_or_default());
+        for line in lines {
+            let line = format!("  {:width$}  {line}", "");
+            println!("{}", line.trim_end());
+        }
+    }
 }
 
 async fn plan(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
