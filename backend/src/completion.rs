@@ -1,6 +1,7 @@
 //! Checks a builder's `job_response` before anything is published: the statement must be
-//! signed by the builder's admitted key, describe this job and attempt, and list exactly the
-//! artifacts that were uploaded under the attempt's token, with the same sizes and digests.
+//! signed by the builder's admitted key, describe this job and attempt (its annotations
+//! included, exactly), and list exactly the artifacts that were uploaded under the attempt's
+//! token, with the same sizes and digests.
 //! A plan-mode attempt's plan output comes along, within [`MAX_PLAN_BYTES`].
 
 use std::collections::BTreeMap;
@@ -21,6 +22,8 @@ pub enum StatementError {
         found: String,
         expected: String,
     },
+    #[error("annotation {key:?} {problem}")]
+    AnnotationDiffers { key: String, problem: &'static str },
     #[error("artifact {0:?} is in the statement but was not uploaded")]
     NotUploaded(String),
     #[error("artifact {0:?} was uploaded but is not in the statement")]
@@ -90,6 +93,7 @@ pub fn verify_completion(
     )?;
     expect_eq("recipe", &statement.recipe, &job.recipe)?;
     expect_eq("mode", mode_name(statement.mode), job.mode.as_str())?;
+    expect_annotations(&statement.annotations, &job.annotations)?;
     expect_eq(
         "outcome",
         statement.outcome.as_str(),
@@ -130,6 +134,34 @@ pub fn verify_completion(
         signature: response.statement.signature.clone(),
         plan: response.plan.clone(),
     })
+}
+
+/// The statement must carry exactly the job's annotations: a verifier reads what was built
+/// from them. The first key that differs is named (values can be long; they are not quoted).
+fn expect_annotations(
+    signed: &BTreeMap<String, String>,
+    job: &BTreeMap<String, String>,
+) -> Result<(), StatementError> {
+    let differs = |key: &String, problem| StatementError::AnnotationDiffers {
+        key: key.clone(),
+        problem,
+    };
+    for (key, value) in job {
+        match signed.get(key) {
+            None => return Err(differs(key, "is missing from the statement")),
+            Some(signed) if signed != value => {
+                return Err(differs(
+                    key,
+                    "has another value in the statement than on the job",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    match signed.keys().find(|key| !job.contains_key(*key)) {
+        Some(key) => Err(differs(key, "is in the statement but not on the job")),
+        None => Ok(()),
+    }
 }
 
 fn mode_name(mode: JobMode) -> &'static str {

@@ -1,7 +1,8 @@
 //! End to end with a real crate: the `itoa` `.crate` from the local registry cache is
 //! uploaded, a real builder builds it with `cargo build --release --offline`, and the
 //! published artifact checks out as a submitter would check it: its SHA-256, its contents,
-//! and its build statement with the stock `ssh-keygen -Y verify`.
+//! and its build statement with the stock `ssh-keygen -Y verify`, which names the crate and
+//! version the job was annotated with.
 
 use std::time::Duration;
 
@@ -27,6 +28,18 @@ async fn itoa_crate_builds_and_its_artifact_verifies(db: TestDb) {
     let server = start_server(db).await;
     let builder = E2eBuilder::start(&server, "crate-builder", |_| {}).await;
     let (digest, _) = upload_source(&server, crate_bytes).await;
+    let version = crate_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("itoa-"))
+        .expect("a cached itoa-VERSION.crate")
+        .to_owned();
+    let annotations = json!({
+        "crate": "itoa",
+        "version": version,
+        "target": "x86_64-unknown-linux-gnu",
+        "message": "Built by the e2e test\n\n\"quoted\", and Zoë's.",
+    });
 
     let id = server
         .submit(json!({
@@ -34,6 +47,7 @@ async fn itoa_crate_builds_and_its_artifact_verifies(db: TestDb) {
             "source_sha256": digest,
             "recipe": "cargo-build",
             "parameters": { "offline": "true" },
+            "annotations": annotations,
         }))
         .await;
     let job = wait_outcome(&server, id, "succeeded", CARGO_JOB_LIMIT).await;
@@ -98,6 +112,19 @@ async fn itoa_crate_builds_and_its_artifact_verifies(db: TestDb) {
         verified,
         "ssh-keygen -Y verify refused the statement: {output}"
     );
+    // The annotations are signed: one changed, and the statement no longer verifies.
+    let relabelled = String::from_utf8(statement.clone())
+        .expect("the statement is text")
+        .replace("\"crate\": \"itoa\"", "\"crate\": \"evil\"");
+    assert_ne!(relabelled.as_bytes(), statement.as_slice());
+    let (verified, _) = ssh_keygen_verify(
+        std::str::from_utf8(&allowed_signers).expect("allowed signers are text"),
+        &builder.name,
+        STATEMENT_NAMESPACE,
+        relabelled.as_bytes(),
+        std::str::from_utf8(&signature).expect("the signature is armored text"),
+    );
+    assert!(!verified, "a relabelled statement must not verify");
 
     // What was verified vouches for this very job and artifact.
     let statement: Value = serde_json::from_slice(&statement).expect("the statement is JSON");
@@ -105,6 +132,7 @@ async fn itoa_crate_builds_and_its_artifact_verifies(db: TestDb) {
     assert_eq!(statement["source_sha256"], digest.as_str());
     assert_eq!(statement["recipe"], "cargo-build");
     assert_eq!(statement["outcome"], "succeeded");
+    assert_eq!(statement["annotations"], annotations, "{statement:#}");
     let signed = statement["artifacts"].as_array().expect("signed artifacts");
     assert!(
         signed

@@ -538,6 +538,7 @@ fn respond(env: &JobEnv, run: &JobRun, ended: Ended) -> JobResponse {
         source_sha256: job.source.sha256.clone(),
         recipe: job.recipe.clone(),
         mode: job.mode,
+        annotations: job.annotations.clone(),
         outcome: ended.outcome,
         artifacts: ended.artifacts.clone(),
     };

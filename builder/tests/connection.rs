@@ -261,6 +261,7 @@ fn assignment(addr: &str, source: &[u8]) -> JobAssignment {
         },
         recipe: "lines".into(),
         parameters: BTreeMap::new(),
+        annotations: BTreeMap::new(),
         mode: JobMode::Build,
         timeout_secs: 60,
         job_token: "t".into(),

@@ -66,11 +66,13 @@ async fn cargo_build_builds_itoa_offline_and_uploads_a_tarball() {
     let url = server.put_file("/itoa.crate", crate_bytes.clone());
     let work = tempfile::tempdir().unwrap();
     let env = job_env(work.path(), Strategy::Process, Vec::new());
-    let (response, events) = run(
-        &env,
-        assignment(&server, &url, sha256(&crate_bytes), "cargo-build"),
-    )
-    .await;
+    let mut job = assignment(&server, &url, sha256(&crate_bytes), "cargo-build");
+    job.annotations = [("crate", "itoa"), ("version", "1.0.14")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let annotations = job.annotations.clone();
+    let (response, events) = run(&env, job).await;
     assert_eq!(
         response.outcome,
         Outcome::Succeeded,
@@ -106,6 +108,10 @@ async fn cargo_build_builds_itoa_offline_and_uploads_a_tarball() {
     assert_eq!(statement.artifacts, response.artifacts);
     assert_eq!(statement.outcome, Outcome::Succeeded);
     assert_eq!(statement.backend_id, "test-backend");
+    assert_eq!(
+        statement.annotations, annotations,
+        "the job's annotations are signed"
+    );
     assert!(
         log_lines(&events)
             .iter()

@@ -158,6 +158,13 @@ fn check_completion(signed: &SignedStatement, statement: &BuildStatement, public
     let mut other = job_for(statement);
     other.id = store::JobId(statement.job_id.0.wrapping_add(1));
     assert!(verify_completion(&other, &response, public, BACKEND_ID, &uploads).is_err());
+
+    // So is one whose annotations are not exactly the job's: one fewer, or one more.
+    let mut other = job_for(statement);
+    if other.annotations.pop_first().is_none() {
+        other.annotations.insert("crate".into(), "fuzz".into());
+    }
+    assert!(verify_completion(&other, &response, public, BACKEND_ID, &uploads).is_err());
 }
 
 fn job_for(statement: &BuildStatement) -> store::Job {
@@ -169,6 +176,7 @@ fn job_for(statement: &BuildStatement) -> store::Job {
         recipe: statement.recipe.clone(),
         parameters: Default::default(),
         required_labels: Default::default(),
+        annotations: statement.annotations.clone(),
         mode: match statement.mode {
             JobMode::Build => store::JobMode::Build,
             JobMode::Plan => store::JobMode::Plan,

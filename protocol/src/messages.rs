@@ -192,6 +192,10 @@ pub struct JobAssignment {
     pub recipe: String,
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// What the job builds (`crate`, `version`, `commit`, …), as submitted; the builder
+    /// copies them into the build statement it signs. Absent when the job has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     pub mode: JobMode,
     pub timeout_secs: u64,
     /// Authorises this attempt's HTTP calls (`Authorization: Bearer <token>`).

@@ -1,6 +1,7 @@
 //! SSH identities and signatures: fingerprints as OpenSSH prints them, the challenge
 //! signature and the build statement signature, both as SSHSIG that `ssh-keygen -Y` accepts.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,12 @@ pub struct BuildStatement {
     pub source_sha256: Sha256Digest,
     pub recipe: String,
     pub mode: JobMode,
+    /// The job's annotations (what was built: `crate`, `version`, `commit`, …), copied from
+    /// the assignment. Left out of the text when there are none, so the statement of a job
+    /// without annotations is byte for byte what it was before the field existed (the same
+    /// format tag, and statements signed then still verify).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     pub outcome: Outcome,
     pub artifacts: Vec<ArtifactDigest>,
 }
@@ -214,4 +221,77 @@ pub fn validate_builder_name(name: &str) -> Result<(), &'static str> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::ArtifactDigest;
+
+    fn statement(annotations: &[(&str, &str)]) -> BuildStatement {
+        BuildStatement {
+            format: STATEMENT_FORMAT.into(),
+            backend_id: "https://buildfleet.example.org".into(),
+            builder: "SHA256:kKtVJKTvSbqzXwZIpgdyQ9jfx7U9t/IdkqJbTStGu80"
+                .parse()
+                .unwrap(),
+            job_id: JobId(42),
+            attempt: Attempt(1),
+            source_sha256: "9f".repeat(32).parse().unwrap(),
+            recipe: "cargo-build".into(),
+            mode: JobMode::Build,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            outcome: Outcome::Succeeded,
+            artifacts: vec![ArtifactDigest {
+                name: "a.tar.gz".into(),
+                size: 1,
+                sha256: "2c".repeat(32).parse().unwrap(),
+            }],
+        }
+    }
+
+    const WITHOUT_ANNOTATIONS: &str = r#"{
+  "format": "buildfleet-statement/v1",
+  "backend_id": "https://buildfleet.example.org",
+  "builder": "SHA256:kKtVJKTvSbqzXwZIpgdyQ9jfx7U9t/IdkqJbTStGu80",
+  "job_id": 42,
+  "attempt": 1,
+  "source_sha256": "9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f9f",
+  "recipe": "cargo-build",
+  "mode": "build",
+  "outcome": "succeeded",
+  "artifacts": [
+    {
+      "name": "a.tar.gz",
+      "size": 1,
+      "sha256": "2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c"
+    }
+  ]
+}
+"#;
+
+    #[test]
+    fn a_statement_without_annotations_is_the_text_it_always_was() {
+        let plain = statement(&[]);
+        assert_eq!(plain.to_signed_text(), WITHOUT_ANNOTATIONS);
+        let parsed: BuildStatement = serde_json::from_str(WITHOUT_ANNOTATIONS).unwrap();
+        assert_eq!(parsed, plain);
+    }
+
+    #[test]
+    fn annotations_are_signed_between_mode_and_outcome_in_key_order() {
+        let annotated = statement(&[("version", "1.0.14"), ("crate", "itoa")]);
+        let text = annotated.to_signed_text();
+        assert!(
+            text.contains(
+                "  \"mode\": \"build\",\n  \"annotations\": {\n    \"crate\": \"itoa\",\n    \"version\": \"1.0.14\"\n  },\n  \"outcome\": \"succeeded\",\n"
+            ),
+            "{text}"
+        );
+        let parsed: BuildStatement = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, annotated);
+    }
 }

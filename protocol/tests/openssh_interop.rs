@@ -107,6 +107,16 @@ fn statement_for(builder: Fingerprint) -> BuildStatement {
             .unwrap(),
         recipe: "cargo-build".into(),
         mode: JobMode::Build,
+        // Annotations as a verifier reads them: quotes, a multi-line message, non-ASCII.
+        annotations: [
+            ("crate", "itoa"),
+            ("version", "1.0.14"),
+            ("branch", "release/1.0"),
+            ("message", "Fix \"parse\"\n\nThanks to Zoë.\tDone."),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
         outcome: Outcome::Succeeded,
         artifacts: vec![ArtifactDigest {
             name: "hello.tar.gz".into(),
@@ -366,11 +376,20 @@ fn check_our_signatures_verify_with_openssh(kind: &str, bits: Option<&str>) {
 
     let tampered = signed.statement.replace("\"size\": 11", "\"size\": 12");
     assert_ne!(tampered, signed.statement);
+    let relabelled = signed
+        .statement
+        .replace("\"crate\": \"itoa\"", "\"crate\": \"evil\"");
+    assert_ne!(relabelled, signed.statement);
     for (principal, namespace, message) in [
         (
             "builder-01",
             signing::STATEMENT_NAMESPACE,
             tampered.as_bytes(),
+        ),
+        (
+            "builder-01",
+            signing::STATEMENT_NAMESPACE,
+            relabelled.as_bytes(),
         ),
         (
             "builder-01",

@@ -80,12 +80,20 @@ fn job_event_kind() -> impl Strategy<Value = JobEventKind> {
 fn assignment() -> impl Strategy<Value = JobAssignment> {
     (
         (job_id(), attempt(), text(), digest(), any::<u64>()),
-        (text(), labels(), mode(), any::<u64>(), text(), text()),
+        (
+            text(),
+            labels(),
+            labels(),
+            mode(),
+            any::<u64>(),
+            text(),
+            text(),
+        ),
     )
         .prop_map(
             |(
                 (job_id, attempt, url, sha256, max_bytes),
-                (recipe, parameters, mode, timeout_secs, job_token, upload_url),
+                (recipe, parameters, annotations, mode, timeout_secs, job_token, upload_url),
             )| {
                 JobAssignment {
                     job_id,
@@ -97,6 +105,7 @@ fn assignment() -> impl Strategy<Value = JobAssignment> {
                     },
                     recipe,
                     parameters,
+                    annotations,
                     mode,
                     timeout_secs,
                     job_token,

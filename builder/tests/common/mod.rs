@@ -203,6 +203,7 @@ pub fn assignment(
         },
         recipe: recipe.to_owned(),
         parameters: BTreeMap::new(),
+        annotations: BTreeMap::new(),
         mode: JobMode::Build,
         timeout_secs: 600,
         job_token: TOKEN.to_owned(),

@@ -53,6 +53,14 @@ pub fn assignment(mode: JobMode) -> JobAssignment {
         },
         recipe: "cargo-build".into(),
         parameters: BTreeMap::from([("target".into(), "x86_64-unknown-linux-gnu".into())]),
+        // One sample with annotations, one without (the field is then left out).
+        annotations: match mode {
+            JobMode::Build => BTreeMap::from([
+                ("crate".into(), "hello".into()),
+                ("version".into(), "0.1.0".into()),
+            ]),
+            JobMode::Plan => BTreeMap::new(),
+        },
         mode,
         timeout_secs: 3600,
         job_token: "bft_0123456789abcdef".into(),

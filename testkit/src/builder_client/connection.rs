@@ -292,6 +292,7 @@ pub fn job_response(
         source_sha256: job.source.sha256.clone(),
         recipe: job.recipe.clone(),
         mode: job.mode,
+        annotations: job.annotations.clone(),
         outcome,
         artifacts: artifacts.clone(),
     };

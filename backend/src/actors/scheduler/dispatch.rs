@@ -199,6 +199,7 @@ pub(super) fn assignment(public_url: &str, claim: ClaimedJob) -> Result<JobAssig
         },
         recipe: job.recipe,
         parameters: job.parameters,
+        annotations: job.annotations,
         mode: crate::wire::job_mode(job.mode),
         timeout_secs,
         job_token: claim.job_token,
