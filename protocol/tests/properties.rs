@@ -129,12 +129,13 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
     let challenge_response = text()
         .prop_map(|signature| ClientMessage::ChallengeResponse(ChallengeResponse { signature }));
     let recipe = (text(), text()).prop_map(|(name, version)| RecipeCapability { name, version });
-    let capabilities = (vec(recipe, 0..4), labels(), any::<u32>()).prop_map(
-        |(recipes, labels, max_concurrent_jobs)| {
+    let capabilities = (vec(recipe, 0..4), labels(), any::<u32>(), any::<bool>()).prop_map(
+        |(recipes, labels, max_concurrent_jobs, accepts_every_assignment)| {
             ClientMessage::Capabilities(Capabilities {
                 recipes,
                 labels,
                 max_concurrent_jobs,
+                accepts_every_assignment,
             })
         },
     );

@@ -132,11 +132,13 @@ pub fn client_samples() -> Vec<ClientMessage> {
                 ("os".into(), "linux".into()),
             ]),
             max_concurrent_jobs: 4,
+            accepts_every_assignment: true,
         }),
         ClientMessage::Capabilities(Capabilities {
             recipes: vec![],
             labels: BTreeMap::new(),
             max_concurrent_jobs: 0,
+            accepts_every_assignment: false,
         }),
         ClientMessage::Resume(Resume { jobs: vec![] }),
         ClientMessage::Resume(Resume {
