@@ -114,8 +114,9 @@ impl Scheduler {
             return;
         }
         tracing::debug!(%builder, builder_name = %slot.name, jobs = assignments.len(), "dispatching");
-        slot.session
-            .push(ServerMessage::Jobs(Jobs { jobs: assignments }));
+        for jobs in split_into_frames(assignments, wire::DEFAULT_MAX_FRAME_BYTES) {
+            slot.session.push(ServerMessage::Jobs(Jobs { jobs }));
+        }
     }
 
     /// A claimed job whose stored row is corrupt never goes out: its attempt ends failed with
@@ -208,4 +209,92 @@ pub(super) fn assignment(public_url: &str, claim: ClaimedJob) -> Result<JobAssig
             job.id, claim.attempt
         ),
     })
+}
+
+/// What a `jobs` frame adds around its assignments (`{"type":"jobs","jobs":[` … `]}`), with
+/// room to spare.
+const JOBS_FRAME_OVERHEAD: usize = 64;
+
+/// Splits assignments into `jobs` frames that each stay within the builder's frame limit
+/// (a job's annotations alone may be tens of KiB); order is kept. An assignment too large
+/// for any frame still goes alone: the builder refuses it and its lease brings it back, as
+/// for any frame it cannot read.
+fn split_into_frames(
+    assignments: Vec<JobAssignment>,
+    max_frame_bytes: usize,
+) -> Vec<Vec<JobAssignment>> {
+    let budget = max_frame_bytes.saturating_sub(JOBS_FRAME_OVERHEAD);
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    let mut used = 0;
+    for assignment in assignments {
+        // A serialisation failure cannot happen for these types; count it as a full frame.
+        let size = serde_json::to_vec(&assignment).map_or(budget, |bytes| bytes.len() + 1);
+        if !frame.is_empty() && used + size > budget {
+            frames.push(std::mem::take(&mut frame));
+            used = 0;
+        }
+        used += size;
+        frame.push(assignment);
+    }
+    if !frame.is_empty() {
+        frames.push(frame);
+    }
+    frames
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+    use buildfleet_protocol::ServerMessage;
+
+    fn assignment(id: i64, annotation_bytes: usize) -> JobAssignment {
+        let sample = match ServerMessage::decode(
+            r#"{"type":"jobs","jobs":[{"job_id":1,"attempt":1,"source":{"url":"http://s/x.tar.gz","sha256":"0000000000000000000000000000000000000000000000000000000000000000","max_bytes":1},"recipe":"r","mode":"build","timeout_secs":60,"job_token":"t","upload_url":"http://s/u","lease_expires_in_ms":1000}]}"#,
+            wire::DEFAULT_MAX_FRAME_BYTES,
+        ) {
+            Ok(ServerMessage::Jobs(jobs)) => jobs.jobs[0].clone(),
+            other => panic!("a sample assignment: {other:?}"),
+        };
+        JobAssignment {
+            job_id: wire::JobId(id),
+            annotations: [("message".to_owned(), "m".repeat(annotation_bytes))].into(),
+            ..sample
+        }
+    }
+
+    #[test]
+    fn frames_stay_within_the_limit_and_keep_the_order() {
+        let limit = 64 * 1024;
+        let assignments: Vec<_> = (1..=10).map(|id| assignment(id, 20_000)).collect();
+        let frames = split_into_frames(assignments, limit);
+        assert!(
+            frames.len() > 1,
+            "ten 20 KB assignments do not fit in one 64 KiB frame"
+        );
+        let mut ids = Vec::new();
+        for frame in &frames {
+            let encoded = ServerMessage::Jobs(Jobs {
+                jobs: frame.clone(),
+            })
+            .to_json();
+            assert!(encoded.len() <= limit, "a frame of {} bytes", encoded.len());
+            assert!(
+                ServerMessage::decode(&encoded, limit).is_ok(),
+                "the builder can read it"
+            );
+            ids.extend(frame.iter().map(|a| a.job_id.0));
+        }
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn small_assignments_share_one_frame() {
+        let frames = split_into_frames(
+            (1..=4).map(|id| assignment(id, 10)).collect(),
+            wire::DEFAULT_MAX_FRAME_BYTES,
+        );
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].len(), 4);
+    }
 }
