@@ -264,9 +264,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 )
                 .configure(http::routes)
                 .configure(crate::dashboard::routes)
-                .default_service(web::to(|| async {
-                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound("route".into()))
-                }))
+                .default_service(web::to(crate::dashboard::not_found))
         })
         // Builders' frames are small and come back to back; Nagle would hold each behind
         // the peer's delayed ACK (up to 40 ms).

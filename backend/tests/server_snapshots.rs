@@ -193,6 +193,67 @@ async fn rest_answers_match_their_snapshots(db: TestDb) {
         insta::assert_snapshot!(name, stable_page(&html, &server.url));
     }
 
+    // Errors in a browser are pages with the navigation; the API keeps its JSON.
+    let browser = |path: &str, html: bool| {
+        let request =
+            buildfleet_testkit::server::test_client(None).get(format!("{}{path}", server.url));
+        let request = if html {
+            request.insert_header(("Accept", "text/html,application/xhtml+xml,*/*;q=0.8"))
+        } else {
+            request
+        };
+        async move {
+            let mut response = request.send().await.expect("GET");
+            let content_type = response
+                .headers()
+                .get("Content-Type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = response.body().await.expect("the body").to_vec();
+            (
+                response.status(),
+                content_type,
+                String::from_utf8(body).expect("UTF-8"),
+            )
+        }
+    };
+    for (name, path, status) in [
+        (
+            "page_error_unknown_job",
+            "/jobs/999999",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "page_error_bad_job_id",
+            "/jobs/not-a-number",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "page_error_unknown_page",
+            "/no-such-page",
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (got, content_type, html) = browser(path, true).await;
+        assert_eq!(got, status, "GET {path}");
+        assert!(
+            content_type.starts_with("text/html"),
+            "GET {path}: {content_type}"
+        );
+        insta::assert_snapshot!(name, stable_page(&html, &server.url));
+    }
+    for (path, html) in [("/api/v1/no-such", true), ("/no-such-page", false)] {
+        let (got, content_type, body) = browser(path, html).await;
+        assert_eq!(got, StatusCode::NOT_FOUND, "GET {path}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "GET {path}: {content_type}"
+        );
+        let body: Value = serde_json::from_str(&body).expect("the JSON error shape");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+
     builder.close().await;
 }
 

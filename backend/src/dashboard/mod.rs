@@ -2,7 +2,10 @@
 //! API, with one small script for the live log, the admin token and state-changing buttons.
 //! Reading needs no token; every change goes through the token-checked API.
 
+mod error_page;
 mod pages;
+
+pub use error_page::not_found;
 
 use actix_web::{web, HttpResponse};
 

@@ -7,6 +7,7 @@ use actix_web::{web, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
+use super::error_page::PageError;
 use crate::actors::scheduler::{LiveBuilder, LiveBuilders};
 use crate::cli::output::size;
 use crate::error::{blocking, ApiError};
@@ -20,7 +21,14 @@ use crate::store::{
 const PAGE_SIZE: usize = 50;
 
 fn layout(title: &str, body: Markup) -> HttpResponse {
-    let page = html! {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(page(title, body).into_string())
+}
+
+/// A whole page: the head, the navigation and `body`.
+pub(super) fn page(title: &str, body: Markup) -> Markup {
+    html! {
         (DOCTYPE)
         html lang="en" {
             head {
@@ -50,10 +58,7 @@ fn layout(title: &str, body: Markup) -> HttpResponse {
                 }
             }
         }
-    };
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(page.into_string())
+    }
 }
 
 fn state_badge(state: JobState) -> Markup {
@@ -131,7 +136,7 @@ fn builder_names(builders: &[Builder]) -> BTreeMap<BuilderId, String> {
     builders.iter().map(|b| (b.id, b.name.clone())).collect()
 }
 
-pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
     let store = state.store.clone();
     let (counts, builders, recent, finished_hour, now) = blocking(move || {
         let now = store.now_ms();
@@ -167,7 +172,7 @@ pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
     Ok(layout("Overview", body))
 }
 
-pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
     let store = state.store.clone();
     let builders = blocking(move || Ok(store.list_builders()?)).await?;
     let live = live_builders(&state).await?;
@@ -233,7 +238,7 @@ pub struct JobsQuery {
 pub async fn jobs(
     state: web::Data<AppState>,
     query: web::Query<JobsQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, PageError> {
     let query = query.into_inner();
     let job_state = match query.state.as_deref() {
         None | Some("") => None,
@@ -326,7 +331,7 @@ pub async fn jobs(
 pub async fn job(
     state: web::Data<AppState>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, PageError> {
     let id = parse_job_id(&path)?;
     let detail: JobDetail = load_detail(&state, id).await?;
     let store = state.store.clone();
