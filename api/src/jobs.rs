@@ -124,6 +124,36 @@ pub struct JobDetail {
     pub artifacts: Vec<Artifact>,
     /// `GET /api/v1/jobs/{id}/plan`, once a plan-mode attempt reported its plan.
     pub plan_url: Option<String>,
+    /// Why the job waits and roughly for how long; only while it is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStanding>,
+}
+
+/// Where a queued job stands: what is ahead of it on the builders that can run it, and an
+/// estimate of when it starts. Computed on request from the queue and the connected
+/// builders, so it is a snapshot, not a promise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStanding {
+    /// 1 for the job those builders take next: counts the queued jobs before it in claim
+    /// order (higher priority, or older at the same priority) that they could also take.
+    pub position: u64,
+    /// The count stopped at its cap; `position` is a lower bound.
+    pub position_capped: bool,
+    /// Connected builders that offer the recipe and the required labels, and are neither
+    /// paused nor draining.
+    pub matching_builders_online: u32,
+    /// Slots of those builders that are not running anything now.
+    pub free_slots: u32,
+    /// Admitted, enabled builders whose labels fit but that are not connected.
+    pub matching_builders_offline: u32,
+    /// Median run time of recent successful jobs of the same recipe (and crate, where
+    /// annotated), in seconds.
+    pub typical_duration_secs: Option<u64>,
+    /// Seconds until a slot is likely free for it; `None` without a typical duration or
+    /// while no builder matches.
+    pub estimated_start_secs: Option<u64>,
+    /// Set when no connected builder can run the job, saying why ("no builder matches: …").
+    pub blocked: Option<String>,
 }
 
 /// One hand-over of a job to a builder; live while `finished_at` is `None`.

@@ -19,7 +19,7 @@ pub use builders::{
 pub use error::{ErrorBody, ErrorDetail};
 pub use jobs::{
     Artifact, ArtifactList, Attempt, Job, JobChange, JobDetail, JobEnd, JobList, ListJobs,
-    SubmitJob, Transition, UploadedArtifact,
+    QueueStanding, SubmitJob, Transition, UploadedArtifact,
 };
 pub use sources::UploadedSource;
 pub use state::{AttemptOutcome, JobMode, JobState, UnknownValue};

@@ -27,6 +27,7 @@ pub mod log_segments;
 pub mod logs;
 pub mod metrics;
 pub mod offload;
+pub mod queue_standing;
 pub mod server;
 pub mod storage;
 pub mod store;

@@ -4,6 +4,7 @@
 
 mod error_page;
 mod pages;
+mod waiting;
 
 pub use error_page::not_found;
 

@@ -360,6 +360,7 @@ pub async fn job(
             tr { th { "Submitted" } td { (format_time(job.created_at)) " by " (job.submitter) } }
             @if let Some(e) = &job.error { tr { th { "Error" } td.mono { (e) } } }
         } } }
+        (super::waiting::section(detail.queue.as_ref()))
         @if !job.annotations.is_empty() {
             h2 { "Annotations" }
             (annotations_table(&job.annotations))

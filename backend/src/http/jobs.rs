@@ -5,10 +5,11 @@ use buildfleet_api::{self as api, ListJobs, SubmitJob};
 use buildfleet_protocol::Sha256Digest;
 use sha2::{Digest as _, Sha256};
 
-use crate::actors::scheduler::{CancelAttempt, JobQueued};
+use crate::actors::scheduler::{CancelAttempt, JobQueued, LiveBuilders};
 use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
 use crate::http::{views, AppState};
+use crate::queue_standing as standing;
 use crate::store::{
     check_annotations, AnnotationFilter, AttemptPlan, BuilderId, CancelResult, Job, JobAttempt,
     JobFilter, JobId, JobMode, JobState, JobTransition, NewJob, Store, Submission, TokenScope,
@@ -30,6 +31,8 @@ pub struct JobDetail {
     pub artifacts: Vec<api::Artifact>,
     /// The plan of a plan-mode job, once an attempt reported it.
     pub plan: Option<AttemptPlan>,
+    /// Why it waits, while it is queued.
+    pub queue: Option<api::QueueStanding>,
 }
 
 impl JobDetail {
@@ -44,6 +47,7 @@ impl JobDetail {
             attempts: self.attempts.into_iter().map(Into::into).collect(),
             events: self.events.into_iter().map(Into::into).collect(),
             artifacts: self.artifacts,
+            queue: self.queue,
         }
     }
 }
@@ -345,7 +349,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiError> {
     let store = state.store.clone();
     let public_url = state.public_url.clone();
-    blocking(move || {
+    let mut detail = blocking(move || {
         let job = store
             .job(id)?
             .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
@@ -362,8 +366,49 @@ pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiEr
                 .into_iter()
                 .map(|a| views::artifact(&public_url, a))
                 .collect::<Result<_, _>>()?,
+            queue: None,
             job,
         })
+    })
+    .await?;
+    if detail.job.state == JobState::Queued {
+        detail.queue = Some(queue_standing(state, detail.job.clone()).await?);
+    }
+    Ok(detail)
+}
+
+/// Where a queued job stands among the work its matching builders could take.
+async fn queue_standing(state: &AppState, job: Job) -> Result<api::QueueStanding, ApiError> {
+    let live = state
+        .scheduler
+        .send(LiveBuilders)
+        .await
+        .map_err(|_| ApiError::Unavailable("scheduler".into()))?;
+    let store = state.store.clone();
+    blocking(move || {
+        let recipes = standing::competing_recipes(&standing::matching_online(&job, &live));
+        let ahead = if recipes.is_empty() {
+            Vec::new()
+        } else {
+            store.queued_ahead(&job, &recipes, standing::AHEAD_CAP)?
+        };
+        let krate = job.annotations.get("crate").map(String::as_str);
+        let mut run_times = match krate {
+            Some(krate) => {
+                store.recent_run_times(&job.recipe, Some(krate), standing::RUN_TIME_SAMPLES)?
+            }
+            None => Vec::new(),
+        };
+        if run_times.len() < standing::MIN_CRATE_SAMPLES {
+            run_times = store.recent_run_times(&job.recipe, None, standing::RUN_TIME_SAMPLES)?;
+        }
+        let admitted = store.list_builders()?;
+        let facts = standing::QueueFacts {
+            admitted: &admitted,
+            ahead: &ahead,
+            run_times: &run_times,
+        };
+        Ok(standing::standing(&job, &live, &facts))
     })
     .await
 }

@@ -22,6 +22,7 @@ mod labels;
 mod leases;
 mod logs;
 mod migrations;
+mod queue;
 pub mod schema;
 mod secret;
 mod sources;
