@@ -17,4 +17,5 @@ pub mod e2e;
 pub mod keys;
 pub mod private_postgres;
 pub mod processes;
+pub mod registry;
 pub mod server;
