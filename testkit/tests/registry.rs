@@ -459,3 +459,83 @@ fn cargo_resolves_downloads_and_verifies_from_both_indexes() {
         stderr(&yanked)
     );
 }
+
+/// A plain `GET` with `Connection: close`: the status and the body, checked against its
+/// `Content-Length`.
+fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole head");
+    let head = std::str::from_utf8(&answer[..split])
+        .unwrap()
+        .to_ascii_lowercase();
+    let body = answer[split + 4..].to_vec();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .expect("a Content-Length")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(body.len(), length, "the whole body, then the close");
+    (head[9..12].parse().unwrap(), body)
+}
+
+#[test]
+fn readers_during_changes_see_whole_files() {
+    let (registry, _samples) = LocalRegistry::start_with_samples();
+    let dir = tempfile::tempdir().unwrap();
+    let clone = dir.path().join("clone");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            &registry.git_index_url(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    let path = index_path(SAMPLE_BINARY);
+    let sparse_path = format!("/index/{path}");
+    let changes = 20;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (mut sparse_reads, mut git_reads) = (0, 0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..changes {
+                registry.yank(SAMPLE_BINARY, "0.1.0");
+                registry.unyank(SAMPLE_BINARY, "0.1.0");
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            for _ in 0..10 {
+                let (status, body) = raw_get(registry.addr(), &sparse_path);
+                assert_eq!(status, 200);
+                assert_eq!(lines(&body).len(), 2, "every line whole, none missing");
+                sparse_reads += 1;
+            }
+            git(&clone, &["fetch", "-q"]);
+            let file = git(&clone, &["show", &format!("origin/main:{path}")]);
+            assert_eq!(lines(file.as_bytes()).len(), 2);
+            git_reads += 1;
+        }
+    });
+    assert!(sparse_reads >= 10 && git_reads >= 1);
+    // Every change is its own commit: six at the start, then two per round.
+    git(&clone, &["fetch", "-q"]);
+    assert_eq!(
+        git(&clone, &["rev-list", "--count", "origin/main"]).trim(),
+        (6 + 2 * changes).to_string()
+    );
+}
