@@ -40,6 +40,19 @@
 //! [`CrateFile`]s before starting the system under test, or call through `spawn_blocking`.
 //! The server has its own thread and runtime, so any test (sync, tokio or actix) can use it.
 //!
+//! A follower test, in outline:
+//!
+//! ```no_run
+//! use buildfleet_testkit::registry::{CrateFile, LocalRegistry, SAMPLE_BINARY};
+//!
+//! let (registry, samples) = LocalRegistry::start_with_samples();
+//! let next = CrateFile::binary(SAMPLE_BINARY, "0.2.0"); // before the system starts
+//! // … start the system, following registry.sparse_index_url() or git_index_url() …
+//! registry.publish(&next);
+//! // … the system queues 0.2.0 once, skips the yanked 0.1.1, refuses samples.tampered;
+//! // registry.requests() shows what it asked for, 304s included.
+//! ```
+//!
 //! Test code: it panics on every failure.
 
 use std::collections::{BTreeMap, HashMap};
