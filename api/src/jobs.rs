@@ -13,8 +13,13 @@ pub struct SubmitJob {
     /// Where builders fetch the source; omitted for a source uploaded to `/api/v1/sources`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_url: Option<String>,
-    /// Lowercase hex SHA-256 of the source archive.
+    /// Lowercase hex SHA-256 of the source archive; omitted with `crate`.
+    #[serde(default)]
     pub source_sha256: String,
+    /// `name@version` of a crate in the followed registry: the server fills the source URL
+    /// and SHA-256 from the index and annotates `crate` and `version`.
+    #[serde(rename = "crate", default, skip_serializing_if = "Option::is_none")]
+    pub krate: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_max_bytes: Option<u64>,
     pub recipe: String,

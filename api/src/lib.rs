@@ -9,6 +9,7 @@
 pub mod builders;
 pub mod error;
 pub mod jobs;
+pub mod registry;
 pub mod sources;
 pub mod state;
 
@@ -20,6 +21,9 @@ pub use error::{ErrorBody, ErrorDetail};
 pub use jobs::{
     Artifact, ArtifactList, Attempt, Job, JobChange, JobDetail, JobEnd, JobList, ListJobs,
     QueueStanding, SubmitJob, Transition, UploadedArtifact,
+};
+pub use registry::{
+    Backfill, BackfillResult, CrateBuild, CrateDetail, CrateVersion, RegistryStatus,
 };
 pub use sources::UploadedSource;
 pub use state::{AttemptOutcome, JobMode, JobState, UnknownValue};

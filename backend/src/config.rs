@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::registry::{RegistryFile, RegistrySettings};
+
 /// Shown at the end of `serve --help`.
 pub const SERVE_AFTER_HELP: &str = "Every setting can also be given in the TOML file of \
 --config (top-level keys, [limits] and [timings] tables); flags and environment variables \
@@ -75,6 +77,8 @@ struct FileConfig {
     limits: LimitArgs,
     #[serde(default)]
     timings: TimingArgs,
+    /// The registry follower; off when absent.
+    registry: Option<RegistryFile>,
 }
 
 /// Help text of a flag: what it sets, and its default.
@@ -242,6 +246,8 @@ pub struct ServerConfig {
     pub local_builders: u32,
     pub limits: Limits,
     pub timings: Timings,
+    /// The registry follower's settings; `None` leaves it off.
+    pub registry: Option<RegistrySettings>,
 }
 
 impl ServerConfig {
@@ -259,6 +265,7 @@ impl ServerConfig {
             local_builders: 0,
             limits: Limits::default(),
             timings: Timings::default(),
+            registry: None,
         }
     }
 
@@ -307,6 +314,11 @@ impl ServerConfig {
             .unwrap_or(u32::from(embedded));
         config.limits = args.limits.over(&file.limits).resolve();
         config.timings = args.timings.over(&file.timings).resolve();
+        config.registry = file
+            .registry
+            .as_ref()
+            .map(RegistryFile::resolve)
+            .transpose()?;
         config.validate()?;
         Ok(config)
     }

@@ -28,6 +28,7 @@ pub mod logs;
 pub mod metrics;
 pub mod offload;
 pub mod queue_standing;
+pub mod registry;
 pub mod server;
 pub mod storage;
 pub mod store;

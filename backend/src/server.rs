@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::http::{self, AppState};
 use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
+use crate::registry::RegistryFollower;
 use crate::storage::{FsStorage, Storage};
 use crate::store::Store;
 
@@ -211,6 +212,22 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         metrics.clone(),
     );
     let auth = Auth::start_in_arbiter(&actors.handle(), move |_| auth);
+    let registry = match config.registry.clone() {
+        Some(settings) => {
+            let tls = buildfleet_builder::http::tls_config(None)
+                .context("the registry follower's TLS roots")?;
+            let (store, scheduler, data_dir) =
+                (store.clone(), scheduler.clone(), config.data_dir.clone());
+            Some(RegistryFollower::start_in_arbiter(
+                &actors.handle(),
+                move |_| {
+                    let client = buildfleet_builder::http::client(&tls);
+                    RegistryFollower::new(store, scheduler, settings, data_dir, client)
+                },
+            ))
+        }
+        None => None,
+    };
 
     let session_context = web::Data::new(SessionContext {
         auth,
@@ -238,6 +255,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config,
         public_url: public_url.clone(),
         admin_token: admin_token.clone(),
+        registry,
     });
 
     let server =

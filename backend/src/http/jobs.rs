@@ -95,6 +95,7 @@ pub async fn submit(
         return submit_batch(&state, caller.0, &body).await;
     }
     let body: SubmitJob = parse_json(&body)?;
+    let body = crate::http::registry::resolve_crate(&state, body).await?;
     let checked = check_submission(&state, body, caller.0)?;
     let store = state.store.clone();
     let public_url = state.public_url.clone();
@@ -177,6 +178,11 @@ fn check_submission(
     body: SubmitJob,
     submitter: String,
 ) -> Result<CheckedSubmission, ApiError> {
+    if body.krate.is_some() {
+        return Err(ApiError::BadRequest(
+            "crate: submit a crate by name alone, not in a batch".into(),
+        ));
+    }
     let source_sha256: Sha256Digest = body
         .source_sha256
         .parse()

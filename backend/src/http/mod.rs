@@ -8,6 +8,7 @@ pub mod enrolment;
 pub mod events;
 pub mod jobs;
 pub mod logs;
+pub mod registry;
 pub mod sources;
 pub mod streaming;
 pub mod system;
@@ -23,6 +24,7 @@ use crate::actors::scheduler::Scheduler;
 use crate::config::ServerConfig;
 use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
+use crate::registry::RegistryFollower;
 use crate::storage::Storage;
 use crate::store::Store;
 
@@ -39,6 +41,8 @@ pub struct AppState {
     /// Base URL for links handed to builders and clients (no trailing slash).
     pub public_url: String,
     pub admin_token: String,
+    /// The registry follower, when `[registry]` is configured.
+    pub registry: Option<Addr<RegistryFollower>>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -65,6 +69,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/enrol", web::post().to(enrolment::enrol))
                 .route("/sources", web::post().to(sources::upload))
                 .route("/sources/{sha256}", web::get().to(sources::download))
+                .route("/registry", web::get().to(registry::status))
+                .route("/registry/backfill", web::post().to(registry::backfill))
+                .route("/crates/{name}", web::get().to(registry::crate_detail))
                 .route("/jobs", web::get().to(jobs::list))
                 .route("/jobs", web::post().to(jobs::submit))
                 .route("/jobs/{id}", web::get().to(jobs::get))

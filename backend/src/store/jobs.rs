@@ -232,7 +232,7 @@ pub(crate) fn record_event(
     Ok(())
 }
 
-fn validate(new: &NewJob) -> Result<(), StoreError> {
+pub(super) fn validate(new: &NewJob) -> Result<(), StoreError> {
     let problem = if new.source_url.trim().is_empty() {
         Some("source_url is empty".to_owned())
     } else if new.source_sha256.len() != 64
@@ -348,7 +348,7 @@ pub enum Submission {
     KeyReused,
 }
 
-fn insert_job(conn: &mut DbConnection, new: &NewJob, now: i64) -> Result<Job, StoreError> {
+pub(super) fn insert_job(conn: &mut DbConnection, new: &NewJob, now: i64) -> Result<Job, StoreError> {
     let parameters = labels::encode(&new.parameters)?;
     let required_labels = labels::encode(&new.required_labels)?;
     let annotations_json = labels::encode(&new.annotations)?;

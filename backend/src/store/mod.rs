@@ -23,6 +23,7 @@ mod leases;
 mod logs;
 mod migrations;
 mod queue;
+mod registry;
 pub mod schema;
 mod secret;
 mod sources;
@@ -58,6 +59,10 @@ pub use labels::{
     ANY_VALUE as ANY_LABEL_VALUE,
 };
 pub use leases::{RenewedLease, Requeued};
+pub use registry::{
+    FirstSight, IndexVersion, Observation, RegistryBuild, RegistryBuildRow, RegistryVersion,
+    VersionStatus,
+};
 pub use logs::{LogChunk, NewLogChunk};
 pub use migrations::{pending_migrations, revert_all_migrations, run_migrations};
 pub use sources::Source;

@@ -166,6 +166,42 @@ diesel::table! {
 
 diesel::joinable!(job_annotations -> jobs (job_id));
 
+diesel::table! {
+    registry_versions (registry, crate_name, version) {
+        registry -> Text,
+        crate_name -> Text,
+        version -> Text,
+        cksum -> Text,
+        yanked -> Bool,
+        status -> Text,
+        reason -> Nullable<Text>,
+        seen_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    registry_builds (registry, crate_name, version, target, recipe) {
+        registry -> Text,
+        crate_name -> Text,
+        version -> Text,
+        target -> Text,
+        recipe -> Text,
+        job_id -> BigInt,
+        backfill -> Bool,
+    }
+}
+
+diesel::table! {
+    registry_cursors (registry, name) {
+        registry -> Text,
+        name -> Text,
+        value -> Text,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(registry_builds -> jobs (job_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     builders,
     jobs,
@@ -178,4 +214,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_tokens,
     enrolment_tokens,
     job_submissions,
+    registry_versions,
+    registry_builds,
+    registry_cursors,
 );

@@ -1,0 +1,226 @@
+//! The registry follower over HTTP: its status, a crate's versions and builds, backfills,
+//! and the `crate` field of a submission, resolved through the followed index.
+
+use std::collections::BTreeMap;
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+use buildfleet_api::{self as api, SubmitJob};
+
+use crate::error::{blocking, parse_json, ApiError};
+use crate::http::auth::require;
+use crate::http::AppState;
+use crate::registry::{Backfill, FollowError, IndexSource, RegistryFollower, Resolve};
+use crate::store::{JobId, RegistryVersion, TokenScope, VersionStatus};
+
+/// Latest skipped and queued versions the status shows.
+const STATUS_VERSIONS: i64 = 50;
+
+fn follower(state: &AppState) -> Result<&Addr<RegistryFollower>, ApiError> {
+    state.registry.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "registry follower (this backend follows no registry: configure [registry])".into(),
+        )
+    })
+}
+
+fn follow_error(e: FollowError) -> ApiError {
+    match e {
+        FollowError::Index(crate::registry::index::IndexError::CrateName(_))
+        | FollowError::VersionReq(..) => ApiError::BadRequest(e.to_string()),
+        FollowError::UnknownCrate(_) | FollowError::UnknownVersion(..) => {
+            ApiError::NotFound(e.to_string())
+        }
+        FollowError::Yanked(..) => ApiError::Unprocessable(e.to_string()),
+        FollowError::Fetch { .. } | FollowError::Git(_) | FollowError::Index(_) => {
+            ApiError::Unavailable(format!("the registry: {e}"))
+        }
+        FollowError::Store(e) => e.into(),
+        FollowError::Offload(_) => ApiError::internal(anyhow::anyhow!(e.to_string())),
+    }
+}
+
+/// Fills a submission's source from `crate` (`name@version`) through the followed index and
+/// annotates it with the crate and version.
+pub async fn resolve_crate(state: &AppState, mut body: SubmitJob) -> Result<SubmitJob, ApiError> {
+    let Some(spec) = body.krate.take() else {
+        return Ok(body);
+    };
+    if body.source_url.is_some() || !body.source_sha256.is_empty() {
+        return Err(ApiError::BadRequest(
+            "crate: give a crate or a source (source_url, source_sha256), not both".into(),
+        ));
+    }
+    let (krate, version) = spec
+        .split_once('@')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "crate {spec:?}: expected NAME@VERSION, e.g. itoa@1.0.14"
+            ))
+        })?;
+    let registry = state.registry.as_ref().ok_or_else(|| {
+        ApiError::BadRequest(
+            "crate: this backend follows no registry; give source_url and source_sha256, or configure [registry]".into(),
+        )
+    })?;
+    let resolved = registry
+        .send(Resolve {
+            krate: krate.to_owned(),
+            version: version.to_owned(),
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable("registry follower".into()))?
+        .map_err(follow_error)?;
+    for (key, value) in [("crate", &resolved.krate), ("version", &resolved.version)] {
+        match body.annotations.get(key) {
+            Some(given) if given != value => {
+                return Err(ApiError::BadRequest(format!(
+                    "annotation {key:?} is {given:?} but crate says {value:?}"
+                )))
+            }
+            _ => {
+                body.annotations.insert(key.to_owned(), value.clone());
+            }
+        }
+    }
+    body.source_url = Some(resolved.source_url);
+    body.source_sha256 = resolved.source_sha256;
+    Ok(body)
+}
+
+/// `POST /api/v1/registry/backfill` (admin): queues the builds of existing versions at the
+/// backfill priority; builds queued before are not queued again.
+pub async fn backfill(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    require(&req, &state, TokenScope::Admin).await?;
+    let body: api::Backfill = parse_json(&body)?;
+    let done = follower(&state)?
+        .send(Backfill {
+            krate: body.krate.clone(),
+            versions: body.versions,
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable("registry follower".into()))?
+        .map_err(follow_error)?;
+    Ok(HttpResponse::Accepted().json(api::BackfillResult {
+        krate: body.krate,
+        versions: done.versions,
+        queued_jobs: done.queued.iter().map(|j| j.id.0).collect(),
+    }))
+}
+
+/// `GET /api/v1/registry`.
+pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    follower(&state)?;
+    let Some(settings) = state.config.registry.clone() else {
+        return Err(ApiError::NotFound("registry follower".into()));
+    };
+    let store = state.store.clone();
+    let name = settings.name.clone();
+    let (cursors, skipped, recent) = blocking(move || {
+        Ok((
+            store.registry_cursors(&name)?,
+            store.registry_versions_with_status(&name, VersionStatus::Skipped, STATUS_VERSIONS)?,
+            store.registry_versions_with_status(&name, VersionStatus::Queued, STATUS_VERSIONS)?,
+        ))
+    })
+    .await?;
+    let cursor = |key: &str| {
+        cursors
+            .iter()
+            .find(|(name, _, _)| name == key)
+            .map(|(_, value, _)| value.clone())
+    };
+    let (protocol, index) = match &settings.index {
+        IndexSource::Git(url) => ("git", url.clone()),
+        IndexSource::Sparse(base) => ("sparse", format!("sparse+{base}")),
+    };
+    Ok(HttpResponse::Ok().json(api::RegistryStatus {
+        name: settings.name.clone(),
+        protocol: protocol.into(),
+        index,
+        crates: settings.crates.clone(),
+        position: cursor("git-head"),
+        last_fetch_at: cursor("last-fetch").and_then(|t| t.parse().ok()),
+        last_error: cursor("last-error"),
+        skipped: skipped
+            .into_iter()
+            .map(|v| version_view(v, &BTreeMap::new()))
+            .collect(),
+        recent: recent
+            .into_iter()
+            .map(|v| version_view(v, &BTreeMap::new()))
+            .collect(),
+    }))
+}
+
+/// `GET /api/v1/crates/{name}`: the versions seen (newest first) with their builds.
+pub async fn crate_detail(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    follower(&state)?;
+    let Some(settings) = state.config.registry.clone() else {
+        return Err(ApiError::NotFound("registry follower".into()));
+    };
+    let krate = path.into_inner();
+    crate::registry::index::check_crate_name(&krate)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let store = state.store.clone();
+    let name = settings.name.clone();
+    let lookup = krate.clone();
+    let (versions, builds) = blocking(move || {
+        let versions = store.registry_versions(&name, &lookup)?;
+        let mut builds: BTreeMap<String, Vec<api::CrateBuild>> = BTreeMap::new();
+        for build in store.registry_builds(&name, &lookup)? {
+            let Some(job) = store.job(JobId(build.job_id))? else {
+                continue;
+            };
+            builds
+                .entry(build.version.clone())
+                .or_default()
+                .push(api::CrateBuild {
+                    target: build.target,
+                    recipe: build.recipe,
+                    job: build.job_id,
+                    state: job.state,
+                    backfill: build.backfill,
+                });
+        }
+        Ok((versions, builds))
+    })
+    .await?;
+    if versions.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "crate {krate} (not seen by the registry follower)"
+        )));
+    }
+    Ok(HttpResponse::Ok().json(api::CrateDetail {
+        krate: versions.first().map_or(krate, |v| v.crate_name.clone()),
+        registry: settings.name,
+        versions: versions
+            .into_iter()
+            .map(|v| version_view(v, &builds))
+            .collect(),
+    }))
+}
+
+fn version_view(
+    v: RegistryVersion,
+    builds: &BTreeMap<String, Vec<api::CrateBuild>>,
+) -> api::CrateVersion {
+    api::CrateVersion {
+        builds: builds.get(&v.version).cloned().unwrap_or_default(),
+        krate: v.crate_name,
+        version: v.version,
+        cksum: v.cksum,
+        yanked: v.yanked,
+        status: v.status.as_str().into(),
+        reason: v.reason,
+        seen_at: v.seen_at,
+    }
+}

@@ -1,0 +1,545 @@
+//! The registry follower: an actor of its own (off unless `[registry]` is configured) that
+//! follows a Cargo registry's index and queues the configured builds of every version
+//! published after following began. A git index is followed whole (fetched and diffed each
+//! round, as docs.rs does); a sparse index (RFC 2789) is followed for a watch list of
+//! crates. Each version's `.crate` URL comes from the index's `config.json` and its SHA-256
+//! from the index's `cksum`, so the builder verifies exactly what the registry published.
+//!
+//! The store keeps what it has seen and where it stands: a version is recorded and its
+//! builds queued in one transaction keyed by (registry, crate, version), and each build by
+//! (crate, version, target, recipe), so a second fetch, a restart or another replica never
+//! queues twice; the position (git commit, sparse ETags) is written after what it covers,
+//! so a restart resumes without missing a version.
+
+mod git;
+pub mod index;
+mod settings;
+mod sparse;
+
+pub use settings::{BuildSpec, IndexSource, RegistryFile, RegistrySettings};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::actors::scheduler::{JobQueued, Scheduler};
+use crate::offload;
+use crate::store::{
+    Annotations, FirstSight, IndexVersion, Job, JobMode, NewJob, Observation, RegistryBuild, Store,
+    StoreError,
+};
+use git::GitIndex;
+use index::{IndexError, RegistryConfig};
+use sparse::Fetched;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("fetching {url}: {reason}")]
+    Fetch { url: String, reason: String },
+    #[error("git index: {0}")]
+    Git(String),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("crate {0:?} is not in the index")]
+    UnknownCrate(String),
+    #[error("{0} has no version {1} in the index")]
+    UnknownVersion(String, String),
+    #[error("{0}@{1} is yanked")]
+    Yanked(String, String),
+    #[error("version requirement {0:?}: {1}")]
+    VersionReq(String, String),
+    #[error("{0}")]
+    Offload(String),
+}
+
+/// Runs a store call off the async threads.
+async fn in_store<T, F>(f: F) -> Result<T, FollowError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    offload::store(f)
+        .await
+        .map_err(|e| FollowError::Offload(e.to_string()))?
+        .map_err(FollowError::from)
+}
+
+/// Cursor names in the store.
+const GIT_HEAD: &str = "git-head";
+const LAST_FETCH: &str = "last-fetch";
+const LAST_ERROR: &str = "last-error";
+fn sparse_cursor(krate: &str) -> String {
+    format!("sparse:{}", krate.to_ascii_lowercase())
+}
+
+pub struct RegistryFollower {
+    store: Store,
+    scheduler: Addr<Scheduler>,
+    settings: RegistrySettings,
+    client: awc::Client,
+    git: Option<std::rc::Rc<GitIndex>>,
+    polling: bool,
+}
+
+impl RegistryFollower {
+    pub fn new(
+        store: Store,
+        scheduler: Addr<Scheduler>,
+        settings: RegistrySettings,
+        data_dir: PathBuf,
+        client: awc::Client,
+    ) -> Self {
+        let git = match &settings.index {
+            IndexSource::Git(url) => Some(std::rc::Rc::new(GitIndex::new(
+                data_dir
+                    .join("registry")
+                    .join(format!("{}.git", settings.name)),
+                url.clone(),
+            ))),
+            IndexSource::Sparse(_) => None,
+        };
+        RegistryFollower {
+            store,
+            scheduler,
+            settings,
+            client,
+            git,
+            polling: false,
+        }
+    }
+
+    fn follower(&self) -> Follow {
+        Follow {
+            store: self.store.clone(),
+            settings: self.settings.clone(),
+            client: self.client.clone(),
+            git: self.git.clone(),
+        }
+    }
+}
+
+impl Actor for RegistryFollower {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.notify(Poll);
+        ctx.run_interval(self.settings.poll_interval, |_, ctx| ctx.notify(Poll));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Poll;
+
+impl Handler<Poll> for RegistryFollower {
+    type Result = ();
+
+    fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
+        // A slow round is not overlapped by the next tick.
+        if self.polling {
+            return;
+        }
+        self.polling = true;
+        let follow = self.follower();
+        let scheduler = self.scheduler.clone();
+        let round = async move {
+            let outcome = follow.round().await;
+            let queued = follow.record_round(outcome).await;
+            if !queued.is_empty() {
+                scheduler.do_send(JobQueued(queued));
+            }
+        };
+        ctx.spawn(
+            round
+                .into_actor(self)
+                .map(|(), actor, _| actor.polling = false),
+        );
+    }
+}
+
+/// Queue the builds of existing versions of one crate at the backfill priority.
+#[derive(Message)]
+#[rtype(result = "Result<Backfilled, FollowError>")]
+pub struct Backfill {
+    pub krate: String,
+    /// A semver requirement (`>=1.2, <2`); every version when `None`.
+    pub versions: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Backfilled {
+    /// Versions that matched and are not yanked.
+    pub versions: Vec<String>,
+    pub queued: Vec<Job>,
+}
+
+impl Handler<Backfill> for RegistryFollower {
+    type Result = ResponseFuture<Result<Backfilled, FollowError>>;
+
+    fn handle(&mut self, msg: Backfill, _: &mut Self::Context) -> Self::Result {
+        let follow = self.follower();
+        let scheduler = self.scheduler.clone();
+        Box::pin(async move {
+            let done = follow.backfill(&msg.krate, msg.versions.as_deref()).await?;
+            if !done.queued.is_empty() {
+                scheduler.do_send(JobQueued(done.queued.clone()));
+            }
+            Ok(done)
+        })
+    }
+}
+
+/// One round's work, apart from the actor so it runs as a future.
+struct Follow {
+    store: Store,
+    settings: RegistrySettings,
+    client: awc::Client,
+    git: Option<std::rc::Rc<GitIndex>>,
+}
+
+impl Follow {
+    async fn round(&self) -> Result<Vec<Job>, FollowError> {
+        match (&self.settings.index, &self.git) {
+            (IndexSource::Git(_), Some(git)) => self.git_round(git).await,
+            _ => self.sparse_round().await,
+        }
+    }
+
+    /// Notes the round's time and error (cleared by a good round); returns what it queued.
+    async fn record_round(&self, outcome: Result<Vec<Job>, FollowError>) -> Vec<Job> {
+        let store = self.store.clone();
+        let name = self.settings.name.clone();
+        let now = store.now_ms().to_string();
+        let (queued, error) = match outcome {
+            Ok(queued) => (queued, None),
+            Err(e) => {
+                tracing::warn!(registry = %name, error = %e, "following the registry");
+                (Vec::new(), Some(e.to_string()))
+            }
+        };
+        let noted = in_store(move || {
+            store.set_registry_cursor(&name, LAST_FETCH, &now)?;
+            match error {
+                Some(error) => store.set_registry_cursor(&name, LAST_ERROR, &error),
+                None => store.delete_registry_cursor(&name, LAST_ERROR),
+            }
+        })
+        .await;
+        if let Err(e) = noted {
+            tracing::warn!(error = %e, "recording the registry round");
+        }
+        queued
+    }
+
+    async fn config(&self) -> Result<RegistryConfig, FollowError> {
+        let text = match (&self.settings.index, &self.git) {
+            (IndexSource::Git(_), Some(git)) => git
+                .file_at(GIT_FOLLOWED, "config.json")
+                .await?
+                .ok_or_else(|| IndexError::Config("missing from the git index".into()))?,
+            _ => {
+                let url = format!("{}config.json", self.settings.index.base());
+                match sparse::fetch(&self.client, &url, None).await? {
+                    Fetched::Body { text, .. } => text,
+                    _ => return Err(IndexError::Config(format!("{url} is missing")).into()),
+                }
+            }
+        };
+        Ok(RegistryConfig::parse(&text)?)
+    }
+
+    async fn sparse_round(&self) -> Result<Vec<Job>, FollowError> {
+        let mut config = None;
+        let mut queued = Vec::new();
+        for krate in &self.settings.crates {
+            let cursor = sparse_cursor(krate);
+            let (store, name, key) = (
+                self.store.clone(),
+                self.settings.name.clone(),
+                cursor.clone(),
+            );
+            let etag = in_store(move || store.registry_cursor(&name, &key)).await?;
+            let first_sight = etag.is_none();
+            let url = format!("{}{}", self.settings.index.base(), index::file_path(krate));
+            let conditional = etag.as_deref().filter(|e| !e.is_empty());
+            let (text, new_etag) = match sparse::fetch(&self.client, &url, conditional).await? {
+                Fetched::NotModified => continue,
+                Fetched::NotFound => {
+                    tracing::info!(krate, "a watched crate is not in the index (yet)");
+                    continue;
+                }
+                Fetched::Body { text, etag } => (text, etag),
+            };
+            let versions = index::parse_file(krate, &text)?;
+            let spelled = index::spelled_name(&text).unwrap_or_else(|| krate.clone());
+            if config.is_none() {
+                config = Some(self.config().await?);
+            }
+            let Some(config) = &config else { continue };
+            let observations = self.observe(&spelled, &versions, first_sight, config);
+            queued.extend(self.record(&spelled, observations).await?);
+            let (store, name) = (self.store.clone(), self.settings.name.clone());
+            let etag = new_etag.unwrap_or_default();
+            in_store(move || store.set_registry_cursor(&name, &cursor, &etag)).await?;
+        }
+        Ok(queued)
+    }
+
+    async fn git_round(&self, git: &GitIndex) -> Result<Vec<Job>, FollowError> {
+        let head = git.fetch().await?;
+        let (store, name) = (self.store.clone(), self.settings.name.clone());
+        let processed = in_store(move || store.registry_cursor(&name, GIT_HEAD)).await?;
+        let mut queued = Vec::new();
+        match processed {
+            // Following begins here: what the index holds now is existing work.
+            None => {}
+            Some(old) if old == head => return Ok(queued),
+            Some(old) => {
+                let config = self.config().await?;
+                for path in git.changed_files(&old, &head).await? {
+                    let Some(file_name) = crate_file(&path) else {
+                        continue;
+                    };
+                    let Some(now_text) = git.file_at(&head, &path).await? else {
+                        continue;
+                    };
+                    let before = git.file_at(&old, &path).await?.unwrap_or_default();
+                    let spelled = index::spelled_name(&now_text).unwrap_or(file_name);
+                    if !self.settings.follows(&spelled) {
+                        continue;
+                    }
+                    let now = index::parse_file(&spelled, &now_text)?;
+                    let earlier = index::parse_file(&spelled, &before)?;
+                    // Only what the diff added or re-flagged: versions from before following
+                    // began are not in the store and must not look new.
+                    let changed: Vec<IndexVersion> =
+                        now.into_iter().filter(|v| !earlier.contains(v)).collect();
+                    let observations = changed
+                        .iter()
+                        .map(|v| {
+                            let was_there = earlier.iter().any(|e| e.version == v.version);
+                            self.observation(&spelled, v, was_there, &config)
+                        })
+                        .collect();
+                    queued.extend(self.record(&spelled, observations).await?);
+                }
+            }
+        }
+        let (store, name) = (self.store.clone(), self.settings.name.clone());
+        in_store(move || store.set_registry_cursor(&name, GIT_HEAD, &head)).await?;
+        Ok(queued)
+    }
+
+    fn observe(
+        &self,
+        krate: &str,
+        versions: &[IndexVersion],
+        existing: bool,
+        config: &RegistryConfig,
+    ) -> Vec<Observation> {
+        versions
+            .iter()
+            .map(|v| self.observation(krate, v, existing, config))
+            .collect()
+    }
+
+    fn observation(
+        &self,
+        krate: &str,
+        version: &IndexVersion,
+        existing: bool,
+        config: &RegistryConfig,
+    ) -> Observation {
+        let first_sight = if existing {
+            FirstSight::Existing
+        } else if self.settings.is_denied(krate) {
+            FirstSight::Skipped("denied by registry.deny".into())
+        } else {
+            FirstSight::Build(self.builds(krate, version, config, self.settings.priority))
+        };
+        Observation {
+            version: version.clone(),
+            first_sight,
+        }
+    }
+
+    /// The configured builds of a version, annotated with what they build.
+    fn builds(
+        &self,
+        krate: &str,
+        version: &IndexVersion,
+        config: &RegistryConfig,
+        priority: i32,
+    ) -> Vec<RegistryBuild> {
+        self.settings
+            .builds
+            .iter()
+            .map(|spec| {
+                let mut annotations = Annotations::new();
+                annotations.insert("crate".into(), krate.to_owned());
+                annotations.insert("version".into(), version.version.clone());
+                annotations.insert("registry".into(), self.settings.name.clone());
+                if !spec.target.is_empty() {
+                    annotations.insert("target".into(), spec.target.clone());
+                }
+                RegistryBuild {
+                    target: spec.target.clone(),
+                    job: NewJob {
+                        source_url: config.download_url(krate, &version.version, &version.cksum),
+                        source_sha256: version.cksum.clone(),
+                        source_max_bytes: self.settings.max_crate_bytes,
+                        recipe: spec.recipe.clone(),
+                        parameters: Default::default(),
+                        required_labels: spec.labels.clone(),
+                        annotations,
+                        mode: JobMode::Build,
+                        priority,
+                        max_attempts: self.settings.max_attempts,
+                        timeout_secs: self.settings.timeout_secs,
+                        submitter: format!("registry:{}", self.settings.name),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    async fn record(
+        &self,
+        krate: &str,
+        observations: Vec<Observation>,
+    ) -> Result<Vec<Job>, FollowError> {
+        if observations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (store, name, krate) = (
+            self.store.clone(),
+            self.settings.name.clone(),
+            krate.to_owned(),
+        );
+        in_store(move || store.record_versions(&name, &krate, &observations)).await
+    }
+
+    async fn backfill(
+        &self,
+        krate: &str,
+        versions: Option<&str>,
+    ) -> Result<Backfilled, FollowError> {
+        index::check_crate_name(krate)?;
+        let requirement = versions
+            .map(|raw| {
+                semver::VersionReq::parse(raw)
+                    .map_err(|e| FollowError::VersionReq(raw.to_owned(), e.to_string()))
+            })
+            .transpose()?;
+        let text = self.index_file(krate).await?;
+        let spelled = index::spelled_name(&text).unwrap_or_else(|| krate.to_owned());
+        let config = self.config().await?;
+        let mut done = Backfilled::default();
+        for version in index::parse_file(&spelled, &text)? {
+            let matches = requirement.as_ref().is_none_or(|req| {
+                semver::Version::parse(&version.version).is_ok_and(|v| req.matches(&v))
+            });
+            if version.yanked || !matches {
+                continue;
+            }
+            let builds = self.builds(&spelled, &version, &config, self.settings.backfill_priority);
+            let (store, name, krate, v) = (
+                self.store.clone(),
+                self.settings.name.clone(),
+                spelled.clone(),
+                version.clone(),
+            );
+            let queued =
+                in_store(move || store.backfill_version(&name, &krate, &v, &builds)).await?;
+            done.versions.push(version.version);
+            done.queued.extend(queued);
+        }
+        Ok(done)
+    }
+}
+
+impl Follow {
+    /// A crate's index file as the registry has it now.
+    async fn index_file(&self, krate: &str) -> Result<String, FollowError> {
+        index::check_crate_name(krate)?;
+        let path = index::file_path(krate);
+        match (&self.settings.index, &self.git) {
+            (IndexSource::Git(_), Some(git)) => {
+                git.fetch().await?;
+                git.file_at(GIT_FOLLOWED, &path).await?
+            }
+            _ => {
+                let url = format!("{}{path}", self.settings.index.base());
+                match sparse::fetch(&self.client, &url, None).await? {
+                    Fetched::Body { text, .. } => Some(text),
+                    _ => None,
+                }
+            }
+        }
+        .ok_or_else(|| FollowError::UnknownCrate(krate.to_owned()))
+    }
+
+    /// Where one published version is and its digest, as the index says.
+    async fn resolve(&self, krate: &str, version: &str) -> Result<Resolved, FollowError> {
+        let text = self.index_file(krate).await?;
+        let spelled = index::spelled_name(&text).unwrap_or_else(|| krate.to_owned());
+        let found = index::parse_file(&spelled, &text)?
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| FollowError::UnknownVersion(spelled.clone(), version.to_owned()))?;
+        if found.yanked {
+            return Err(FollowError::Yanked(spelled, version.to_owned()));
+        }
+        let config = self.config().await?;
+        Ok(Resolved {
+            source_url: config.download_url(&spelled, &found.version, &found.cksum),
+            source_sha256: found.cksum,
+            krate: spelled,
+            version: found.version,
+        })
+    }
+}
+
+/// A published version, resolved through the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub krate: String,
+    pub version: String,
+    pub source_url: String,
+    pub source_sha256: String,
+}
+
+/// Look up `crate@version` in the followed registry (a submission's `crate` field).
+#[derive(Message)]
+#[rtype(result = "Result<Resolved, FollowError>")]
+pub struct Resolve {
+    pub krate: String,
+    pub version: String,
+}
+
+impl Handler<Resolve> for RegistryFollower {
+    type Result = ResponseFuture<Result<Resolved, FollowError>>;
+
+    fn handle(&mut self, msg: Resolve, _: &mut Self::Context) -> Self::Result {
+        let follow = self.follower();
+        Box::pin(async move { follow.resolve(&msg.krate, &msg.version).await })
+    }
+}
+
+/// The ref a git round reads files at (what the last fetch brought).
+const GIT_FOLLOWED: &str = "refs/heads/followed";
+
+/// The crate a changed index path is the file of; `None` for `config.json` and dotfiles.
+fn crate_file(path: &str) -> Option<String> {
+    let name = path.rsplit('/').next()?;
+    if name.starts_with('.') || path == "config.json" || index::check_crate_name(name).is_err() {
+        return None;
+    }
+    Some(name.to_owned())
+}
+
+/// How often the follower fetches when the config does not say.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);

@@ -1,0 +1,262 @@
+//! The registry follower against a real local registry (sparse and git indexes served over
+//! HTTP on loopback, real `.crate` files): it queues the configured builds of versions
+//! published while it runs, once each (repeated fetches, a restart), with the index's
+//! download URL and SHA-256 and crate annotations; yanked versions are not built and are
+//! marked when yanked later; denied crates are recorded as skipped; backfills queue existing
+//! versions at the low priority, once; a submission's `crate` resolves through the index.
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use buildfleet_backend::config::ServerConfig;
+use buildfleet_backend::registry::RegistryFile;
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::registry::{
+    CrateFile, LocalRegistry, SAMPLE_BINARY, SAMPLE_LIBRARY, SAMPLE_TAMPERED,
+};
+use buildfleet_testkit::server::{error_code, TestServer};
+use buildfleet_testkit::server_tests;
+use serde_json::{json, Value};
+
+server_tests! {
+    a_sparse_follower_queues_each_new_version_once,
+    a_git_follower_diffs_the_index_and_resumes_after_a_restart,
+}
+
+fn follow(config: &mut ServerConfig, index: String, crates: &[&str]) {
+    let mut settings = RegistryFile {
+        name: Some("local".into()),
+        index,
+        crates: crates.iter().map(|c| (*c).to_owned()).collect(),
+        deny: vec![SAMPLE_TAMPERED.into()],
+        ..RegistryFile::default()
+    }
+    .resolve()
+    .expect("registry settings");
+    settings.poll_interval = Duration::from_millis(100);
+    config.registry = Some(settings);
+}
+
+/// Waits until `check` holds for the crate's page (or the crate has none yet).
+async fn wait_for_crate(server: &TestServer, krate: &str, check: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..200 {
+        let (status, body) = server.get(&format!("/crates/{krate}")).await;
+        if status == StatusCode::OK && check(&body) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "crate {krate} never reached the expected state: {}",
+        server.get(&format!("/crates/{krate}")).await.1
+    );
+}
+
+/// Waits for `rounds` more completed fetch rounds.
+async fn wait_rounds(server: &TestServer, rounds: usize) {
+    let mut last = server.get_ok("/registry").await["last_fetch_at"].clone();
+    let mut seen = 0;
+    for _ in 0..200 {
+        let now = server.get_ok("/registry").await["last_fetch_at"].clone();
+        if now != last && !now.is_null() {
+            seen += 1;
+            last = now;
+            if seen == rounds {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the follower did not complete {rounds} rounds");
+}
+
+fn version<'a>(page: &'a Value, v: &str) -> Option<&'a Value> {
+    page["versions"]
+        .as_array()?
+        .iter()
+        .find(|x| x["version"] == v)
+}
+
+async fn jobs_of(server: &TestServer, krate: &str) -> Vec<Value> {
+    server
+        .get_ok(&format!("/jobs?annotation=crate:{krate}"))
+        .await["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn a_sparse_follower_queues_each_new_version_once(db: TestDb) {
+    let (registry, samples) = LocalRegistry::start_with_samples();
+    // Packed by cargo before the server starts: packing blocks, and the server shares the
+    // test's thread.
+    let release = CrateFile::binary(SAMPLE_BINARY, "0.2.0");
+    let denied = CrateFile::binary(SAMPLE_TAMPERED, "1.0.1");
+    let index = registry.sparse_index_url();
+    let server = TestServer::start_with(db, |c| {
+        follow(c, index, &[SAMPLE_BINARY, SAMPLE_LIBRARY, SAMPLE_TAMPERED])
+    })
+    .await;
+
+    // What the index held when following began is existing work, not built.
+    let page = wait_for_crate(&server, SAMPLE_BINARY, |p| version(p, "0.1.1").is_some()).await;
+    assert_eq!(
+        version(&page, &samples.binary.version).unwrap()["status"],
+        "existing"
+    );
+    assert_eq!(version(&page, "0.1.1").unwrap()["status"], "yanked");
+    assert!(jobs_of(&server, SAMPLE_BINARY).await.is_empty());
+    let status = server.get_ok("/registry").await;
+    assert_eq!(status["protocol"], "sparse");
+    assert_eq!(status["last_error"], Value::Null, "{status}");
+
+    // A version published while the follower runs is queued, from the index's URL and sum.
+    registry.publish(&release);
+    let page = wait_for_crate(&server, SAMPLE_BINARY, |p| version(p, "0.2.0").is_some()).await;
+    let v = version(&page, "0.2.0").unwrap();
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["cksum"], release.sha256());
+    assert_eq!(v["builds"].as_array().map(Vec::len), Some(1), "{page}");
+    let job = server.job(v["builds"][0]["job"].as_i64().unwrap()).await;
+    assert_eq!(
+        job["source_url"],
+        registry.dl_url_of(SAMPLE_BINARY, "0.2.0")
+    );
+    assert_eq!(job["source_sha256"], release.sha256());
+    assert_eq!(job["recipe"], "cargo-build");
+    assert_eq!(job["priority"], 0);
+    assert_eq!(job["submitter"], "registry:local");
+    assert_eq!(
+        job["annotations"],
+        json!({ "crate": SAMPLE_BINARY, "version": "0.2.0", "registry": "local" })
+    );
+
+    // Later rounds (the index unchanged, or changed elsewhere) queue nothing again.
+    wait_rounds(&server, 3).await;
+    assert_eq!(jobs_of(&server, SAMPLE_BINARY).await.len(), 1);
+
+    // Yanked later: marked, not rebuilt.
+    registry.yank(SAMPLE_BINARY, "0.2.0");
+    wait_for_crate(&server, SAMPLE_BINARY, |p| {
+        version(p, "0.2.0").is_some_and(|v| v["yanked"] == true)
+    })
+    .await;
+    // A denied crate's release is recorded as skipped, with the reason.
+    registry.publish(&denied);
+    let page = wait_for_crate(&server, SAMPLE_TAMPERED, |p| version(p, "1.0.1").is_some()).await;
+    let skipped = version(&page, "1.0.1").unwrap();
+    assert_eq!(skipped["status"], "skipped");
+    assert_eq!(skipped["reason"], "denied by registry.deny");
+    assert!(jobs_of(&server, SAMPLE_TAMPERED).await.is_empty());
+    assert!(server.get_ok("/registry").await["skipped"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|v| v["version"] == "1.0.1")));
+
+    // A backfill queues existing, unyanked versions at the low priority, and only once.
+    let (status, done) = server
+        .post_admin(
+            "/registry/backfill",
+            &json!({ "crate": SAMPLE_BINARY, "versions": "<0.2" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{done}");
+    assert_eq!(done["versions"], json!([samples.binary.version]));
+    let queued = done["queued_jobs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(queued.len(), 1, "{done}");
+    let backfilled = server.job(queued[0].as_i64().unwrap()).await;
+    assert_eq!(backfilled["priority"], -100);
+    let (_, again) = server
+        .post_admin("/registry/backfill", &json!({ "crate": SAMPLE_BINARY }))
+        .await;
+    assert_eq!(again["queued_jobs"], json!([]), "{again}");
+    for (body, status, code) in [
+        (
+            json!({ "crate": "no-such-crate" }),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({ "crate": "../etc" }),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            json!({ "crate": SAMPLE_BINARY, "versions": "not a req" }),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ] {
+        let (got, answer) = server.post_admin("/registry/backfill", &body).await;
+        assert_eq!(
+            (got, error_code(&answer)),
+            (status, code),
+            "{body} → {answer}"
+        );
+    }
+
+    // A submission names a crate; the server fills the source from the index.
+    let (status, job) = server
+        .post_admin("/jobs", &json!({ "crate": format!("{SAMPLE_LIBRARY}@{}", samples.library.version), "recipe": "cargo-build" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(job["source_sha256"], samples.library.sha256());
+    assert_eq!(job["annotations"]["crate"], SAMPLE_LIBRARY);
+    for (spec, status) in [
+        (
+            format!("{SAMPLE_BINARY}@0.1.1"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (format!("{SAMPLE_BINARY}@9.9.9"), StatusCode::NOT_FOUND),
+        ("itoa".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        let (got, answer) = server
+            .post_admin("/jobs", &json!({ "crate": spec, "recipe": "cargo-build" }))
+            .await;
+        assert_eq!(got, status, "{spec} → {answer}");
+    }
+}
+
+async fn a_git_follower_diffs_the_index_and_resumes_after_a_restart(db: TestDb) {
+    let (registry, samples) = LocalRegistry::start_with_samples();
+    let (third, fourth) = (
+        CrateFile::binary(SAMPLE_BINARY, "0.3.0"),
+        CrateFile::binary(SAMPLE_BINARY, "0.4.0"),
+    );
+    let index = registry.git_index_url();
+    let mut server = TestServer::start_with(db, |c| follow(c, index, &[])).await;
+    // Following begins at the index's HEAD.
+    let head = registry.git_head();
+    for _ in 0..200 {
+        if server.get_ok("/registry").await["position"] == head {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = server.get_ok("/registry").await;
+    assert_eq!(status["position"], head, "{status}");
+    assert_eq!(status["protocol"], "git");
+
+    registry.publish(&third);
+    let page = wait_for_crate(&server, SAMPLE_BINARY, |p| version(p, "0.3.0").is_some()).await;
+    assert_eq!(version(&page, "0.3.0").unwrap()["status"], "queued");
+    // Only the diff counts: versions from before following began were not recorded.
+    assert!(version(&page, &samples.binary.version).is_none(), "{page}");
+
+    // Stopped, a version published meanwhile, started again: it is queued once, and nothing
+    // before it is queued again.
+    server.restart().await;
+    registry.publish(&fourth);
+    wait_for_crate(&server, SAMPLE_BINARY, |p| version(p, "0.4.0").is_some()).await;
+    wait_rounds(&server, 2).await;
+    let jobs = jobs_of(&server, SAMPLE_BINARY).await;
+    let mut versions: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j["annotations"]["version"].as_str())
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, ["0.3.0", "0.4.0"]);
+    assert_eq!(
+        server.get_ok("/registry").await["position"],
+        registry.git_head()
+    );
+}

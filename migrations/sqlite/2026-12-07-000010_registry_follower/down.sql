@@ -1,0 +1,3 @@
+DROP TABLE registry_cursors;
+DROP TABLE registry_builds;
+DROP TABLE registry_versions;
