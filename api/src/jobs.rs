@@ -132,6 +132,12 @@ pub struct JobDetail {
     /// Why the job waits and roughly for how long; only while it is queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueStanding>,
+    /// The job this one follows from (a crate's metadata job for its builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows_from: Option<i64>,
+    /// The jobs queued because this one succeeded (a metadata job's builds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_ups: Vec<i64>,
 }
 
 /// Where a queued job stands: what is ahead of it on the builders that can run it, and an

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::http::{self, AppState};
 use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
-use crate::registry::RegistryFollower;
+use crate::registry::{FollowerParts, RegistryFollower};
 use crate::storage::{FsStorage, Storage};
 use crate::store::Store;
 
@@ -216,13 +216,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         Some(settings) => {
             let tls = buildfleet_builder::http::tls_config(None)
                 .context("the registry follower's TLS roots")?;
-            let (store, scheduler, data_dir) =
-                (store.clone(), scheduler.clone(), config.data_dir.clone());
+            let parts = FollowerParts {
+                store: store.clone(),
+                storage: storage.clone(),
+                job_feed: job_feed.clone(),
+                scheduler: scheduler.clone(),
+            };
+            let data_dir = config.data_dir.clone();
             Some(RegistryFollower::start_in_arbiter(
                 &actors.handle(),
                 move |_| {
                     let client = buildfleet_builder::http::client(&tls);
-                    RegistryFollower::new(store, scheduler, settings, data_dir, client)
+                    RegistryFollower::new(parts, settings, data_dir, client)
                 },
             ))
         }

@@ -1,5 +1,5 @@
 //! The registry follower against a real local registry (sparse and git indexes served over
-//! HTTP on loopback, real `.crate` files): it queues the configured builds of versions
+//! HTTP on loopback, real `.crate` files): it queues a metadata job for each version
 //! published while it runs, once each (repeated fetches, a restart), with the index's
 //! download URL and SHA-256 and crate annotations; yanked versions are not built and are
 //! marked when yanked later; denied crates are recorded as skipped; backfills queue existing
@@ -110,7 +110,8 @@ async fn a_sparse_follower_queues_each_new_version_once(db: TestDb) {
     assert_eq!(status["protocol"], "sparse");
     assert_eq!(status["last_error"], Value::Null, "{status}");
 
-    // A version published while the follower runs is queued, from the index's URL and sum.
+    // A version published while the follower runs gets its metadata job (no builder runs
+    // it here; e2e_registry.rs follows it to the builds), from the index's URL and sum.
     registry.publish(&release);
     let page = wait_for_crate(&server, SAMPLE_BINARY, |p| version(p, "0.2.0").is_some()).await;
     let v = version(&page, "0.2.0").unwrap();
@@ -123,7 +124,7 @@ async fn a_sparse_follower_queues_each_new_version_once(db: TestDb) {
         registry.dl_url_of(SAMPLE_BINARY, "0.2.0")
     );
     assert_eq!(job["source_sha256"], release.sha256());
-    assert_eq!(job["recipe"], "cargo-build");
+    assert_eq!(job["recipe"], "crate-metadata");
     assert_eq!(job["priority"], 0);
     assert_eq!(job["submitter"], "registry:local");
     assert_eq!(
@@ -165,6 +166,9 @@ async fn a_sparse_follower_queues_each_new_version_once(db: TestDb) {
     assert_eq!(queued.len(), 1, "{done}");
     let backfilled = server.job(queued[0].as_i64().unwrap()).await;
     assert_eq!(backfilled["priority"], -100);
+    assert_eq!(backfilled["recipe"], "crate-metadata");
+    let page = server.get_ok(&format!("/crates/{SAMPLE_BINARY}")).await;
+    assert_eq!(version(&page, &samples.binary.version).unwrap()["status"], "queued");
     let (_, again) = server
         .post_admin("/registry/backfill", &json!({ "crate": SAMPLE_BINARY }))
         .await;

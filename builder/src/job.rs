@@ -21,7 +21,7 @@ use crate::config::{Limits, Strategy, ToolchainEnv};
 use crate::event_buffer::EventBuffer;
 use crate::identity::Identity;
 use crate::process::{self, OutputSink, RunOptions, StopReason, StopSignal};
-use crate::recipes::{Recipe, RecipeBook};
+use crate::recipes::{CargoOptions, Recipe, RecipeBook};
 use crate::source::{CachedSource, SourceCache, SourceError};
 use crate::strategy::{CommandContext, JobLayout};
 use crate::unpack::{self, UnpackLimits};
@@ -344,11 +344,8 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
         Err(SourceFailure::Failed(kind, message)) => return Ended::failed(kind, message, None),
     };
 
-    let offline = job
-        .parameters
-        .get("offline")
-        .map_or(env.offline, |v| v == "true" || v == "1");
-    let commands = recipe.commands_for(offline);
+    let options = CargoOptions::from_parameters(&job.parameters, env.offline);
+    let commands = recipe.commands_with(&options);
     if job.mode == JobMode::Plan {
         return Ended {
             outcome: Outcome::Succeeded,

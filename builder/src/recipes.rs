@@ -62,6 +62,44 @@ pub enum ArtifactRule {
     CargoRelease,
 }
 
+/// The built-in recipe that reads a crate's manifest for the registry follower.
+pub const CRATE_METADATA: &str = "crate-metadata";
+
+/// Job parameters that cargo recipes turn into arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CargoOptions {
+    pub offline: bool,
+    /// `features`: passed as `--features=<value>`.
+    pub features: Option<String>,
+    /// `bins` (comma separated): `--bin=<name>` each, for `cargo build`.
+    pub bins: Vec<String>,
+}
+
+impl CargoOptions {
+    /// From a job's parameters, `offline` defaulting to the builder's setting.
+    pub fn from_parameters(parameters: &BTreeMap<String, String>, offline_default: bool) -> Self {
+        CargoOptions {
+            offline: parameters
+                .get("offline")
+                .map_or(offline_default, |v| v == "true" || v == "1"),
+            features: parameters
+                .get("features")
+                .filter(|f| !f.is_empty())
+                .cloned(),
+            bins: parameters
+                .get("bins")
+                .map(|b| {
+                    b.split(',')
+                        .map(str::trim)
+                        .filter(|b| !b.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipe {
     pub name: String,
@@ -87,6 +125,29 @@ impl Recipe {
         }
     }
 
+    /// What a crate asks to be built: `cargo metadata` of the unpacked crate (targets,
+    /// features and `[package.metadata]`, nothing resolved), uploaded as `metadata.json`.
+    /// The registry follower reads it to choose the builds that follow.
+    fn crate_metadata() -> Self {
+        Recipe {
+            name: CRATE_METADATA.into(),
+            version: "1".into(),
+            commands: vec![argv(&[
+                "sh",
+                "-c",
+                "cargo metadata --no-deps --format-version 1 --offline > \"$BUILDFLEET_OUT/metadata.json\"",
+            ])],
+            env: cargo_env(),
+            artifacts: vec![ArtifactRule::Declared(ArtifactConfig {
+                name: "metadata.json".into(),
+                path: "metadata.json".into(),
+                pack: Pack::File,
+            })],
+            image: None,
+            is_cargo: false,
+        }
+    }
+
     fn cargo_doc() -> Self {
         Recipe {
             name: "cargo-doc".into(),
@@ -105,12 +166,32 @@ impl Recipe {
 
     /// The commands to run, with `--offline` added to cargo invocations when asked.
     pub fn commands_for(&self, offline: bool) -> Vec<Vec<String>> {
+        self.commands_with(&CargoOptions {
+            offline,
+            ..CargoOptions::default()
+        })
+    }
+
+    /// The commands to run, with the job's cargo options added to cargo invocations: each
+    /// option is its own argument (no shell), so a value cannot become another flag's.
+    pub fn commands_with(&self, options: &CargoOptions) -> Vec<Vec<String>> {
         let mut commands = self.commands.clone();
-        if self.is_cargo && offline {
-            for command in &mut commands {
-                if command.first().is_some_and(|p| p == "cargo") {
-                    command.push("--offline".into());
-                }
+        if !self.is_cargo {
+            return commands;
+        }
+        for command in &mut commands {
+            if command.first().is_none_or(|p| p != "cargo") {
+                continue;
+            }
+            if options.offline {
+                command.push("--offline".into());
+            }
+            if let Some(features) = &options.features {
+                command.push(format!("--features={features}"));
+            }
+            let builds = command.get(1).is_some_and(|sub| sub == "build");
+            for bin in options.bins.iter().filter(|_| builds) {
+                command.push(format!("--bin={bin}"));
             }
         }
         commands
@@ -210,7 +291,11 @@ impl RecipeBook {
     /// The built-in recipes plus `configured` ones; a configured recipe with a built-in's
     /// name replaces it.
     pub fn with_builtins(configured: Vec<RecipeConfig>) -> Result<Self, RecipeError> {
-        let mut recipes = vec![Recipe::cargo_build(), Recipe::cargo_doc()];
+        let mut recipes = vec![
+            Recipe::cargo_build(),
+            Recipe::cargo_doc(),
+            Recipe::crate_metadata(),
+        ];
         let mut seen = BTreeSet::new();
         for config in configured {
             if !seen.insert(config.name.clone()) {
@@ -335,6 +420,22 @@ mod tests {
             Some("--offline")
         );
         assert!(!recipe.commands_for(false)[0].contains(&"--offline".to_owned()));
+        let parameters = BTreeMap::from([
+            ("features".to_owned(), "serde,std".to_owned()),
+            ("bins".to_owned(), "rg, rg-helper".to_owned()),
+        ]);
+        let options = CargoOptions::from_parameters(&parameters, false);
+        assert_eq!(
+            recipe.commands_with(&options)[0],
+            [
+                "cargo",
+                "build",
+                "--release",
+                "--features=serde,std",
+                "--bin=rg",
+                "--bin=rg-helper"
+            ]
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct JobDetail {
     pub plan: Option<AttemptPlan>,
     /// Why it waits, while it is queued.
     pub queue: Option<api::QueueStanding>,
+    /// Its place in a chain of jobs (a crate's metadata job and the builds it queued).
+    pub follows_from: Option<JobId>,
+    pub follow_ups: Vec<JobId>,
 }
 
 impl JobDetail {
@@ -48,6 +51,8 @@ impl JobDetail {
             events: self.events.into_iter().map(Into::into).collect(),
             artifacts: self.artifacts,
             queue: self.queue,
+            follows_from: self.follows_from.map(|j| j.0),
+            follow_ups: self.follow_ups.iter().map(|j| j.0).collect(),
         }
     }
 }
@@ -363,7 +368,10 @@ pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiEr
             JobMode::Plan => store.job_plan(id)?,
             JobMode::Build => None,
         };
+        let (follows_from, follow_ups) = store.job_chain(id.0)?;
         Ok(JobDetail {
+            follows_from: follows_from.map(JobId),
+            follow_ups: follow_ups.into_iter().map(JobId).collect(),
             plan,
             attempts: store.job_attempts(id)?,
             events: store.job_events(id)?,

@@ -72,6 +72,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/registry", web::get().to(registry::status))
                 .route("/registry/backfill", web::post().to(registry::backfill))
                 .route("/crates/{name}", web::get().to(registry::crate_detail))
+                .route(
+                    "/crates/{name}/{version}/{target}/{file}",
+                    web::get().to(registry::binstall),
+                )
                 .route("/jobs", web::get().to(jobs::list))
                 .route("/jobs", web::post().to(jobs::submit))
                 .route("/jobs/{id}", web::get().to(jobs::get))

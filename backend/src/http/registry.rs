@@ -224,3 +224,82 @@ fn version_view(
         seen_at: v.seen_at,
     }
 }
+
+/// What a binstall URL asks for beside the archive.
+#[derive(Debug, Clone, Copy)]
+enum BinstallFile {
+    Archive,
+    Statement,
+    Signature,
+}
+
+/// `GET /api/v1/crates/{name}/{version}/{target}/{file}`: stable URLs of the newest
+/// successful build of a version for a target, for cargo-binstall's `pkg-url` (`download`:
+/// the `.tar.gz` of its binaries) and for verifiers (`statement`, `statement.sig`). Each
+/// redirects to the job's own URL, so there is one download path (ranges, digests).
+pub async fn binstall(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (krate, version, target, file) = path.into_inner();
+    let wanted = match file.as_str() {
+        "download" => BinstallFile::Archive,
+        "statement" => BinstallFile::Statement,
+        "statement.sig" => BinstallFile::Signature,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "{other:?} (a crate build offers download, statement and statement.sig)"
+            )))
+        }
+    };
+    follower(&state)?;
+    let Some(settings) = state.config.registry.clone() else {
+        return Err(ApiError::NotFound("registry follower".into()));
+    };
+    crate::registry::index::check_crate_name(&krate)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let store = state.store.clone();
+    let public_url = state.public_url.clone();
+    let (lookup_crate, lookup_version, lookup_target) =
+        (krate.clone(), version.clone(), target.clone());
+    let found = blocking(move || {
+        for id in store.registry_build_jobs(
+            &settings.name,
+            &lookup_crate,
+            &lookup_version,
+            &lookup_target,
+        )? {
+            let id = JobId(id);
+            let Some(job) = store.job(id)? else { continue };
+            if job.state != crate::store::JobState::Succeeded {
+                continue;
+            }
+            let archive = store
+                .artifacts(id, true)?
+                .into_iter()
+                .find(|a| a.name.ends_with(".tar.gz") || a.name.ends_with(".tgz"));
+            if let Some(archive) = archive {
+                return Ok(Some((
+                    id,
+                    crate::http::views::artifact(&public_url, archive)?.url,
+                )));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    let Some((job, archive_url)) = found else {
+        return Err(ApiError::NotFound(format!(
+            "a successful build of {krate} {version} for {target}"
+        )));
+    };
+    let location = match wanted {
+        BinstallFile::Archive => archive_url,
+        BinstallFile::Statement => format!("{}/api/v1/jobs/{job}/statement", state.public_url),
+        BinstallFile::Signature => format!("{}/api/v1/jobs/{job}/statement.sig", state.public_url),
+    };
+    Ok(HttpResponse::Found()
+        .insert_header(("Location", location))
+        .insert_header(("X-Buildfleet-Job", job.to_string()))
+        .finish())
+}

@@ -13,24 +13,32 @@
 
 mod git;
 pub mod index;
+pub mod metadata;
 mod settings;
 mod sparse;
 
 pub use settings::{BuildSpec, IndexSource, RegistryFile, RegistrySettings};
 
+use std::io::Read as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
+use buildfleet_builder::recipes::CRATE_METADATA;
+
 use crate::actors::scheduler::{JobQueued, Scheduler};
+use crate::job_feed::JobFeed;
 use crate::offload;
+use crate::storage::Storage;
 use crate::store::{
-    Annotations, FirstSight, IndexVersion, Job, JobMode, NewJob, Observation, RegistryBuild, Store,
-    StoreError,
+    Annotations, AwaitingPlan, FirstSight, IndexVersion, Job, JobId, JobMode, JobState, NewJob,
+    Observation, RegistryBuild, Store, StoreError, VersionPlan,
 };
 use git::GitIndex;
 use index::{IndexError, RegistryConfig};
+use metadata::{Decision, PlannedBuild};
 use sparse::Fetched;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,17 +85,29 @@ fn sparse_cursor(krate: &str) -> String {
 
 pub struct RegistryFollower {
     store: Store,
+    storage: Arc<dyn Storage>,
+    job_feed: Arc<JobFeed>,
     scheduler: Addr<Scheduler>,
     settings: RegistrySettings,
     client: awc::Client,
     git: Option<std::rc::Rc<GitIndex>>,
     polling: bool,
+    planning: bool,
+    /// A metadata job ended during a planning pass: plan once more after it.
+    plan_again: bool,
+}
+
+/// What the follower works with besides its settings.
+pub struct FollowerParts {
+    pub store: Store,
+    pub storage: Arc<dyn Storage>,
+    pub job_feed: Arc<JobFeed>,
+    pub scheduler: Addr<Scheduler>,
 }
 
 impl RegistryFollower {
     pub fn new(
-        store: Store,
-        scheduler: Addr<Scheduler>,
+        parts: FollowerParts,
         settings: RegistrySettings,
         data_dir: PathBuf,
         client: awc::Client,
@@ -102,18 +122,23 @@ impl RegistryFollower {
             IndexSource::Sparse(_) => None,
         };
         RegistryFollower {
-            store,
-            scheduler,
+            store: parts.store,
+            storage: parts.storage,
+            job_feed: parts.job_feed,
+            scheduler: parts.scheduler,
             settings,
             client,
             git,
             polling: false,
+            planning: false,
+            plan_again: false,
         }
     }
 
     fn follower(&self) -> Follow {
         Follow {
             store: self.store.clone(),
+            storage: self.storage.clone(),
             settings: self.settings.clone(),
             client: self.client.clone(),
             git: self.git.clone(),
@@ -127,6 +152,30 @@ impl Actor for RegistryFollower {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.notify(Poll);
         ctx.run_interval(self.settings.poll_interval, |_, ctx| ctx.notify(Poll));
+        // A finished metadata job is planned at once; the poll round plans whatever a
+        // lagging subscription or a restart missed.
+        let mut changes = self.job_feed.subscribe();
+        let follower = ctx.address();
+        ctx.spawn(
+            async move {
+                loop {
+                    match changes.recv().await {
+                        Ok(published)
+                            if published.change.recipe == CRATE_METADATA
+                                && published.change.state.is_terminal() =>
+                        {
+                            follower.do_send(PlanFollowUps);
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            follower.do_send(PlanFollowUps);
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -152,11 +201,43 @@ impl Handler<Poll> for RegistryFollower {
                 scheduler.do_send(JobQueued(queued));
             }
         };
-        ctx.spawn(
-            round
-                .into_actor(self)
-                .map(|(), actor, _| actor.polling = false),
-        );
+        ctx.spawn(round.into_actor(self).map(|(), actor, ctx| {
+            actor.polling = false;
+            ctx.notify(PlanFollowUps);
+        }));
+    }
+}
+
+/// Queue the follow-up builds of versions whose metadata job ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PlanFollowUps;
+
+impl Handler<PlanFollowUps> for RegistryFollower {
+    type Result = ();
+
+    fn handle(&mut self, _: PlanFollowUps, ctx: &mut Self::Context) {
+        if self.planning {
+            self.plan_again = true;
+            return;
+        }
+        self.planning = true;
+        self.plan_again = false;
+        let follow = self.follower();
+        let scheduler = self.scheduler.clone();
+        let planning = async move {
+            match follow.plan_follow_ups().await {
+                Ok(queued) if !queued.is_empty() => scheduler.do_send(JobQueued(queued)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "planning the builds of crate versions"),
+            }
+        };
+        ctx.spawn(planning.into_actor(self).map(|(), actor, ctx| {
+            actor.planning = false;
+            if actor.plan_again {
+                ctx.notify(PlanFollowUps);
+            }
+        }));
     }
 }
 
@@ -195,6 +276,7 @@ impl Handler<Backfill> for RegistryFollower {
 /// One round's work, apart from the actor so it runs as a future.
 struct Follow {
     store: Store,
+    storage: Arc<dyn Storage>,
     settings: RegistrySettings,
     client: awc::Client,
     git: Option<std::rc::Rc<GitIndex>>,
@@ -358,7 +440,12 @@ impl Follow {
         } else if self.settings.is_denied(krate) {
             FirstSight::Skipped("denied by registry.deny".into())
         } else {
-            FirstSight::Build(self.builds(krate, version, config, self.settings.priority))
+            FirstSight::Build(vec![self.metadata_build(
+                krate,
+                version,
+                config,
+                self.settings.priority,
+            )])
         };
         Observation {
             version: version.clone(),
@@ -366,44 +453,127 @@ impl Follow {
         }
     }
 
-    /// The configured builds of a version, annotated with what they build.
-    fn builds(
+    /// A version's first job: read its manifest, so its metadata can choose the builds.
+    fn metadata_build(
         &self,
         krate: &str,
         version: &IndexVersion,
         config: &RegistryConfig,
         priority: i32,
-    ) -> Vec<RegistryBuild> {
-        self.settings
-            .builds
-            .iter()
-            .map(|spec| {
-                let mut annotations = Annotations::new();
-                annotations.insert("crate".into(), krate.to_owned());
-                annotations.insert("version".into(), version.version.clone());
-                annotations.insert("registry".into(), self.settings.name.clone());
-                if !spec.target.is_empty() {
-                    annotations.insert("target".into(), spec.target.clone());
-                }
-                RegistryBuild {
-                    target: spec.target.clone(),
-                    job: NewJob {
-                        source_url: config.download_url(krate, &version.version, &version.cksum),
-                        source_sha256: version.cksum.clone(),
-                        source_max_bytes: self.settings.max_crate_bytes,
-                        recipe: spec.recipe.clone(),
-                        parameters: Default::default(),
-                        required_labels: spec.labels.clone(),
-                        annotations,
-                        mode: JobMode::Build,
-                        priority,
-                        max_attempts: self.settings.max_attempts,
-                        timeout_secs: self.settings.timeout_secs,
-                        submitter: format!("registry:{}", self.settings.name),
-                    },
-                }
-            })
-            .collect()
+    ) -> RegistryBuild {
+        let mut annotations = Annotations::new();
+        annotations.insert("crate".into(), krate.to_owned());
+        annotations.insert("version".into(), version.version.clone());
+        annotations.insert("registry".into(), self.settings.name.clone());
+        RegistryBuild {
+            target: String::new(),
+            job: NewJob {
+                source_url: config.download_url(krate, &version.version, &version.cksum),
+                source_sha256: version.cksum.clone(),
+                source_max_bytes: self.settings.max_crate_bytes,
+                recipe: CRATE_METADATA.into(),
+                parameters: Default::default(),
+                required_labels: Default::default(),
+                annotations,
+                mode: JobMode::Build,
+                priority,
+                max_attempts: self.settings.max_attempts,
+                timeout_secs: METADATA_TIMEOUT_SECS,
+                submitter: format!("registry:{}", self.settings.name),
+            },
+        }
+    }
+
+    /// A build that follows from a metadata job: same source, annotations and priority.
+    fn follow_up(&self, metadata_job: &Job, planned: &PlannedBuild) -> RegistryBuild {
+        let mut annotations = metadata_job.annotations.clone();
+        if !planned.spec.target.is_empty() {
+            annotations.insert("target".into(), planned.spec.target.clone());
+        }
+        RegistryBuild {
+            target: planned.spec.target.clone(),
+            job: NewJob {
+                source_url: metadata_job.source_url.clone(),
+                source_sha256: metadata_job.source_sha256.clone(),
+                source_max_bytes: metadata_job.source_max_bytes,
+                recipe: planned.spec.recipe.clone(),
+                parameters: planned.parameters.clone(),
+                required_labels: planned.spec.labels.clone(),
+                annotations,
+                mode: JobMode::Build,
+                priority: metadata_job.priority,
+                max_attempts: self.settings.max_attempts,
+                timeout_secs: self.settings.timeout_secs,
+                submitter: metadata_job.submitter.clone(),
+            },
+        }
+    }
+
+    /// Plans every version whose metadata job ended: its follow-up builds, or why none.
+    async fn plan_follow_ups(&self) -> Result<Vec<Job>, FollowError> {
+        let (store, name) = (self.store.clone(), self.settings.name.clone());
+        let awaiting =
+            in_store(move || store.awaiting_plan(&name, CRATE_METADATA, PLAN_BATCH)).await?;
+        let mut queued = Vec::new();
+        for version in awaiting {
+            let store = self.store.clone();
+            let id = JobId(version.metadata_job);
+            let Some(job) = in_store(move || store.job(id)).await? else {
+                continue;
+            };
+            let plan = match job.state {
+                JobState::Succeeded => self.plan_from_metadata(&version, &job).await,
+                state if state.is_terminal() => VersionPlan::Failed(format!(
+                    "metadata job {id} ended {}: {}",
+                    state.as_str(),
+                    job.error.clone().unwrap_or_default()
+                )),
+                _ => continue,
+            };
+            let (store, name) = (self.store.clone(), self.settings.name.clone());
+            queued.extend(in_store(move || store.plan_version(&name, &version, &plan)).await?);
+        }
+        Ok(queued)
+    }
+
+    async fn plan_from_metadata(&self, version: &AwaitingPlan, job: &Job) -> VersionPlan {
+        let (store, storage, id) = (self.store.clone(), self.storage.clone(), job.id);
+        let read = in_store(move || {
+            let Some(artifact) = store
+                .artifacts(id, true)?
+                .into_iter()
+                .find(|a| a.name == "metadata.json")
+            else {
+                return Ok(None);
+            };
+            let mut bytes = Vec::new();
+            storage
+                .open(&artifact.storage_key)
+                .and_then(|file| {
+                    file.take(metadata::MAX_METADATA_BYTES)
+                        .read_to_end(&mut bytes)
+                })
+                .map_err(|e| {
+                    StoreError::Corrupt(format!("reading metadata.json of job {id}: {e}"))
+                })?;
+            Ok(Some(bytes))
+        })
+        .await;
+        let bytes = match read {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                return VersionPlan::Failed(format!("metadata job {id} published no metadata.json"))
+            }
+            Err(e) => return VersionPlan::Failed(e.to_string()),
+        };
+        match metadata::decide(&bytes, &version.crate_name, &self.settings.builds) {
+            Ok(Decision::Build(planned)) => {
+                VersionPlan::Builds(planned.iter().map(|p| self.follow_up(job, p)).collect())
+            }
+            Ok(Decision::Library) => VersionPlan::Library,
+            Ok(Decision::Nothing(reason)) => VersionPlan::Failed(reason),
+            Err(e) => VersionPlan::Failed(e.to_string()),
+        }
     }
 
     async fn record(
@@ -445,7 +615,12 @@ impl Follow {
             if version.yanked || !matches {
                 continue;
             }
-            let builds = self.builds(&spelled, &version, &config, self.settings.backfill_priority);
+            let builds = vec![self.metadata_build(
+                &spelled,
+                &version,
+                &config,
+                self.settings.backfill_priority,
+            )];
             let (store, name, krate, v) = (
                 self.store.clone(),
                 self.settings.name.clone(),
@@ -540,6 +715,11 @@ fn crate_file(path: &str) -> Option<String> {
     }
     Some(name.to_owned())
 }
+
+/// A metadata job only unpacks and reads a manifest.
+const METADATA_TIMEOUT_SECS: i64 = 600;
+/// Versions planned per pass.
+const PLAN_BATCH: i64 = 200;
 
 /// How often the follower fetches when the config does not say.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);

@@ -59,12 +59,12 @@ pub use labels::{
     ANY_VALUE as ANY_LABEL_VALUE,
 };
 pub use leases::{RenewedLease, Requeued};
-pub use registry::{
-    FirstSight, IndexVersion, Observation, RegistryBuild, RegistryBuildRow, RegistryVersion,
-    VersionStatus,
-};
 pub use logs::{LogChunk, NewLogChunk};
 pub use migrations::{pending_migrations, revert_all_migrations, run_migrations};
+pub use registry::{
+    AwaitingPlan, FirstSight, IndexVersion, Observation, RegistryBuild, RegistryBuildRow,
+    RegistryVersion, VersionPlan, VersionStatus,
+};
 pub use sources::Source;
 pub use state::{AttemptOutcome, JobMode, JobState, Outcome, UnknownValue};
 pub use tokens::{ApiToken, TokenScope};

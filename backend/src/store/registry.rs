@@ -48,7 +48,14 @@ pub struct Observation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionStatus {
     Existing,
+    /// Its metadata job is queued or running.
     Queued,
+    /// The builds its metadata asked for are queued.
+    Planned,
+    /// It has no binaries: nothing to build.
+    Library,
+    /// Its metadata job failed.
+    Failed,
     Skipped,
     Yanked,
 }
@@ -58,6 +65,9 @@ impl VersionStatus {
         match self {
             VersionStatus::Existing => "existing",
             VersionStatus::Queued => "queued",
+            VersionStatus::Planned => "planned",
+            VersionStatus::Library => "library",
+            VersionStatus::Failed => "failed",
             VersionStatus::Skipped => "skipped",
             VersionStatus::Yanked => "yanked",
         }
@@ -67,6 +77,9 @@ impl VersionStatus {
         Ok(match raw {
             "existing" => VersionStatus::Existing,
             "queued" => VersionStatus::Queued,
+            "planned" => VersionStatus::Planned,
+            "library" => VersionStatus::Library,
+            "failed" => VersionStatus::Failed,
             "skipped" => VersionStatus::Skipped,
             "yanked" => VersionStatus::Yanked,
             other => {
@@ -97,6 +110,27 @@ pub struct RegistryBuildRow {
     pub target: String,
     pub recipe: String,
     pub job_id: i64,
+    pub backfill: bool,
+}
+
+/// What a version's metadata decided.
+#[derive(Debug, Clone)]
+pub enum VersionPlan {
+    Builds(Vec<RegistryBuild>),
+    /// No binaries to build.
+    Library,
+    /// The metadata job failed, or its output could not be read.
+    Failed(String),
+}
+
+/// A version whose metadata job was queued, waiting for its plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaitingPlan {
+    pub crate_name: String,
+    pub version: String,
+    pub cksum: String,
+    pub metadata_job: i64,
+    /// The metadata job came from a backfill; so do its follow-ups.
     pub backfill: bool,
 }
 
@@ -188,7 +222,32 @@ impl Store {
                         now,
                     )?;
                 }
-                queue_builds(conn, registry, krate, &version.version, builds, true, now)
+                let queued = queue_builds(
+                    conn,
+                    registry,
+                    krate,
+                    &version.version,
+                    builds,
+                    BuildOrigin {
+                        backfill: true,
+                        parent: None,
+                    },
+                    now,
+                )?;
+                if !queued.is_empty() {
+                    // Its builds follow from the metadata job just queued.
+                    diesel::update(registry_versions::table.find((
+                        registry,
+                        krate,
+                        &version.version,
+                    )))
+                    .set((
+                        registry_versions::status.eq(VersionStatus::Queued.as_str()),
+                        registry_versions::reason.eq(None::<String>),
+                    ))
+                    .execute(conn)?;
+                }
+                Ok(queued)
             })
         };
         match attempt() {
@@ -267,6 +326,148 @@ impl Store {
                 },
             )
             .collect())
+    }
+
+    /// Versions whose metadata job was queued and whose plan is not recorded yet, oldest
+    /// first, at most `limit`.
+    pub fn awaiting_plan(
+        &self,
+        registry: &str,
+        metadata_recipe: &str,
+        limit: i64,
+    ) -> Result<Vec<AwaitingPlan>, StoreError> {
+        let mut conn = self.conn()?;
+        let queued: Vec<(String, String, String)> = registry_versions::table
+            .filter(registry_versions::registry.eq(registry))
+            .filter(registry_versions::status.eq(VersionStatus::Queued.as_str()))
+            .order(registry_versions::seen_at.asc())
+            .limit(limit)
+            .select((
+                registry_versions::crate_name,
+                registry_versions::version,
+                registry_versions::cksum,
+            ))
+            .load(&mut *conn)?;
+        let mut awaiting = Vec::new();
+        for (crate_name, version, cksum) in queued {
+            let job: Option<(i64, bool)> = registry_builds::table
+                .filter(registry_builds::registry.eq(registry))
+                .filter(registry_builds::crate_name.eq(&crate_name))
+                .filter(registry_builds::version.eq(&version))
+                .filter(registry_builds::recipe.eq(metadata_recipe))
+                .select((registry_builds::job_id, registry_builds::backfill))
+                .first(&mut *conn)
+                .optional()?;
+            if let Some((metadata_job, backfill)) = job {
+                awaiting.push(AwaitingPlan {
+                    crate_name,
+                    version,
+                    cksum,
+                    metadata_job,
+                    backfill,
+                });
+            }
+        }
+        Ok(awaiting)
+    }
+
+    /// Records a version's plan and queues its builds as follow-ups of its metadata job, once:
+    /// a version no longer awaiting its plan (another replica recorded it) is left alone.
+    pub fn plan_version(
+        &self,
+        registry: &str,
+        awaiting: &AwaitingPlan,
+        plan: &VersionPlan,
+    ) -> Result<Vec<Job>, StoreError> {
+        if let VersionPlan::Builds(builds) = plan {
+            for build in builds {
+                validate(&build.job)?;
+            }
+        }
+        let now = self.now_ms();
+        let key = (
+            registry,
+            awaiting.crate_name.as_str(),
+            awaiting.version.as_str(),
+        );
+        let attempt = || {
+            self.write(|conn| {
+                let current = find_version(conn, registry, key.1, key.2)?;
+                if current.map(|v| v.status) != Some(VersionStatus::Queued) {
+                    return Ok(Vec::new());
+                }
+                let (status, reason, queued) = match plan {
+                    VersionPlan::Builds(builds) => {
+                        let queued = queue_builds(
+                            conn,
+                            registry,
+                            key.1,
+                            key.2,
+                            builds,
+                            BuildOrigin {
+                                backfill: false,
+                                parent: Some(awaiting.metadata_job),
+                            },
+                            now,
+                        )?;
+                        (VersionStatus::Planned, None, queued)
+                    }
+                    VersionPlan::Library => (
+                        VersionStatus::Library,
+                        Some("no binaries to build".to_owned()),
+                        Vec::new(),
+                    ),
+                    VersionPlan::Failed(reason) => {
+                        (VersionStatus::Failed, Some(reason.clone()), Vec::new())
+                    }
+                };
+                diesel::update(registry_versions::table.find(key))
+                    .set((
+                        registry_versions::status.eq(status.as_str()),
+                        registry_versions::reason.eq(reason),
+                    ))
+                    .execute(conn)?;
+                Ok(queued)
+            })
+        };
+        match attempt() {
+            Err(StoreError::AlreadyExists { .. }) => attempt(),
+            other => other,
+        }
+    }
+
+    /// A registry job's place in its chain: the job it follows from, and its follow-ups.
+    pub fn job_chain(&self, job: i64) -> Result<(Option<i64>, Vec<i64>), StoreError> {
+        let mut conn = self.conn()?;
+        let parent: Option<Option<i64>> = registry_builds::table
+            .filter(registry_builds::job_id.eq(job))
+            .select(registry_builds::parent_job_id)
+            .first(&mut *conn)
+            .optional()?;
+        let children = registry_builds::table
+            .filter(registry_builds::parent_job_id.eq(job))
+            .order(registry_builds::job_id.asc())
+            .select(registry_builds::job_id)
+            .load(&mut *conn)?;
+        Ok((parent.flatten(), children))
+    }
+
+    /// The jobs of a version's builds for `target`, newest first.
+    pub fn registry_build_jobs(
+        &self,
+        registry: &str,
+        krate: &str,
+        version: &str,
+        target: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        Ok(registry_builds::table
+            .filter(registry_builds::registry.eq(registry))
+            .filter(registry_builds::crate_name.eq(krate))
+            .filter(registry_builds::version.eq(version))
+            .filter(registry_builds::target.eq(target))
+            .order(registry_builds::job_id.desc())
+            .select(registry_builds::job_id)
+            .load(&mut *self.conn()?)?)
     }
 
     pub fn registry_cursor(
@@ -417,7 +618,18 @@ fn record_one(
                 None,
                 now,
             )?;
-            queue_builds(conn, registry, krate, &version.version, builds, false, now)
+            queue_builds(
+                conn,
+                registry,
+                krate,
+                &version.version,
+                builds,
+                BuildOrigin {
+                    backfill: false,
+                    parent: None,
+                },
+                now,
+            )
         }
     }
 }
@@ -461,6 +673,13 @@ fn insert_version(
     Ok(())
 }
 
+/// Why builds are queued: a backfill or not, and the job they follow from.
+#[derive(Debug, Clone, Copy)]
+struct BuildOrigin {
+    backfill: bool,
+    parent: Option<i64>,
+}
+
 /// Inserts the jobs of the builds not queued before; returns them.
 fn queue_builds(
     conn: &mut DbConnection,
@@ -468,7 +687,7 @@ fn queue_builds(
     krate: &str,
     version: &str,
     builds: &[RegistryBuild],
-    backfill: bool,
+    origin: BuildOrigin,
     now: i64,
 ) -> Result<Vec<Job>, StoreError> {
     let mut queued = Vec::new();
@@ -498,7 +717,8 @@ fn queue_builds(
                 registry_builds::target.eq(&build.target),
                 registry_builds::recipe.eq(&build.job.recipe),
                 registry_builds::job_id.eq(job.id.0),
-                registry_builds::backfill.eq(backfill),
+                registry_builds::backfill.eq(origin.backfill),
+                registry_builds::parent_job_id.eq(origin.parent),
             ))
             .execute(conn)?;
         queued.push(job);

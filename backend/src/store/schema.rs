@@ -188,6 +188,7 @@ diesel::table! {
         recipe -> Text,
         job_id -> BigInt,
         backfill -> Bool,
+        parent_job_id -> Nullable<BigInt>,
     }
 }
 

@@ -4,8 +4,10 @@
 -- primary key is the de-duplication of discovery: a version is queued by whichever fetch
 -- (or replica) inserts its row first, in the same transaction as its jobs.
 -- status: existing (in the index before following began; built only by a backfill),
--- queued (its builds were queued), skipped (reason says why: deny list), yanked (yanked
--- when first seen; never built). `yanked` follows the index afterwards.
+-- queued (its metadata job is queued or running), planned (the builds its metadata asked
+-- for are queued), library (no binaries: nothing to build), failed (the metadata job failed;
+-- reason says why), skipped (reason says why: deny list), yanked (yanked when first seen;
+-- never built). `yanked` follows the index afterwards.
 CREATE TABLE registry_versions (
     registry TEXT NOT NULL,
     crate_name TEXT NOT NULL,
@@ -19,7 +21,7 @@ CREATE TABLE registry_versions (
 );
 
 -- One row per queued build: (crate, version, target, recipe) is built at most once, by a
--- new release or a backfill alike.
+-- new release or a backfill alike. parent_job_id: the metadata job a build follows from.
 CREATE TABLE registry_builds (
     registry TEXT NOT NULL,
     crate_name TEXT NOT NULL,
@@ -28,9 +30,12 @@ CREATE TABLE registry_builds (
     recipe TEXT NOT NULL,
     job_id BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     backfill BOOLEAN NOT NULL,
+    parent_job_id BIGINT REFERENCES jobs (id) ON DELETE SET NULL,
     PRIMARY KEY (registry, crate_name, version, target, recipe)
 );
 CREATE INDEX registry_builds_job_idx ON registry_builds (job_id);
+CREATE INDEX registry_builds_parent_idx ON registry_builds (parent_job_id);
+CREATE INDEX registry_versions_status_idx ON registry_versions (registry, status, seen_at);
 
 -- Where the follower stands: the git index commit it has processed, each watched crate's
 -- sparse ETag, the last fetch and its error. Written after what it covers is recorded, so a
