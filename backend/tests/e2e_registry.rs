@@ -158,6 +158,30 @@ async fn a_published_version_is_built_served_verified_and_installed(db: TestDb) 
 
     install_with_cargo_binstall(&server, &registry, &archive);
 
+    // The crate page shows the version, its build, the binary's digest and how to install it;
+    // the registry page where the follower stands.
+    let (status, page) = server
+        .get_raw(&format!("{}/crates/{SAMPLE_BINARY}", server.url))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let page = String::from_utf8(page).expect("HTML");
+    for expected in [
+        "0.2.0",
+        "planned",
+        TARGET,
+        &sha256_hex(&archive),
+        "cargo binstall --pkg-url",
+    ] {
+        assert!(page.contains(expected), "the crate page shows {expected}");
+    }
+    let (status, page) = server.get_raw(&format!("{}/registry", server.url)).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = String::from_utf8(page).expect("HTML");
+    assert!(
+        page.contains("sparse+") && page.contains(&format!("/crates/{SAMPLE_BINARY}")),
+        "{page}"
+    );
+
     // A version whose index cksum is not its file's: the metadata job refuses the source,
     // nothing is built or published.
     registry.publish_with_wrong_cksum(&tampered);

@@ -115,7 +115,12 @@ pub async fn backfill(
 
 /// `GET /api/v1/registry`.
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    follower(&state)?;
+    Ok(HttpResponse::Ok().json(load_status(&state).await?))
+}
+
+/// The follower's standing, for the API and the dashboard.
+pub async fn load_status(state: &AppState) -> Result<api::RegistryStatus, ApiError> {
+    follower(state)?;
     let Some(settings) = state.config.registry.clone() else {
         return Err(ApiError::NotFound("registry follower".into()));
     };
@@ -139,7 +144,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         IndexSource::Git(url) => ("git", url.clone()),
         IndexSource::Sparse(base) => ("sparse", format!("sparse+{base}")),
     };
-    Ok(HttpResponse::Ok().json(api::RegistryStatus {
+    Ok(api::RegistryStatus {
         name: settings.name.clone(),
         protocol: protocol.into(),
         index,
@@ -155,7 +160,7 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             .into_iter()
             .map(|v| version_view(v, &BTreeMap::new()))
             .collect(),
-    }))
+    })
 }
 
 /// `GET /api/v1/crates/{name}`: the versions seen (newest first) with their builds.
@@ -163,11 +168,15 @@ pub async fn crate_detail(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    follower(&state)?;
+    Ok(HttpResponse::Ok().json(load_crate(&state, path.into_inner()).await?))
+}
+
+/// What the follower saw of a crate and built of it, for the API and the dashboard.
+pub async fn load_crate(state: &AppState, krate: String) -> Result<api::CrateDetail, ApiError> {
+    follower(state)?;
     let Some(settings) = state.config.registry.clone() else {
         return Err(ApiError::NotFound("registry follower".into()));
     };
-    let krate = path.into_inner();
     crate::registry::index::check_crate_name(&krate)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let store = state.store.clone();
@@ -199,14 +208,14 @@ pub async fn crate_detail(
             "crate {krate} (not seen by the registry follower)"
         )));
     }
-    Ok(HttpResponse::Ok().json(api::CrateDetail {
+    Ok(api::CrateDetail {
         krate: versions.first().map_or(krate, |v| v.crate_name.clone()),
         registry: settings.name,
         versions: versions
             .into_iter()
             .map(|v| version_view(v, &builds))
             .collect(),
-    }))
+    })
 }
 
 fn version_view(
