@@ -55,12 +55,18 @@ enum Command {
     Artifact(cli::ArtifactArgs),
 }
 
+/// The log goes to stdout; colour escapes only when that is a terminal and `NO_COLOR` is
+/// unset (no-color.org), so a log file or a pipe holds plain text.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BUILDFLEET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(colour)
         .init();
 }
 

@@ -93,9 +93,10 @@ async fn admit_list_disable_enable_remove() {
     assert!(drain.stderr.contains("conflict"), "{}", drain.stderr);
 
     let removed = server.cli(&["builder", "remove", &second_id]).await.ok();
-    assert!(removed
-        .stdout
-        .contains(&format!("removed builder {second_id}")));
+    assert_eq!(
+        removed.stdout,
+        format!("removed builder second (id {second_id})\n")
+    );
     let listed = server.cli(&["builder", "list", "--json"]).await.ok().json();
     assert_eq!(listed["builders"].as_array().unwrap().len(), 1);
 

@@ -258,9 +258,11 @@ async fn submit_an_archive_a_crate_and_a_url() {
             "xyz",
         ])
         .await
-        .expect_code(3);
+        .expect_code(2);
     assert!(
-        bad_digest.stderr.contains("bad_request"),
+        bad_digest
+            .stderr
+            .contains("--sha256 \"xyz\" is not a SHA-256 digest"),
         "{}",
         bad_digest.stderr
     );

@@ -13,6 +13,8 @@
     )
 )]
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use buildfleet_builder::config::{Cli, Command};
 use buildfleet_builder::Shutdown;
@@ -39,11 +41,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            // The log goes to stdout; colour escapes only when that is a terminal and
+            // `NO_COLOR` is unset (no-color.org), so a log file or a pipe holds plain text.
+            let colour = std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
+                .with_ansi(colour)
                 .init();
             let config = args.resolve().context("invalid configuration")?;
             actix_rt::System::new().block_on(async move {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::client::Api;
 use super::exit::{CliError, Outcome};
 use super::output::{age, or_dash, pairs, print_json, Table};
-use buildfleet_api::Builder;
+use buildfleet_api::{Builder, BuilderRecord};
 
 use super::client::parse;
 
@@ -96,7 +96,14 @@ async fn admit(api: &Api, json: bool, args: AdmitArgs) -> Result<Outcome, CliErr
     let body = json!({ "name": args.name, "public_key": key, "labels": labels });
     let admitted = api
         .post("/builders", Some(&body))
-        .await?
+        .await
+        .map_err(|e| match e.api_code() {
+            Some("conflict") => e.hint(
+                "a name and a key are admitted once each; buildfleet builder list shows \
+                 the admitted builders (remove one to admit it anew)",
+            ),
+            _ => e,
+        })?
         .unwrap_or(Value::Null);
     if json {
         print_json(&admitted);
@@ -104,8 +111,8 @@ async fn admit(api: &Api, json: bool, args: AdmitArgs) -> Result<Outcome, CliErr
         let builder: Builder = parse(&admitted)?;
         let builder = builder.record;
         println!(
-            "admitted builder {} ({}), key {}",
-            builder.id, builder.name, builder.fingerprint
+            "admitted builder {} (id {}), key {}",
+            builder.name, builder.id, builder.fingerprint
         );
     }
     Ok(Outcome::Success)
@@ -166,22 +173,43 @@ fn state(b: &Builder) -> String {
     }
 }
 
-/// The id of a builder given by id or by name.
-async fn resolve(api: &Api, builder: &BuilderRef) -> Result<i64, CliError> {
-    if let Ok(id) = builder.builder.parse::<i64>() {
-        return Ok(id);
+/// The builder given by id or by name (a name that is all digits is taken as an id).
+pub async fn resolve(api: &Api, given: &str) -> Result<Builder, CliError> {
+    if let Ok(id) = given.parse::<i64>() {
+        return parse(&api.get(&format!("/builders/{id}")).await?);
     }
     let answer = api.get("/builders").await?;
     let builders: Vec<Builder> = parse(&answer["builders"])?;
     builders
-        .iter()
-        .find(|b| b.record.name == builder.builder)
-        .map(|b| b.record.id)
-        .ok_or_else(|| CliError::Api {
-            status: 404,
-            code: "not_found".into(),
-            message: format!("no builder named {:?}", builder.builder),
+        .into_iter()
+        .find(|b| b.record.name == given)
+        .ok_or_else(|| {
+            CliError::Api {
+                status: 404,
+                code: "not_found".into(),
+                message: format!("no builder named {given:?}"),
+            }
+            .hint("buildfleet builder list shows the admitted builders")
         })
+}
+
+/// `builder 3` in an API message about this builder becomes `builder NAME`.
+fn name_in_message(message: &str, builder: &BuilderRecord) -> String {
+    let by_id = format!("builder {}", builder.id);
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(&by_id) {
+        let after = &rest[at + by_id.len()..];
+        out.push_str(&rest[..at]);
+        if after.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push_str(&by_id);
+        } else {
+            out.push_str(&format!("builder {}", builder.name));
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn act(
@@ -190,10 +218,23 @@ async fn act(
     builder: &BuilderRef,
     action: &str,
 ) -> Result<Outcome, CliError> {
-    let id = resolve(api, builder).await?;
+    let target = resolve(api, &builder.builder).await?.record;
     let answer = api
-        .post(&format!("/builders/{id}/{action}"), None)
-        .await?
+        .post(&format!("/builders/{}/{action}", target.id), None)
+        .await
+        .map_err(|e| {
+            let not_connected = e.api_code() == Some("conflict");
+            let e = e.map_api_message(|m| name_in_message(m, &target));
+            if not_connected {
+                e.hint(format!(
+                    "drain, pause and resume reach a connected builder only; buildfleet \
+                     builder list shows whether {} is connected",
+                    target.name
+                ))
+            } else {
+                e
+            }
+        })?
         .unwrap_or(Value::Null);
     if json {
         print_json(&answer);
@@ -206,23 +247,59 @@ async fn act(
             "pause" => "paused",
             _ => "resumed",
         };
-        println!(
-            "builder {} ({}) {done}; now {}",
-            b.record.id,
-            b.record.name,
-            state(&b)
-        );
+        println!("builder {} {done}; now {}", b.record.name, state(&b));
     }
     Ok(Outcome::Success)
 }
 
 async fn remove(api: &Api, json: bool, builder: &BuilderRef) -> Result<Outcome, CliError> {
-    let id = resolve(api, builder).await?;
-    api.delete(&format!("/builders/{id}")).await?;
+    let target = resolve(api, &builder.builder).await?.record;
+    api.delete(&format!("/builders/{}", target.id))
+        .await
+        .map_err(|e| {
+            let busy = e.api_code() == Some("conflict");
+            let e = e.map_api_message(|m| name_in_message(m, &target));
+            if busy {
+                e.hint(format!(
+                    "a builder with running jobs cannot be removed: disable it (buildfleet \
+                     builder disable {}), let its jobs end or cancel them, then remove it",
+                    target.name
+                ))
+            } else {
+                e
+            }
+        })?;
     if json {
-        print_json(&json!({ "removed": id }));
+        print_json(&json!({ "removed": target.id }));
     } else {
-        println!("removed builder {id}");
+        println!("removed builder {} (id {})", target.name, target.id);
     }
     Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_builder() {
+        let record = BuilderRecord {
+            id: 1,
+            name: "ci-1".into(),
+            public_key: String::new(),
+            fingerprint: String::new(),
+            enabled: true,
+            labels: BTreeMap::new(),
+            created_at: 0,
+            last_seen_at: None,
+        };
+        assert_eq!(
+            name_in_message("builder 1 is not connected", &record),
+            "builder ci-1 is not connected"
+        );
+        assert_eq!(
+            name_in_message("builder 12 and builder 1", &record),
+            "builder 12 and builder ci-1"
+        );
+    }
 }

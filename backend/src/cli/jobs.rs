@@ -15,7 +15,8 @@ use super::logs::{self, LogsArgs};
 use super::output::{age, or_dash, pairs, print_fields, print_json, size, utc, Table};
 use super::source::{self, LocalArchive};
 use super::sse::Events;
-use buildfleet_api::{Job, JobDetail, JobMode};
+use buildfleet_api::{Builder, Job, JobDetail, JobMode};
+use buildfleet_protocol::Sha256Digest;
 
 use super::client::parse;
 use crate::store::{annotation_headline, JobState};
@@ -118,14 +119,14 @@ pub struct ListArgs {
     /// Only jobs of this recipe.
     #[arg(long)]
     pub recipe: Option<String>,
-    /// Only jobs whose current (or last) attempt ran on this builder id.
-    #[arg(long, value_name = "ID")]
-    pub builder: Option<i64>,
+    /// Only jobs whose current (or last) attempt ran on this builder (its name or id).
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
     /// Only jobs with this annotation, `key:value` (or `key` for any value); repeat to
     /// require several.
     #[arg(long = "annotation", value_name = "KEY:VALUE")]
     pub annotations: Vec<String>,
-    /// At most this many jobs (1..=500).
+    /// At most this many jobs (1..=1000).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
     /// Only jobs older than this job id (the next page).
@@ -205,10 +206,10 @@ async fn prepare_source(
                 "--source-url {url:?}: use an http:// or https:// URL"
             )));
         }
-        let sha256 = args.sha256.clone().ok_or_else(|| {
+        let sha256 = args.sha256.as_deref().ok_or_else(|| {
             CliError::Usage("a source URL needs --sha256 HEX (the archive's SHA-256)".into())
         })?;
-        return Ok((Some(url), sha256.to_ascii_lowercase()));
+        return Ok((Some(url), checked_sha256(sha256)?));
     }
     if args.sha256.is_some() {
         return Err(CliError::Usage(
@@ -242,6 +243,18 @@ async fn prepare_source(
     };
     let sha256 = upload(api, &archive).await?;
     Ok((None, sha256))
+}
+
+/// `--sha256` as the API wants it (lowercase), refused here when it is not a digest.
+fn checked_sha256(given: &str) -> Result<String, CliError> {
+    let sha256 = given.trim().to_ascii_lowercase();
+    sha256.parse::<Sha256Digest>().map_err(|_| {
+        CliError::Usage(format!(
+            "--sha256 {given:?} is not a SHA-256 digest: give the 64 hex digits that \
+             `sha256sum` prints for the archive"
+        ))
+    })?;
+    Ok(sha256)
 }
 
 /// Runs file work off the async thread.
@@ -406,8 +419,9 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
     if let Some(recipe) = &args.recipe {
         query.push(format!("recipe={}", encode(recipe)));
     }
-    if let Some(builder) = args.builder {
-        query.push(format!("builder={builder}"));
+    if let Some(builder) = &args.builder {
+        let builder = super::builders::resolve(api, builder).await?;
+        query.push(format!("builder={}", builder.record.id));
     }
     for annotation in &args.annotations {
         query.push(format!("annotation={}", encode(annotation)));
@@ -421,6 +435,11 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
         return Ok(Outcome::Success);
     }
     let jobs: Vec<Job> = parse(&answer["jobs"])?;
+    let names = if jobs.iter().any(|j| j.builder_id.is_some()) {
+        builder_names(api).await?
+    } else {
+        BuilderNames::default()
+    };
     let mut table = Table::new(&[
         "ID", "STATE", "RECIPE", "WHAT", "MODE", "ATTEMPT", "BUILDER", "CREATED", "SOURCE",
     ]);
@@ -432,7 +451,7 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
             or_dash(annotation_headline(&job.annotations)),
             job.mode.to_string(),
             format!("{}/{}", job.attempt, job.max_attempts),
-            or_dash(job.builder_id),
+            names.of(job.builder_id),
             age(job.created_at),
             short_sha(&job.source_sha256),
         ]);
@@ -456,6 +475,11 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
     }
     let detail: JobDetail = parse(&answer)?;
     let job = &detail.job;
+    let names = if job.builder_id.is_some() || detail.attempts.iter().any(|a| a.builder.is_some()) {
+        builder_names(api).await?
+    } else {
+        BuilderNames::default()
+    };
     let mut fields: Vec<(&str, String)> = vec![("job", job.id.to_string())];
     let mut field = |name: &'static str, value: String| fields.push((name, value));
     field("state", job.state.to_string());
@@ -471,7 +495,7 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         "attempt",
         format!("{} of at most {}", job.attempt, job.max_attempts),
     );
-    field("builder", or_dash(job.builder_id));
+    field("builder", names.of(job.builder_id));
     field("priority", job.priority.to_string());
     field("timeout", format!("{}s", job.timeout_secs));
     field("submitter", job.submitter.clone());
@@ -492,7 +516,7 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         for a in &detail.attempts {
             table.row(vec![
                 a.attempt.to_string(),
-                or_dash(a.builder),
+                names.of(a.builder),
                 or_dash(a.outcome),
                 or_dash(a.exit_status),
                 utc(a.assigned_at),
@@ -551,6 +575,27 @@ fn print_annotations(annotations: &BTreeMap<String, String>) {
 }
 
 async fn plan(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
+    // Said here, by the job's own state, rather than by the bare 404 of `/plan`.
+    let detail: JobDetail = parse(&api.get(&format!("/jobs/{id}")).await?)?;
+    let no_plan = |message: String| CliError::Api {
+        status: 404,
+        code: "not_found".into(),
+        message,
+    };
+    if detail.job.mode != JobMode::Plan {
+        return Err(no_plan(format!(
+            "job {id} is a build-mode job: only a job submitted with --plan has a plan"
+        )));
+    }
+    if detail.plan_url.is_none() {
+        return Err(no_plan(format!(
+            "job {id} has no plan yet: it is {} and no attempt has reported one",
+            detail.job.state
+        ))
+        .hint(format!(
+            "buildfleet job logs {id} --follow waits for the job to end"
+        )));
+    }
     let text = api.get_bytes(&format!("/jobs/{id}/plan")).await?;
     let text = String::from_utf8_lossy(&text);
     if json {
@@ -565,10 +610,17 @@ async fn plan(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
 }
 
 async fn cancel(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
-    let answer = api
-        .post(&format!("/jobs/{id}/cancel"), None)
-        .await?
-        .unwrap_or(Value::Null);
+    let answer = match api.post(&format!("/jobs/{id}/cancel"), None).await {
+        Ok(answer) => answer.unwrap_or(Value::Null),
+        Err(e) => {
+            return Err(explain_conflict(api, id, e, |state| {
+                state.is_terminal().then(|| {
+                    format!("job {id} has already ended ({state}): there is nothing to cancel")
+                })
+            })
+            .await)
+        }
+    };
     if json {
         print_json(&answer);
         return Ok(Outcome::Success);
@@ -577,19 +629,34 @@ async fn cancel(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
     if job.state.is_terminal() {
         println!("job {id} {}", job.state);
     } else {
-        println!(
-            "job {id}: cancel requested; builder {} is stopping it",
-            or_dash(job.builder_id)
-        );
+        let builder = match job.builder_id {
+            Some(builder) => builder_name(api, builder).await,
+            None => "its builder".to_owned(),
+        };
+        println!("job {id}: cancel requested; {builder} is stopping it");
     }
     Ok(Outcome::Success)
 }
 
 async fn retry(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
-    let answer = api
-        .post(&format!("/jobs/{id}/retry"), None)
-        .await?
-        .unwrap_or(Value::Null);
+    let answer = match api.post(&format!("/jobs/{id}/retry"), None).await {
+        Ok(answer) => answer.unwrap_or(Value::Null),
+        Err(e) => {
+            return Err(explain_conflict(api, id, e, |state| {
+                (!matches!(
+                    state,
+                    JobState::Failed | JobState::Cancelled | JobState::TimedOut
+                ))
+                .then(|| {
+                    format!(
+                        "job {id} is {state}: only a job that failed, was cancelled or timed \
+                         out can be retried"
+                    )
+                })
+            })
+            .await)
+        }
+    };
     if json {
         print_json(&answer);
         return Ok(Outcome::Success);
@@ -599,9 +666,78 @@ async fn retry(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
     Ok(Outcome::Success)
 }
 
+/// A conflict over a job's state, said by the state the job is in (the API names the
+/// refused transition); any other error as it is.
+async fn explain_conflict(
+    api: &Api,
+    id: i64,
+    error: CliError,
+    explain: impl FnOnce(JobState) -> Option<String>,
+) -> CliError {
+    if error.api_code() != Some("conflict") {
+        return error;
+    }
+    let Ok(answer) = api.get(&format!("/jobs/{id}")).await else {
+        return error;
+    };
+    match parse::<Job>(&answer)
+        .ok()
+        .and_then(|job| explain(job.state))
+    {
+        Some(message) => error.map_api_message(|_| message),
+        None => error,
+    }
+}
+
+/// `builder NAME` of a builder id, for a message; `builder ID` if it cannot be looked up
+/// (removed since), since the message is about something that already happened.
+async fn builder_name(api: &Api, id: i64) -> String {
+    match api.get(&format!("/builders/{id}")).await {
+        Ok(answer) => match parse::<Builder>(&answer) {
+            Ok(builder) => format!("builder {}", builder.record.name),
+            Err(_) => format!("builder {id}"),
+        },
+        Err(_) => format!("builder {id}"),
+    }
+}
+
+/// Builder names by id, for the BUILDER columns.
+#[derive(Default)]
+struct BuilderNames(BTreeMap<i64, String>);
+
+impl BuilderNames {
+    /// The builder's name; `#ID` for one no longer admitted; `-` for none.
+    fn of(&self, id: Option<i64>) -> String {
+        match id {
+            Some(id) => self.0.get(&id).cloned().unwrap_or_else(|| format!("#{id}")),
+            None => "-".to_owned(),
+        }
+    }
+}
+
+async fn builder_names(api: &Api) -> Result<BuilderNames, CliError> {
+    let answer = api.get("/builders").await?;
+    let builders: Vec<Builder> = parse(&answer["builders"])?;
+    Ok(BuilderNames(
+        builders
+            .into_iter()
+            .map(|b| (b.record.id, b.record.name))
+            .collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_checked_before_sending() {
+        let digest = "AB".repeat(32);
+        assert_eq!(checked_sha256(&digest).unwrap(), "ab".repeat(32));
+        let refused = checked_sha256("xyz").unwrap_err();
+        assert_eq!(refused.exit_code(), 2);
+        assert!(refused.to_string().contains("is not a SHA-256 digest"));
+    }
 
     #[test]
     fn durations_parse() {

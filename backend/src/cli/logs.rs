@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::client::Api;
 use super::exit::{CliError, Outcome, EXIT_CODES_HELP};
+use super::output::{colour_allowed, strip_escapes};
 use super::sse::Events;
 use buildfleet_api::{AttemptOutcome, JobDetail};
 
@@ -53,11 +54,14 @@ pub fn spinner(what: &str) -> Option<ProgressBar> {
 }
 
 /// Prints log records once each: lines to stdout or stderr by their stream, stage changes
-/// to stderr; with `--json` the records themselves (JSONL) to stdout.
+/// to stderr; with `--json` the records themselves (JSONL) to stdout. A build's colour
+/// escapes reach a terminal only: a file or a pipe gets plain text.
 struct Printer {
     json: bool,
     last_seq: Option<u64>,
     spinner: Option<ProgressBar>,
+    colour_stdout: bool,
+    colour_stderr: bool,
 }
 
 impl Printer {
@@ -76,13 +80,21 @@ impl Printer {
             println!("{}", String::from_utf8_lossy(raw));
         } else if let Some(line) = &record.line {
             if record.stream.as_deref() == Some("stderr") {
-                eprintln!("{line}");
+                eprintln!("{}", self.shown(line, self.colour_stderr));
             } else {
-                println!("{line}");
+                println!("{}", self.shown(line, self.colour_stdout));
             }
         } else if let Some(stage) = &record.stage {
             let name = serde_json::to_value(stage).unwrap_or_default();
             eprintln!("--- {}", name.as_str().unwrap_or("stage"));
+        }
+    }
+
+    fn shown<'a>(&self, line: &'a str, colour: bool) -> std::borrow::Cow<'a, str> {
+        if colour {
+            std::borrow::Cow::Borrowed(line)
+        } else {
+            strip_escapes(line)
         }
     }
 
@@ -111,9 +123,43 @@ pub async fn run(api: &Api, json: bool, args: LogsArgs) -> Result<Outcome, CliEr
         json,
         last_seq: None,
         spinner: None,
+        colour_stdout: colour_allowed(std::io::stdout().is_terminal()),
+        colour_stderr: colour_allowed(std::io::stderr().is_terminal()),
     };
+    // The job first: a clear "not found", and an attempt it has not had is an error rather
+    // than an empty log.
+    let detail = job_detail(api, args.id).await?;
+    let job = &detail.job;
+    let recorded = |attempt: i32| detail.attempts.iter().any(|a| a.attempt == attempt);
+    // The attempt a job waiting for a builder will run next.
+    let pending = |attempt: i32| !job.state.is_terminal() && attempt == job.attempt;
+    if let Some(attempt) = args.attempt {
+        if !recorded(attempt) && !pending(attempt) {
+            return Err(CliError::NoSuchAttempt {
+                job: args.id,
+                attempt,
+                had: match detail.attempts.len() {
+                    0 if job.state.is_terminal() => format!("it never ran ({})", job.state),
+                    0 => format!("it has not started yet ({})", job.state),
+                    n => format!("it has had {n} so far"),
+                },
+            });
+        }
+    }
     if !args.follow {
-        read_stored(api, args.id, args.attempt, &mut printer).await?;
+        let attempt = args.attempt.unwrap_or(job.attempt);
+        if !recorded(attempt) {
+            printer.note(&if job.state.is_terminal() {
+                format!("job {} never ran ({}): it has no log", args.id, job.state)
+            } else {
+                format!(
+                    "job {} attempt {attempt} has not started yet ({}): no log so far",
+                    args.id, job.state
+                )
+            });
+            return Ok(Outcome::Success);
+        }
+        read_stored(api, args.id, Some(attempt), &mut printer).await?;
         return Ok(Outcome::Success);
     }
     printer.spinner = spinner(&format!("job {}", args.id));

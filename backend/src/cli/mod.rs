@@ -100,6 +100,9 @@ pub async fn run(command: Command) -> i32 {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(hint) = e.advice() {
+                eprintln!("hint: {hint}");
+            }
             e.exit_code()
         }
     }

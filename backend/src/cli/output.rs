@@ -153,6 +153,53 @@ pub fn pairs(map: &std::collections::BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// Whether text for a stream may keep colour escapes: only a terminal shows them, and
+/// `NO_COLOR` (no-color.org) turns them off there too.
+pub fn colour_allowed(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `text` without terminal escape sequences (ECMA-48: CSI such as colours and cursor
+/// moves, OSC such as titles and hyperlinks, and two-byte escapes), for a file or a pipe.
+pub fn strip_escapes(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\u{1b}', '\u{9b}']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{9b}' => skip_control_sequence(&mut chars),
+            '\u{1b}' => match chars.next() {
+                Some('[') => skip_control_sequence(&mut chars),
+                Some(']') => skip_operating_system_command(&mut chars),
+                // A two-byte escape (ESC c, ESC 7, …), or a lone ESC at the end.
+                _ => {}
+            },
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The rest of a CSI: parameter and intermediate bytes, then one final byte in `@..=~`.
+fn skip_control_sequence(chars: &mut impl Iterator<Item = char>) {
+    for c in chars.by_ref() {
+        if ('@'..='~').contains(&c) {
+            break;
+        }
+    }
+}
+
+/// The rest of an OSC: up to BEL or the string terminator `ESC \`.
+fn skip_operating_system_command(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while let Some(c) = chars.next() {
+        if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+            break;
+        }
+    }
+}
+
 pub fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
@@ -177,6 +224,21 @@ mod tests {
             table.render(),
             "ID  NAME         STATE\n1   a-long-name  ok\n22  b            disabled\n"
         );
+    }
+
+    #[test]
+    fn escapes_are_stripped() {
+        assert_eq!(strip_escapes("plain"), "plain");
+        assert_eq!(
+            strip_escapes("\u{1b}[1m\u{1b}[32m   Compiling\u{1b}[0m demo v0.1.0"),
+            "   Compiling demo v0.1.0"
+        );
+        assert_eq!(
+            strip_escapes("\u{1b}]8;;https://x.invalid\u{7}link\u{1b}]8;;\u{1b}\\ done"),
+            "link done"
+        );
+        assert_eq!(strip_escapes("a\u{1b}[2Kb\u{1b}7c\u{9b}31md"), "abcd");
+        assert_eq!(strip_escapes("ends in escape\u{1b}"), "ends in escape");
     }
 
     #[test]

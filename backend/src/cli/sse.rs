@@ -51,7 +51,7 @@ impl<'a> Events<'a> {
                     {
                         Ok(response) => self.stream.insert(Box::pin(response.eventsource())),
                         // A refusal will not change on a retry.
-                        Err(e @ (CliError::Api { .. } | CliError::Usage(_))) => return Err(e),
+                        Err(e) if e.is_permanent() => return Err(e),
                         Err(e) => {
                             self.back_off(e).await?;
                             continue;

@@ -41,7 +41,15 @@ pub async fn require(
     let found = blocking(move || Ok(store.verify_api_token(&token, store.now_ms())?)).await?;
     match found {
         Some(t) if t.scope.allows(needed) => Ok(Caller(format!("token:{}", t.id))),
-        Some(_) => Err(ApiError::Forbidden),
-        None => Err(ApiError::Unauthorized),
+        Some(t) => Err(ApiError::ScopeTooNarrow(format!(
+            "this API token has the {} scope; this needs the {needed} scope or the admin token",
+            t.scope
+        ))),
+        // Said apart from a missing token: the caller has one, and it is the one to fix.
+        None => Err(ApiError::TokenRefused(
+            "the bearer token is wrong: it is neither the admin token nor a live API token \
+             of this backend"
+                .into(),
+        )),
     }
 }
