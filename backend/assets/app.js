@@ -1,16 +1,56 @@
-// Buildfleet dashboard: the admin token (kept in this browser only), state-changing buttons,
-// the submit form and the live log. Everything else is server-rendered HTML.
+// Buildfleet dashboard: the admin token (kept in this browser only), the actions that change
+// things (through the token-checked API), the forms, and the live tail of a job's log.
+// Everything else, a finished job's log included, is server-rendered HTML.
 "use strict";
 
 const TOKEN_KEY = "buildfleet-admin-token";
 const token = () => localStorage.getItem(TOKEN_KEY) || "";
+// The live tail's streams, closed when its log pane is replaced.
+let tail = null;
 
 function showMessage(text, isError) {
   const box = document.getElementById("message");
   if (!box) { if (isError) alert(text); return; }
   box.textContent = text;
   box.className = isError ? "message error" : "message";
+  box.setAttribute("role", isError ? "alert" : "status");
   box.hidden = false;
+}
+
+// After a change, the page's content is fetched again and swapped in, keeping the elements
+// named in `keep` (a live log goes on where it is); no reload, so nothing else is lost.
+async function refreshMain(keep) {
+  let fresh = null;
+  try {
+    const response = await fetch(location.href, { headers: { Accept: "text/html" } });
+    if (response.ok) {
+      fresh = new DOMParser().parseFromString(await response.text(), "text/html").querySelector("main");
+    }
+  } catch (_) {
+    fresh = null;
+  }
+  const main = document.querySelector("main");
+  if (!fresh || !main) { location.reload(); return; }
+  // Kept elements never leave the document (that would lose the log's scroll position):
+  // everything else goes, and the fresh nodes are placed around them in order.
+  const kept = new Set(keep.map((id) => document.getElementById(id)).filter((el) => el && el.parentNode === main));
+  for (const child of Array.from(main.childNodes)) {
+    if (!kept.has(child)) child.remove();
+  }
+  let cursor = null;
+  for (const node of Array.from(fresh.childNodes)) {
+    const own = node.id && kept.has(document.getElementById(node.id)) ? document.getElementById(node.id) : null;
+    if (own) {
+      cursor = own;
+      continue;
+    }
+    if (cursor) cursor.after(node); else main.prepend(node);
+    cursor = node;
+  }
+  const keepsLog = keep.includes("log");
+  if (!keepsLog && tail) { tail.close(); tail = null; }
+  setupPage(main);
+  if (!keepsLog) startLog();
 }
 
 async function api(method, path, body, headers) {
@@ -29,6 +69,24 @@ async function api(method, path, body, headers) {
   return data;
 }
 
+const postJson = (path, value) =>
+  api("POST", path, JSON.stringify(value), { "Content-Type": "application/json" });
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// `k=v, k=v` (or one per line) into an object; a part without `=` gets an empty value,
+// which the server refuses naming the key.
+const parsePairs = (text, separator) => Object.fromEntries(
+  (text || "").split(separator || /[\n,]/).map((s) => s.trim()).filter(Boolean).map((pair) => {
+    const at = pair.indexOf("=");
+    return at < 0 ? [pair, ""] : [pair.slice(0, at).trim(), pair.slice(at + 1).trim()];
+  }));
+
 function setupToken() {
   const input = document.getElementById("admin-token");
   if (!input) return;
@@ -36,25 +94,38 @@ function setupToken() {
   input.addEventListener("change", () => {
     localStorage.setItem(TOKEN_KEY, input.value.trim());
     showMessage(input.value.trim() ? "Admin token saved in this browser." : "Admin token cleared.", false);
+    loadEnrolmentTokens();
   });
 }
 
-function setupActions() {
-  document.querySelectorAll("button[data-action]").forEach((button) => {
+// Buttons with `data-action` call the API (POST unless `data-method` says otherwise). One
+// with `data-confirm` asks for a second press first: no dialog, so keyboards and tests reach it.
+function setupActions(root) {
+  root.querySelectorAll("button[data-action]").forEach((button) => {
+    let disarm = null;
     button.addEventListener("click", async () => {
+      if (button.dataset.confirm && !button.classList.contains("armed")) {
+        button.dataset.label = button.textContent;
+        button.textContent = button.dataset.confirm;
+        button.classList.add("armed");
+        disarm = setTimeout(() => {
+          button.classList.remove("armed");
+          button.textContent = button.dataset.label;
+        }, 5000);
+        return;
+      }
+      clearTimeout(disarm);
+      button.disabled = true;
       try {
-        await api("POST", button.dataset.action);
-        location.reload();
+        await api(button.dataset.method || "POST", button.dataset.action);
+        await refreshMain([]);
+        showMessage((button.dataset.label || button.textContent) + ": done.", false);
       } catch (e) {
+        button.disabled = false;
         showMessage(e.message, true);
       }
     });
   });
-}
-
-async function sha256Hex(buffer) {
-  const digest = await crypto.subtle.digest("SHA-256", buffer);
-  return Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function setupSubmit() {
@@ -63,37 +134,38 @@ function setupSubmit() {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const data = new FormData(form);
-    const parsePairs = (text) => Object.fromEntries(
-      (text || "").split(/[\n,]/).map((s) => s.trim()).filter(Boolean).map((pair) => {
-        const at = pair.indexOf("=");
-        return at < 0 ? [pair, ""] : [pair.slice(0, at).trim(), pair.slice(at + 1).trim()];
-      }));
-    // Annotations: one key=value per line (a value may hold commas and further '='). A line
-    // without '=' becomes an empty value, which the server refuses naming the key.
-    const parseLines = (text) => Object.fromEntries(
-      (text || "").split(/\r?\n/).map((s) => s.trim()).filter(Boolean).map((line) => {
-        const at = line.indexOf("=");
-        return at < 0 ? [line, ""] : [line.slice(0, at).trim(), line.slice(at + 1).trim()];
-      }));
     const job = {
       recipe: data.get("recipe"),
       mode: data.get("mode"),
       priority: Number(data.get("priority") || 0),
       timeout_secs: Number(data.get("timeout_secs") || 3600),
+      max_attempts: Number(data.get("max_attempts") || 3),
       parameters: parsePairs(data.get("parameters")),
       labels: parsePairs(data.get("labels")),
-      annotations: parseLines(data.get("annotations")),
+      // One key=value per line: a value may hold commas and further '='.
+      annotations: parsePairs(data.get("annotations"), /\r?\n/),
     };
+    const crate = (data.get("crate") || "").trim();
+    const file = data.get("archive");
+    const hasFile = file && file.size > 0;
+    const url = (data.get("source_url") || "").trim();
     try {
-      const file = data.get("archive");
-      if (file && file.size > 0) {
+      if (crate && (hasFile || url)) {
+        throw new Error("Give a crate or a source archive, not both.");
+      }
+      if (crate) {
+        // The server resolves name@version against its registry.
+        job.crate = crate;
+      } else if (hasFile) {
         const uploaded = await api("POST", "/api/v1/sources", file, { "Content-Type": "application/octet-stream" });
         job.source_sha256 = uploaded.sha256;
-      } else {
-        job.source_url = data.get("source_url");
+      } else if (url) {
+        job.source_url = url;
         job.source_sha256 = (data.get("source_sha256") || "").trim().toLowerCase();
+      } else {
+        throw new Error("Give a crate (name@version), a source archive or a source URL.");
       }
-      const created = await api("POST", "/api/v1/jobs", JSON.stringify(job), { "Content-Type": "application/json" });
+      const created = await postJson("/api/v1/jobs", job);
       location.href = "/jobs/" + created.id;
     } catch (e) {
       showMessage(e.message, true);
@@ -101,71 +173,305 @@ function setupSubmit() {
   });
 }
 
-function appendRecord(pre, record) {
-  const span = document.createElement("span");
-  if (record.stage) {
-    span.className = "stage";
-    span.textContent = "--- " + record.stage.replace(/_/g, " ") + "\n";
-  } else {
-    span.className = record.stream || "stdout";
-    span.textContent = (record.line || "") + "\n";
+function setupAdmit() {
+  const form = document.getElementById("admit-form");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    try {
+      const builder = await postJson("/api/v1/builders", {
+        name: (data.get("name") || "").trim(),
+        public_key: (data.get("public_key") || "").trim(),
+        labels: parsePairs(data.get("labels")),
+      });
+      await refreshMain([]);
+      showMessage("Admitted " + builder.name + " (" + builder.fingerprint + ").", false);
+    } catch (e) {
+      showMessage(e.message, true);
+    }
+  });
+}
+
+// Enrolment tokens are listed by the API to admins only, so the list comes from there.
+function setupEnrolment() {
+  const form = document.getElementById("enrolment-form");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    try {
+      const created = await postJson("/api/v1/enrolment-tokens", {
+        max_uses: Number(data.get("max_uses") || 1),
+        ttl_secs: Number(data.get("ttl_secs") || 3600),
+        labels: parsePairs(data.get("labels")),
+      });
+      document.getElementById("issued-secret").textContent = created.token;
+      document.getElementById("issued-token").hidden = false;
+      showMessage("Issued enrolment token " + created.id + ".", false);
+      await loadEnrolmentTokens();
+    } catch (e) {
+      showMessage(e.message, true);
+    }
+  });
+  loadEnrolmentTokens();
+}
+
+function utc(ms) {
+  const iso = new Date(ms).toISOString();
+  return iso.slice(0, 10) + " " + iso.slice(11, 19) + " UTC";
+}
+
+function tokenStatus(t) {
+  if (t.revoked_at) return "revoked";
+  if (t.uses >= t.max_uses) return "used up";
+  if (!t.usable) return "expired";
+  return "usable";
+}
+
+async function loadEnrolmentTokens() {
+  const box = document.getElementById("enrolment-tokens");
+  if (!box) return;
+  if (!token()) {
+    box.replaceChildren(element("p", "muted", "Enter the admin token (top right) to list enrolment tokens."));
+    return;
   }
-  const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
-  pre.appendChild(span);
-  if (atBottom) pre.scrollTop = pre.scrollHeight;
+  let list;
+  try {
+    list = (await api("GET", "/api/v1/enrolment-tokens")).enrolment_tokens;
+  } catch (e) {
+    box.replaceChildren(element("p", "muted", "Enrolment tokens could not be listed: " + e.message));
+    return;
+  }
+  if (list.length === 0) {
+    box.replaceChildren(element("p", "muted", "No enrolment tokens issued."));
+    return;
+  }
+  const table = element("table", "stack tokens");
+  const head = table.createTHead().insertRow();
+  for (const title of ["Token", "Uses", "Expires", "Labels", "Status", "Action"]) head.appendChild(element("th", "", title));
+  const body = table.createTBody();
+  for (const t of list) {
+    const row = body.insertRow();
+    row.id = "enrolment-token-" + t.id;
+    const cell = (label, text, className) => {
+      const td = element("td", className || "", text);
+      td.dataset.label = label;
+      row.appendChild(td);
+      return td;
+    };
+    cell("Token", "#" + t.id);
+    cell("Uses", t.uses + " of " + t.max_uses);
+    cell("Expires", utc(t.expires_at));
+    cell("Labels", Object.entries(t.labels || {}).map(([k, v]) => k + "=" + v).join(", ") || "none", "mono");
+    cell("Status", tokenStatus(t));
+    const action = cell("Action");
+    if (!t.revoked_at) {
+      const revoke = element("button", "danger", "Revoke");
+      revoke.type = "button";
+      revoke.setAttribute("aria-label", "Revoke enrolment token " + t.id);
+      revoke.addEventListener("click", async () => {
+        revoke.disabled = true;
+        try {
+          await api("DELETE", "/api/v1/enrolment-tokens/" + t.id);
+          showMessage("Revoked enrolment token " + t.id + ".", false);
+          await loadEnrolmentTokens();
+        } catch (e) {
+          revoke.disabled = false;
+          showMessage(e.message, true);
+        }
+      });
+      action.appendChild(revoke);
+    }
+  }
+  const wrap = element("div", "table-wrap");
+  wrap.appendChild(table);
+  box.replaceChildren(wrap);
 }
 
-const TERMINAL = ["succeeded", "failed", "cancelled", "timed_out"];
+// ---- the job page's log: rendered like job_log.rs renders it ----
 
-function showState(badge, state) {
-  if (!badge || badge.textContent === state) return;
-  badge.textContent = state;
-  badge.className = "state state-" + state;
+const fold = (text) => text.replace(/[A-Z]/g, (c) => c.toLowerCase());
+const severity = (line) => {
+  const found = /^\s*(error|warning)[:[]/i.exec(line);
+  return found ? found[1].toLowerCase() : null;
+};
+const timeOfDay = (ms) => new Date(ms).toISOString().slice(11, 23);
+
+function recordElement(record) {
+  let kind;
+  let text;
+  if (record.stage) {
+    kind = "stage";
+    text = "--- " + record.stage.replace(/_/g, " ");
+  } else {
+    const stream = record.stream === "stderr" ? "err" : record.stream === "system" ? "system" : "out";
+    text = record.line || "";
+    const level = severity(text);
+    kind = level ? stream + " lvl-" + level : stream;
+  }
+  const rec = element("span", "rec " + kind);
+  if (kind.startsWith("err")) rec.title = "standard error";
+  rec.appendChild(element("span", "ln", String(record.seq)));
+  const ts = element("span", "ts", timeOfDay(record.ts));
+  ts.title = utc(record.ts);
+  rec.appendChild(ts);
+  rec.appendChild(element("span", "tx", text));
+  return rec;
 }
 
-// The log and the job's state are pushed (server-sent events). EventSource reconnects by
-// itself with Last-Event-ID, so lines are neither lost nor repeated; both streams are closed
-// after their `end`, which would otherwise make EventSource reconnect.
-function setupLiveLog() {
+// Shows `rec` if its text holds `query` (ASCII case ignored, as the server searches), with
+// each match marked; stage lines match nothing.
+function applySearch(rec, query) {
+  const tx = rec.querySelector(".tx");
+  if (!tx) return;
+  const text = tx.textContent;
+  if (!query) {
+    rec.hidden = false;
+    if (tx.querySelector("mark")) tx.textContent = text;
+    return;
+  }
+  const hay = fold(text);
+  const needle = fold(query);
+  let at = rec.classList.contains("stage") ? -1 : hay.indexOf(needle);
+  rec.hidden = at < 0;
+  if (at < 0) return;
+  const parts = [];
+  let from = 0;
+  while (at >= 0) {
+    parts.push(document.createTextNode(text.slice(from, at)));
+    parts.push(element("mark", "", text.slice(at, at + needle.length)));
+    from = at + needle.length;
+    at = hay.indexOf(needle, from);
+  }
+  parts.push(document.createTextNode(text.slice(from)));
+  tx.replaceChildren(...parts);
+}
+
+function setupLog() {
   const pre = document.getElementById("live-log");
-  if (!pre) return;
+  if (!pre) return null;
+  const search = document.getElementById("log-search");
+  const follow = document.getElementById("log-follow");
   const status = document.getElementById("log-status");
-  const badge = document.getElementById("job-state");
+  const log = {
+    pre,
+    query: () => (search ? search.value.trim() : ""),
+    lines: () => pre.querySelectorAll(".rec:not(.stage)").length,
+    say: (suffix) => {
+      if (!status) return;
+      const query = log.query();
+      const lines = log.lines();
+      const badge = document.getElementById("job-state");
+      if (lines === 0 && badge && badge.textContent === "queued") {
+        status.textContent = "waiting for a builder";
+        return;
+      }
+      let text = lines === 1 ? "1 line" : lines + " lines";
+      if (query) text += ", " + pre.querySelectorAll(".rec:not([hidden]):not(.stage)").length + " matching";
+      status.textContent = text + " · " + suffix;
+    },
+    atEnd: () => {
+      if (follow && follow.checked) pre.scrollTop = pre.scrollHeight;
+    },
+    append: (record) => {
+      const rec = recordElement(record);
+      applySearch(rec, log.query());
+      pre.appendChild(rec);
+      log.atEnd();
+    },
+  };
+  if (search) {
+    search.addEventListener("input", () => {
+      pre.querySelectorAll(".rec").forEach((rec) => applySearch(rec, log.query()));
+      if (log.suffix) log.say(log.suffix);
+      log.atEnd();
+    });
+    // A live log is searched in place; a finished one goes to the server, which searches
+    // what it has stored (the form works without script too).
+    search.form.addEventListener("submit", (event) => {
+      if (pre.dataset.stream && pre.dataset.streamState !== "ended") event.preventDefault();
+    });
+  }
+  if (follow) {
+    follow.addEventListener("change", log.atEnd);
+    // Scrolling up to read stops following (scrolling back down does not restart it); a
+    // scroll the reader did not make (a resize, a search) does not.
+    let reading = 0;
+    const byReader = () => { reading = Date.now(); };
+    for (const kind of ["wheel", "touchmove", "mousedown", "keydown"]) {
+      pre.addEventListener(kind, byReader, { passive: true });
+    }
+    pre.addEventListener("scroll", () => {
+      const away = pre.scrollHeight - pre.scrollTop - pre.clientHeight > 40;
+      if (follow.checked && away && Date.now() - reading < 1000) follow.checked = false;
+    });
+    window.addEventListener("resize", log.atEnd);
+  }
+  return log;
+}
+
+// The live tail, while the job is active: records after what the page shows, then `end`.
+// EventSource reconnects by itself with Last-Event-ID, so lines are neither lost nor repeated;
+// both streams are closed after their `end`, which would otherwise make it reconnect.
+function startLiveTail(log) {
+  const pre = log.pre;
+  if (!pre.dataset.stream) return;
+  pre.dataset.streamState = "open";
+  log.suffix = "live";
+  log.say(log.suffix);
+  log.atEnd();
   const source = new EventSource(pre.dataset.stream);
-  let lines = 0;
+  const states = new EventSource("/api/v1/jobs/" + pre.dataset.job + "/events");
+  tail = { close: () => { source.close(); states.close(); } };
   let ended = false;
-  const say = (text) => { if (status) status.textContent = text; };
   source.onmessage = (event) => {
-    try { appendRecord(pre, JSON.parse(event.data)); lines += 1; } catch (_) { return; }
-    say(lines + " lines, live");
+    try { log.append(JSON.parse(event.data)); } catch (_) { return; }
+    log.say(log.suffix);
   };
   source.addEventListener("attempt", (event) => {
-    const attempt = JSON.parse(event.data).attempt;
-    appendRecord(pre, { stage: "attempt " + attempt });
+    log.append({ seq: 0, ts: Date.now(), stage: "attempt " + JSON.parse(event.data).attempt });
   });
   source.addEventListener("end", (event) => {
     ended = true;
     source.close();
-    const end = JSON.parse(event.data);
-    say(lines + " lines, " + end.outcome.replace(/_/g, " "));
+    pre.dataset.streamState = "ended";
+    log.suffix = JSON.parse(event.data).outcome.replace(/_/g, " ");
+    log.say(log.suffix);
+    const toggle = document.getElementById("log-follow-toggle");
+    if (toggle) toggle.remove();
   });
-  source.onerror = () => { if (!ended) say(lines + " lines (reconnecting…)"); };
+  source.onerror = () => { if (!ended) log.say("reconnecting…"); };
 
-  if (!badge) return;
-  const states = new EventSource("/api/v1/jobs/" + badge.dataset.job + "/events");
-  states.addEventListener("state", (event) => showState(badge, JSON.parse(event.data).state));
-  states.addEventListener("end", (event) => {
-    states.close();
-    const wasRunning = !TERMINAL.includes(badge.textContent);
-    showState(badge, JSON.parse(event.data).outcome);
-    // Artifacts and the attempt table are server-rendered: show the final page.
-    if (wasRunning) setTimeout(() => location.reload(), 1500);
+  // The head, the artifacts and the rest follow the job's state, swapped in place.
+  let shown = (document.getElementById("job-state") || {}).textContent;
+  states.addEventListener("state", (event) => {
+    const state = JSON.parse(event.data).state;
+    if (state !== shown) { shown = state; refreshMain(["message", "log"]); }
   });
+  states.addEventListener("end", () => {
+    states.close();
+    refreshMain(["message", "log"]);
+  });
+}
+
+function startLog() {
+  const log = setupLog();
+  if (log) startLiveTail(log);
+}
+
+function setupPage(root) {
+  setupActions(root);
+  setupSubmit();
+  setupAdmit();
+  setupEnrolment();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   setupToken();
-  setupActions();
-  setupSubmit();
-  setupLiveLog();
+  setupPage(document);
+  // Streams open after the page has loaded, so the page finishes loading (a headless
+  // browser's dump or screenshot waits for that) and shows the stored log at once.
+  const start = () => setTimeout(startLog, 0);
+  if (document.readyState === "complete") start(); else window.addEventListener("load", start);
 });

@@ -1,240 +1,1195 @@
-//! The dashboard in real headless Chromium: every page opens and renders at laptop and phone
-//! widths, a build submitted through the form runs on a local builder, and its log appears
-//! live on the job page. Screenshots go to `test-output/dashboard/`.
+//! The dashboard in real headless Chromium, against the real backend and a real builder
+//! (in-process, running shell recipes that write a build's log).
+//!
+//! - Every page, in every state a job or builder can be in, at a laptop (1366 px) and a phone
+//!   (390 px) width: no element or text reaches past the window and nothing scrolls
+//!   sideways (measured in the DOM), text keeps a contrast of 4.5:1 (3:1 when large), every
+//!   form field has a label and every button a name; a screenshot of each goes to
+//!   `test-output/dashboard/`. Pages with actions are walked with the Tab key: every control
+//!   is reached and shows where the focus is.
+//! - Every builder action from the page: admitting a pasted `ssh-keygen` key, issuing and
+//!   revoking an enrolment token (its secret enrols a real key), pause, drain (by keyboard),
+//!   resume, disable, enable, remove.
+//! - A job submitted through the form, its log followed live (server-rendered up to the
+//!   page's load, streamed from there without a line lost or repeated), searched, numbered
+//!   and timed, and the page settling when the job ends: the stream closed, the log no longer
+//!   "live", the head and artifacts updated in place. `chromium --dump-dom` finishes on a
+//!   live job's page; a finished job's page needs no script at all.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use buildfleet_backend::config::ServerConfig;
-use buildfleet_backend::{local, server};
-use buildfleet_testkit::browser::Browser;
+use awc::http::StatusCode;
+use buildfleet_builder::recipes::{ArtifactConfig, Pack, RecipeBook, RecipeConfig};
+use buildfleet_testkit::browser::{chromium_binary, Browser};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::{
+    configure_server, e2e_recipes, small_source, upload_source, wait_connected, wait_job,
+    wait_outcome, E2eBuilder,
+};
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::server::TestServer;
+use serde_json::{json, Value};
+
+const LAPTOP: (u32, u32) = (1366, 900);
+const PHONE: (u32, u32) = (390, 844);
+const STEP: Duration = Duration::from_secs(15);
+const JOB_LIMIT: Duration = Duration::from_secs(30);
+
+/// Prints a build's log as cargo does (progress and warnings on standard error, the rest on
+/// standard output); with a `gate` parameter it waits for that file before going on, and
+/// `more` sets how many lines follow. One artifact.
+const BUILD_RECIPE: &str = "dash-build";
+/// Fails like a compile error.
+const FAIL_RECIPE: &str = "dash-fail";
+/// No builder offers it: a job for it stays queued.
+const NOBODY_RECIPE: &str = "nobody-offers-this";
+
+fn dashboard_recipes() -> Vec<RecipeConfig> {
+    let shell = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let mut recipes = e2e_recipes();
+    recipes.push(RecipeConfig {
+        name: BUILD_RECIPE.into(),
+        version: "1".into(),
+        commands: vec![shell(
+            "echo '   Compiling demo v0.1.0 (/src)' >&2; \
+             for i in 1 2 3; do echo \"building part $i\"; done; \
+             echo 'warning: unused variable: `x`' >&2; \
+             if [ -n \"${BUILDFLEET_PARAM_GATE:-}\" ]; then \
+               echo 'waiting for the gate'; \
+               while [ ! -e \"$BUILDFLEET_PARAM_GATE\" ]; do sleep 0.05; done; \
+             fi; \
+             i=4; while [ $i -le $((3 + ${BUILDFLEET_PARAM_MORE:-3})) ]; do echo \"building part $i\"; i=$((i + 1)); done; \
+             echo '    Finished `release` profile [optimized] target(s) in 0.42s' >&2; \
+             echo demo > \"$BUILDFLEET_OUT/demo.txt\"",
+        )],
+        env: Default::default(),
+        artifacts: vec![ArtifactConfig {
+            name: "demo.txt".into(),
+            path: "demo.txt".into(),
+            pack: Pack::File,
+        }],
+        image: None,
+    });
+    recipes.push(RecipeConfig {
+        name: FAIL_RECIPE.into(),
+        version: "1".into(),
+        commands: vec![shell(
+            "echo '   Compiling demo v0.1.0 (/src)' >&2; \
+             echo 'error[E0425]: cannot find value `y` in this scope' >&2; \
+             echo 'error: could not compile `demo` (lib) due to 1 previous error' >&2; \
+             exit 101",
+        )],
+        env: Default::default(),
+        artifacts: Vec::new(),
+        image: None,
+    });
+    recipes
+}
+
+/// The end-to-end backend, with a heartbeat timeout that a loaded machine (two cores shared
+/// with Chromium and compilers) cannot miss: these tests are about pages, not lost builders.
+async fn start(db: TestDb) -> TestServer {
+    TestServer::start_with(db, |config| {
+        configure_server(config);
+        config.timings.heartbeat_timeout = Duration::from_secs(15);
+    })
+    .await
+}
+
+async fn start_builder(server: &TestServer, name: &str) -> E2eBuilder {
+    E2eBuilder::start(server, name, |config| {
+        config.recipes = RecipeBook::with_builtins(dashboard_recipes()).expect("recipes");
+        config.max_concurrent_jobs = 4;
+    })
+    .await
+}
 
 fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test-output/dashboard")
 }
 
-/// The `itoa` crate from the local cargo cache: a real crate with no dependencies.
-fn itoa_crate() -> PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
-    let cache = home.join("registry/cache");
-    std::fs::read_dir(&cache)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|index| {
-            std::fs::read_dir(index.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .map(|entry| entry.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("itoa-") && n.ends_with(".crate"))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no itoa-*.crate under {}; run `cargo fetch` first",
-                cache.display()
+/// Everything on the page that breaks the rules in the module's doc, one line each: what
+/// and where. Empty when the page is fine.
+const AUDIT: &str = r##"(() => {
+  const problems = [];
+  const vw = document.documentElement.clientWidth;
+  const describe = (el) => {
+    let s = el.tagName.toLowerCase();
+    if (el.id) s += "#" + el.id;
+    if (typeof el.className === "string" && el.className.trim()) s += "." + el.className.trim().split(/\s+/).join(".");
+    const text = (el.innerText || el.value || "").trim().replace(/\s+/g, " ").slice(0, 50);
+    return text ? s + " \"" + text + "\"" : s;
+  };
+  const shown = (el) => {
+    const r = el.getBoundingClientRect();
+    const st = getComputedStyle(el);
+    return (r.width > 0 || r.height > 0) && st.visibility !== "hidden" ? r : null;
+  };
+  if (document.documentElement.scrollWidth > vw) {
+    problems.push("the page scrolls sideways: " + document.documentElement.scrollWidth + " > " + vw + " px");
+  }
+  for (const el of document.body.querySelectorAll("*")) {
+    const r = shown(el);
+    if (!r) continue;
+    if (r.right > vw + 0.5 || r.left < -0.5) {
+      problems.push("past the window (" + Math.round(r.left) + " to " + Math.round(r.right) + " of " + vw + " px): " + describe(el));
+    }
+    const st = getComputedStyle(el);
+    if (!["INPUT", "TEXTAREA", "SELECT"].includes(el.tagName) && st.overflowX !== "visible" && el.scrollWidth > el.clientWidth + 1) {
+      problems.push("scrolls sideways (" + el.scrollWidth + " > " + el.clientWidth + " px): " + describe(el));
+    }
+  }
+  const parse = (c) => {
+    const m = /rgba?\(([^)]+)\)/.exec(c);
+    if (!m) return null;
+    const p = m[1].split(/[\s,/]+/).filter(Boolean).map(Number);
+    return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+  };
+  const over = (top, under) => ({
+    r: top.r * top.a + under.r * (1 - top.a),
+    g: top.g * top.a + under.g * (1 - top.a),
+    b: top.b * top.a + under.b * (1 - top.a),
+    a: 1,
+  });
+  const luminance = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+  };
+  const background = (el) => {
+    const chain = [];
+    for (let e = el; e; e = e.parentElement) chain.unshift(e);
+    let bg = { r: 255, g: 255, b: 255, a: 1 };
+    for (const e of chain) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) bg = over(c, bg);
+    }
+    return bg;
+  };
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const range = document.createRange();
+  const checked = new Set();
+  while (walker.nextNode()) {
+    const text = walker.currentNode;
+    const el = text.parentElement;
+    if (!text.textContent.trim() || !el || !shown(el)) continue;
+    range.selectNodeContents(text);
+    for (const r of range.getClientRects()) {
+      if (r.width > 0 && (r.right > vw + 0.5 || r.left < -0.5)) {
+        problems.push("text past the window: " + describe(el));
+        break;
+      }
+    }
+    if (checked.has(el) || el.closest(":disabled")) continue;
+    checked.add(el);
+    const st = getComputedStyle(el);
+    const bg = background(el);
+    const fg = over(parse(st.color), bg);
+    const [hi, lo] = [luminance(fg), luminance(bg)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    const size = parseFloat(st.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(st.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) {
+      problems.push("contrast " + ratio.toFixed(2) + ":1 (" + st.color + " on rgb(" + [bg.r, bg.g, bg.b].map(Math.round) + ")): " + describe(el));
+    }
+  }
+  for (const c of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+    if (c.labels.length === 0 && !c.getAttribute("aria-label") && !c.getAttribute("aria-labelledby")) {
+      problems.push("a field without a label: " + describe(c) + " named " + c.name);
+    }
+  }
+  for (const b of document.querySelectorAll("button, a[href]")) {
+    if (!(b.innerText || b.getAttribute("aria-label") || "").trim()) problems.push("a control without a name: " + describe(b));
+  }
+  return [...new Set(problems)].slice(0, 40);
+})()"##;
+
+/// Opens `url` and waits until the new document has loaded (not the one before it).
+async fn load(browser: &mut Browser, url: &str) {
+    browser.eval("window.leftThisPage = true").await;
+    browser.open(url).await;
+    browser
+        .wait_for(
+            "window.leftThisPage !== true && document.readyState === 'complete'",
+            STEP,
+        )
+        .await;
+}
+
+/// Opens `url` at both widths, waits for `ready`, audits it and takes its screenshots.
+async fn check_page(browser: &mut Browser, name: &str, url: &str, ready: &str) {
+    for ((width, height), mobile, suffix) in [(LAPTOP, false, "laptop"), (PHONE, true, "phone")] {
+        browser.set_viewport(width, height, mobile).await;
+        load(browser, url).await;
+        browser.wait_for(ready, STEP).await;
+        audit(browser, &format!("{name}-{suffix}"), url).await;
+    }
+}
+
+/// Audits the page as it is now (a state reached by interaction) and takes its screenshot.
+async fn audit(browser: &mut Browser, shot: &str, what: &str) {
+    let problems = browser.eval(AUDIT).await;
+    assert_eq!(
+        problems,
+        json!([]),
+        "{what} ({shot}) breaks the layout or accessibility rules"
+    );
+    browser
+        .screenshot(&screenshot_dir().join(format!("{shot}.png")))
+        .await;
+}
+
+/// The same state at both widths, without reloading (a reload would lose it).
+async fn audit_both(browser: &mut Browser, shot: &str, what: &str) {
+    browser.set_viewport(PHONE.0, PHONE.1, true).await;
+    audit(browser, &format!("{shot}-phone"), what).await;
+    browser.set_viewport(LAPTOP.0, LAPTOP.1, false).await;
+    audit(browser, &format!("{shot}-laptop"), what).await;
+}
+
+async fn press(browser: &mut Browser, key: &str, code: &str, key_code: u32, text: &str) {
+    for kind in ["keyDown", "keyUp"] {
+        let mut event = json!({
+            "type": kind, "key": key, "code": code,
+            "windowsVirtualKeyCode": key_code, "nativeVirtualKeyCode": key_code,
+        });
+        if kind == "keyDown" && !text.is_empty() {
+            event["text"] = json!(text);
+        }
+        browser.call("Input.dispatchKeyEvent", event).await;
+    }
+}
+
+async fn press_tab(browser: &mut Browser) {
+    press(browser, "Tab", "Tab", 9, "").await;
+}
+
+/// Walks the page with Tab from the top: every visible control must take the focus, and
+/// show it (an outline).
+async fn check_keyboard(browser: &mut Browser, what: &str) {
+    let count = browser
+        .eval(
+            r#"(() => {
+              const controls = [...document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea, [tabindex]:not([tabindex="-1"])')]
+                .filter((el) => !el.disabled && el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden");
+              controls.forEach((el, i) => { el.dataset.kb = i; });
+              // Tab goes on from the first control, as from the top of the page.
+              controls[0].focus();
+              return controls.length;
+            })()"#,
+        )
+        .await
+        .as_u64()
+        .expect("a count");
+    assert!(count > 0, "{what} has controls");
+    let mut reached = std::collections::BTreeSet::from([0]);
+    for _ in 0..count + 2 {
+        press_tab(browser).await;
+        let focused = browser
+            .eval(
+                r#"(() => {
+                  const el = document.activeElement;
+                  if (!el || el.dataset.kb === undefined) return null;
+                  const st = getComputedStyle(el);
+                  const ring = st.outlineStyle !== "none" && parseFloat(st.outlineWidth) >= 1;
+                  return [Number(el.dataset.kb), ring, el.outerHTML.slice(0, 80)];
+                })()"#,
             )
-        })
+            .await;
+        if let Some([index, ring, html]) = focused.as_array().map(Vec::as_slice) {
+            assert_eq!(ring, &json!(true), "{what}: no focus outline on {html}");
+            reached.insert(index.as_u64().expect("an index"));
+        }
+    }
+    let missed: Vec<u64> = (0..count).filter(|i| !reached.contains(i)).collect();
+    let names = browser
+        .eval(&format!(
+            "{missed:?}.map((i) => document.querySelector('[data-kb=\"' + i + '\"]').outerHTML.slice(0, 80))"
+        ))
+        .await;
+    assert!(missed.is_empty(), "{what}: Tab never reaches {names:#}");
+}
+
+/// Saves the admin token in the browser, as typing it into the header field does.
+async fn enter_token(browser: &mut Browser, token: &str) {
+    browser
+        .eval(&format!(
+            "(() => {{ const i = document.getElementById('admin-token'); i.value = {token:?}; \
+             i.dispatchEvent(new Event('change')); return true; }})()"
+        ))
+        .await;
+}
+
+async fn set_field(browser: &mut Browser, selector: &str, value: &str) {
+    browser
+        .eval(&format!(
+            "(() => {{ const f = document.querySelector({selector:?}); f.value = {value:?}; \
+             f.dispatchEvent(new Event('input', {{ bubbles: true }})); return true; }})()"
+        ))
+        .await;
+}
+
+/// Clicks the element; a message shown before is hidden first, so [`message`] waits for the
+/// one the click brings.
+async fn click(browser: &mut Browser, selector: &str) {
+    let found = browser
+        .eval(&format!(
+            "(() => {{ const b = document.querySelector({selector:?}); if (!b) return false; \
+             document.getElementById('message').hidden = true; b.click(); return true; }})()"
+        ))
+        .await;
+    let page = browser
+        .eval("document.querySelector('main').innerText")
+        .await;
+    assert_eq!(
+        found,
+        json!(true),
+        "nothing to click at {selector} in {page}"
+    );
+}
+
+/// The text of `#message` once it shows.
+async fn message(browser: &mut Browser) -> String {
+    browser
+        .wait_for(
+            "(() => { const m = document.getElementById('message'); return m && !m.hidden && m.textContent; })()",
+            STEP,
+        )
+        .await
+        .as_str()
+        .expect("message text")
+        .to_owned()
+}
+
+fn text_has(selector: &str, text: &str) -> String {
+    format!("(() => {{ const e = document.querySelector({selector:?}); return !!e && e.innerText.includes({text:?}); }})()")
+}
+
+async fn submit_built(server: &TestServer, digest: &str, fields: Value) -> i64 {
+    let mut body = json!({ "source_url": null, "source_sha256": digest });
+    if let (Some(body), Some(fields)) = (body.as_object_mut(), fields.as_object()) {
+        body.extend(fields.clone());
+    }
+    server.submit(body).await
 }
 
 #[actix_rt::test]
-async fn dashboard_pages_submit_and_live_log_in_chromium() {
-    let data = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::with_data_dir(data.path());
-    config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    let running = server::start(config).await.unwrap();
-    let builders = local::start_builders(&running, data.path(), 1, None)
-        .await
-        .unwrap();
-    let base = running.public_url.clone();
-    let shots = screenshot_dir();
+async fn every_page_and_state_fits_a_laptop_and_a_phone() {
+    let server = start(TestDb::sqlite()).await;
+    let builder = start_builder(&server, "dash-builder").await;
+    let spare = TestKey::generate("spare-offline");
+    let spare_id = server.admit(&spare).await;
+    let (digest, _) = upload_source(&server, small_source()).await;
+    let gates = tempfile::tempdir().unwrap();
+
+    let long_link = format!(
+        "https://ci.invalid/{}",
+        "very-long-path-segment-".repeat(12)
+    );
+    let succeeded = submit_built(
+        &server,
+        &digest,
+        json!({
+            "recipe": BUILD_RECIPE,
+            "annotations": {
+                "crate": "demo", "version": "0.1.0", "target": "x86_64-unknown-linux-gnu",
+                "commit": "5bb2f0c3b0e4a1d0c6b0e9a8f7d6c5b4a3928170",
+                "author": "Ada Lovelace <ada@example.invalid>",
+                "message": "Release 0.1.0: a message long enough to need more than one line on a phone, and then some more words\n\nWith a body.",
+                "links.ci": long_link,
+                "links.changelog": "https://example.invalid/demo/CHANGELOG.md",
+            },
+        }),
+    )
+    .await;
+    wait_outcome(&server, succeeded, "succeeded", JOB_LIMIT).await;
+    let failed = submit_built(
+        &server,
+        &digest,
+        json!({ "recipe": FAIL_RECIPE, "annotations": { "branch": "main", "commit": "0123456789abcdef0123" } }),
+    )
+    .await;
+    wait_outcome(&server, failed, "failed", JOB_LIMIT).await;
+    // A second attempt: the log pane offers both.
+    let (status, retried) = server
+        .post_admin(&format!("/jobs/{failed}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    wait_job(&server, failed, JOB_LIMIT, "its second failure", |job| {
+        job["state"] == "failed" && job["attempt"] == 2
+    })
+    .await;
+    let never = gates.path().join("never");
+    let timed_out = submit_built(
+        &server,
+        &digest,
+        json!({ "recipe": BUILD_RECIPE, "timeout_secs": 1, "max_attempts": 1,
+                "parameters": { "gate": never.display().to_string() } }),
+    )
+    .await;
+    wait_outcome(&server, timed_out, "timed_out", JOB_LIMIT).await;
+    let cancelled = server.submit(json!({ "recipe": NOBODY_RECIPE })).await;
+    let (status, body) = server
+        .post_admin(&format!("/jobs/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let queued = server
+        .submit(json!({ "recipe": NOBODY_RECIPE, "annotations": { "branch": "feature/a-rather-long-branch-name-for-a-phone", "commit": "89abcdef0123456789abcdef" } }))
+        .await;
+    let gate = gates.path().join("gate");
+    let running = submit_built(
+        &server,
+        &digest,
+        json!({ "recipe": BUILD_RECIPE, "parameters": { "gate": gate.display().to_string(), "more": "40" } }),
+    )
+    .await;
+    server.wait_for_state(running, "running").await;
+    // The builder holds the running job; paused, it takes no more.
+    let (status, body) = server
+        .post_admin(&format!("/builders/{}/pause", builder.id), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .post_admin(&format!("/builders/{spare_id}/disable"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Enrolment tokens to list: one usable, one revoked.
+    for revoke in [false, true] {
+        let (status, token) = server
+            .post_admin(
+                "/enrolment-tokens",
+                &json!({ "max_uses": 3, "labels": { "pool": "ci", "zone": "a-long-zone-name" } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{token}");
+        if revoke {
+            let url = server.api(&format!("/enrolment-tokens/{}", token["id"]));
+            let response = server
+                .http
+                .delete(url)
+                .bearer_auth(&server.admin_token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    }
+
+    let base = server.url.clone();
+    let mut browser = Browser::launch().await;
+    load(&mut browser, &format!("{base}/")).await;
+    enter_token(&mut browser, &server.admin_token).await;
+    let live = "document.getElementById('log-status').textContent.endsWith('live')";
+    let pages: Vec<(&str, String, String)> = vec![
+        ("overview", "/".into(), "true".into()),
+        ("jobs", "/jobs".into(), "true".into()),
+        ("jobs-failed", "/jobs?state=failed".into(), "true".into()),
+        (
+            "job-succeeded",
+            format!("/jobs/{succeeded}"),
+            text_has("#live-log", "Finished"),
+        ),
+        (
+            "job-succeeded-search",
+            format!("/jobs/{succeeded}?q=PART"),
+            "(() => { const r = [...document.querySelectorAll('#live-log .rec')]; return r.length >= 6 && r.every((x) => x.querySelector('mark')); })()".into(),
+        ),
+        (
+            "job-failed",
+            format!("/jobs/{failed}"),
+            text_has(".attempt-tabs", "Attempt 2"),
+        ),
+        (
+            "job-failed-attempt-1",
+            format!("/jobs/{failed}?attempt=1"),
+            text_has("#log-status", "attempt 1 failed"),
+        ),
+        (
+            "job-timed-out",
+            format!("/jobs/{timed_out}"),
+            text_has("#log-status", "timed out"),
+        ),
+        ("job-cancelled", format!("/jobs/{cancelled}"), "true".into()),
+        (
+            "job-queued",
+            format!("/jobs/{queued}"),
+            text_has("#log-status", "waiting for a builder"),
+        ),
+        ("job-running", format!("/jobs/{running}"), live.into()),
+        (
+            "builders",
+            "/builders".into(),
+            "document.querySelectorAll('#enrolment-tokens tbody tr').length === 2".into(),
+        ),
+        ("submit", "/submit".into(), "true".into()),
+        ("error-unknown-job", "/jobs/999999".into(), "true".into()),
+    ];
+    for (name, path, ready) in &pages {
+        check_page(&mut browser, name, &format!("{base}{path}"), ready).await;
+    }
+
+    // What the pages say about these states.
+    browser.set_viewport(LAPTOP.0, LAPTOP.1, false).await;
+    load(&mut browser, &format!("{base}/jobs")).await;
+    let list = browser
+        .eval("document.querySelector('table.jobs').innerText")
+        .await;
+    let list = list.as_str().unwrap();
+    for expected in [
+        "demo@0.1.0 (x86_64-unknown-linux-gnu)",
+        "Release 0.1.0",
+        "by Ada Lovelace",
+        "main@0123456789ab",
+        NOBODY_RECIPE,
+    ] {
+        assert!(
+            list.contains(expected),
+            "the job list shows {expected:?}: {list}"
+        );
+    }
+    load(&mut browser, &format!("{base}/jobs/{succeeded}")).await;
+    let head = browser
+        .eval("document.querySelector('dl.facts').innerText")
+        .await;
+    let head = head.as_str().unwrap();
+    for expected in [
+        "DURATION",
+        "STARTED",
+        "UTC",
+        "FINISHED",
+        "BUILDER",
+        "dash-builder",
+        "attempt 1",
+    ] {
+        assert!(
+            head.contains(expected),
+            "the job's head shows {expected:?}: {head}"
+        );
+    }
+    let log_link = browser
+        .eval("document.querySelector('dl.facts a[href$=\"/log?attempt=1&format=text\"]') !== null")
+        .await;
+    assert_eq!(log_link, json!(true), "the head links the attempt's log");
+    // Standard error is marked, not painted: only the warning is coloured.
+    let colours = browser
+        .eval(
+            r#"(() => {
+              const recs = [...document.querySelectorAll('#live-log .rec')];
+              const find = (t) => recs.find((r) => r.querySelector('.tx').textContent.trimStart().startsWith(t));
+              const colour = (r) => getComputedStyle(r).color;
+              return {
+                compiling: [find('Compiling').className, colour(find('Compiling'))],
+                warning: [find('warning:').className, colour(find('warning:'))],
+                stdout: [find('building part 1').className, colour(find('building part 1'))],
+              };
+            })()"#,
+        )
+        .await;
+    assert_eq!(colours["compiling"][0], "rec err", "{colours}");
+    assert_eq!(colours["warning"][0], "rec err lvl-warning", "{colours}");
+    assert_eq!(colours["stdout"][0], "rec out", "{colours}");
+    assert_eq!(
+        colours["compiling"][1], colours["stdout"][1],
+        "a progress line on standard error is not coloured: {colours}"
+    );
+    assert_ne!(colours["warning"][1], colours["stdout"][1], "{colours}");
+    // Each state has its own pill colours (the cancelled one included).
+    load(&mut browser, &format!("{base}/jobs")).await;
+    let pills = browser
+        .eval(
+            r#"(() => {
+              const seen = {};
+              for (const p of document.querySelectorAll('table.jobs .state')) {
+                const st = getComputedStyle(p);
+                seen[p.textContent] = st.color + " on " + st.backgroundColor + " " + st.boxShadow;
+              }
+              return seen;
+            })()"#,
+        )
+        .await;
+    let pills = pills.as_object().unwrap();
+    assert!(pills.len() >= 5, "{pills:?}");
+    let styles: std::collections::BTreeSet<_> = pills.values().map(|v| v.to_string()).collect();
+    assert_eq!(
+        styles.len(),
+        pills.len(),
+        "every state looks different: {pills:#?}"
+    );
+    load(&mut browser, &format!("{base}/builders")).await;
+    let cards = browser
+        .eval("document.querySelector('.builder-list').innerText")
+        .await;
+    let cards = cards.as_str().unwrap();
+    for expected in [
+        "dash-builder",
+        "paused",
+        "1 of 4 slots",
+        &format!("#{running}"),
+        "spare-offline",
+        "disabled",
+        "offline",
+        "never",
+    ] {
+        assert!(
+            cards.contains(expected),
+            "the builders page shows {expected:?}: {cards}"
+        );
+    }
+
+    // Keyboards reach every action.
+    for path in [
+        "/builders".to_owned(),
+        format!("/jobs/{running}"),
+        "/submit".to_owned(),
+        format!("/jobs/{failed}"),
+    ] {
+        load(&mut browser, &format!("{base}{path}")).await;
+        check_keyboard(&mut browser, &path).await;
+    }
+
+    std::fs::write(&gate, b"").unwrap();
+    wait_outcome(&server, running, "succeeded", JOB_LIMIT).await;
+    drop(browser);
+    builder.stop().await;
+    server.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn builders_are_admitted_enrolled_and_steered_from_the_page() {
+    let server = start(TestDb::sqlite()).await;
+    let worker = start_builder(&server, "worker").await;
+    wait_connected(&server, &["worker"]).await;
+    let base = server.url.clone();
+    let mut browser = Browser::launch().await;
+    browser.set_viewport(LAPTOP.0, LAPTOP.1, false).await;
+    load(&mut browser, &format!("{base}/builders")).await;
+    enter_token(&mut browser, &server.admin_token).await;
+    browser
+        .wait_for(
+            text_has("#enrolment-tokens", "No enrolment tokens issued").as_str(),
+            STEP,
+        )
+        .await;
+
+    // Admit a key pasted into the form; a bad one is refused with the server's words.
+    let pasted = TestKey::generate("pasted-1");
+    set_field(&mut browser, "#admit-form [name=name]", "pasted-1").await;
+    set_field(
+        &mut browser,
+        "#admit-form [name=public_key]",
+        "ssh-ed25519 not-a-key",
+    )
+    .await;
+    click(&mut browser, "#admit-form button[type=submit]").await;
+    let refused = message(&mut browser).await;
+    assert!(refused.starts_with("bad_request: public_key"), "{refused}");
+    audit_both(&mut browser, "builders-admit-refused", "a refused key").await;
+    set_field(
+        &mut browser,
+        "#admit-form [name=public_key]",
+        &pasted.public_openssh,
+    )
+    .await;
+    set_field(
+        &mut browser,
+        "#admit-form [name=labels]",
+        "pool=gpu, os=linux",
+    )
+    .await;
+    click(&mut browser, "#admit-form button[type=submit]").await;
+    browser
+        .wait_for(text_has(".builder-list", "pasted-1").as_str(), STEP)
+        .await;
+    let said = message(&mut browser).await;
+    assert!(
+        said.contains("Admitted pasted-1") && said.contains(pasted.fingerprint.as_str()),
+        "{said}"
+    );
+    let listed = server.get_ok("/builders").await;
+    let admitted = listed["builders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "pasted-1")
+        .cloned()
+        .expect("pasted-1 is admitted");
+    assert_eq!(admitted["fingerprint"], pasted.fingerprint.as_str());
+    assert_eq!(admitted["labels"], json!({ "pool": "gpu", "os": "linux" }));
+    let pasted_id = admitted["id"].as_i64().unwrap();
+
+    // Issue an enrolment token: its secret is shown once and enrols a real key.
+    set_field(&mut browser, "#enrolment-form [name=max_uses]", "2").await;
+    set_field(&mut browser, "#enrolment-form [name=ttl_secs]", "86400").await;
+    set_field(&mut browser, "#enrolment-form [name=labels]", "pool=ci").await;
+    click(&mut browser, "#enrolment-form button[type=submit]").await;
+    let secret = browser
+        .wait_for(
+            "(() => { const b = document.getElementById('issued-token'); return !b.hidden && document.getElementById('issued-secret').textContent; })()",
+            STEP,
+        )
+        .await;
+    let secret = secret.as_str().unwrap().to_owned();
+    assert!(secret.starts_with("bfenrol_"), "{secret}");
+    browser
+        .wait_for(text_has("#enrolment-tokens tbody", "0 of 2").as_str(), STEP)
+        .await;
+    audit_both(&mut browser, "builders-token-issued", "an issued token").await;
+    let enrolling = TestKey::generate("enrolled-1");
+    let enrol = |token: String, key: &TestKey| json!({ "token": token, "name": key.name, "public_key": key.public_openssh });
+    let (status, body) = server
+        .post("/enrol", None, &enrol(secret.clone(), &enrolling))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["builder"]["labels"], json!({ "pool": "ci" }));
+    load(&mut browser, &format!("{base}/builders")).await;
+    browser
+        .wait_for(text_has("#enrolment-tokens tbody", "1 of 2").as_str(), STEP)
+        .await;
+    // Revoke it: the list says so, and it enrols nobody more.
+    click(&mut browser, "#enrolment-tokens button.danger").await;
+    browser
+        .wait_for(
+            text_has("#enrolment-tokens tbody", "revoked").as_str(),
+            STEP,
+        )
+        .await;
+    let later = TestKey::generate("enrolled-2");
+    let (status, body) = server.post("/enrol", None, &enrol(secret, &later)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // The connected builder: pause, resume, drain (by keyboard), resume, disable, enable.
+    let card = format!("#builder-{}", worker.id);
+    let live = |field: &'static str| {
+        let server = &server;
+        let id = worker.id;
+        async move { server.get_ok(&format!("/builders/{id}")).await["live"][field].clone() }
+    };
+    let act = |label: &str| format!("{card} .actions button[data-action$=\"/{label}\"]");
+    click(&mut browser, &act("pause")).await;
+    browser
+        .wait_for(text_has(&card, "paused").as_str(), STEP)
+        .await;
+    assert_eq!(message(&mut browser).await, "Pause: done.");
+    assert_eq!(live("paused").await, json!(true));
+    audit_both(&mut browser, "builders-paused", "a paused builder").await;
+    click(&mut browser, &act("resume")).await;
+    browser
+        .wait_for(&format!("!{}", text_has(&card, "paused")), STEP)
+        .await;
+    assert_eq!(live("paused").await, json!(false));
+    // Tab to Drain and press Enter.
+    browser
+        .eval("document.querySelector('a.skip').focus()")
+        .await;
+    let drain = act("drain");
+    let mut focused = false;
+    for _ in 0..60 {
+        press_tab(&mut browser).await;
+        if browser
+            .eval(&format!(
+                "document.activeElement === document.querySelector({drain:?})"
+            ))
+            .await
+            == json!(true)
+        {
+            focused = true;
+            break;
+        }
+    }
+    assert!(focused, "Tab reaches Drain");
+    press(&mut browser, "Enter", "Enter", 13, "\r").await;
+    browser
+        .wait_for(text_has(&card, "draining").as_str(), STEP)
+        .await;
+    assert_eq!(live("draining").await, json!(true));
+    click(&mut browser, &act("resume")).await;
+    browser
+        .wait_for(&format!("!{}", text_has(&card, "draining")), STEP)
+        .await;
+    click(&mut browser, &act("disable")).await;
+    browser
+        .wait_for(text_has(&card, "disabled").as_str(), STEP)
+        .await;
+    let got = server.get_ok(&format!("/builders/{}", worker.id)).await;
+    assert_eq!(got["enabled"], json!(false), "{got}");
+    audit_both(&mut browser, "builders-disabled", "a disabled builder").await;
+    click(&mut browser, &act("enable")).await;
+    browser
+        .wait_for(&format!("!{}", text_has(&card, "disabled")), STEP)
+        .await;
+    let got = server.get_ok(&format!("/builders/{}", worker.id)).await;
+    assert_eq!(got["enabled"], json!(true), "{got}");
+    // It reconnects by itself once enabled.
+    browser
+        .wait_for(
+            &format!(
+                "(async () => {{ const r = await fetch('/api/v1/builders/{}'); return (await r.json()).connected; }})()",
+                worker.id
+            ),
+            STEP,
+        )
+        .await;
+
+    // Remove the pasted builder: the first press asks, the second removes.
+    let remove = format!("#builder-{pasted_id} button.danger");
+    click(&mut browser, &remove).await;
+    let asked = browser
+        .eval(&format!("document.querySelector({remove:?}).textContent"))
+        .await;
+    assert_eq!(asked, json!("Remove pasted-1? Press again to confirm"));
+    assert_eq!(
+        server.get(&format!("/builders/{pasted_id}")).await.0,
+        StatusCode::OK,
+        "one press removes nothing"
+    );
+    click(&mut browser, &remove).await;
+    browser
+        .wait_for(
+            &format!("document.querySelector('#builder-{pasted_id}') === null"),
+            STEP,
+        )
+        .await;
+    assert_eq!(
+        server.get(&format!("/builders/{pasted_id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    drop(browser);
+    worker.stop().await;
+    server.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_job_page_follows_its_live_log_and_settles_when_the_job_ends() {
+    let server = start(TestDb::sqlite()).await;
+    let builder = start_builder(&server, "log-builder").await;
+    let base = server.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("demo-0.1.0.tar.gz");
+    std::fs::write(&archive, small_source()).unwrap();
+    let gate = dir.path().join("gate");
 
     let mut browser = Browser::launch().await;
-    for (name, path) in [
-        ("overview", "/"),
-        ("builders", "/builders"),
-        ("jobs", "/jobs"),
-        ("submit", "/submit"),
-    ] {
-        browser.set_viewport(1280, 900, false).await;
-        browser.open(&format!("{base}{path}")).await;
-        let heading = browser
-            .eval("document.querySelector('h1').textContent")
-            .await;
-        assert!(
-            heading.as_str().is_some_and(|h| !h.is_empty()),
-            "{path} has a heading"
-        );
-        browser
-            .screenshot(&shots.join(format!("{name}-laptop.png")))
-            .await;
-        browser.set_viewport(390, 844, true).await;
-        browser.open(&format!("{base}{path}")).await;
-        // Nothing overflows the phone's width except inside scrollable tables.
-        let overflow = browser
-            .eval("document.documentElement.scrollWidth <= window.innerWidth + 1")
-            .await;
-        assert_eq!(
-            overflow,
-            serde_json::json!(true),
-            "{path} fits a phone's width"
-        );
-        browser
-            .screenshot(&shots.join(format!("{name}-phone.png")))
-            .await;
-    }
-    browser.set_viewport(1280, 900, false).await;
-
-    // The builders page shows the local builder online.
-    browser.open(&format!("{base}/builders")).await;
-    browser.wait_for("document.body.innerText.includes('local-1') && document.body.innerText.includes('online')", Duration::from_secs(10)).await;
-
-    // Submit through the form: token in the header field, archive picked in the file input.
-    browser.open(&format!("{base}/submit")).await;
-    let token = running.admin_token.clone();
-    browser
-        .eval(&format!(
-            "(() => {{ const i = document.getElementById('admin-token'); i.value = {token:?}; i.dispatchEvent(new Event('change')); return true; }})()"
-        ))
+    browser.set_viewport(LAPTOP.0, LAPTOP.1, false).await;
+    load(&mut browser, &format!("{base}/submit")).await;
+    enter_token(&mut browser, &server.admin_token).await;
+    // The recipes connected builders offer are listed.
+    let offered = browser
+        .eval("[...document.querySelectorAll('#offered-recipes option')].map((o) => o.value)")
         .await;
-    browser.set_file("input[name=archive]", &itoa_crate()).await;
+    assert!(
+        offered.as_array().unwrap().contains(&json!(BUILD_RECIPE)),
+        "{offered}"
+    );
+    assert!(browser
+        .eval(&text_has("#recipes-offered", "dash-build (1 builder)"))
+        .await
+        .as_bool()
+        .unwrap());
+    // A crate: the server resolves it, and without a registry refuses it in its own words.
+    set_field(&mut browser, "[name=crate]", "itoa@1.0.14").await;
+    click(&mut browser, "#submit-form button[type=submit]").await;
+    let refused = message(&mut browser).await;
+    assert!(
+        refused.starts_with("bad_request: ") && refused.contains("crate"),
+        "{refused}"
+    );
+    audit_both(&mut browser, "submit-refused", "a refused crate").await;
+    // A crate and an archive at once are refused before anything is sent.
+    browser.set_file("input[name=archive]", &archive).await;
+    click(&mut browser, "#submit-form button[type=submit]").await;
     browser
-        .eval("document.querySelector('input[name=parameters]').value = 'offline=true'")
+        .wait_for(text_has("#message", "not both").as_str(), STEP)
         .await;
-    // Annotations, one per line: a value with a comma, and a link.
-    browser
-        .eval(
-            "document.querySelector('textarea[name=annotations]').value = \
-             'crate=itoa\\nauthor=Ada, Grace\\nlinks.ci=https://ci.invalid/run/7'",
-        )
-        .await;
-    browser
-        .eval("document.querySelector('#submit-form button[type=submit]').click()")
-        .await;
-    let job_url = browser
+    set_field(&mut browser, "[name=crate]", "").await;
+    set_field(&mut browser, "[name=recipe]", BUILD_RECIPE).await;
+    set_field(
+        &mut browser,
+        "[name=parameters]",
+        &format!("gate={}, more=120", gate.display()),
+    )
+    .await;
+    set_field(&mut browser, "[name=max_attempts]", "2").await;
+    set_field(
+        &mut browser,
+        "[name=annotations]",
+        "crate=demo\nversion=0.1.0\nauthor=Ada, Grace\nmessage=Try the log pane\nlinks.ci=https://ci.invalid/run/7",
+    )
+    .await;
+    click(&mut browser, "#submit-form button[type=submit]").await;
+    let path = browser
         .wait_for(
             "location.pathname.startsWith('/jobs/') && location.pathname",
-            Duration::from_secs(15),
+            STEP,
         )
         .await;
-    let job_id: i64 = job_url
+    let id: i64 = path
         .as_str()
         .unwrap()
         .trim_start_matches("/jobs/")
         .parse()
         .unwrap();
+    let job = server.job(id).await;
+    assert_eq!(job["max_attempts"], 2);
+    assert_eq!(job["annotations"]["author"], "Ada, Grace");
+    assert_eq!(job["annotations"]["links.ci"], "https://ci.invalid/run/7");
 
-    // The log grows live while the job runs, then the page shows the end state and artifacts.
+    // The job waits at the gate; the page, reloaded now, shows what is stored and streams on.
     browser
         .wait_for(
-            "document.querySelectorAll('#live-log span').length > 0",
-            Duration::from_secs(30),
+            text_has("#live-log", "waiting for the gate").as_str(),
+            JOB_LIMIT,
         )
         .await;
-    browser.screenshot(&shots.join("job-live-log.png")).await;
+    load(&mut browser, &format!("{base}/jobs/{id}")).await;
+    let stream = browser
+        .eval("document.getElementById('live-log').dataset.stream")
+        .await;
+    assert!(
+        stream.as_str().is_some_and(
+            |s| s.starts_with(&format!("/api/v1/jobs/{id}/log/stream?attempt=1&offset="))
+        ),
+        "{stream}"
+    );
     browser
         .wait_for(
-            "document.getElementById('job-state').textContent === 'succeeded'",
-            Duration::from_secs(120),
+            "document.getElementById('log-status').textContent.endsWith('· live')",
+            STEP,
         )
-        .await;
-    // The page reloads itself at the end; its log streams in again from the start.
-    browser
-        .wait_for(
-            "document.body.innerText.includes('ssh-keygen -Y verify')",
-            Duration::from_secs(15),
-        )
-        .await;
-    browser
-        .wait_for(
-            "document.getElementById('live-log').innerText.includes('cargo build')",
-            Duration::from_secs(15),
-        )
-        .await;
-    // The stream's `end` says how it ended; the log no longer claims to be live.
-    browser
-        .wait_for(
-            "document.getElementById('log-status').textContent.endsWith('lines, succeeded')",
-            Duration::from_secs(15),
-        )
-        .await;
-    browser.screenshot(&shots.join("job-succeeded.png")).await;
-    // The annotations are on the page, the http(s) one as a link.
-    let link = browser
-        .eval("document.querySelector('table.annotations a[href=\"https://ci.invalid/run/7\"]') !== null && document.querySelector('table.annotations').innerText.includes('Ada, Grace')")
         .await;
     assert_eq!(
-        link,
-        serde_json::json!(true),
-        "the job page shows its annotations"
+        browser
+            .eval("document.querySelector('#log-follow').checked")
+            .await,
+        json!(true)
     );
+    audit_both(&mut browser, "job-live", "a running job").await;
 
-    let job: serde_json::Value = awc::Client::new()
-        .get(format!("{base}/api/v1/jobs/{job_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .limit(1 << 20)
-        .await
-        .unwrap();
-    assert_eq!(job["state"], "succeeded");
-    assert_eq!(job["artifacts"].as_array().map(Vec::len), Some(1));
-    assert_eq!(
-        job["annotations"],
-        serde_json::json!({
-            "crate": "itoa",
-            "author": "Ada, Grace",
-            "links.ci": "https://ci.invalid/run/7",
-        })
+    // A headless browser loads a live job's page to the end (the stream opens after `load`).
+    let dump = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(chromium_binary().expect("chromium"))
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("dump-profile").display()
+            ))
+            .arg("--dump-dom")
+            .arg(format!("{base}/jobs/{id}"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium --dump-dom finishes on a live job's page")
+    .unwrap();
+    assert!(dump.status.success(), "{dump:?}");
+    let dom = String::from_utf8_lossy(&dump.stdout);
+    assert!(dom.contains("waiting for the gate"), "{dom}");
+
+    // Numbers, times and search, live.
+    click(&mut browser, "#log-show-numbers").await;
+    click(&mut browser, "#log-show-times").await;
+    let shown = browser
+        .eval("(() => { const r = document.querySelector('#live-log .rec'); return [r.querySelector('.ln').offsetWidth > 0, r.querySelector('.ts').offsetWidth > 0, r.querySelector('.ts').textContent]; })()")
+        .await;
+    assert_eq!(shown[0], json!(true), "{shown}");
+    assert_eq!(shown[1], json!(true), "{shown}");
+    assert!(
+        regex::Regex::new(r"^\d\d:\d\d:\d\d\.\d{3}$")
+            .unwrap()
+            .is_match(shown[2].as_str().unwrap()),
+        "{shown}"
     );
+    set_field(&mut browser, "#log-search", "PART 2").await;
+    let found = browser
+        .eval("[...document.querySelectorAll('#live-log .rec:not([hidden])')].map((r) => r.querySelector('.tx').innerHTML)")
+        .await;
+    assert_eq!(found, json!(["building <mark>part 2</mark>"]));
+    assert!(browser
+        .eval(&text_has("#log-status", "1 matching"))
+        .await
+        .as_bool()
+        .unwrap());
+    audit_both(&mut browser, "job-live-search", "a searched live log").await;
+    set_field(&mut browser, "#log-search", "").await;
+
+    // Open the gate: the rest streams in, followed to the bottom; then the page settles in
+    // place (no reload): the stream closed, the log no longer live, the head and artifacts new.
+    browser.eval("window.stayedOnThePage = true").await;
+    std::fs::write(&gate, b"").unwrap();
+    browser
+        .wait_for(
+            "document.getElementById('live-log').dataset.streamState === 'ended'",
+            JOB_LIMIT,
+        )
+        .await;
+    let lines = server
+        .log_records(id)
+        .await
+        .iter()
+        .filter(|r| r["line"].is_string())
+        .count();
+    let status = browser
+        .eval("document.getElementById('log-status').textContent")
+        .await;
+    assert_eq!(status, json!(format!("{lines} lines · succeeded")));
+    browser
+        .wait_for(
+            "document.getElementById('job-state').textContent === 'succeeded' && document.body.innerText.includes('demo.txt')",
+            STEP,
+        )
+        .await;
+    let settled = browser
+        .eval(
+            r#"(() => {
+              const pre = document.getElementById('live-log');
+              const parts = [...pre.querySelectorAll('.tx')].map((t) => t.textContent).filter((t) => t.startsWith('building part'));
+              return {
+                stayed: window.stayedOnThePage === true,
+                follow: document.getElementById('log-follow') === null,
+                bottom: pre.scrollHeight - pre.scrollTop - pre.clientHeight < 2,
+                scrolls: pre.scrollHeight > pre.clientHeight,
+                parts: parts.length,
+                unique: new Set(parts).size,
+                live: document.body.innerText.includes('· live'),
+              };
+            })()"#,
+        )
+        .await;
+    assert_eq!(
+        settled,
+        json!({ "stayed": true, "follow": true, "bottom": true, "scrolls": true,
+                "parts": 123, "unique": 123, "live": false }),
+        "every line once, followed to the end, and nothing says live"
+    );
+    audit_both(
+        &mut browser,
+        "job-ended-in-place",
+        "a job that ended while watched",
+    )
+    .await;
+
+    // Reading up stops following (checked on a fresh live job with a long log).
+    let gate2 = dir.path().join("gate2");
+    let (digest, _) = upload_source(&server, small_source()).await;
+    let second = submit_built(
+        &server,
+        &digest,
+        json!({ "recipe": BUILD_RECIPE, "parameters": { "gate": gate2.display().to_string(), "more": "1" } }),
+    )
+    .await;
+    load(&mut browser, &format!("{base}/jobs/{second}")).await;
+    browser
+        .wait_for(
+            text_has("#live-log", "waiting for the gate").as_str(),
+            JOB_LIMIT,
+        )
+        .await;
+    let before = browser
+        .eval(
+            r#"(async () => {
+              const pre = document.getElementById('live-log');
+              pre.style.maxHeight = '3rem';
+              pre.scrollIntoView();
+              pre.scrollTop = pre.scrollHeight;
+              await new Promise((r) => setTimeout(r, 50));
+              const box = pre.getBoundingClientRect();
+              return [document.getElementById('log-follow').checked, pre.scrollHeight > pre.clientHeight,
+                      box.left + box.width / 2, box.top + box.height / 2];
+            })()"#,
+        )
+        .await;
+    assert_eq!(before[0], json!(true), "{before}");
+    assert_eq!(before[1], json!(true), "{before}");
+    // The reader turns the mouse wheel up over the log.
+    browser
+        .call(
+            "Input.dispatchMouseEvent",
+            json!({ "type": "mouseWheel", "x": before[2], "y": before[3], "deltaX": 0, "deltaY": -600 }),
+        )
+        .await;
+    let unfollowed = browser
+        .wait_for(
+            "document.getElementById('log-follow').checked === false",
+            STEP,
+        )
+        .await;
+    assert_eq!(unfollowed, json!(true));
+    std::fs::write(&gate2, b"").unwrap();
+    wait_outcome(&server, second, "succeeded", JOB_LIMIT).await;
+
+    // A finished job's page needs no script: the log is in the HTML, and nothing streams.
+    let (status, html) = server.get_raw(&format!("{base}/jobs/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let html = String::from_utf8(html).unwrap();
+    assert!(
+        html.contains("building part 123") && html.contains(&format!("{lines} lines · succeeded"))
+    );
+    assert!(
+        !html.contains("data-stream="),
+        "a finished job's page opens no stream"
+    );
+    let (_, searched) = server.get_raw(&format!("{base}/jobs/{id}?q=part+12")).await;
+    let searched = String::from_utf8(searched).unwrap();
+    assert!(searched.contains("5 matching lines"), "part 12 and 120-123");
+    load(&mut browser, &format!("{base}/jobs/{id}")).await;
+    audit(&mut browser, "job-ended-reloaded-laptop", "a finished job").await;
 
     drop(browser);
-    for builder in builders {
-        builder.cancel();
-        let _ = builder.wait().await;
-    }
-    running.stop(true).await;
+    builder.stop().await;
+    server.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn pages_render_without_javascript_and_reject_bad_filters() {
-    let data = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::with_data_dir(data.path());
-    config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    let running = server::start(config).await.unwrap();
+    let server = TestServer::start(TestDb::sqlite()).await;
     let client = awc::Client::new();
     for path in ["/", "/builders", "/jobs", "/jobs?state=queued", "/submit"] {
         let mut response = client
-            .get(format!("{}{path}", running.public_url))
+            .get(format!("{}{path}", server.url))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         let body = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
         assert!(body.starts_with("<!DOCTYPE html>"), "{path} is HTML");
-        assert!(body.contains("<nav>"), "{path} has the navigation");
+        assert!(
+            body.contains("<nav aria-label=\"Pages\">"),
+            "{path} has the navigation"
+        );
     }
     for bad in ["state=bogus", "annotation=Not%20a%20key:x"] {
         let response = client
-            .get(format!("{}/jobs?{bad}", running.public_url))
+            .get(format!("{}/jobs?{bad}", server.url))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 400, "{bad}");
     }
+    let id = server.submit(json!({ "recipe": NOBODY_RECIPE })).await;
+    for (query, status) in [
+        ("attempt=0", 400),
+        ("attempt=2", 400),
+        ("attempt=x", 400),
+        ("attempt=1&q=x", 200),
+    ] {
+        let response = client
+            .get(format!("{}/jobs/{id}?{query}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{query}");
+    }
     let response = client
-        .get(format!("{}/jobs/999", running.public_url))
+        .get(format!("{}/jobs/999", server.url))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    running.stop(true).await;
+    server.shutdown().await;
 }

@@ -155,6 +155,16 @@ async fn rest_answers_match_their_snapshots(db: TestDb) {
     server.wait_for_state(id, "running").await;
     builder.log(job_ref(&job), 1, "compiling");
     builder.expect_event_ack(job_ref(&job), 1).await;
+    // A running job's page: the stored log so far, and where its live tail goes on.
+    let (status, body) = server.get_raw(&format!("{}/jobs/{id}", server.url)).await;
+    assert_eq!(status, StatusCode::OK, "GET /jobs/{id} while running");
+    let running = String::from_utf8(body).expect("the page is UTF-8");
+    insta::assert_snapshot!("page_job_running", stable_page(&running, &server.url));
+    // The builders page names what each builder runs.
+    let (status, body) = server.get_raw(&format!("{}/builders", server.url)).await;
+    assert_eq!(status, StatusCode::OK, "GET /builders while running");
+    let builders = String::from_utf8(body).expect("the page is UTF-8");
+    insta::assert_snapshot!("page_builders_running", stable_page(&builders, &server.url));
     let digest = upload_ok(&job, "hello-x86_64", b"pretend this is a binary").await;
     let result = builder
         .complete(&key, &job, Outcome::Succeeded, vec![digest])
@@ -184,6 +194,11 @@ async fn rest_answers_match_their_snapshots(db: TestDb) {
         ("page_overview", "/".to_owned()),
         ("page_jobs", "/jobs".to_owned()),
         ("page_job", format!("/jobs/{id}")),
+        ("page_job_search", format!("/jobs/{id}?q=COMPIL")),
+        (
+            "page_job_search_nothing",
+            format!("/jobs/{id}?attempt=1&q=%3Cb%3E"),
+        ),
         ("page_builders", "/builders".to_owned()),
         ("page_submit", "/submit".to_owned()),
     ] {
@@ -221,21 +236,26 @@ async fn rest_answers_match_their_snapshots(db: TestDb) {
     for (name, path, status) in [
         (
             "page_error_unknown_job",
-            "/jobs/999999",
+            "/jobs/999999".to_owned(),
             StatusCode::NOT_FOUND,
         ),
         (
             "page_error_bad_job_id",
-            "/jobs/not-a-number",
+            "/jobs/not-a-number".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "page_error_bad_attempt",
+            format!("/jobs/{id}?attempt=2"),
             StatusCode::BAD_REQUEST,
         ),
         (
             "page_error_unknown_page",
-            "/no-such-page",
+            "/no-such-page".to_owned(),
             StatusCode::NOT_FOUND,
         ),
     ] {
-        let (got, content_type, html) = browser(path, true).await;
+        let (got, content_type, html) = browser(&path, true).await;
         assert_eq!(got, status, "GET {path}");
         assert!(
             content_type.starts_with("text/html"),
@@ -261,6 +281,7 @@ async fn rest_answers_match_their_snapshots(db: TestDb) {
 fn stable_page(html: &str, server_url: &str) -> String {
     let replacements = [
         (r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "[time]"),
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[time]"),
         (r"SHA256:[A-Za-z0-9+/]{43}", "[fingerprint]"),
         (
             r"ssh-ed25519 AAAA[A-Za-z0-9+/=]+( [^<\s]*)?",

@@ -1,9 +1,19 @@
 //! The web dashboard: server-rendered HTML (maud) over the same store and scheduler as the
 //! API, with one small script for the live log, the admin token and state-changing buttons.
 //! Reading needs no token; every change goes through the token-checked API.
+//!
+//! `pages.rs` holds the layout, the overview and the job pages; `job_summary.rs` and
+//! `job_log.rs` the job page's head and log pane; `builders_page.rs` and `submit_page.rs`
+//! the builders page (cards, admitting keys, enrolment tokens) and the submit form.
 
+mod builders_page;
+mod chain;
+mod crates_page;
 mod error_page;
+mod job_log;
+mod job_summary;
 mod pages;
+mod submit_page;
 mod waiting;
 
 pub use error_page::not_found;
@@ -12,10 +22,12 @@ use actix_web::{web, HttpResponse};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(pages::overview))
-        .route("/builders", web::get().to(pages::builders))
+        .route("/builders", web::get().to(builders_page::builders))
         .route("/jobs", web::get().to(pages::jobs))
         .route("/jobs/{id}", web::get().to(pages::job))
-        .route("/submit", web::get().to(pages::submit))
+        .route("/submit", web::get().to(submit_page::submit))
+        .route("/crates/{name}", web::get().to(crates_page::crate_page))
+        .route("/registry", web::get().to(crates_page::registry_page))
         .route("/static/app.css", web::get().to(css))
         .route("/static/app.js", web::get().to(js));
 }

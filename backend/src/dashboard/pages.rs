@@ -8,19 +8,21 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
 use super::error_page::PageError;
+use super::job_log::{read_tail, LogView, StoredLog};
+use super::job_summary::{self, is_web_link};
 use crate::actors::scheduler::{LiveBuilder, LiveBuilders};
 use crate::cli::output::size;
 use crate::error::{blocking, ApiError};
 use crate::http::jobs::{load_detail, parse_job_id, JobDetail};
 use crate::http::AppState;
 use crate::store::{
-    annotation_headline, AnnotationFilter, Annotations, Builder, BuilderId, Job, JobFilter, JobId,
-    JobMode, JobState,
+    AnnotationFilter, Annotations, Attempt, Builder, BuilderId, Job, JobFilter, JobId, JobMode,
+    JobState,
 };
 
 const PAGE_SIZE: usize = 50;
 
-fn layout(title: &str, body: Markup) -> HttpResponse {
+pub(super) fn layout(title: &str, body: Markup) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(page(title, body).into_string())
@@ -39,9 +41,10 @@ pub(super) fn page(title: &str, body: Markup) -> Markup {
                 script src="/static/app.js" defer {}
             }
             body {
+                a.skip href="#main" { "Skip to content" }
                 header {
                     a.brand href="/" { "Buildfleet" }
-                    nav {
+                    nav aria-label="Pages" {
                         a href="/" { "Overview" }
                         a href="/builders" { "Builders" }
                         a href="/jobs" { "Jobs" }
@@ -52,7 +55,7 @@ pub(super) fn page(title: &str, body: Markup) -> Markup {
                         input #admin-token type="password" autocomplete="off" placeholder="for changes";
                     }
                 }
-                main {
+                main #main tabindex="-1" {
                     div #message hidden {}
                     (body)
                 }
@@ -61,7 +64,7 @@ pub(super) fn page(title: &str, body: Markup) -> Markup {
     }
 }
 
-fn state_badge(state: JobState) -> Markup {
+pub(super) fn state_badge(state: JobState) -> Markup {
     html! { span class={ "state state-" (state.as_str()) } { (state.as_str()) } }
 }
 
@@ -87,7 +90,7 @@ pub fn format_time(ms: i64) -> String {
     )
 }
 
-fn format_duration(ms: i64) -> String {
+pub(super) fn format_duration(ms: i64) -> String {
     let secs = ms.max(0) / 1000;
     match secs {
         0..60 => format!("{secs}s"),
@@ -96,7 +99,9 @@ fn format_duration(ms: i64) -> String {
     }
 }
 
-async fn live_builders(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiError> {
+pub(super) async fn live_builders(
+    state: &AppState,
+) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiError> {
     state
         .scheduler
         .send(LiveBuilders)
@@ -107,25 +112,21 @@ async fn live_builders(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuild
 fn jobs_table(jobs: &[Job], names: &BTreeMap<BuilderId, String>, now: i64) -> Markup {
     html! {
         div.table-wrap {
-            table {
-                thead { tr { th { "Job" } th { "State" } th { "Recipe" } th { "Mode" } th { "Attempt" } th { "Builder" } th { "Submitted" } th { "Duration" } } }
+            table.jobs.stack {
+                thead { tr { th { "Job" } th { "What" } th { "State" } th { "Attempt" } th { "Builder" } th { "Submitted (UTC)" } th { "Duration" } } }
                 tbody {
                     @for job in jobs {
                         tr {
-                            td { a href={ "/jobs/" (job.id) } { "#" (job.id) } }
-                            td { (state_badge(job.state)) }
-                            td.mono {
-                                (job.recipe)
-                                @if let Some(what) = annotation_headline(&job.annotations) { " · " span.what { (what) } }
-                            }
-                            td { (job.mode.as_str()) }
-                            td { (job.attempt) " / " (job.max_attempts) }
-                            td { @if let Some(b) = job.builder_id { (names.get(&b).map(String::as_str).unwrap_or("?")) } @else { span.muted { "—" } } }
-                            td { (format_time(job.created_at)) }
-                            td { @if let Some(start) = job.started_at { (format_duration(job.finished_at.unwrap_or(now) - start)) } @else { span.muted { "—" } } }
+                            td data-label="Job" { a href={ "/jobs/" (job.id) } { "#" (job.id) } }
+                            td.what-cell data-label="What" { (job_summary::list_cell(job)) }
+                            td data-label="State" { (state_badge(job.state)) }
+                            td data-label="Attempt" { (job.attempt) " / " (job.max_attempts) }
+                            td data-label="Builder" { @if let Some(b) = job.builder_id { (names.get(&b).map(String::as_str).unwrap_or("?")) } @else { span.muted { "—" } } }
+                            td data-label="Submitted" { (format_time(job.created_at)) }
+                            td data-label="Duration" { @if let Some(start) = job.started_at { (format_duration(job.finished_at.unwrap_or(now) - start)) } @else { span.muted { "—" } } }
                         }
                     }
-                    @if jobs.is_empty() { tr { td colspan="8" .muted { "No jobs." } } }
+                    @if jobs.is_empty() { tr { td colspan="7" .muted { "No jobs." } } }
                 }
             }
         }
@@ -170,59 +171,6 @@ pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, PageEr
         p { a href="/jobs" { "All jobs →" } }
     };
     Ok(layout("Overview", body))
-}
-
-pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
-    let store = state.store.clone();
-    let builders = blocking(move || Ok(store.list_builders()?)).await?;
-    let live = live_builders(&state).await?;
-    let body = html! {
-        h1 { "Builders" }
-        div.table-wrap {
-            table {
-                thead { tr { th { "Name" } th { "Status" } th { "Recipes" } th { "Labels (operator)" } th { "Declared" } th { "Load" } th { "Last seen" } th { "Fingerprint" } th {} } }
-                tbody {
-                    @for b in &builders {
-                        @let l = live.get(&b.id);
-                        tr {
-                            td { (b.name) }
-                            td {
-                                @if !b.enabled { span.state.state-disabled { "disabled" } }
-                                @else if let Some(l) = l {
-                                    span.state.state-online { "online" }
-                                    @if l.paused { " " span.state { "paused" } }
-                                    @if l.draining { " " span.state { "draining" } }
-                                } @else { span.state.state-offline { "offline" } }
-                            }
-                            td.mono { @if let Some(l) = l { (l.recipes.join(", ")) } @else { span.muted { "—" } } }
-                            td.mono { (pairs(&b.labels)) }
-                            td.mono {
-                                @match l {
-                                    Some(l) if !l.declared_labels.is_empty() => {
-                                        (pairs(&l.declared_labels))
-                                        @if l.effective_labels != b.labels { br; span.muted { "matched as " (pairs(&l.effective_labels)) } }
-                                    }
-                                    _ => span.muted { "—" },
-                                }
-                            }
-                            td { @if let Some(l) = l { (l.active_jobs) " / " (l.max_concurrent) } @else { span.muted { "—" } } }
-                            td { @if let Some(t) = b.last_seen_at { (format_time(t)) } @else { span.muted { "never" } } }
-                            td.mono { (b.fingerprint) }
-                            td {
-                                @if b.enabled {
-                                    button.secondary data-action={ "/api/v1/builders/" (b.id) "/disable" } { "Disable" }
-                                } @else {
-                                    button.secondary data-action={ "/api/v1/builders/" (b.id) "/enable" } { "Enable" }
-                                }
-                            }
-                        }
-                    }
-                    @if builders.is_empty() { tr { td colspan="9" .muted { "No builders admitted yet." } } }
-                }
-            }
-        }
-    };
-    Ok(layout("Builders", body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,54 +276,81 @@ pub async fn jobs(
     Ok(layout("Jobs", body))
 }
 
+/// The job page's own query: which attempt's log it shows, and a search in it.
+#[derive(Debug, Deserialize)]
+pub struct JobQuery {
+    attempt: Option<String>,
+    q: Option<String>,
+}
+
 pub async fn job(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<JobQuery>,
 ) -> Result<HttpResponse, PageError> {
     let id = parse_job_id(&path)?;
     let detail: JobDetail = load_detail(&state, id).await?;
-    let store = state.store.clone();
-    let builders = blocking(move || Ok(store.list_builders()?)).await?;
-    let names = builder_names(&builders);
     let job = &detail.job;
+    let attempt = match query.attempt.as_deref() {
+        None | Some("") => job.attempt,
+        Some(raw) => raw
+            .parse::<i32>()
+            .ok()
+            .filter(|a| (1..=job.attempt.0).contains(a))
+            .map(Attempt)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "attempt {raw:?}: job {id} has attempts 1 to {}",
+                    job.attempt
+                ))
+            })?,
+    };
+    let search = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    let (store, storage) = (state.store.clone(), state.storage.clone());
+    let (builders, log, now) = blocking(move || {
+        let chunks = store.log_chunks(id)?;
+        let log: StoredLog = read_tail(&*storage, &chunks, attempt).map_err(ApiError::internal)?;
+        Ok((store.list_builders()?, log, store.now_ms()))
+    })
+    .await?;
+    let names = builder_names(&builders);
     let public_url = &state.public_url;
     let signer = job
         .builder_id
         .and_then(|b| names.get(&b))
         .cloned()
         .unwrap_or_else(|| "<builder>".into());
+    let log_view = LogView {
+        job,
+        attempts: &detail.attempts,
+        attempt,
+        log: &log,
+        search,
+    };
     let body = html! {
-        h1 { "Job #" (job.id) " " span #job-state data-job=(job.id) class={ "state state-" (job.state.as_str()) } { (job.state.as_str()) } }
-        @if job.state.is_active() || job.state == JobState::Queued {
-            p { button.secondary data-action={ "/api/v1/jobs/" (job.id) "/cancel" } { "Cancel" } }
-        } @else if job.state != JobState::Succeeded {
-            p { button.secondary data-action={ "/api/v1/jobs/" (job.id) "/retry" } { "Retry" } }
-        }
-        div.table-wrap { table { tbody {
-            tr { th { "Recipe" } td.mono { (job.recipe) " (" (job.mode.as_str()) ")" } }
+        (job_summary::head(job, &detail.attempts, &names, now))
+        div.table-wrap { table.details { tbody {
             tr { th { "Source" } td.mono { (job.source_url) br; "sha256:" (job.source_sha256) } }
-            tr { th { "Parameters" } td.mono { (job.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")) } }
-            tr { th { "Attempt" } td { (job.attempt) " of at most " (job.max_attempts) } }
-            tr { th { "Builder" } td { @if let Some(b) = job.builder_id { (names.get(&b).map(String::as_str).unwrap_or("?")) } @else { "—" } } }
-            tr { th { "Submitted" } td { (format_time(job.created_at)) " by " (job.submitter) } }
-            @if let Some(e) = &job.error { tr { th { "Error" } td.mono { (e) } } }
+            tr { th { "Parameters" } td.mono { @if job.parameters.is_empty() { span.muted { "none" } } (job.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")) } }
+            tr { th { "Required labels" } td.mono { @if job.required_labels.is_empty() { span.muted { "none" } } (pairs(&job.required_labels)) } }
+            tr { th { "Priority" } td { (job.priority) } }
+            tr { th { "Timeout" } td { (format_duration(job.timeout_secs.saturating_mul(1000))) } }
         } } }
         (super::waiting::section(detail.queue.as_ref()))
+        (super::chain::section(detail.follows_from, &detail.follow_ups))
         @if !job.annotations.is_empty() {
             h2 { "Annotations" }
             (annotations_table(&job.annotations))
         }
-        h2 { "Log " span.muted #log-status { "" } }
-        pre.log #live-log data-stream={ "/api/v1/jobs/" (job.id) "/log/stream" } {}
-        p.muted { "Whole log: " a href={ "/api/v1/jobs/" (job.id) "/log?format=text" } { "text" } " · " a href={ "/api/v1/jobs/" (job.id) "/log" } { "JSONL" } }
+        (log_view.render())
         h2 { "Artifacts" }
         @if detail.artifacts.is_empty() {
             p.muted { "No published artifacts." }
         } @else {
-            div.table-wrap { table {
+            div.table-wrap { table.stack {
                 thead { tr { th { "Name" } th { "Size" } th { "SHA-256" } } }
                 tbody { @for a in &detail.artifacts {
-                    tr { td { a href=(a.url) { (a.name) } } td { (size(a.size)) } td.mono { (a.sha256) } }
+                    tr { td data-label="Name" { a href=(a.url) { (a.name) } } td data-label="Size" { (size(a.size)) } td.mono data-label="SHA-256" { (a.sha256) } }
                 } }
             } }
             h2 { "Verify with OpenSSH" }
@@ -396,33 +371,34 @@ pub async fn job(
             }
         }
         h2 { "Timeline" }
-        div.table-wrap { table {
-            thead { tr { th { "Time" } th { "Attempt" } th { "Change" } th { "Detail" } } }
+        div.table-wrap { table.stack {
+            thead { tr { th { "Time (UTC)" } th { "Attempt" } th { "Change" } th { "Detail" } } }
             tbody { @for e in &detail.events {
                 tr {
-                    td { (format_time(e.at)) }
-                    td { (e.attempt) }
-                    td { @if let Some(from) = e.from { (from.as_str()) " → " } (state_badge(e.to)) }
-                    td.mono { (e.detail.clone().unwrap_or_default()) }
+                    td data-label="Time" { (format_time(e.at)) }
+                    td data-label="Attempt" { (e.attempt) }
+                    td data-label="Change" { @if let Some(from) = e.from { (from.as_str()) " → " } (state_badge(e.to)) }
+                    td.mono data-label="Detail" { (e.detail.clone().unwrap_or_default()) }
                 }
             } }
         } }
         h2 { "Attempts" }
-        div.table-wrap { table {
-            thead { tr { th { "Attempt" } th { "Builder" } th { "Assigned" } th { "Outcome" } th { "Exit" } th { "Error" } } }
+        div.table-wrap { table.stack {
+            thead { tr { th { "Attempt" } th { "Builder" } th { "Assigned (UTC)" } th { "Outcome" } th { "Exit" } th { "Error" } th { "Log" } } }
             tbody { @for a in &detail.attempts {
                 tr {
-                    td { (a.attempt) }
-                    td { @if let Some(b) = a.builder { (names.get(&b).map(String::as_str).unwrap_or("?")) } }
-                    td { (format_time(a.assigned_at)) }
-                    td { @if let Some(o) = a.outcome { (o.as_str()) } @else { span.muted { "live" } } }
-                    td { @if let Some(x) = a.exit_status { (x) } }
-                    td.mono { (a.error.clone().unwrap_or_default()) }
+                    td data-label="Attempt" { (a.attempt) }
+                    td data-label="Builder" { @if let Some(b) = a.builder { (names.get(&b).map(String::as_str).unwrap_or("?")) } }
+                    td data-label="Assigned" { (format_time(a.assigned_at)) }
+                    td data-label="Outcome" { @if let Some(o) = a.outcome { (o.as_str()) } @else { span.muted { "in progress" } } }
+                    td data-label="Exit" { @if let Some(x) = a.exit_status { (x) } }
+                    td.mono data-label="Error" { (a.error.clone().unwrap_or_default()) }
+                    td data-label="Log" { a href={ "/api/v1/jobs/" (job.id) "/log?attempt=" (a.attempt) "&format=text" } { "text" } }
                 }
             } }
         } }
     };
-    Ok(layout(&format!("Job #{}", job.id), body))
+    Ok(layout(&job_summary::title(job), body))
 }
 
 /// A job's annotations, one row each. An http(s) value is a link; every value is escaped
@@ -459,12 +435,6 @@ fn query_value(value: &str) -> String {
         .collect()
 }
 
-/// Only plain http(s) URLs become links: never `javascript:` and the like.
-fn is_web_link(value: &str) -> bool {
-    (value.starts_with("https://") || value.starts_with("http://"))
-        && !value.chars().any(char::is_whitespace)
-}
-
 /// The commands that check a job's statement (and `artifact` against it, if given).
 fn verify_instructions(
     public_url: &str,
@@ -488,29 +458,8 @@ fn verify_instructions(
     }
 }
 
-pub async fn submit() -> HttpResponse {
-    let body = html! {
-        h1 { "Submit a build" }
-        p.muted { "Needs the admin token (top right). Upload a source archive (.crate or .tar.gz) or give a URL and its SHA-256." }
-        form #submit-form .form-grid {
-            label { "Source archive" input type="file" name="archive" accept=".crate,.tar.gz,.tgz"; }
-            label { "or source URL" input type="url" name="source_url" placeholder="https://…/crate-1.0.0.crate"; }
-            label { "SHA-256 (with a URL)" input name="source_sha256" pattern="[0-9a-fA-F]{64}" placeholder="64 hex characters"; }
-            label { "Recipe" input name="recipe" value="cargo-build" required; }
-            label { "Mode" select name="mode" { option value="build" { "build" } option value="plan" { "plan (dry run)" } } }
-            label { "Parameters (k=v, comma separated)" input name="parameters" placeholder="features=serde"; }
-            label { "Required builder labels (k=v)" input name="labels" placeholder="os=linux"; }
-            label { "Annotations (one k=v per line)" textarea name="annotations" rows="3" placeholder="commit=1a2b3c4d\nbranch=main" {} }
-            label { "Priority" input type="number" name="priority" value="0" min="-1000" max="1000"; }
-            label { "Timeout (seconds)" input type="number" name="timeout_secs" value="3600" min="1"; }
-            div { button type="submit" { "Submit" } }
-        }
-    };
-    layout("Submit", body)
-}
-
 /// Labels as `k=v, k=v`.
-fn pairs(labels: &std::collections::BTreeMap<String, String>) -> String {
+pub(super) fn pairs(labels: &std::collections::BTreeMap<String, String>) -> String {
     labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
