@@ -26,6 +26,9 @@ server_tests! {
     process_logs_are_plain_text,
 }
 
+/// The largest source `bad_values_are_refused_with_a_sentence` lets its backend take.
+const SOURCE_LIMIT: u64 = 16 * 1024;
+
 /// A job source URL and digest that no test fetches.
 const URL: &str = "https://example.invalid/src.tar.gz";
 
@@ -410,7 +413,10 @@ async fn refusals_say_why_by_the_jobs_state(db: TestDb) {
 }
 
 async fn bad_values_are_refused_with_a_sentence(db: TestDb) {
-    let server = TestServer::start(db).await;
+    let server = TestServer::start_with(db, |config| {
+        config.limits.max_source_bytes = SOURCE_LIMIT;
+    })
+    .await;
     let digest = digest();
     let source = tempfile::tempdir().unwrap();
     std::fs::write(source.path().join("README"), "a source\n").unwrap();
@@ -525,6 +531,21 @@ async fn bad_values_are_refused_with_a_sentence(db: TestDb) {
     for (args, message) in &refused {
         fails(server.cli(args).await, 3, &[message]);
     }
+
+    // A source larger than the backend takes (random bytes: gzip cannot shrink them).
+    let big = tempfile::tempdir().unwrap();
+    let mut noise = vec![0u8; 4 * SOURCE_LIMIT as usize];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut noise);
+    std::fs::write(big.path().join("noise.bin"), noise).unwrap();
+    fails(
+        server
+            .cli(&["job", "submit", big.path().to_str().unwrap()])
+            .await,
+        3,
+        &[&format!(
+            "body exceeds the limit of {SOURCE_LIMIT} bytes (payload_too_large, HTTP 413)"
+        )],
+    );
 
     // The API itself names the field of a malformed body (the CLI never sends one).
     let (status, body) = server
