@@ -32,7 +32,8 @@ pub struct RunningServer {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The thread of the Scheduler, Auth and LogSink actors; stopped with the server so that
     /// nothing of this instance keeps acting on the database.
-    actors: actix::Arbiter,
+    /// `None` once stopped.
+    actors: Option<actix::Arbiter>,
     /// Ends the open event streams and builder sessions at shutdown: a graceful stop would
     /// otherwise wait its whole timeout for connections that never end by themselves.
     job_feed: Arc<JobFeed>,
@@ -41,44 +42,49 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops accepting, ends event streams and builder sessions, waits for the server task,
     /// then stops the actors.
-    pub async fn stop(self, graceful: bool) {
+    pub async fn stop(mut self, graceful: bool) {
         // Accepting stops first (the command is sent at once), so nothing new opens while
         // the streams and builder sessions are told to end.
         let stopped = self.handle.stop(graceful);
         self.job_feed.close();
         stopped.await;
-        let _ = self.server.await;
-        Self::stop_actors(self.actors).await;
+        let _ = (&mut self.server).await;
+        Self::stop_actors(self.actors.take()).await;
     }
 
     /// Waits until the server stops: on SIGINT or SIGTERM gracefully, on SIGQUIT at once.
     /// The signals are handled here rather than by actix, so that the event streams end
     /// before the graceful stop starts waiting for open responses.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let RunningServer {
-            handle,
-            mut server,
-            actors,
-            job_feed,
-            ..
-        } = self;
+    pub async fn wait(mut self) -> anyhow::Result<()> {
         let result = tokio::select! {
-            result = &mut server => result,
+            result = &mut self.server => result,
             graceful = shutdown_signal() => {
-                let stopped = handle.stop(graceful);
-                job_feed.close();
+                let stopped = self.handle.stop(graceful);
+                self.job_feed.close();
                 stopped.await;
-                server.await
+                (&mut self.server).await
             }
         };
-        Self::stop_actors(actors).await;
+        Self::stop_actors(self.actors.take()).await;
         result??;
         Ok(())
     }
 
-    async fn stop_actors(actors: actix::Arbiter) {
+    async fn stop_actors(actors: Option<actix::Arbiter>) {
+        let Some(actors) = actors else { return };
         actors.stop();
         let _ = tokio::task::spawn_blocking(move || actors.join()).await;
+    }
+}
+
+impl Drop for RunningServer {
+    /// A server dropped without [`RunningServer::stop`] (a test that ends, an embedder that
+    /// forgets) still stops its actors, so that nothing of it keeps acting on a database that
+    /// may be gone, holding the process's store permits while it waits for connections.
+    fn drop(&mut self) {
+        if let Some(actors) = self.actors.take() {
+            actors.stop();
+        }
     }
 }
 
@@ -313,7 +319,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         store,
         handle,
         server,
-        actors,
+        actors: Some(actors),
         job_feed,
     })
 }

@@ -11,6 +11,7 @@ use awc::http::StatusCode;
 use buildfleet_backend::config::ServerConfig;
 use buildfleet_backend::registry::RegistryFile;
 use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::processes::BackendProcess;
 use buildfleet_testkit::registry::{
     CrateFile, LocalRegistry, SAMPLE_BINARY, SAMPLE_LIBRARY, SAMPLE_TAMPERED,
 };
@@ -21,6 +22,7 @@ use serde_json::{json, Value};
 server_tests! {
     a_sparse_follower_queues_each_new_version_once,
     a_git_follower_diffs_the_index_and_resumes_after_a_restart,
+    two_replicas_following_one_registry_queue_each_version_once,
 }
 
 fn follow(config: &mut ServerConfig, index: String, crates: &[&str]) {
@@ -168,7 +170,10 @@ async fn a_sparse_follower_queues_each_new_version_once(db: TestDb) {
     assert_eq!(backfilled["priority"], -100);
     assert_eq!(backfilled["recipe"], "crate-metadata");
     let page = server.get_ok(&format!("/crates/{SAMPLE_BINARY}")).await;
-    assert_eq!(version(&page, &samples.binary.version).unwrap()["status"], "queued");
+    assert_eq!(
+        version(&page, &samples.binary.version).unwrap()["status"],
+        "queued"
+    );
     let (_, again) = server
         .post_admin("/registry/backfill", &json!({ "crate": SAMPLE_BINARY }))
         .await;
@@ -263,4 +268,57 @@ async fn a_git_follower_diffs_the_index_and_resumes_after_a_restart(db: TestDb) 
         server.get_ok("/registry").await["position"],
         registry.git_head()
     );
+}
+
+async fn two_replicas_following_one_registry_queue_each_version_once(db: TestDb) {
+    let (registry, _samples) = LocalRegistry::start_with_samples();
+    let releases: Vec<CrateFile> = (0..6)
+        .map(|minor| CrateFile::binary(SAMPLE_BINARY, &format!("0.{}.0", minor + 5)))
+        .collect();
+    let index = registry.sparse_index_url();
+    let database_url = db.url().to_owned();
+    let first = TestServer::start_with(db, |c| follow(c, index.clone(), &[SAMPLE_BINARY])).await;
+    // A second backend process on the same database, with its own data directory, following
+    // the same registry under the same name: a replica, as operators run one.
+    let config_dir = tempfile::tempdir().expect("replica config dir");
+    let config_path = config_dir.path().join("replica.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[registry]\nname = \"local\"\nindex = \"{index}\"\ncrates = [\"{SAMPLE_BINARY}\"]\n\
+             deny = [\"{SAMPLE_TAMPERED}\"]\npoll_interval_secs = 1\n"
+        ),
+    )
+    .expect("writing the replica's config");
+    let mut replica = BackendProcess::start(
+        &database_url,
+        &["--config".to_owned(), config_path.display().to_string()],
+    )
+    .await;
+    wait_for_crate(&first, SAMPLE_BINARY, |p| version(p, "0.1.0").is_some()).await;
+
+    // Both fetch every 100 ms and race for each release.
+    for release in &releases {
+        registry.publish(release);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let last = releases
+        .last()
+        .map(|r| r.version.clone())
+        .unwrap_or_default();
+    wait_for_crate(&first, SAMPLE_BINARY, |p| version(p, &last).is_some()).await;
+    wait_rounds(&first, 3).await;
+    let jobs = jobs_of(&first, SAMPLE_BINARY).await;
+    let mut versions: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| j["annotations"]["version"].as_str().map(str::to_owned))
+        .collect();
+    versions.sort();
+    let mut expected: Vec<String> = releases.iter().map(|r| r.version.clone()).collect();
+    expected.sort();
+    assert_eq!(
+        versions, expected,
+        "each release queued once by the two replicas"
+    );
+    replica.stop().await;
 }

@@ -22,7 +22,7 @@ pub use settings::{BuildSpec, IndexSource, RegistryFile, RegistrySettings};
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -95,6 +95,9 @@ pub struct RegistryFollower {
     planning: bool,
     /// A metadata job ended during a planning pass: plan once more after it.
     plan_again: bool,
+    /// Rounds failed in a row, and until when the follower rests because of them.
+    failures: u32,
+    resting_until: Option<Instant>,
 }
 
 /// What the follower works with besides its settings.
@@ -132,7 +135,27 @@ impl RegistryFollower {
             polling: false,
             planning: false,
             plan_again: false,
+            failures: 0,
+            resting_until: None,
         }
+    }
+
+    /// After a failed round the next ones wait twice as long each time (from the poll
+    /// interval up to [`MAX_BACKOFF`]); a good round ends the rest.
+    fn note_round(&mut self, succeeded: bool) {
+        if succeeded {
+            self.failures = 0;
+            self.resting_until = None;
+            return;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let factor = 2u32.saturating_pow(self.failures.min(16));
+        let rest = self
+            .settings
+            .poll_interval
+            .saturating_mul(factor)
+            .min(MAX_BACKOFF);
+        self.resting_until = Some(Instant::now() + rest);
     }
 
     fn follower(&self) -> Follow {
@@ -187,8 +210,13 @@ impl Handler<Poll> for RegistryFollower {
     type Result = ();
 
     fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
-        // A slow round is not overlapped by the next tick.
-        if self.polling {
+        // A slow round is not overlapped by the next tick, and a failing registry (or
+        // database) is asked less often until it answers again.
+        if self.polling
+            || self
+                .resting_until
+                .is_some_and(|until| Instant::now() < until)
+        {
             return;
         }
         self.polling = true;
@@ -196,13 +224,16 @@ impl Handler<Poll> for RegistryFollower {
         let scheduler = self.scheduler.clone();
         let round = async move {
             let outcome = follow.round().await;
+            let succeeded = outcome.is_ok();
             let queued = follow.record_round(outcome).await;
             if !queued.is_empty() {
                 scheduler.do_send(JobQueued(queued));
             }
+            succeeded
         };
-        ctx.spawn(round.into_actor(self).map(|(), actor, ctx| {
+        ctx.spawn(round.into_actor(self).map(|succeeded, actor, ctx| {
             actor.polling = false;
+            actor.note_round(succeeded);
             ctx.notify(PlanFollowUps);
         }));
     }
@@ -716,6 +747,8 @@ fn crate_file(path: &str) -> Option<String> {
     Some(name.to_owned())
 }
 
+/// The longest rest after failed rounds.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// A metadata job only unpacks and reads a manifest.
 const METADATA_TIMEOUT_SECS: i64 = 600;
 /// Versions planned per pass.
