@@ -418,6 +418,8 @@ function startLiveTail(log) {
   const pre = log.pre;
   if (!pre.dataset.stream) return;
   pre.dataset.streamState = "open";
+  const toggle = document.getElementById("log-follow-toggle");
+  if (toggle) toggle.hidden = false;
   log.suffix = "live";
   log.say(log.suffix);
   log.atEnd();
@@ -438,7 +440,6 @@ function startLiveTail(log) {
     pre.dataset.streamState = "ended";
     log.suffix = JSON.parse(event.data).outcome.replace(/_/g, " ");
     log.say(log.suffix);
-    const toggle = document.getElementById("log-follow-toggle");
     if (toggle) toggle.remove();
   });
   source.onerror = () => { if (!ended) log.say("reconnecting…"); };

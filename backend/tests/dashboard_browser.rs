@@ -15,11 +15,17 @@
 //!   and timed, and the page settling when the job ends: the stream closed, the log no longer
 //!   "live", the head and artifacts updated in place. `chromium --dump-dom` finishes on a
 //!   live job's page; a finished job's page needs no script at all.
+//! - The registry follower's pages (against the test kit's local registry) at both widths,
+//!   and a crate submitted by name through the form, resolved by the server.
+//!
+//! They run on SQLite: what the pages show is pinned on both databases by the snapshots of
+//! `server_snapshots.rs`; here it is the browser's side that is tested.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use awc::http::StatusCode;
+use buildfleet_backend::registry::RegistryFile;
 use buildfleet_builder::recipes::{ArtifactConfig, Pack, RecipeBook, RecipeConfig};
 use buildfleet_testkit::browser::{chromium_binary, Browser};
 use buildfleet_testkit::db::TestDb;
@@ -28,6 +34,7 @@ use buildfleet_testkit::e2e::{
     wait_outcome, E2eBuilder,
 };
 use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::registry::{CrateFile, LocalRegistry, SAMPLE_BINARY, SAMPLE_LIBRARY};
 use buildfleet_testkit::server::TestServer;
 use serde_json::{json, Value};
 
@@ -1142,6 +1149,97 @@ async fn a_job_page_follows_its_live_log_and_settles_when_the_job_ends() {
 
     drop(browser);
     builder.stop().await;
+    server.shutdown().await;
+}
+
+/// The registry follower's pages, and a crate submitted by name through the form: the
+/// server resolves it through the followed index and annotates it.
+#[actix_rt::test]
+async fn registry_pages_fit_and_a_crate_is_submitted_by_name() {
+    // Packed (blocking) before the server starts: the server shares the test's thread.
+    let (registry, samples) = LocalRegistry::start_with_samples();
+    let release = CrateFile::binary(SAMPLE_BINARY, "0.2.0");
+    let index = registry.sparse_index_url();
+    let server = TestServer::start_with(TestDb::sqlite(), |config| {
+        configure_server(config);
+        config.timings.heartbeat_timeout = Duration::from_secs(15);
+        let mut settings = RegistryFile {
+            name: Some("local".into()),
+            index,
+            crates: vec![SAMPLE_BINARY.into(), SAMPLE_LIBRARY.into()],
+            ..RegistryFile::default()
+        }
+        .resolve()
+        .expect("registry settings");
+        settings.poll_interval = Duration::from_millis(100);
+        config.registry = Some(settings);
+    })
+    .await;
+    let crate_page = format!("/crates/{SAMPLE_BINARY}");
+    for _ in 0..200 {
+        if server.get(&crate_page).await.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A version published while it follows gets a metadata job: the page lists a build.
+    registry.publish(&release);
+    let base = server.url.clone();
+    let mut browser = Browser::launch().await;
+    load(&mut browser, &format!("{base}/")).await;
+    enter_token(&mut browser, &server.admin_token).await;
+    check_page(
+        &mut browser,
+        "crate",
+        &format!("{base}{crate_page}"),
+        &text_has("main", "0.2.0"),
+    )
+    .await;
+    check_page(
+        &mut browser,
+        "registry",
+        &format!("{base}/registry"),
+        "true",
+    )
+    .await;
+
+    // The form sends the crate alone; the job is the indexed version, annotated.
+    browser.set_viewport(LAPTOP.0, LAPTOP.1, false).await;
+    load(&mut browser, &format!("{base}/submit")).await;
+    let spec = format!("{SAMPLE_BINARY}@{}", samples.binary.version);
+    set_field(&mut browser, "[name=crate]", &spec).await;
+    click(&mut browser, "#submit-form button[type=submit]").await;
+    let path = browser
+        .wait_for(
+            "location.pathname.startsWith('/jobs/') && location.pathname",
+            STEP,
+        )
+        .await;
+    let id: i64 = path
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/jobs/")
+        .parse()
+        .unwrap();
+    let job = server.job(id).await;
+    assert_eq!(job["annotations"]["crate"], SAMPLE_BINARY, "{job}");
+    assert_eq!(
+        job["annotations"]["version"],
+        samples.binary.version.as_str()
+    );
+    assert_eq!(
+        job["source_url"],
+        registry.dl_url_of(SAMPLE_BINARY, &samples.binary.version)
+    );
+    assert_eq!(job["source_sha256"], samples.binary.sha256());
+    check_page(
+        &mut browser,
+        "job-crate-by-name",
+        &format!("{base}/jobs/{id}"),
+        &text_has("h1 + .job-what", &spec),
+    )
+    .await;
+    drop(browser);
     server.shutdown().await;
 }
 

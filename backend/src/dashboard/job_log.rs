@@ -167,8 +167,9 @@ impl LogView<'_> {
                     button.secondary type="submit" { "Search" }
                     label.toggle { input #log-show-numbers type="checkbox"; " Line numbers" }
                     label.toggle { input #log-show-times type="checkbox"; " Times (UTC)" }
+                    // Following is the live tail's, which needs the script: it shows the toggle.
                     @if stream.is_some() {
-                        label.toggle #log-follow-toggle { input #log-follow type="checkbox" checked; " Follow" }
+                        label.toggle #log-follow-toggle hidden { input #log-follow type="checkbox" checked; " Follow" }
                     }
                     span.legend.muted { span.err-mark aria-hidden="true" {} "standard error" }
                 }
