@@ -22,8 +22,9 @@ use buildfleet_testkit::keys::ssh_keygen_verify;
 use buildfleet_testkit::registry::{
     binary_greeting, CrateFile, LocalRegistry, SAMPLE_BINARY, SAMPLE_LIBRARY, SAMPLE_TAMPERED,
 };
-use buildfleet_testkit::server::TestServer;
+use buildfleet_testkit::server::{test_client, TestServer};
 use buildfleet_testkit::server_tests;
+use buildfleet_testkit::tls::{over_tls, test_pki};
 use serde_json::{json, Value};
 
 server_tests! {
@@ -85,8 +86,21 @@ async fn a_published_version_is_built_served_verified_and_installed(db: TestDb) 
     let release = CrateFile::binary(SAMPLE_BINARY, "0.2.0");
     let tampered = CrateFile::binary(SAMPLE_TAMPERED, "1.0.2");
     let index = registry.sparse_index_url();
-    let server = TestServer::start_with(db, |c| follow(c, index)).await;
-    let builder = E2eBuilder::start(&server, "registry-builder", |c| c.offline = true).await;
+    // Over TLS: cargo-binstall downloads from https URLs only.
+    let pki = tempfile::tempdir().expect("pki dir");
+    let (ca, cert, key) = test_pki(pki.path());
+    let mut server = TestServer::start_with(db, |c| {
+        follow(c, index);
+        c.tls = Some((cert, key));
+    })
+    .await;
+    server.http = test_client(Some(&ca));
+    let builder_ca = ca.clone();
+    let builder = E2eBuilder::start(&server, "registry-builder", move |c| {
+        c.offline = true;
+        over_tls(c, builder_ca);
+    })
+    .await;
     wait_status(&server, SAMPLE_BINARY, &samples.binary.version, "existing").await;
 
     // Published while everything runs: metadata first, then the build it asks for.
@@ -117,7 +131,11 @@ async fn a_published_version_is_built_served_verified_and_installed(db: TestDb) 
         "{}/api/v1/crates/{SAMPLE_BINARY}/0.2.0/{TARGET}",
         server.url
     );
-    let no_redirects = awc::Client::builder().disable_redirects().finish();
+    let tls = buildfleet_builder::http::tls_config(Some(&ca)).expect("TLS config");
+    let no_redirects = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(tls))
+        .disable_redirects()
+        .finish();
     let redirect = no_redirects
         .get(format!("{base}/download"))
         .send()
@@ -156,7 +174,7 @@ async fn a_published_version_is_built_served_verified_and_installed(db: TestDb) 
     );
     assert_eq!(signed["annotations"]["crate"], SAMPLE_BINARY);
 
-    install_with_cargo_binstall(&server, &registry, &archive);
+    install_with_cargo_binstall(&server, &ca, &release, &archive);
 
     // The crate page shows the version, its build, the binary's digest and how to install it;
     // the registry page where the follower stands.
@@ -216,7 +234,12 @@ async fn a_published_version_is_built_served_verified_and_installed(db: TestDb) 
 
 /// Installs the crate with the real cargo-binstall from the backend's stable URL, runs the
 /// binary and checks it is the one in the signed archive.
-fn install_with_cargo_binstall(server: &TestServer, registry: &LocalRegistry, archive: &[u8]) {
+fn install_with_cargo_binstall(
+    server: &TestServer,
+    ca: &Path,
+    release: &CrateFile,
+    archive: &[u8],
+) {
     let Some(binstall) = which("cargo-binstall") else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -227,6 +250,15 @@ fn install_with_cargo_binstall(server: &TestServer, registry: &LocalRegistry, ar
     };
     let root = tempfile::tempdir().expect("install root");
     let home = tempfile::tempdir().expect("cargo home");
+    // The crate's own manifest (binstall reads the binaries' names from it), as the
+    // registry published it; binstall fetches registries over https only.
+    let package = tempfile::tempdir().expect("package dir");
+    for file in ["Cargo.toml", "src/main.rs"] {
+        let path = package.path().join(file);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("package dirs");
+        std::fs::write(&path, release.file(file).expect("a file of the crate"))
+            .expect("writing it");
+    }
     let pkg_url = format!(
         "{}/api/v1/crates/{{ name }}/{{ version }}/{{ target }}/download",
         server.url
@@ -238,7 +270,10 @@ fn install_with_cargo_binstall(server: &TestServer, registry: &LocalRegistry, ar
             "--no-discover-github-token",
             "--disable-telemetry",
         ])
-        .args(["--index", &registry.sparse_index_url()])
+        .arg("--manifest-path")
+        .arg(package.path())
+        .arg("--root-certificates")
+        .arg(ca)
         .args([
             "--pkg-url",
             &pkg_url,
@@ -251,7 +286,7 @@ fn install_with_cargo_binstall(server: &TestServer, registry: &LocalRegistry, ar
         .args(["--targets", TARGET])
         .arg("--root")
         .arg(root.path())
-        .arg(format!("{SAMPLE_BINARY}@0.2.0"))
+        .arg(SAMPLE_BINARY)
         .env("CARGO_HOME", home.path())
         .env("BINSTALL_DISABLE_TELEMETRY", "true")
         .output()

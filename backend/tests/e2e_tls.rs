@@ -3,7 +3,6 @@
 //! artifact over `https://`, and the CLI reaches the API with `--ca-cert`, and is refused
 //! without it.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use buildfleet_testkit::cli::run_cli;
@@ -13,78 +12,11 @@ use buildfleet_testkit::e2e::{
 };
 use buildfleet_testkit::server::{test_client, TestServer};
 use buildfleet_testkit::server_tests;
+use buildfleet_testkit::tls::{over_tls, test_pki};
 use serde_json::json;
 
 server_tests! {
     builders_and_the_cli_work_over_tls,
-}
-
-fn openssl(args: &[&str], dir: &Path) {
-    let status = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success(), "openssl {args:?} failed");
-}
-
-/// A test CA and a server certificate for 127.0.0.1 it signed, made by the `openssl` command
-/// line (webpki refuses a CA certificate used as the server's own). Returns the CA
-/// certificate, the server's certificate and its key.
-fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=buildfleet test CA",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(&ca, dir);
-    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
-    csr.extend(ec);
-    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
-    openssl(&csr, dir);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .expect("extensions file");
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ],
-        dir,
-    );
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
 }
 
 async fn builders_and_the_cli_work_over_tls(db: TestDb) {
@@ -101,11 +33,7 @@ async fn builders_and_the_cli_work_over_tls(db: TestDb) {
 
     let cert_path = cert.clone();
     let builder = E2eBuilder::start(&server, "over-tls", move |config| {
-        config.connect_url = format!(
-            "wss://{}/api/v1/builders/connect",
-            server_addr(&config.connect_url)
-        );
-        config.ca_cert = Some(cert_path);
+        over_tls(config, cert_path);
     })
     .await;
     let (digest, _) = upload_source(&server, small_source()).await;
@@ -142,13 +70,4 @@ async fn builders_and_the_cli_work_over_tls(db: TestDb) {
     );
     builder.stop().await;
     server.shutdown().await;
-}
-
-/// `host:port` of a `ws://host:port/...` URL.
-fn server_addr(url: &str) -> String {
-    url.trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .expect("host:port")
-        .to_owned()
 }

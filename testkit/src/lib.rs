@@ -19,3 +19,4 @@ pub mod private_postgres;
 pub mod processes;
 pub mod registry;
 pub mod server;
+pub mod tls;
