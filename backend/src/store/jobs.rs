@@ -348,7 +348,11 @@ pub enum Submission {
     KeyReused,
 }
 
-pub(super) fn insert_job(conn: &mut DbConnection, new: &NewJob, now: i64) -> Result<Job, StoreError> {
+pub(super) fn insert_job(
+    conn: &mut DbConnection,
+    new: &NewJob,
+    now: i64,
+) -> Result<Job, StoreError> {
     let parameters = labels::encode(&new.parameters)?;
     let required_labels = labels::encode(&new.required_labels)?;
     let annotations_json = labels::encode(&new.annotations)?;
