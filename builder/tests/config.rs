@@ -90,7 +90,15 @@ fn a_full_toml_file_resolves() {
         .into_iter()
         .map(|c| format!("{}@{}", c.name, c.version))
         .collect();
-    assert_eq!(names, ["cargo-build@1", "cargo-doc@1", "crate-metadata@1", "hello@2"]);
+    assert_eq!(
+        names,
+        [
+            "cargo-build@1",
+            "cargo-doc@1",
+            "crate-metadata@1",
+            "hello@2"
+        ]
+    );
 }
 
 #[test]
