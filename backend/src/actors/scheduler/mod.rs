@@ -76,6 +76,9 @@ struct BuilderSlot {
     ready: bool,
     paused: bool,
     draining: bool,
+    /// The builder was told its paused or draining standing in this session: after a
+    /// reconnect it may still hold the previous session's (see [`Scheduler::sync_control`]).
+    control_synced: bool,
     claiming: bool,
     claim_again: bool,
     /// Jobs this builder rejected: how often, and until when it is not offered them again.
@@ -147,6 +150,27 @@ pub struct Scheduler {
     /// `last_seen_at` in one statement instead of one transaction per heartbeat.
     seen: HashSet<BuilderId>,
     sweeping: bool,
+    /// What operators last told each builder (pause, drain, resume), kept across its
+    /// sessions; forgotten at a restart, when every builder is told to resume.
+    controls: HashMap<BuilderId, ControlStanding>,
+}
+
+/// A builder's standing as the operator set it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ControlStanding {
+    paused: bool,
+    draining: bool,
+}
+
+impl ControlStanding {
+    /// The one command that brings a builder to this standing.
+    fn command(self) -> ControlCommand {
+        match (self.paused, self.draining) {
+            (true, _) => ControlCommand::Pause,
+            (false, true) => ControlCommand::Drain,
+            (false, false) => ControlCommand::Resume,
+        }
+    }
 }
 
 impl Scheduler {
@@ -168,11 +192,29 @@ impl Scheduler {
             queued_at: HashMap::new(),
             seen: HashSet::new(),
             sweeping: false,
+            controls: HashMap::new(),
         }
     }
 
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Tells a builder, once per session and after its handshake, the standing the operator
+    /// chose: a builder paused before a reconnect stays paused on its side, and one paused
+    /// before a backend restart (which forgets it) would otherwise refuse every job while
+    /// the scheduler, the API and the dashboard count it as available.
+    fn sync_control(&mut self, builder: BuilderId, session: u64) {
+        let standing = self.controls.get(&builder).copied().unwrap_or_default();
+        if let Some(slot) = self
+            .slot(builder, session)
+            .filter(|s| s.ready && !s.control_synced)
+        {
+            slot.control_synced = true;
+            slot.session.push(ServerMessage::Control(Control {
+                command: standing.command(),
+            }));
+        }
     }
 
     fn slot(&mut self, builder: BuilderId, session: u64) -> Option<&mut BuilderSlot> {
@@ -239,6 +281,7 @@ impl Handler<Register> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+        let standing = self.controls.get(&msg.builder).copied().unwrap_or_default();
         let slot = BuilderSlot {
             session: msg.session,
             name: msg.name,
@@ -250,8 +293,9 @@ impl Handler<Register> for Scheduler {
             credits: 0,
             active: HashSet::new(),
             ready: false,
-            paused: false,
-            draining: false,
+            paused: standing.paused,
+            draining: standing.draining,
+            control_synced: false,
             claiming: false,
             claim_again: false,
             rejected: HashMap::new(),
@@ -359,6 +403,7 @@ impl Handler<GrantCredits> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: GrantCredits, ctx: &mut Self::Context) {
+        self.sync_control(msg.builder, msg.session);
         if let Some(slot) = self.slot(msg.builder, msg.session) {
             // Credits beyond the builder's own capacity could never be used.
             slot.credits = slot
@@ -446,6 +491,7 @@ impl Handler<RenewLeases> for Scheduler {
 
     fn handle(&mut self, msg: RenewLeases, ctx: &mut Self::Context) {
         let builder = msg.builder;
+        self.sync_control(builder, msg.session);
         // Written by the next sweep, together with every other builder heard from.
         self.seen.insert(builder);
         if msg.active.is_empty() {
@@ -538,17 +584,23 @@ impl Handler<ControlBuilder> for Scheduler {
     type Result = bool;
 
     fn handle(&mut self, msg: ControlBuilder, ctx: &mut Self::Context) -> bool {
+        // Only a connected builder can be told; a refused command changes nothing.
+        if !self.builders.contains_key(&msg.builder) {
+            return false;
+        }
+        let standing = self.controls.entry(msg.builder).or_default();
+        match msg.command {
+            ControlCommand::Drain => standing.draining = true,
+            ControlCommand::Pause => standing.paused = true,
+            ControlCommand::Resume => *standing = ControlStanding::default(),
+        }
+        let standing = *standing;
         let Some(slot) = self.builders.get_mut(&msg.builder) else {
             return false;
         };
-        match msg.command {
-            ControlCommand::Drain => slot.draining = true,
-            ControlCommand::Pause => slot.paused = true,
-            ControlCommand::Resume => {
-                slot.paused = false;
-                slot.draining = false;
-            }
-        }
+        slot.paused = standing.paused;
+        slot.draining = standing.draining;
+        slot.control_synced = true;
         slot.session.push(ServerMessage::Control(Control {
             command: msg.command,
         }));
