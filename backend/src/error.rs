@@ -25,8 +25,13 @@ pub enum ApiError {
     /// A valid token whose scope does not cover the action; the message says what it needs.
     #[error("{0}")]
     ScopeTooNarrow(String),
+    /// `<thing> not found`: give the thing (`job 42`), the message adds the rest.
     #[error("{0} not found")]
     NotFound(String),
+    /// Something missing, said in a whole sentence of its own (why it is not there, what
+    /// there is instead): same code and status as [`ApiError::NotFound`], shown as given.
+    #[error("{0}")]
+    NotFoundExplained(String),
     #[error("{0}")]
     Conflict(String),
     #[error("body exceeds the limit of {limit} bytes")]
@@ -52,7 +57,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized | ApiError::TokenRefused(_) => "unauthorized",
             ApiError::Forbidden | ApiError::ScopeTooNarrow(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::NotFoundExplained(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::DigestMismatch(_) => "digest_mismatch",
@@ -69,7 +74,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::TokenRefused(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::ScopeTooNarrow(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NotFoundExplained(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::DigestMismatch(_) | ApiError::Unprocessable(_) => {
@@ -316,5 +321,13 @@ mod tests {
             key: "999".into(),
         });
         assert_eq!(error.to_string(), "job 999 not found");
+    }
+
+    #[test]
+    fn an_explained_absence_is_a_sentence_with_the_not_found_code() {
+        let error = ApiError::NotFoundExplained("job 7 has no plan yet: it is queued".into());
+        assert_eq!(error.to_string(), "job 7 has no plan yet: it is queued");
+        assert_eq!(error.code(), "not_found");
+        assert_eq!(error.status_code(), StatusCode::NOT_FOUND);
     }
 }

@@ -55,19 +55,34 @@ enum Command {
     Artifact(cli::ArtifactArgs),
 }
 
-/// The log goes to stdout; colour escapes only when that is a terminal and `NO_COLOR` is
+/// Where the process's own log goes.
+#[derive(Clone, Copy)]
+enum LogTo {
+    /// The server's log (`serve`, `migrate`) is its output.
+    Stdout,
+    /// An admin command's warnings must not mix with its results (`--json` on stdout).
+    Stderr,
+}
+
+/// The log goes to `to`; colour escapes only when that is a terminal and `NO_COLOR` is
 /// unset (no-color.org), so a log file or a pipe holds plain text.
-fn init_tracing() {
+fn init_tracing(to: LogTo) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BUILDFLEET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let colour = std::io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let terminal = match to {
+        LogTo::Stdout => std::io::stdout().is_terminal(),
+        LogTo::Stderr => std::io::stderr().is_terminal(),
+    };
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(colour)
-        .init();
+        .with_ansi(colour);
+    match to {
+        LogTo::Stdout => builder.init(),
+        LogTo::Stderr => builder.with_writer(std::io::stderr).init(),
+    }
 }
 
 fn migrate(args: &ServeArgs, revert_all: bool) -> anyhow::Result<()> {
@@ -129,8 +144,11 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(match cli.command {
+        None | Some(Command::Serve(_) | Command::Migrate { .. }) => LogTo::Stdout,
+        Some(_) => LogTo::Stderr,
+    });
     match cli.command {
         Some(Command::Migrate { serve, revert_all }) => migrate(&serve, revert_all),
         Some(Command::Serve(args)) => actix_web::rt::System::new().block_on(serve(&args)),

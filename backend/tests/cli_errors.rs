@@ -24,6 +24,7 @@ server_tests! {
     tls_failures_point_to_ca_cert,
     builders_are_named_and_logs_are_plain,
     process_logs_are_plain_text,
+    the_clis_own_log_goes_to_stderr,
 }
 
 /// The largest source `bad_values_are_refused_with_a_sentence` lets its backend take.
@@ -995,6 +996,29 @@ async fn process_logs_are_plain_text(db: TestDb) {
         !log.contains('\u{1b}'),
         "colour escapes in the backend's log:\n{log:?}"
     );
+}
+
+/// An admin command's own log (its libraries' warnings, or more with `BUILDFLEET_LOG`)
+/// goes to stderr: stdout holds the results alone, so `--json` stays JSON.
+async fn the_clis_own_log_goes_to_stderr(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let job = queued_job(&server, &[]).await;
+    for args in [
+        vec!["job", "list", "--json"],
+        vec!["job", "show", &job, "--json"],
+        vec!["builder", "list", "--json"],
+    ] {
+        let run = server
+            .cli_env(&args, &[("BUILDFLEET_LOG", "debug")])
+            .await
+            .ok();
+        run.json();
+        assert!(
+            run.stderr.contains(" DEBUG "),
+            "{args:?}: no log on stderr:\n{}",
+            run.stderr
+        );
+    }
 }
 
 /// A follower whose backend goes away gives up after about ten seconds of reconnecting.

@@ -19,6 +19,7 @@ use super::sse::Events;
 use buildfleet_api::{AttemptOutcome, JobDetail};
 
 use super::client::parse;
+use crate::http::logs::{attempt_exists, attempts_had};
 use crate::logs::LogRecord;
 use crate::store::JobState;
 
@@ -127,22 +128,17 @@ pub async fn run(api: &Api, json: bool, args: LogsArgs) -> Result<Outcome, CliEr
         colour_stderr: colour_allowed(std::io::stderr().is_terminal()),
     };
     // The job first: a clear "not found", and an attempt it has not had is an error rather
-    // than an empty log.
+    // than an empty log (the backend answers 404 for it too; see `missing_attempt`).
     let detail = job_detail(api, args.id).await?;
     let job = &detail.job;
-    let recorded = |attempt: i32| detail.attempts.iter().any(|a| a.attempt == attempt);
-    // The attempt a job waiting for a builder will run next.
-    let pending = |attempt: i32| !job.state.is_terminal() && attempt == job.attempt;
+    let had: Vec<i32> = detail.attempts.iter().map(|a| a.attempt).collect();
+    let recorded = |attempt: i32| had.contains(&attempt);
     if let Some(attempt) = args.attempt {
-        if !recorded(attempt) && !pending(attempt) {
+        if !attempt_exists(job.state, job.attempt, &had, attempt) {
             return Err(CliError::NoSuchAttempt {
                 job: args.id,
                 attempt,
-                had: match detail.attempts.len() {
-                    0 if job.state.is_terminal() => format!("it never ran ({})", job.state),
-                    0 => format!("it has not started yet ({})", job.state),
-                    n => format!("it has had {n} so far"),
-                },
+                had: attempts_had(job.state, job.attempt, &had),
             });
         }
     }
@@ -159,11 +155,34 @@ pub async fn run(api: &Api, json: bool, args: LogsArgs) -> Result<Outcome, CliEr
             });
             return Ok(Outcome::Success);
         }
-        read_stored(api, args.id, Some(attempt), &mut printer).await?;
+        read_stored(api, args.id, Some(attempt), &mut printer)
+            .await
+            .map_err(|e| missing_attempt(e, args.id, attempt))?;
         return Ok(Outcome::Success);
     }
     printer.spinner = spinner(&format!("job {}", args.id));
-    follow(api, args.id, args.attempt, &mut printer).await
+    let followed = follow(api, args.id, args.attempt, &mut printer).await;
+    match args.attempt {
+        Some(attempt) => followed.map_err(|e| missing_attempt(e, args.id, attempt)),
+        None => followed,
+    }
+}
+
+/// The backend's 404 for an attempt the job has not had (`job 5 has no attempt 3: …`) as
+/// the CLI's own error, exit 4 like its own check: the job may have changed since.
+fn missing_attempt(error: CliError, job: i64, attempt: i32) -> CliError {
+    let CliError::Api { code, message, .. } = error.inner() else {
+        return error;
+    };
+    let prefix = format!("job {job} has no attempt {attempt}: ");
+    match message.strip_prefix(&prefix) {
+        Some(had) if code == "not_found" => CliError::NoSuchAttempt {
+            job,
+            attempt,
+            had: had.to_owned(),
+        },
+        _ => error,
+    }
 }
 
 fn payload_error(e: impl std::fmt::Display) -> CliError {
@@ -282,5 +301,31 @@ async fn follow(
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(message: &str) -> CliError {
+        CliError::Api {
+            status: 404,
+            code: "not_found".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn the_backends_missing_attempt_is_the_clis_own_error() {
+        let mapped = missing_attempt(refusal("job 5 has no attempt 3: it has had 1 so far"), 5, 3);
+        assert_eq!(mapped.exit_code(), 4);
+        assert_eq!(
+            mapped.to_string(),
+            "job 5 has no attempt 3: it has had 1 so far"
+        );
+        // Another 404 (the job itself) stays what it is.
+        let other = missing_attempt(refusal("job 5 not found"), 5, 3);
+        assert_eq!(other.exit_code(), 3);
     }
 }

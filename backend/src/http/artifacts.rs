@@ -44,12 +44,16 @@ pub async fn upload(
             StoreError::InvalidJobToken(_)
             | StoreError::NotFound { .. }
             | StoreError::StaleAttempt { .. },
-        ) => Err(ApiError::Unauthorized),
+        ) => Err(job_token_refused(job, attempt)),
         Err(e) => Err(e.into()),
     })
     .await?;
     if token_job != job || token_attempt != attempt {
-        return Err(ApiError::Unauthorized);
+        // The token is this job's live one, for another attempt than the URL names.
+        return Err(ApiError::TokenRefused(format!(
+            "the job token is for job {token_job} attempt {token_attempt}, not job {job} \
+             attempt {attempt}: a job token is valid for its own attempt only"
+        )));
     }
     validate_artifact_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let declared: Sha256Digest = req
@@ -99,7 +103,10 @@ pub async fn upload(
             Err(e) => {
                 storage.discard(received.blob);
                 Err(match e {
-                    StoreError::StaleAttempt { .. } => ApiError::Unauthorized,
+                    StoreError::StaleAttempt { .. } => ApiError::TokenRefused(format!(
+                        "the job token of job {job} attempt {attempt} has expired: the attempt \
+                         ended during the upload"
+                    )),
                     other => other.into(),
                 })
             }
@@ -111,6 +118,15 @@ pub async fn upload(
         .artifact_bytes_uploaded
         .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
     Ok(HttpResponse::Created().json(api::UploadedArtifact { name, size, sha256 }))
+}
+
+/// A job token that is not the live token of the attempt the URL names: whatever the
+/// reason, the same answer (a wrong token learns nothing about the right one).
+fn job_token_refused(job: JobId, attempt: Attempt) -> ApiError {
+    ApiError::TokenRefused(format!(
+        "the job token is not valid for job {job} attempt {attempt}: it is not that attempt's \
+         token, or the attempt has ended and its token expired"
+    ))
 }
 
 async fn published(state: &AppState, job: JobId) -> Result<Vec<Artifact>, ApiError> {
@@ -196,7 +212,7 @@ async fn kept_statement(state: &AppState, job: JobId) -> Result<AttemptStatement
             .job(job)?
             .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
         store.job_statement(job)?.ok_or_else(|| {
-            ApiError::NotFound(format!(
+            ApiError::NotFoundExplained(format!(
                 "job {job} has no verified build statement yet: no attempt completed with one"
             ))
         })

@@ -103,7 +103,12 @@ pub async fn enrol(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
     let token = body.token;
     let (builder, token_id) = blocking(move || {
         store.enrol_builder(&token, new).map_err(|e| match e {
-            EnrolmentError::TokenRefused => ApiError::Unauthorized,
+            // One answer for the four cases, so a guess learns nothing about real tokens.
+            EnrolmentError::TokenRefused => ApiError::TokenRefused(
+                "the enrolment token is not valid: it is unknown to this backend, used up, \
+                 revoked or expired; ask the operator for a new one"
+                    .into(),
+            ),
             EnrolmentError::AlreadyAdmitted { .. } => ApiError::Conflict(e.to_string()),
             EnrolmentError::Store(e) => e.into(),
         })

@@ -178,6 +178,28 @@ struct CheckedSubmission {
     job: NewJob,
 }
 
+/// The longest part of a refused value quoted back in a message.
+const QUOTED_VALUE_CHARS: usize = 80;
+
+/// A submission's `source_sha256`, refused with a sentence that names the value.
+fn parse_source_sha256(given: &str) -> Result<Sha256Digest, ApiError> {
+    if given.is_empty() {
+        return Err(ApiError::BadRequest(
+            "source_sha256 is missing: give the SHA-256 of the source archive (64 lowercase \
+             hex characters)"
+                .into(),
+        ));
+    }
+    given.parse().map_err(|_| {
+        let shown: String = given.chars().take(QUOTED_VALUE_CHARS).collect();
+        let cut = if shown.len() < given.len() { "…" } else { "" };
+        ApiError::BadRequest(format!(
+            "source_sha256 {shown:?}{cut} is not a SHA-256 digest: expected 64 lowercase hex \
+             characters"
+        ))
+    })
+}
+
 fn check_submission(
     state: &AppState,
     body: SubmitJob,
@@ -188,10 +210,7 @@ fn check_submission(
             "crate: submit a crate by name alone, not in a batch".into(),
         ));
     }
-    let source_sha256: Sha256Digest = body
-        .source_sha256
-        .parse()
-        .map_err(|e| ApiError::BadRequest(format!("source_sha256: {e}")))?;
+    let source_sha256 = parse_source_sha256(&body.source_sha256)?;
     if !valid_recipe_name(&body.recipe) {
         return Err(ApiError::BadRequest(
             "recipe: 1-64 characters of [A-Za-z0-9._-]".into(),
@@ -449,13 +468,14 @@ pub async fn plan(
             .job(id)?
             .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
         if job.mode != JobMode::Plan {
-            return Err(ApiError::NotFound(format!(
-                "job {id} is a build-mode job; only plan-mode jobs have a plan"
+            return Err(ApiError::NotFoundExplained(format!(
+                "job {id} is a build-mode job: only a plan-mode job has a plan"
             )));
         }
         store.job_plan(id)?.ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "job {id} has no plan yet: no attempt has reported one"
+            ApiError::NotFoundExplained(format!(
+                "job {id} has no plan yet: it is {} and no attempt has reported one",
+                job.state
             ))
         })
     })
@@ -505,4 +525,36 @@ pub async fn retry(
     let job = blocking(move || Ok(store.retry_job(id)?)).await?;
     state.scheduler.do_send(JobQueued(vec![job.clone()]));
     Ok(HttpResponse::Ok().json(api::Job::from(job)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(given: &str) -> String {
+        match parse_source_sha256(given) {
+            Err(ApiError::BadRequest(message)) => message,
+            other => panic!("{given:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_source_digest_is_named_in_a_sentence() {
+        assert_eq!(
+            refusal("xyz"),
+            "source_sha256 \"xyz\" is not a SHA-256 digest: expected 64 lowercase hex characters"
+        );
+        assert!(refusal(&"AB".repeat(32))
+            .starts_with(&format!("source_sha256 \"{}\"", "AB".repeat(32))));
+        assert!(refusal("").starts_with("source_sha256 is missing"));
+        let long = refusal(&"z".repeat(500));
+        assert!(
+            long.contains(&format!("\"{}\"… is not", "z".repeat(QUOTED_VALUE_CHARS))),
+            "{long}"
+        );
+        assert_eq!(
+            parse_source_sha256(&"ab".repeat(32)).unwrap().as_str(),
+            "ab".repeat(32)
+        );
+    }
 }

@@ -24,7 +24,7 @@ use crate::http::AppState;
 use crate::job_feed::JobChange;
 use crate::logs::{read_attempt_log, LogRecord};
 use crate::storage::Storage;
-use crate::store::{Attempt, JobId, Store};
+use crate::store::{Attempt, Job, JobId, JobState, Store};
 
 /// Most bytes one `GET …/log` returns; clients page on with `offset`.
 const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
@@ -54,7 +54,10 @@ async fn read(
         let found = store
             .job(job)?
             .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
-        let attempt = attempt.map(Attempt).unwrap_or(found.attempt);
+        let attempt = match attempt {
+            Some(named) => checked_attempt(&store, &found, named)?,
+            None => found.attempt,
+        };
         let chunks = store.log_chunks(job)?;
         let (bytes, next) = read_attempt_log(&*storage, &chunks, attempt, offset, MAX_READ_BYTES)
             .map_err(ApiError::internal)?;
@@ -62,6 +65,60 @@ async fn read(
         Ok((attempt, bytes, next, finished))
     })
     .await
+}
+
+/// Whether a job has (or will have) a log for `attempt`: an attempt a builder was assigned
+/// (`recorded`), or the current attempt of a job that has not ended, whose log is still to
+/// come.
+pub fn attempt_exists(state: JobState, current: i32, recorded: &[i32], attempt: i32) -> bool {
+    recorded.contains(&attempt) || (!state.is_terminal() && attempt == current)
+}
+
+/// What attempts a job has had, as said after `job 5 has no attempt 3: `: `it has had 2 so
+/// far`, `it has not started yet (queued)`, `it never ran (cancelled)`. The CLI says the
+/// same when it checks an attempt itself.
+pub fn attempts_had(state: JobState, current: i32, recorded: &[i32]) -> String {
+    let mut recorded = recorded.to_vec();
+    recorded.sort_unstable();
+    recorded.dedup();
+    if recorded.is_empty() {
+        return if state.is_terminal() {
+            format!("it never ran ({state})")
+        } else {
+            format!("it has not started yet ({state})")
+        };
+    }
+    let contiguous = recorded.iter().zip(1..).all(|(a, n)| *a == n);
+    let had = if contiguous {
+        format!("it has had {} so far", recorded.len())
+    } else {
+        let listed: Vec<String> = recorded.iter().map(i32::to_string).collect();
+        format!("it has had attempts {}", listed.join(", "))
+    };
+    if !state.is_terminal() && !recorded.contains(&current) {
+        format!("{had}, and attempt {current} has not started yet ({state})")
+    } else {
+        had
+    }
+}
+
+/// The attempt a request names, if the job has it (see [`attempt_exists`]); else 404 with
+/// what the job has had.
+fn checked_attempt(store: &Store, job: &Job, named: i32) -> Result<Attempt, ApiError> {
+    let recorded: Vec<i32> = store
+        .job_attempts(job.id)?
+        .iter()
+        .map(|a| a.attempt.0)
+        .collect();
+    if attempt_exists(job.state, job.attempt.0, &recorded, named) {
+        Ok(Attempt(named))
+    } else {
+        Err(ApiError::NotFoundExplained(format!(
+            "job {} has no attempt {named}: {}",
+            job.id,
+            attempts_had(job.state, job.attempt.0, &recorded)
+        )))
+    }
 }
 
 fn render_text(jsonl: &[u8]) -> String {
@@ -276,20 +333,28 @@ pub async fn stream(
     // Before the read: an end committed after it is on the receiver.
     let mut changes = feed.subscribe();
     let found = read_job(&state, job).await?;
-    let (start, last, offset) = match resume {
-        Some((attempt, seq)) => (attempt, seq, None),
-        None => (
-            query.attempt.map(Attempt).unwrap_or(found.attempt),
-            0,
-            (query.offset > 0).then_some(query.offset),
-        ),
+    let (start, last, offset) = match (resume, query.attempt) {
+        (Some((attempt, seq)), _) => {
+            if attempt > found.attempt {
+                return Err(ApiError::BadRequest(format!(
+                    "Last-Event-ID \"{attempt}:{seq}\" was not sent by this stream: job {job} \
+                     is at attempt {}",
+                    found.attempt
+                )));
+            }
+            (attempt, seq, None)
+        }
+        (None, named) => {
+            let start = match named {
+                Some(named) => {
+                    let (store, job) = (state.store.clone(), found.clone());
+                    blocking(move || checked_attempt(&store, &job, named)).await?
+                }
+                None => found.attempt,
+            };
+            (start, 0, (query.offset > 0).then_some(query.offset))
+        }
     };
-    if start.0 < 1 || start > found.attempt {
-        return Err(ApiError::BadRequest(format!(
-            "attempt {start} of job {job}: it has had {} so far",
-            found.attempt
-        )));
-    }
     // A finished job's log is all stored: no live subscription to leave behind.
     let mut live = if found.state.is_terminal() {
         None
@@ -357,6 +422,38 @@ mod tests {
         assert_eq!(seq_of(br#"{"ts":1,"seq":7}"#), Some(7));
         assert_eq!(seq_of(br#"{"seq":"x"}"#), None);
         assert_eq!(seq_of(b"not json"), None);
+    }
+
+    #[test]
+    fn missing_attempts_are_explained_by_what_the_job_had() {
+        use JobState::{Cancelled, Queued, Running, Succeeded};
+        assert!(attempt_exists(Running, 1, &[1], 1));
+        assert!(
+            attempt_exists(Queued, 1, &[], 1),
+            "the log of a queued job is to come"
+        );
+        assert!(attempt_exists(Queued, 2, &[1], 1));
+        assert!(!attempt_exists(Queued, 2, &[1], 3));
+        assert!(
+            !attempt_exists(Cancelled, 1, &[], 1),
+            "a job that never ran has no log"
+        );
+        assert!(!attempt_exists(Succeeded, 1, &[1], 0));
+
+        assert_eq!(attempts_had(Running, 1, &[1]), "it has had 1 so far");
+        assert_eq!(
+            attempts_had(Queued, 1, &[]),
+            "it has not started yet (queued)"
+        );
+        assert_eq!(attempts_had(Cancelled, 1, &[]), "it never ran (cancelled)");
+        assert_eq!(
+            attempts_had(Queued, 2, &[1]),
+            "it has had 1 so far, and attempt 2 has not started yet (queued)"
+        );
+        assert_eq!(
+            attempts_had(Succeeded, 3, &[3, 1]),
+            "it has had attempts 1, 3"
+        );
     }
 
     #[test]
