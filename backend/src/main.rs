@@ -53,6 +53,10 @@ enum Command {
     Job(cli::JobArgs),
     /// List a job's artifacts; download one and verify its signed build statement.
     Artifact(cli::ArtifactArgs),
+    /// Backfill a crate's versions; show what the registry follower saw and built of it.
+    Crate(cli::CrateArgs),
+    /// The registry follower's standing.
+    Registry(cli::RegistryArgs),
 }
 
 /// Where the process's own log goes.
@@ -156,5 +160,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Builder(args)) => cli::run_and_exit(cli::Command::Builder(args)),
         Some(Command::Job(args)) => cli::run_and_exit(cli::Command::Job(args)),
         Some(Command::Artifact(args)) => cli::run_and_exit(cli::Command::Artifact(args)),
+        Some(Command::Crate(args)) => cli::run_and_exit(cli::Command::Crate(args)),
+        Some(Command::Registry(args)) => cli::run_and_exit(cli::Command::Registry(args)),
     }
 }

@@ -1,4 +1,4 @@
-//! The admin CLI: `buildfleet builder|job|artifact …`, a client of the REST API under
+//! The admin CLI: `buildfleet builder|job|artifact|crate|registry …`, a client of the REST API under
 //! `/api/v1` (it never opens the database, so it works against any backend it can reach).
 //!
 //! Output: aligned tables for people by default, the API's own JSON with `--json`. Progress
@@ -8,6 +8,7 @@
 mod artifacts;
 mod builders;
 mod client;
+mod crates;
 mod exit;
 mod jobs;
 mod logs;
@@ -78,12 +79,34 @@ pub struct ArtifactArgs {
     pub command: artifacts::ArtifactCommand,
 }
 
+/// `buildfleet crate …`
+#[derive(Debug, Args)]
+#[command(after_long_help = EXIT_CODES_HELP)]
+pub struct CrateArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: crates::CrateCommand,
+}
+
+/// `buildfleet registry …`
+#[derive(Debug, Args)]
+#[command(after_long_help = EXIT_CODES_HELP)]
+pub struct RegistryArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: crates::RegistryCommand,
+}
+
 /// One admin command, as parsed by the binary.
 #[derive(Debug)]
 pub enum Command {
     Builder(BuilderArgs),
     Job(JobArgs),
     Artifact(ArtifactArgs),
+    Crate(CrateArgs),
+    Registry(RegistryArgs),
 }
 
 /// Runs `command` on a fresh actix system and exits the process with its exit code.
@@ -121,6 +144,14 @@ async fn dispatch(command: Command) -> Result<Outcome, CliError> {
         Command::Artifact(args) => {
             let api = client::Api::new(&args.global)?;
             artifacts::run(&api, args.global.json, args.command).await
+        }
+        Command::Crate(args) => {
+            let api = client::Api::new(&args.global)?;
+            crates::run(&api, args.global.json, args.command).await
+        }
+        Command::Registry(args) => {
+            let api = client::Api::new(&args.global)?;
+            crates::run_registry(&api, args.global.json, args.command).await
         }
     }
 }
