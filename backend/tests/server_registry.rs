@@ -202,6 +202,19 @@ async fn a_sparse_follower_queues_each_new_version_once(db: TestDb) {
             "{body} → {answer}"
         );
     }
+    let (_, answer) = server
+        .post_admin("/registry/backfill", &json!({ "crate": "no-such-crate" }))
+        .await;
+    assert_eq!(
+        answer["error"]["message"],
+        "crate \"no-such-crate\" is not in the index"
+    );
+    let (status, answer) = server.get("/crates/never-seen").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        answer["error"]["message"],
+        "the registry follower has not seen crate never-seen: follow it (registry.crates) or backfill it"
+    );
 
     // A submission names a crate; the server fills the source from the index.
     let (status, job) = server

@@ -18,8 +18,8 @@ const STATUS_VERSIONS: i64 = 50;
 
 fn follower(state: &AppState) -> Result<&Addr<RegistryFollower>, ApiError> {
     state.registry.as_ref().ok_or_else(|| {
-        ApiError::NotFound(
-            "registry follower (this backend follows no registry: configure [registry])".into(),
+        ApiError::NotFoundExplained(
+            "this backend follows no registry: configure [registry] (docs/registry.md)".into(),
         )
     })
 }
@@ -29,7 +29,7 @@ fn follow_error(e: FollowError) -> ApiError {
         FollowError::Index(crate::registry::index::IndexError::CrateName(_))
         | FollowError::VersionReq(..) => ApiError::BadRequest(e.to_string()),
         FollowError::UnknownCrate(_) | FollowError::UnknownVersion(..) => {
-            ApiError::NotFound(e.to_string())
+            ApiError::NotFoundExplained(e.to_string())
         }
         FollowError::Yanked(..) => ApiError::Unprocessable(e.to_string()),
         FollowError::Fetch { .. } | FollowError::Git(_) | FollowError::Index(_) => {
@@ -122,7 +122,9 @@ pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 pub async fn load_status(state: &AppState) -> Result<api::RegistryStatus, ApiError> {
     follower(state)?;
     let Some(settings) = state.config.registry.clone() else {
-        return Err(ApiError::NotFound("registry follower".into()));
+        return Err(ApiError::NotFoundExplained(
+            "this backend follows no registry: configure [registry] (docs/registry.md)".into(),
+        ));
     };
     let store = state.store.clone();
     let name = settings.name.clone();
@@ -175,7 +177,9 @@ pub async fn crate_detail(
 pub async fn load_crate(state: &AppState, krate: String) -> Result<api::CrateDetail, ApiError> {
     follower(state)?;
     let Some(settings) = state.config.registry.clone() else {
-        return Err(ApiError::NotFound("registry follower".into()));
+        return Err(ApiError::NotFoundExplained(
+            "this backend follows no registry: configure [registry] (docs/registry.md)".into(),
+        ));
     };
     crate::registry::index::check_crate_name(&krate)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -204,8 +208,8 @@ pub async fn load_crate(state: &AppState, krate: String) -> Result<api::CrateDet
     })
     .await?;
     if versions.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "crate {krate} (not seen by the registry follower)"
+        return Err(ApiError::NotFoundExplained(format!(
+            "the registry follower has not seen crate {krate}: follow it (registry.crates) or backfill it"
         )));
     }
     Ok(api::CrateDetail {
@@ -256,14 +260,16 @@ pub async fn binstall(
         "statement" => BinstallFile::Statement,
         "statement.sig" => BinstallFile::Signature,
         other => {
-            return Err(ApiError::NotFound(format!(
-                "{other:?} (a crate build offers download, statement and statement.sig)"
+            return Err(ApiError::NotFoundExplained(format!(
+                "a crate build has no {other:?}: it offers download, statement and statement.sig"
             )))
         }
     };
     follower(&state)?;
     let Some(settings) = state.config.registry.clone() else {
-        return Err(ApiError::NotFound("registry follower".into()));
+        return Err(ApiError::NotFoundExplained(
+            "this backend follows no registry: configure [registry] (docs/registry.md)".into(),
+        ));
     };
     crate::registry::index::check_crate_name(&krate)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -298,8 +304,8 @@ pub async fn binstall(
     })
     .await?;
     let Some((job, archive_url)) = found else {
-        return Err(ApiError::NotFound(format!(
-            "a successful build of {krate} {version} for {target}"
+        return Err(ApiError::NotFoundExplained(format!(
+            "{krate} {version} has no successful build for {target} (yet)"
         )));
     };
     let location = match wanted {
