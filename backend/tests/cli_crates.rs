@@ -89,6 +89,13 @@ async fn backfill_show_and_status_against_a_sparse_index(db: TestDb) {
         TestServer::start_with(db, |c| follow(c, index, &[SAMPLE_BINARY, SAMPLE_LIBRARY])).await;
     let existing = samples.binary.version.as_str();
     wait_for_version(&server, SAMPLE_BINARY, "0.1.1").await;
+    // The round's time is written after the versions it recorded.
+    for _ in 0..200 {
+        if !server.get_ok("/registry").await["last_fetch_at"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 
     // The follower's standing, as a table and as the API's JSON.
     let status = server.cli_anonymous(&["registry", "status"]).await.ok();

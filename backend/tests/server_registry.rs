@@ -240,9 +240,10 @@ async fn a_sparse_follower_queues_each_new_version_once(db: TestDb) {
 
 async fn a_git_follower_diffs_the_index_and_resumes_after_a_restart(db: TestDb) {
     let (registry, samples) = LocalRegistry::start_with_samples();
-    let (third, fourth) = (
+    let (third, fourth, fifth) = (
         CrateFile::binary(SAMPLE_BINARY, "0.3.0"),
         CrateFile::binary(SAMPLE_BINARY, "0.4.0"),
+        CrateFile::binary(SAMPLE_BINARY, "0.5.0"),
     );
     let index = registry.git_index_url();
     let mut server = TestServer::start_with(db, |c| follow(c, index, &[])).await;
@@ -265,7 +266,17 @@ async fn a_git_follower_diffs_the_index_and_resumes_after_a_restart(db: TestDb) 
     assert!(version(&page, &samples.binary.version).is_none(), "{page}");
 
     // Stopped, a version published meanwhile, started again: it is queued once, and nothing
-    // before it is queued again.
+    // before it is queued again (0.1.0 was backfilled, 0.5.0 published before the stop).
+    // Backfills fetch the git index too, at the same time as the rounds and each other,
+    // here right after a new commit, so there are objects to fetch: one fetch at a time, so
+    // none fails on the repository's files.
+    registry.publish(&fifth);
+    let body = json!({ "crate": SAMPLE_BINARY, "versions": "<0.2" });
+    let backfills = (0..8).map(|_| server.post_admin("/registry/backfill", &body));
+    for (status, answer) in futures_util::future::join_all(backfills).await {
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+
     server.restart().await;
     registry.publish(&fourth);
     wait_for_crate(&server, SAMPLE_BINARY, |p| version(p, "0.4.0").is_some()).await;
@@ -276,7 +287,7 @@ async fn a_git_follower_diffs_the_index_and_resumes_after_a_restart(db: TestDb) 
         .filter_map(|j| j["annotations"]["version"].as_str())
         .collect();
     versions.sort_unstable();
-    assert_eq!(versions, ["0.3.0", "0.4.0"]);
+    assert_eq!(versions, ["0.1.0", "0.3.0", "0.4.0", "0.5.0"]);
     assert_eq!(
         server.get_ok("/registry").await["position"],
         registry.git_head()

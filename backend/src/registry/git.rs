@@ -14,6 +14,9 @@ use super::FollowError;
 pub struct GitIndex {
     dir: PathBuf,
     url: String,
+    /// One fetch at a time: a poll round and a backfill (or a crate submission) fetching
+    /// into the same repository at once race on its object files.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 /// The branch our fetch writes; only this repository has it.
@@ -21,11 +24,16 @@ const FOLLOWED_REF: &str = "refs/heads/followed";
 
 impl GitIndex {
     pub fn new(dir: PathBuf, url: String) -> Self {
-        GitIndex { dir, url }
+        GitIndex {
+            dir,
+            url,
+            fetching: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Fetches the index's HEAD and returns the commit fetched.
     pub async fn fetch(&self) -> Result<String, FollowError> {
+        let _one_at_a_time = self.fetching.lock().await;
         if !self.dir.join("HEAD").exists() {
             tokio::fs::create_dir_all(&self.dir)
                 .await
