@@ -14,6 +14,7 @@ use buildfleet_testkit::keys::TestKey;
 use buildfleet_testkit::processes::{builder_config_toml, BackendProcess, BuilderProcess};
 use buildfleet_testkit::server::{wait_until, TestServer};
 use buildfleet_testkit::server_tests;
+use buildfleet_testkit::tls::openssl;
 
 server_tests! {
     tokens_missing_wrong_or_too_narrow,
@@ -649,16 +650,6 @@ async fn server_failures_and_strangers(db: TestDb) {
     }
     server.execute_sql("ALTER TABLE jobs_gone RENAME TO jobs");
     server.shutdown().await;
-}
-
-fn openssl(args: &[&str], dir: &Path) {
-    let status = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success(), "openssl {args:?} failed");
 }
 
 /// A self-signed certificate for 127.0.0.1 with the subject `/CN={subject}`, and its key,

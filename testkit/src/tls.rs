@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use buildfleet_builder::config::BuilderConfig;
 
-fn openssl(args: &[&str], dir: &Path) {
+/// Runs the `openssl` CLI in `dir`; panics if it fails.
+pub fn openssl(args: &[&str], dir: &Path) {
     let status = std::process::Command::new("openssl")
         .args(args)
         .current_dir(dir)
