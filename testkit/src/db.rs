@@ -243,6 +243,7 @@ pub fn new_job(recipe: &str) -> NewJob {
         max_attempts: 3,
         timeout_secs: 600,
         submitter: "tests".to_owned(),
+        project: buildfleet_backend::store::ProjectId::DEFAULT,
     }
 }
 

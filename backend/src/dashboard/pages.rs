@@ -220,6 +220,7 @@ pub async fn jobs(
         annotations: annotations.into_iter().collect(),
         before_id: query.before.map(JobId),
         limit: PAGE_SIZE,
+        projects: None,
     };
     let store = state.store.clone();
     let (jobs, builders, now) = blocking(move || {

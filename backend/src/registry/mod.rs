@@ -34,7 +34,7 @@ use crate::offload;
 use crate::storage::Storage;
 use crate::store::{
     Annotations, AwaitingPlan, FirstSight, IndexVersion, Job, JobId, JobMode, JobState, NewJob,
-    Observation, RegistryBuild, Store, StoreError, VersionPlan,
+    Observation, ProjectId, RegistryBuild, Store, StoreError, VersionPlan,
 };
 use git::GitIndex;
 use index::{IndexError, RegistryConfig};
@@ -511,6 +511,7 @@ impl Follow {
                 max_attempts: self.settings.max_attempts,
                 timeout_secs: METADATA_TIMEOUT_SECS,
                 submitter: format!("registry:{}", self.settings.name),
+                project: ProjectId::DEFAULT,
             },
         }
     }
@@ -536,6 +537,7 @@ impl Follow {
                 max_attempts: self.settings.max_attempts,
                 timeout_secs: self.settings.timeout_secs,
                 submitter: metadata_job.submitter.clone(),
+                project: metadata_job.project,
             },
         }
     }

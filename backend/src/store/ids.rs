@@ -45,6 +45,21 @@ id_type!(
     BuilderId(i64)
 );
 id_type!(
+    /// A project, as numbered by the database.
+    ProjectId(i64)
+);
+id_type!(
+    /// An organisation (the owner of projects), as numbered by the database.
+    OrganisationId(i64)
+);
+
+impl ProjectId {
+    /// `default/default`: jobs submitted without naming a project, and every job made before
+    /// projects existed (the migration creates it with this id).
+    pub const DEFAULT: ProjectId = ProjectId(1);
+}
+
+id_type!(
     /// An API token's row id (not the secret).
     ApiTokenId(i64)
 );

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::annotations::{self, AnnotationFilter, Annotations};
 use super::connection::{Db, DbConnection};
 use super::error::StoreError;
-use super::ids::{Attempt, BuilderId, JobId};
+use super::ids::{Attempt, BuilderId, JobId, ProjectId};
 use super::labels::{self, Labels};
 use super::schema::{job_annotations, job_events, job_submissions, jobs};
 use super::state::{JobMode, JobState};
@@ -49,6 +49,9 @@ pub struct Job {
     pub error: Option<String>,
     /// Builder of the current attempt (or of the last one, once terminal).
     pub builder_id: Option<BuilderId>,
+    /// The project the job belongs to: who may see it and act on it, which builders may run
+    /// it, and whose fair share its builder time counts against.
+    pub project: ProjectId,
 }
 
 /// A job as submitted.
@@ -67,6 +70,9 @@ pub struct NewJob {
     pub max_attempts: i32,
     pub timeout_secs: i64,
     pub submitter: String,
+    /// Checked to exist by the caller ([`Store::project`]); [`ProjectId::DEFAULT`] when the
+    /// submission names none.
+    pub project: ProjectId,
 }
 
 /// Which jobs [`Store::list_jobs`] returns, newest first.
@@ -77,6 +83,8 @@ pub struct JobFilter {
     pub builder: Option<BuilderId>,
     /// Only jobs with every one of these annotations.
     pub annotations: Vec<AnnotationFilter>,
+    /// Only jobs of these projects (what the caller may see); `None`: every project.
+    pub projects: Option<Vec<ProjectId>>,
     /// Only jobs older than this one (keyset paging: pass the last id of the previous page).
     pub before_id: Option<JobId>,
     /// At most this many; 0 means [`JobFilter::DEFAULT_LIMIT`].
@@ -126,6 +134,7 @@ pub(crate) struct JobRow {
     pub(crate) error: Option<String>,
     pub(crate) builder_id: Option<i64>,
     pub(crate) annotations: String,
+    pub(crate) project_id: i64,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -137,6 +146,7 @@ impl TryFrom<JobRow> for Job {
             parameters: labels::decode("jobs.parameters", &row.parameters)?,
             required_labels: labels::decode("jobs.required_labels", &row.required_labels)?,
             annotations: labels::decode("jobs.annotations", &row.annotations)?,
+            project: ProjectId(row.project_id),
             mode: parse_column(&row.mode)?,
             state: parse_column(&row.state)?,
             source_url: row.source_url,
@@ -367,6 +377,7 @@ pub(super) fn insert_job(
                     jobs::parameters.eq(&parameters),
                     jobs::required_labels.eq(&required_labels),
                     jobs::annotations.eq(&annotations_json),
+                    jobs::project_id.eq(new.project.0),
                     jobs::mode.eq(new.mode.as_str()),
                     jobs::priority.eq(new.priority),
                     jobs::state.eq(JobState::Queued.as_str()),
@@ -412,6 +423,10 @@ impl Store {
         }
         if let Some(builder) = filter.builder {
             query = query.filter(jobs::builder_id.eq(builder.0));
+        }
+        if let Some(projects) = &filter.projects {
+            query = query
+                .filter(jobs::project_id.eq_any(projects.iter().map(|p| p.0).collect::<Vec<_>>()));
         }
         if let Some(before) = filter.before_id {
             query = query.filter(jobs::id.lt(before.0));

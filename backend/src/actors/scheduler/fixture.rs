@@ -35,6 +35,7 @@ pub(super) fn assigned_job() -> (tempfile::TempDir, Store, BuilderId, JobId, Att
             max_attempts: 3,
             timeout_secs: 60,
             submitter: "unit".into(),
+            project: crate::store::ProjectId::DEFAULT,
         })
         .expect("submit")
         .id;
