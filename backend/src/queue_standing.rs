@@ -273,6 +273,7 @@ mod tests {
             labels: labels(operator),
             created_at: 0,
             last_seen_at: None,
+            control: Default::default(),
         }
     }
 

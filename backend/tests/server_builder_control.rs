@@ -1,7 +1,7 @@
 //! Pause, drain and resume survive a builder's reconnect: the scheduler keeps the operator's
 //! standing across sessions and tells the builder again after its handshake, so the API
-//! (and the dashboard) never show as available a builder that refuses every job. A backend
-//! restart forgets the standing and tells every builder to resume, so both sides agree again.
+//! (and the dashboard) never show as available a builder that refuses every job. The standing
+//! is stored, so it outlives a backend restart too (more in `server_builder_standing.rs`).
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use buildfleet_testkit::server_tests;
 use serde_json::json;
 
 server_tests! {
-    a_paused_builder_stays_paused_across_reconnects_and_resumes_after_a_restart,
+    a_paused_builder_stays_paused_across_reconnects_and_a_drain_outlives_a_restart,
 }
 
 async fn control(builder: &mut BuilderClient) -> ControlCommand {
@@ -33,7 +33,9 @@ async fn act(server: &TestServer, id: i64, action: &str) {
     assert!(status.is_success(), "{action}: {body}");
 }
 
-async fn a_paused_builder_stays_paused_across_reconnects_and_resumes_after_a_restart(db: TestDb) {
+async fn a_paused_builder_stays_paused_across_reconnects_and_a_drain_outlives_a_restart(
+    db: TestDb,
+) {
     let mut server = TestServer::start(db).await;
     let key = TestKey::generate("steered");
     let id = server.admit(&key).await;
@@ -65,13 +67,13 @@ async fn a_paused_builder_stays_paused_across_reconnects_and_resumes_after_a_res
     assert_eq!(control(&mut builder).await, ControlCommand::Resume);
     assert_eq!(builder.next_assignment().await.job_id.0, job);
 
-    // Drained, then the backend restarts: it forgets the standing and says so.
+    // Drained, then the backend restarts: the stored standing is told again.
     act(&server, id, "drain").await;
     assert_eq!(control(&mut builder).await, ControlCommand::Drain);
     builder.drop_connection();
     server.restart().await;
     let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
-    assert_eq!(control(&mut builder).await, ControlCommand::Resume);
+    assert_eq!(control(&mut builder).await, ControlCommand::Drain);
     let seen = server.get_ok(&format!("/builders/{id}")).await;
-    assert_eq!(seen["live"]["draining"], false, "{seen}");
+    assert_eq!(seen["live"]["draining"], true, "{seen}");
 }

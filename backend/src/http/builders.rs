@@ -92,28 +92,38 @@ pub async fn act(
             }
         }
         "drain" | "pause" | "resume" => {
-            blocking(move || {
-                store
-                    .builder_by_id(id)?
-                    .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))
+            blocking({
+                let store = store.clone();
+                move || {
+                    store
+                        .builder_by_id(id)?
+                        .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))
+                }
             })
             .await?;
+            // Steering stays an action on a connected builder (an offline one would learn of
+            // it only later, which is not what the operator sees): refused before anything
+            // is stored.
+            if !live(&state).await?.contains_key(&id) {
+                return Err(ApiError::Conflict(format!("builder {id} is not connected")));
+            }
             let command = match action.as_str() {
                 "drain" => ControlCommand::Drain,
                 "pause" => ControlCommand::Pause,
                 _ => ControlCommand::Resume,
             };
-            let connected = state
+            // Stored first, so the standing outlives the session and a restart of the
+            // backend; a builder that disconnects meanwhile gets it when it registers again.
+            let builder = blocking(move || Ok(store.control_builder(id, command)?)).await?;
+            state
                 .scheduler
                 .send(ControlBuilder {
                     builder: id,
                     command,
+                    standing: builder.control,
                 })
                 .await
                 .map_err(|_| ApiError::Unavailable("scheduler".into()))?;
-            if !connected {
-                return Err(ApiError::Conflict(format!("builder {id} is not connected")));
-            }
         }
         other => return Err(ApiError::NotFound(format!("builder action {other:?}"))),
     }

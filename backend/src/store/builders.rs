@@ -1,5 +1,7 @@
-//! Admitted builders: identity (SSH key fingerprint), labels, enabled flag, last contact.
+//! Admitted builders: identity (SSH key fingerprint), labels, enabled flag, last contact, and
+//! the operator's pause or drain.
 
+use buildfleet_protocol::ControlCommand;
 use diesel::prelude::*;
 use serde::Serialize;
 
@@ -23,6 +25,66 @@ pub struct Builder {
     pub labels: Labels,
     pub created_at: i64,
     pub last_seen_at: Option<i64>,
+    /// The operator's pause or drain, kept across the builder's sessions and backend restarts.
+    pub control: BuilderControl,
+}
+
+/// A builder's standing as the operator set it: pause, drain, or neither (resume clears both).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BuilderControl {
+    pub paused: bool,
+    pub draining: bool,
+}
+
+impl BuilderControl {
+    /// The standing after an operator's command.
+    pub fn after(self, command: ControlCommand) -> BuilderControl {
+        match command {
+            ControlCommand::Drain => BuilderControl {
+                draining: true,
+                ..self
+            },
+            ControlCommand::Pause => BuilderControl {
+                paused: true,
+                ..self
+            },
+            ControlCommand::Resume => BuilderControl::default(),
+        }
+    }
+
+    /// The one command that brings a builder to this standing: pause over drain over resume.
+    pub fn command(self) -> ControlCommand {
+        match (self.paused, self.draining) {
+            (true, _) => ControlCommand::Pause,
+            (false, true) => ControlCommand::Drain,
+            (false, false) => ControlCommand::Resume,
+        }
+    }
+
+    /// The `builders.control` column: NULL when the builder takes jobs.
+    fn encode(self) -> Option<&'static str> {
+        match (self.paused, self.draining) {
+            (false, false) => None,
+            (true, false) => Some("paused"),
+            (false, true) => Some("draining"),
+            (true, true) => Some("paused,draining"),
+        }
+    }
+
+    fn decode(column: Option<&str>) -> Result<BuilderControl, StoreError> {
+        let (paused, draining) = match column {
+            None => (false, false),
+            Some("paused") => (true, false),
+            Some("draining") => (false, true),
+            Some("paused,draining") => (true, true),
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "builders.control: {other:?} is not paused, draining or paused,draining"
+                )))
+            }
+        };
+        Ok(BuilderControl { paused, draining })
+    }
 }
 
 /// What an operator admits. The store does not parse keys: the caller passes the key and its
@@ -46,6 +108,7 @@ struct BuilderRow {
     labels: String,
     created_at: i64,
     last_seen_at: Option<i64>,
+    control: Option<String>,
 }
 
 impl TryFrom<BuilderRow> for Builder {
@@ -55,6 +118,7 @@ impl TryFrom<BuilderRow> for Builder {
         Ok(Builder {
             id: BuilderId(row.id),
             labels: labels::decode("builders.labels", &row.labels)?,
+            control: BuilderControl::decode(row.control.as_deref())?,
             name: row.name,
             public_key: row.public_key,
             fingerprint: row.fingerprint,
@@ -171,6 +235,22 @@ impl Store {
             diesel::update(builders::table.find(id.0))
                 .set(builders::enabled.eq(enabled))
                 .execute(conn)
+        })
+    }
+
+    /// Applies an operator's pause, drain or resume to the stored standing and returns the
+    /// builder with its new standing (the scheduler is told after this commits).
+    pub fn control_builder(
+        &self,
+        id: BuilderId,
+        command: ControlCommand,
+    ) -> Result<Builder, StoreError> {
+        self.write(|conn| {
+            let standing = require_builder(conn, id)?.control.after(command);
+            diesel::update(builders::table.find(id.0))
+                .set(builders::control.eq(standing.encode()))
+                .execute(conn)?;
+            require_builder(conn, id)
         })
     }
 

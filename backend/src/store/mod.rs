@@ -46,7 +46,7 @@ pub use annotations::{
 pub use artifacts::{Artifact, NewArtifact, Publication};
 pub use attempt_outputs::{AttemptPlan, AttemptStatement, MAX_PLAN_BYTES};
 pub use attempts::JobAttempt;
-pub use builders::{Builder, NewBuilder};
+pub use builders::{Builder, BuilderControl, NewBuilder};
 pub use claim::{ClaimRequest, ClaimedJob};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use connection::{connect, Backend, DatabaseUrl, DbConnection};

@@ -11,6 +11,7 @@ diesel::table! {
         labels -> Text,
         created_at -> BigInt,
         last_seen_at -> Nullable<BigInt>,
+        control -> Nullable<Text>,
     }
 }
 

@@ -35,8 +35,8 @@ use crate::completion::verify_completion;
 use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
 use crate::store::{
-    effective_labels, ignored_labels, labels_satisfy, Attempt, BuilderId, ClaimRequest, ClaimedJob,
-    Completion, Job, JobId, JobState, Labels, Outcome, Store, StoreError,
+    effective_labels, ignored_labels, labels_satisfy, Attempt, BuilderControl, BuilderId,
+    ClaimRequest, ClaimedJob, Completion, Job, JobId, JobState, Labels, Outcome, Store, StoreError,
 };
 
 /// How long a submission time is kept for the dispatch latency histogram.
@@ -150,27 +150,11 @@ pub struct Scheduler {
     /// `last_seen_at` in one statement instead of one transaction per heartbeat.
     seen: HashSet<BuilderId>,
     sweeping: bool,
-    /// What operators last told each builder (pause, drain, resume), kept across its
-    /// sessions; forgotten at a restart, when every builder is told to resume.
-    controls: HashMap<BuilderId, ControlStanding>,
-}
-
-/// A builder's standing as the operator set it.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct ControlStanding {
-    paused: bool,
-    draining: bool,
-}
-
-impl ControlStanding {
-    /// The one command that brings a builder to this standing.
-    fn command(self) -> ControlCommand {
-        match (self.paused, self.draining) {
-            (true, _) => ControlCommand::Pause,
-            (false, true) => ControlCommand::Drain,
-            (false, false) => ControlCommand::Resume,
-        }
-    }
+    /// The standings operators set through this backend since it started (stored on the
+    /// builder row before the scheduler hears of them). They win over the row a registering
+    /// session read at its handshake, which may predate an operator's action during it; a
+    /// builder without an entry takes the standing from that row (so it survives restarts).
+    controls: HashMap<BuilderId, BuilderControl>,
 }
 
 impl Scheduler {
@@ -201,19 +185,20 @@ impl Scheduler {
     }
 
     /// Tells a builder, once per session and after its handshake, the standing the operator
-    /// chose: a builder paused before a reconnect stays paused on its side, and one paused
-    /// before a backend restart (which forgets it) would otherwise refuse every job while
-    /// the scheduler, the API and the dashboard count it as available.
+    /// chose: the builder's own intake may still hold the previous session's (or the previous
+    /// backend's) command, and the two sides must agree on whether it takes jobs.
     fn sync_control(&mut self, builder: BuilderId, session: u64) {
-        let standing = self.controls.get(&builder).copied().unwrap_or_default();
         if let Some(slot) = self
             .slot(builder, session)
             .filter(|s| s.ready && !s.control_synced)
         {
             slot.control_synced = true;
-            slot.session.push(ServerMessage::Control(Control {
-                command: standing.command(),
-            }));
+            let command = BuilderControl {
+                paused: slot.paused,
+                draining: slot.draining,
+            }
+            .command();
+            slot.session.push(ServerMessage::Control(Control { command }));
         }
     }
 
@@ -274,6 +259,8 @@ pub struct Register {
     pub name: String,
     /// The labels the operator gave the builder, as stored.
     pub labels: Labels,
+    /// The operator's pause or drain, as stored.
+    pub control: BuilderControl,
     pub session: SessionHandle,
 }
 
@@ -281,7 +268,11 @@ impl Handler<Register> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) {
-        let standing = self.controls.get(&msg.builder).copied().unwrap_or_default();
+        let standing = self
+            .controls
+            .get(&msg.builder)
+            .copied()
+            .unwrap_or(msg.control);
         let slot = BuilderSlot {
             session: msg.session,
             name: msg.name,
@@ -572,29 +563,23 @@ impl Handler<CancelAttempt> for Scheduler {
     }
 }
 
-/// Drain, pause or resume a builder. Answers whether it is connected.
+/// An operator drained, paused or resumed a builder; its new standing is already stored.
+/// Answers whether the builder is connected (if not, it gets the standing when it registers).
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct ControlBuilder {
     pub builder: BuilderId,
     pub command: ControlCommand,
+    /// The standing as stored after the command.
+    pub standing: BuilderControl,
 }
 
 impl Handler<ControlBuilder> for Scheduler {
     type Result = bool;
 
     fn handle(&mut self, msg: ControlBuilder, ctx: &mut Self::Context) -> bool {
-        // Only a connected builder can be told; a refused command changes nothing.
-        if !self.builders.contains_key(&msg.builder) {
-            return false;
-        }
-        let standing = self.controls.entry(msg.builder).or_default();
-        match msg.command {
-            ControlCommand::Drain => standing.draining = true,
-            ControlCommand::Pause => standing.paused = true,
-            ControlCommand::Resume => *standing = ControlStanding::default(),
-        }
-        let standing = *standing;
+        let standing = msg.standing;
+        self.controls.insert(msg.builder, standing);
         let Some(slot) = self.builders.get_mut(&msg.builder) else {
             return false;
         };

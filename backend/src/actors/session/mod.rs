@@ -333,6 +333,7 @@ impl BuilderSession {
                         builder: builder.id,
                         name: builder.name.clone(),
                         labels: builder.labels.clone(),
+                        control: builder.control,
                         session: SessionHandle {
                             id: this.id,
                             push: ctx.address().recipient(),

@@ -1,0 +1,1 @@
+ALTER TABLE builders DROP COLUMN control;
