@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{AttemptOutcome, JobMode, JobState};
+use crate::state::{AttemptCause, AttemptOutcome, JobMode, JobState};
 use crate::{Annotations, Labels};
 
 /// `POST /api/v1/jobs`.
@@ -41,6 +41,152 @@ pub struct SubmitJob {
     pub timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<i32>,
+    /// Which failures retry automatically and the back-off before each retry; omitted: lost
+    /// builders only, as for every job before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// `organisation/project` the job belongs to; omitted: the submitting token's project,
+    /// else `default/default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// Which kinds of failed attempt put the job back in the queue by themselves, while fewer
+/// than `max_attempts` attempts have failed (each retried kind counts). A cancel, a timeout,
+/// a rejected source (digest mismatch, too large, unsafe archive), an unknown recipe, a
+/// missing artifact and a refused build statement are never retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// The builder's lease ran out (it died or stayed away past its grace period). Retried
+    /// at once, without back-off: another builder can take it. Default true.
+    #[serde(default = "RetryPolicy::default_lost_builder")]
+    pub lost_builder: bool,
+    /// The attempt failed for the platform's fault: the builder reported `source_fetch`,
+    /// `upload` or `internal` (an I/O error of the builder, a command it could not spawn).
+    /// Default false.
+    #[serde(default)]
+    pub infrastructure: bool,
+    /// The job's commands failed (`command_failed`) with one of these exit statuses
+    /// (`[1, 137]`), or with any (`"any"`, a death by signal included). Default `[]`.
+    #[serde(default)]
+    pub exit_codes: ExitCodes,
+    /// Wait before the first automatic retry of an infrastructure or script failure, in
+    /// milliseconds; each further one waits twice as long as the one before. Default 10,000.
+    #[serde(default = "RetryPolicy::default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// The longest wait. Default 300,000 (5 minutes).
+    #[serde(default = "RetryPolicy::default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+impl RetryPolicy {
+    pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 10_000;
+    pub const DEFAULT_BACKOFF_MAX_MS: u64 = 300_000;
+
+    fn default_lost_builder() -> bool {
+        true
+    }
+
+    fn default_backoff_initial_ms() -> u64 {
+        Self::DEFAULT_BACKOFF_INITIAL_MS
+    }
+
+    fn default_backoff_max_ms() -> u64 {
+        Self::DEFAULT_BACKOFF_MAX_MS
+    }
+
+    /// The wait before the automatic retry that follows `failed_before` counted failures
+    /// (0 for the first retry): the initial back-off doubled each time, capped.
+    pub fn backoff_ms(&self, failed_before: u32) -> u64 {
+        let doubled = self
+            .backoff_initial_ms
+            .saturating_mul(1u64.checked_shl(failed_before).unwrap_or(u64::MAX));
+        doubled.min(self.backoff_max_ms)
+    }
+}
+
+impl Default for RetryPolicy {
+    /// The policy of a job submitted without `retry`: lost builders only.
+    fn default() -> Self {
+        RetryPolicy {
+            lost_builder: true,
+            infrastructure: false,
+            exit_codes: ExitCodes::default(),
+            backoff_initial_ms: Self::DEFAULT_BACKOFF_INITIAL_MS,
+            backoff_max_ms: Self::DEFAULT_BACKOFF_MAX_MS,
+        }
+    }
+}
+
+/// The exit statuses of a failed script that retry: a list, or `"any"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitCodes {
+    Listed(Vec<i32>),
+    /// Every failure of the job's commands, whatever the status (a signal included).
+    Any,
+}
+
+impl Default for ExitCodes {
+    fn default() -> Self {
+        ExitCodes::Listed(Vec::new())
+    }
+}
+
+impl ExitCodes {
+    /// Whether a script that failed with `exit_status` (`None`: killed by a signal, or no
+    /// status at all) is retried.
+    pub fn retries(&self, exit_status: Option<i32>) -> bool {
+        match (self, exit_status) {
+            (ExitCodes::Any, _) => true,
+            (ExitCodes::Listed(codes), Some(code)) => codes.contains(&code),
+            (ExitCodes::Listed(_), None) => false,
+        }
+    }
+}
+
+impl Serialize for ExitCodes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExitCodes::Listed(codes) => codes.serialize(serializer),
+            ExitCodes::Any => serializer.serialize_str("any"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExitCodes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ExitCodes;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of exit statuses (such as [1, 137]) or \"any\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<ExitCodes, E> {
+                if value == "any" {
+                    Ok(ExitCodes::Any)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(value), &self))
+                }
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ExitCodes, A::Error> {
+                let mut codes = Vec::new();
+                while let Some(code) = seq.next_element::<i32>()? {
+                    codes.push(code);
+                }
+                Ok(ExitCodes::Listed(codes))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl SubmitJob {
@@ -96,13 +242,22 @@ pub struct Job {
     /// queued, the last one once terminal.
     pub attempt: i32,
     pub max_attempts: i32,
-    /// Attempts lost to expired leases since submission or the last retry.
+    /// Failed attempts counted against `max_attempts` (lost builders, and the failures
+    /// `retry` retries) since submission or the last manual retry.
     pub failed_attempts: i32,
     pub timeout_secs: i64,
     pub submitter: String,
     pub created_at: i64,
     pub updated_at: i64,
     pub started_at: Option<i64>,
+    /// Which failures retry automatically (the defaults filled in).
+    pub retry: RetryPolicy,
+    /// Set while the job waits out the back-off before an automatic retry: no builder gets
+    /// it before then.
+    pub retry_not_before: Option<i64>,
+    /// Retries asked for through the API (`POST /jobs/{id}/retry`); not counted against
+    /// `max_attempts`, and each one gives the job its automatic retries afresh.
+    pub manual_retries: i32,
     pub finished_at: Option<i64>,
     /// Set when a cancel was asked for while a builder held the job.
     pub cancel_requested_at: Option<i64>,
@@ -185,6 +340,9 @@ pub struct Attempt {
     pub finished_at: Option<i64>,
 }
 
+    /// Why it was started: the first attempt, an automatic retry (after which kind of
+    /// failure), a manual retry, or a reassignment after a rejection.
+    pub started_because: AttemptCause,
 /// One recorded state change of a job; `from` is `None` for the submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
@@ -294,6 +452,39 @@ mod tests {
         let data = r#"{"job":7,"state":"failed","attempt":2,"recipe":"r","builder":null,"error":"x","at":5,"outcome":"failed"}"#;
         let end: JobEnd = serde_json::from_str(data).unwrap();
         assert_eq!(end.change.job, 7);
+    #[test]
+    fn a_retry_policy_fills_its_defaults_and_reads_exit_codes_either_way() {
+        let policy: RetryPolicy = serde_json::from_str(r#"{"exit_codes": [1, 137]}"#).unwrap();
+        assert!(policy.lost_builder && !policy.infrastructure);
+        assert_eq!(policy.exit_codes, ExitCodes::Listed(vec![1, 137]));
+        assert_eq!(
+            policy.backoff_initial_ms,
+            RetryPolicy::DEFAULT_BACKOFF_INITIAL_MS
+        );
+        let any: RetryPolicy = serde_json::from_str(r#"{"exit_codes": "any"}"#).unwrap();
+        assert_eq!(any.exit_codes, ExitCodes::Any);
+        assert!(any.exit_codes.retries(None));
+        let json = serde_json::to_value(&any).unwrap();
+        assert_eq!(json["exit_codes"], "any");
+        assert_eq!(serde_json::from_value::<RetryPolicy>(json).unwrap(), any);
+        let refused = serde_json::from_str::<RetryPolicy>(r#"{"exit_codes": "all"}"#);
+        assert!(refused.unwrap_err().to_string().contains("\"any\""));
+        let unknown = serde_json::from_str::<RetryPolicy>(r#"{"when": []}"#);
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn the_back_off_doubles_up_to_its_cap() {
+        let policy = RetryPolicy {
+            backoff_initial_ms: 200,
+            backoff_max_ms: 1000,
+            ..RetryPolicy::default()
+        };
+        let waits: Vec<u64> = (0..5).map(|n| policy.backoff_ms(n)).collect();
+        assert_eq!(waits, [200, 400, 800, 1000, 1000]);
+        assert_eq!(policy.backoff_ms(200), 1000, "no overflow");
+    }
+
         assert_eq!(end.outcome, JobState::Failed);
         assert_eq!(serde_json::to_string(&end).unwrap(), data);
     }

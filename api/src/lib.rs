@@ -19,14 +19,14 @@ pub use builders::{
 };
 pub use error::{ErrorBody, ErrorDetail};
 pub use jobs::{
-    Artifact, ArtifactList, Attempt, Job, JobChange, JobDetail, JobEnd, JobList, ListJobs,
-    QueueStanding, SubmitJob, Transition, UploadedArtifact,
+    Artifact, ArtifactList, Attempt, ExitCodes, Job, JobChange, JobDetail, JobEnd, JobList,
+    ListJobs, QueueStanding, RetryPolicy, SubmitJob, Transition, UploadedArtifact,
 };
 pub use registry::{
     Backfill, BackfillResult, CrateBuild, CrateDetail, CrateVersion, RegistryStatus,
 };
 pub use sources::UploadedSource;
-pub use state::{AttemptOutcome, JobMode, JobState, UnknownValue};
+pub use state::{AttemptCause, AttemptOutcome, JobMode, JobState, UnknownValue};
 
 /// Labels, parameters: ordered so answers are stable.
 pub type Labels = std::collections::BTreeMap<String, String>;

@@ -98,6 +98,53 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// Why an attempt was started.
+    AttemptCause, "attempt cause" {
+        /// The job's first attempt.
+        First => "first",
+        /// Offered again after a builder turned it down, or lost before any builder accepted
+        /// it: not a retry, nothing counted.
+        Reassigned => "reassigned",
+        /// Automatic: the attempt before lost its builder (its lease ran out).
+        RetryAfterLostBuilder => "retry_after_lost_builder",
+        /// Automatic: the attempt before failed for the platform's fault (see
+        /// [`crate::jobs::RetryPolicy::infrastructure`]).
+        RetryAfterInfrastructureError => "retry_after_infrastructure_error",
+        /// Automatic: the attempt before failed in the job's own commands with an exit status
+        /// the job's `retry` names.
+        RetryAfterScriptFailure => "retry_after_script_failure",
+        /// Asked for through `POST /api/v1/jobs/{id}/retry`.
+        ManualRetry => "manual_retry",
+    }
+);
+
+impl AttemptCause {
+    /// For people: why the attempt was started.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AttemptCause::First => "first attempt",
+            AttemptCause::Reassigned => "reassigned",
+            AttemptCause::RetryAfterLostBuilder => "automatic retry after a lost builder",
+            AttemptCause::RetryAfterInfrastructureError => {
+                "automatic retry after an infrastructure error"
+            }
+            AttemptCause::RetryAfterScriptFailure => "automatic retry after a script failure",
+            AttemptCause::ManualRetry => "manual retry",
+        }
+    }
+
+    /// Whether the attempt is an automatic retry (one counted against `max_attempts`).
+    pub fn is_automatic_retry(self) -> bool {
+        matches!(
+            self,
+            AttemptCause::RetryAfterLostBuilder
+                | AttemptCause::RetryAfterInfrastructureError
+                | AttemptCause::RetryAfterScriptFailure
+        )
+    }
+}
+
 impl JobState {
     /// A terminal job stays put unless an operator retries it.
     pub fn is_terminal(self) -> bool {

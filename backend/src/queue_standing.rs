@@ -252,6 +252,9 @@ mod tests {
             LiveBuilder {
                 id,
                 recipes: recipes.iter().map(|r| (*r).to_owned()).collect(),
+            retry: Default::default(),
+            retry_not_before: None,
+            manual_retries: 0,
                 max_concurrent: slots,
                 active_jobs: active,
                 credits: slots,

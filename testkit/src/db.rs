@@ -241,6 +241,7 @@ pub fn new_job(recipe: &str) -> NewJob {
         mode: JobMode::Build,
         priority: 0,
         max_attempts: 3,
+        retry: None,
         timeout_secs: 600,
         submitter: "tests".to_owned(),
         project: buildfleet_backend::store::ProjectId::DEFAULT,

@@ -96,6 +96,24 @@ pub struct SubmitArgs {
     pub timeout: Option<u64>,
     /// Attempts before the job fails when builders are lost (1..=20) [default: 3].
     #[arg(long)]
+    /// Retry automatically when the job's commands fail with this exit status (1..=255), or
+    /// with any (`any`); repeat for more. Bounded by --max-attempts.
+    #[arg(long = "retry-exit-code", value_name = "STATUS|any", value_parser = parse_retry_exit_code)]
+    pub retry_exit_codes: Vec<RetryExitCode>,
+    /// Retry automatically after an infrastructure error (source fetch, upload, builder
+    /// internal error).
+    #[arg(long)]
+    pub retry_infra: bool,
+    /// Fail the job at once when its builder is lost instead of retrying it.
+    #[arg(long)]
+    pub no_retry_lost_builder: bool,
+    /// Wait before the first automatic retry, in milliseconds (doubling after each)
+    /// [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub retry_backoff_ms: Option<u64>,
+    /// The longest wait between automatic retries, in milliseconds [default: 300000].
+    #[arg(long, value_name = "MS")]
+    pub retry_backoff_max_ms: Option<u64>,
     pub max_attempts: Option<i32>,
     /// Wait until the job ends; the exit code tells how (0 succeeded, 1 otherwise).
     #[arg(long)]
@@ -109,6 +127,63 @@ pub struct SubmitArgs {
     )]
     pub crates_url: String,
 }
+/// One `--retry-exit-code`: a status, or every failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryExitCode {
+    Status(i32),
+    Any,
+}
+
+fn parse_retry_exit_code(given: &str) -> Result<RetryExitCode, String> {
+    if given == "any" {
+        return Ok(RetryExitCode::Any);
+    }
+    match given.parse::<i32>() {
+        Ok(status) if (1..=255).contains(&status) => Ok(RetryExitCode::Status(status)),
+        _ => Err(format!(
+            "{given:?} is not an exit status of a failed command: give 1 to 255, or any"
+        )),
+    }
+}
+
+impl SubmitArgs {
+    /// The submission's `retry`, when a retry flag was given.
+    fn retry_policy(&self) -> Option<Value> {
+        let given = !self.retry_exit_codes.is_empty()
+            || self.retry_infra
+            || self.no_retry_lost_builder
+            || self.retry_backoff_ms.is_some()
+            || self.retry_backoff_max_ms.is_some();
+        if !given {
+            return None;
+        }
+        let exit_codes: Value = if self.retry_exit_codes.contains(&RetryExitCode::Any) {
+            "any".into()
+        } else {
+            self.retry_exit_codes
+                .iter()
+                .filter_map(|code| match code {
+                    RetryExitCode::Status(status) => Some(*status),
+                    RetryExitCode::Any => None,
+                })
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let mut retry = json!({
+            "lost_builder": !self.no_retry_lost_builder,
+            "infrastructure": self.retry_infra,
+            "exit_codes": exit_codes,
+        });
+        if let Some(ms) = self.retry_backoff_ms {
+            retry["backoff_initial_ms"] = ms.into();
+        }
+        if let Some(ms) = self.retry_backoff_max_ms {
+            retry["backoff_max_ms"] = ms.into();
+        }
+        Some(retry)
+    }
+}
+
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -317,6 +392,9 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
     }
     if let Some(max) = args.max_attempts {
         body["max_attempts"] = max.into();
+    if let Some(retry) = args.retry_policy() {
+        body["retry"] = retry;
+    }
     }
     let answer = api.post("/jobs", Some(&body)).await?.unwrap_or(Value::Null);
     let job: Job = parse(&answer)?;

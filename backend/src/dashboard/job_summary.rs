@@ -97,6 +97,7 @@ pub fn head(
                             "attempt " (a.attempt)
                         }
                         @if let Some(b) = a.builder { span.muted { " on " (builder_name(b)) } }
+                        @if a.attempt.0 > 1 { span.muted.attempt-cause { " (" (a.started_because.describe()) ")" } }
                         @if let Some(outcome) = a.outcome { " " span class={ "state state-" (outcome.as_str()) } { (outcome.as_str()) } }
                     }
                 }

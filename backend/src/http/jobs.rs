@@ -209,6 +209,62 @@ fn check_submission(
         return Err(ApiError::BadRequest(
             "crate: submit a crate by name alone, not in a batch".into(),
         ));
+/// Most exit statuses one `retry.exit_codes` may list.
+const MAX_RETRY_EXIT_CODES: usize = 64;
+/// The longest first back-off, and the longest cap, a submission may ask for.
+const MAX_BACKOFF_INITIAL_MS: u64 = 60 * 60 * 1000;
+const MAX_BACKOFF_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A submission's `retry`, refused with a sentence naming what is wrong.
+fn check_retry_policy(policy: &api::RetryPolicy, max_attempts: i32) -> Result<(), ApiError> {
+    let refuse = |message: String| Err(ApiError::BadRequest(message));
+    if let api::ExitCodes::Listed(codes) = &policy.exit_codes {
+        if codes.len() > MAX_RETRY_EXIT_CODES {
+            return refuse(format!(
+                "retry.exit_codes lists {} exit statuses; at most {MAX_RETRY_EXIT_CODES} may be \
+                 given (use \"any\" to retry every script failure)",
+                codes.len()
+            ));
+        }
+        if let Some(code) = codes.iter().find(|c| !(1..=255).contains(*c)) {
+            return refuse(format!(
+                "retry.exit_codes: {code} is not the exit status of a failed script; give \
+                 statuses from 1 to 255, or \"any\""
+            ));
+        }
+    }
+    if policy.backoff_initial_ms > MAX_BACKOFF_INITIAL_MS {
+        return refuse(format!(
+            "retry.backoff_initial_ms is {} ms; the first back-off may be at most \
+             {MAX_BACKOFF_INITIAL_MS} ms (one hour)",
+            policy.backoff_initial_ms
+        ));
+    }
+    if policy.backoff_max_ms > MAX_BACKOFF_MAX_MS {
+        return refuse(format!(
+            "retry.backoff_max_ms is {} ms; the back-off may grow to at most \
+             {MAX_BACKOFF_MAX_MS} ms (one day)",
+            policy.backoff_max_ms
+        ));
+    }
+    if policy.backoff_max_ms < policy.backoff_initial_ms {
+        return refuse(format!(
+            "retry.backoff_max_ms ({} ms) is shorter than retry.backoff_initial_ms ({} ms); \
+             the cap must be at least the first back-off",
+            policy.backoff_max_ms, policy.backoff_initial_ms
+        ));
+    }
+    let retries_failures = policy.infrastructure || policy.exit_codes != api::ExitCodes::default();
+    if retries_failures && max_attempts < 2 {
+        return refuse(
+            "retry asks for failures to be retried, but max_attempts is 1, so no attempt would \
+             be left for a retry; give max_attempts of 2 or more"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
     }
     let source_sha256 = parse_source_sha256(&body.source_sha256)?;
     if !valid_recipe_name(&body.recipe) {
@@ -241,6 +297,9 @@ fn check_submission(
         return Err(ApiError::BadRequest(format!(
             "source_max_bytes must be 1..={limit}"
         )));
+    if let Some(policy) = &body.retry {
+        check_retry_policy(policy, max_attempts)?;
+    }
     }
     if let Some(url) = &body.source_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -277,6 +336,7 @@ impl CheckedSubmission {
     /// The job with its source URL: the given one, or the uploaded source's (which must
     /// exist).
     fn resolve(self, store: &Store, public_url: &str) -> Result<NewJob, ApiError> {
+            retry: body.retry,
         let mut job = self.job;
         job.source_url = match self.source_url {
             Some(url) => url,

@@ -8,9 +8,9 @@ use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::jobs::{load_job_row, parse_column, JobRow};
-use super::schema::{job_attempts, jobs};
+use super::schema::{attempt_causes, job_attempts, jobs};
 use super::secret;
-use super::state::AttemptOutcome;
+use super::state::{AttemptCause, AttemptOutcome};
 use super::Store;
 
 /// One hand-over of a job to a builder. Live while `finished_at` is `None`; at most one
@@ -27,6 +27,8 @@ pub struct JobAttempt {
     pub outcome: Option<AttemptOutcome>,
     pub exit_status: Option<i32>,
     pub error: Option<String>,
+    /// Why it was started (recorded when the job was put back in the queue for it).
+    pub started_because: AttemptCause,
     pub assigned_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -54,11 +56,11 @@ pub(crate) struct AttemptRow {
     pub(crate) finished_at: Option<i64>,
 }
 
-impl TryFrom<AttemptRow> for JobAttempt {
-    type Error = StoreError;
-
-    fn try_from(row: AttemptRow) -> Result<Self, StoreError> {
+impl JobAttempt {
+    /// The attempt in `row`, started for `cause`.
+    pub(crate) fn from_row(row: AttemptRow, cause: AttemptCause) -> Result<Self, StoreError> {
         Ok(JobAttempt {
+            started_because: cause,
             job: JobId(row.job_id),
             attempt: Attempt(row.attempt),
             builder: row.builder_id.map(BuilderId),
@@ -78,12 +80,80 @@ pub(crate) fn load_attempts(
     conn: &mut DbConnection,
     query: job_attempts::BoxedQuery<'_, Db>,
 ) -> Result<Vec<JobAttempt>, StoreError> {
-    query
-        .select(AttemptRow::as_select())
-        .load(conn)?
-        .into_iter()
-        .map(JobAttempt::try_from)
+    let rows: Vec<AttemptRow> = query.select(AttemptRow::as_select()).load(conn)?;
+    let mut jobs_of_rows: Vec<i64> = rows.iter().map(|row| row.job_id).collect();
+    jobs_of_rows.sort_unstable();
+    jobs_of_rows.dedup();
+    let mut causes = std::collections::HashMap::new();
+    // Bounded: a job has a handful of attempts, and callers load one job's or one builder's.
+    for chunk in jobs_of_rows.chunks(500) {
+        let found: Vec<(i64, i32, String)> = attempt_causes::table
+            .filter(attempt_causes::job_id.eq_any(chunk))
+            .select((
+                attempt_causes::job_id,
+                attempt_causes::attempt,
+                attempt_causes::cause,
+            ))
+            .load(conn)?;
+        for (job, attempt, cause) in found {
+            causes.insert((job, attempt), parse_column::<AttemptCause>(&cause)?);
+        }
+    }
+    rows.into_iter()
+        .map(|row| {
+            // No recorded cause: nothing put the job back for this attempt, so it is the first.
+            let cause = causes
+                .get(&(row.job_id, row.attempt))
+                .copied()
+                .unwrap_or(AttemptCause::First);
+            JobAttempt::from_row(row, cause)
+        })
         .collect()
+}
+
+/// The attempt in `row` with its recorded cause.
+pub(crate) fn attempt_of_row(
+    conn: &mut DbConnection,
+    row: AttemptRow,
+) -> Result<JobAttempt, StoreError> {
+    let cause: Option<String> = attempt_causes::table
+        .filter(attempt_causes::job_id.eq(row.job_id))
+        .filter(attempt_causes::attempt.eq(row.attempt))
+        .select(attempt_causes::cause)
+        .first(conn)
+        .optional()?;
+    let cause = cause
+        .as_deref()
+        .map(parse_column)
+        .transpose()?
+        .unwrap_or(AttemptCause::First);
+    JobAttempt::from_row(row, cause)
+}
+
+/// Records why the job's attempt `attempt` will be started; written in the transaction that
+/// puts the job back in the queue for it.
+pub(crate) fn record_attempt_cause(
+    conn: &mut DbConnection,
+    job: JobId,
+    attempt: Attempt,
+    cause: AttemptCause,
+) -> Result<(), StoreError> {
+    // A requeue always moves to a new attempt number, so there is normally nothing to
+    // replace; the delete makes a repeated write harmless on both backends.
+    diesel::delete(
+        attempt_causes::table
+            .filter(attempt_causes::job_id.eq(job.0))
+            .filter(attempt_causes::attempt.eq(attempt.0)),
+    )
+    .execute(conn)?;
+    diesel::insert_into(attempt_causes::table)
+        .values((
+            attempt_causes::job_id.eq(job.0),
+            attempt_causes::attempt.eq(attempt.0),
+            attempt_causes::cause.eq(cause.as_str()),
+        ))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// The fence: the job and its attempt row, provided `attempt` is the job's current attempt

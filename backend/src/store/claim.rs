@@ -152,7 +152,10 @@ fn lock_queued_batch(
     let past_position = jobs::priority
         .lt(after_priority)
         .or(jobs::priority.eq(after_priority).and(jobs::id.gt(after_id)));
-    let queued = jobs::state.eq(JobState::Queued.as_str());
+    // A job waiting out a retry's back-off is skipped; the sweep clears the mark when due.
+    let queued = jobs::state
+        .eq(JobState::Queued.as_str())
+        .and(jobs::retry_not_before.is_null());
     let order = (jobs::priority.desc(), jobs::id.asc());
     let rows = match conn {
         DbConnection::Postgresql(pg) => jobs::table

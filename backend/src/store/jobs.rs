@@ -13,6 +13,7 @@ use super::labels::{self, Labels};
 use super::schema::{job_annotations, job_events, job_submissions, jobs};
 use super::state::{JobMode, JobState};
 use super::Store;
+pub use buildfleet_api::RetryPolicy;
 
 /// A job and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,8 +37,15 @@ pub struct Job {
     /// queued, the last one once terminal.
     pub attempt: Attempt,
     pub max_attempts: i32,
-    /// Attempts lost to expired leases since submission or the last retry.
+    /// Failed attempts counted against `max_attempts` (lost builders, and the failures the
+    /// retry policy retries) since submission or the last manual retry.
     pub failed_attempts: i32,
+    /// Which failures retry automatically (a job submitted without one: lost builders only).
+    pub retry: RetryPolicy,
+    /// Set while the job waits out an automatic retry's back-off; the claim skips it.
+    pub retry_not_before: Option<i64>,
+    /// Retries asked for through the API, counted apart from automatic attempts.
+    pub manual_retries: i32,
     pub timeout_secs: i64,
     pub submitter: String,
     pub created_at: i64,
@@ -68,6 +76,9 @@ pub struct NewJob {
     pub mode: JobMode,
     pub priority: i32,
     pub max_attempts: i32,
+    /// `None`: the policy of jobs before automatic retries (lost builders only), stored as
+    /// NULL.
+    pub retry: Option<RetryPolicy>,
     pub timeout_secs: i64,
     pub submitter: String,
     /// Checked to exist by the caller ([`Store::project`]); [`ProjectId::DEFAULT`] when the
@@ -135,6 +146,21 @@ pub(crate) struct JobRow {
     pub(crate) builder_id: Option<i64>,
     pub(crate) annotations: String,
     pub(crate) project_id: i64,
+    pub(crate) retry_policy: Option<String>,
+    pub(crate) retry_not_before: Option<i64>,
+    pub(crate) manual_retries: i32,
+}
+
+impl JobRow {
+    /// The job's retry policy; NULL is the default (lost builders only).
+    pub(crate) fn retry_policy(&self) -> Result<RetryPolicy, StoreError> {
+        match &self.retry_policy {
+            None => Ok(RetryPolicy::default()),
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                StoreError::Corrupt(format!("jobs.retry_policy of job {}: {e}", self.id))
+            }),
+        }
+    }
 }
 
 impl TryFrom<JobRow> for Job {
@@ -147,6 +173,9 @@ impl TryFrom<JobRow> for Job {
             required_labels: labels::decode("jobs.required_labels", &row.required_labels)?,
             annotations: labels::decode("jobs.annotations", &row.annotations)?,
             project: ProjectId(row.project_id),
+            retry: row.retry_policy()?,
+            retry_not_before: row.retry_not_before,
+            manual_retries: row.manual_retries,
             mode: parse_column(&row.mode)?,
             state: parse_column(&row.state)?,
             source_url: row.source_url,
@@ -366,6 +395,12 @@ pub(super) fn insert_job(
     let parameters = labels::encode(&new.parameters)?;
     let required_labels = labels::encode(&new.required_labels)?;
     let annotations_json = labels::encode(&new.annotations)?;
+    let retry_policy = new
+        .retry
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::InvalidInput(format!("retry: {e}")))?;
     {
         {
             let row = diesel::insert_into(jobs::table)
@@ -378,6 +413,7 @@ pub(super) fn insert_job(
                     jobs::required_labels.eq(&required_labels),
                     jobs::annotations.eq(&annotations_json),
                     jobs::project_id.eq(new.project.0),
+                    jobs::retry_policy.eq(&retry_policy),
                     jobs::mode.eq(new.mode.as_str()),
                     jobs::priority.eq(new.priority),
                     jobs::state.eq(JobState::Queued.as_str()),
@@ -456,6 +492,21 @@ impl Store {
             .into_iter()
             .map(Job::try_from)
             .collect()
+    }
+
+    /// Ends the back-off of queued jobs whose `retry_not_before` has come (at or before
+    /// `now`), so the claim may hand them out; returns how many. The scheduler's sweep calls
+    /// it and dispatches when any were released.
+    pub fn release_backed_off_jobs(&self, now: i64) -> Result<usize, StoreError> {
+        self.write(|conn| {
+            Ok(diesel::update(
+                jobs::table
+                    .filter(jobs::retry_not_before.le(now))
+                    .filter(jobs::state.eq(JobState::Queued.as_str())),
+            )
+            .set(jobs::retry_not_before.eq(None::<i64>))
+            .execute(conn)?)
+        })
     }
 
     /// A job's recorded state changes, oldest first.

@@ -4,13 +4,13 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::attempts::{load_attempts, JobAttempt};
+use super::attempts::{load_attempts, record_attempt_cause, JobAttempt};
 use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId};
 use super::jobs::{load_job_row, parse_column, Job};
 use super::schema::{job_attempts, jobs};
-use super::state::{AttemptOutcome, JobState};
+use super::state::{AttemptCause, AttemptOutcome, JobState};
 use super::transitions::{apply_transition, JobChanges};
 use super::Store;
 
@@ -200,7 +200,10 @@ impl Store {
                     ..JobChanges::requeue(&row)
                 };
                 let detail = "a lost lease was the network's; retrying";
-                apply_transition(conn, &row, JobState::Queued, changes, now, Some(detail))?;
+                let requeued =
+                    apply_transition(conn, &row, JobState::Queued, changes, now, Some(detail))?;
+                let cause = AttemptCause::RetryAfterLostBuilder;
+                record_attempt_cause(conn, job, requeued.attempt, cause)?;
             } else {
                 diesel::update(jobs::table.find(job.0))
                     .set(jobs::failed_attempts.eq(failed_attempts))
@@ -236,7 +239,7 @@ fn expire(
             changes,
             "lease expired before the builder accepted".to_owned(),
         )
-    } else if failed_attempts >= row.max_attempts {
+    } else if failed_attempts >= row.max_attempts || !row.retry_policy()?.lost_builder {
         let error = format!("builder lost {failed_attempts} time(s); giving up");
         let changes = JobChanges {
             failed_attempts: Some(failed_attempts),
@@ -253,6 +256,15 @@ fn expire(
     // The job row first (it locks it on PostgreSQL), then the attempt: the same order as
     // every other transition, so two transactions never wait on each other in a cycle.
     let job_now = apply_transition(conn, &row, to, changes, now, Some(&detail))?;
+    if to == JobState::Queued {
+        // Lost before the builder accepted it: offered again, not a retry.
+        let cause = if ran {
+            AttemptCause::RetryAfterLostBuilder
+        } else {
+            AttemptCause::Reassigned
+        };
+        record_attempt_cause(conn, job, job_now.attempt, cause)?;
+    }
     let ended = diesel::update(
         job_attempts::table
             .filter(job_attempts::job_id.eq(job.0))

@@ -53,7 +53,9 @@ pub use connection::{connect, Backend, DatabaseUrl, DbConnection};
 pub use enrolment::{EnrolmentError, EnrolmentToken, EnrolmentTokenId};
 pub use error::StoreError;
 pub use ids::{ApiTokenId, Attempt, BuilderId, JobId};
-pub use jobs::{Job, JobFilter, JobTransition, NewJob, Submission, IDEMPOTENCY_KEY_TTL_MS};
+pub use jobs::{
+    Job, JobFilter, JobTransition, NewJob, RetryPolicy, Submission, IDEMPOTENCY_KEY_TTL_MS,
+};
 pub use labels::{
     effective as effective_labels, ignored as ignored_labels, satisfies as labels_satisfy, Labels,
     ANY_VALUE as ANY_LABEL_VALUE,
@@ -66,9 +68,9 @@ pub use registry::{
     RegistryVersion, VersionPlan, VersionStatus,
 };
 pub use sources::Source;
-pub use state::{AttemptOutcome, JobMode, JobState, Outcome, UnknownValue};
+pub use state::{AttemptCause, AttemptOutcome, JobMode, JobState, Outcome, UnknownValue};
 pub use tokens::{ApiToken, TokenScope};
-pub use transitions::{CancelResult, Completion};
+pub use transitions::{CancelResult, Completion, FailureKind};
 
 use connection::{ConfigureOnAcquire, ConnectionManager, POOL_CHECKOUT_TIMEOUT};
 use writer::SqliteWriter;

@@ -40,6 +40,9 @@ diesel::table! {
         error -> Nullable<Text>,
         builder_id -> Nullable<BigInt>,
         annotations -> Text,
+        retry_policy -> Nullable<Text>,
+        retry_not_before -> Nullable<BigInt>,
+        manual_retries -> Integer,
     }
 }
 
@@ -65,6 +68,14 @@ diesel::table! {
 }
 
 diesel::table! {
+diesel::table! {
+    attempt_causes (job_id, attempt) {
+        job_id -> BigInt,
+        attempt -> Integer,
+        cause -> Text,
+    }
+}
+
     job_events (id) {
         id -> BigInt,
         job_id -> BigInt,
@@ -220,3 +231,4 @@ diesel::allow_tables_to_appear_in_same_query!(
     registry_builds,
     registry_cursors,
 );
+    attempt_causes,

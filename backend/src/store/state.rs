@@ -3,7 +3,7 @@
 //! builder's outcome is the store's.
 
 pub use buildfleet_api::string_enum;
-pub use buildfleet_api::{AttemptOutcome, JobMode, JobState, UnknownValue};
+pub use buildfleet_api::{AttemptCause, AttemptOutcome, JobMode, JobState, UnknownValue};
 
 string_enum!(
     /// How a builder says an attempt ended.

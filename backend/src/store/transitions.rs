@@ -6,13 +6,16 @@ use diesel::prelude::*;
 
 use super::artifacts::{publish_in, Publication};
 use super::attempt_outputs::record_outputs;
-use super::attempts::{finish_attempt, live_attempt, JobAttempt};
+use super::attempts::{
+    attempt_of_row, finish_attempt, live_attempt, record_attempt_cause, JobAttempt,
+};
 use super::connection::DbConnection;
 use super::error::StoreError;
 use super::ids::{Attempt, JobId};
+use super::jobs::RetryPolicy;
 use super::jobs::{load_job, load_job_row, parse_column, record_event, Job, JobRow};
 use super::schema::{job_attempts, jobs};
-use super::state::{AttemptOutcome, JobState, Outcome};
+use super::state::{AttemptCause, AttemptOutcome, JobState, Outcome};
 use super::Store;
 
 /// How a builder reports the end of an attempt.
@@ -24,6 +27,33 @@ pub struct Completion {
     /// A verified build statement: publishes the attempt's artifacts in the same transaction
     /// and keeps the statement and plan on the attempt.
     pub publication: Option<Publication>,
+}
+
+/// How a failed attempt failed, as a job's retry policy tells failures apart. The builder's
+/// error kinds map to these in the scheduler's completion (`failure_of`); a completion
+/// without one (success, cancel, timeout, a refused source or statement) is never retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The platform's fault: the source could not be fetched, an upload failed, the builder
+    /// hit an internal error.
+    Infrastructure,
+    /// The job's own commands failed with this exit status (`None`: killed by a signal).
+    Script { exit_status: Option<i32> },
+}
+
+impl FailureKind {
+    /// The cause of the attempt that retries this failure, if `policy` retries it.
+    pub fn retried_by(self, policy: &RetryPolicy) -> Option<AttemptCause> {
+        match self {
+            FailureKind::Infrastructure if policy.infrastructure => {
+                Some(AttemptCause::RetryAfterInfrastructureError)
+            }
+            FailureKind::Script { exit_status } if policy.exit_codes.retries(exit_status) => {
+                Some(AttemptCause::RetryAfterScriptFailure)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What [`Store::cancel_job`] did.
@@ -49,6 +79,8 @@ pub(crate) struct JobChanges {
     pub(crate) cancel_requested_at: Option<Option<i64>>,
     pub(crate) error: Option<Option<String>>,
     pub(crate) builder_id: Option<Option<i64>>,
+    pub(crate) retry_not_before: Option<Option<i64>>,
+    pub(crate) manual_retries: Option<i32>,
 }
 
 impl JobChanges {
@@ -67,6 +99,8 @@ impl JobChanges {
         JobChanges {
             finished_at: Some(Some(now)),
             error: Some(error),
+            // A job cancelled while it waited out a back-off waits for nothing any more.
+            retry_not_before: Some(None),
             ..JobChanges::default()
         }
     }
@@ -196,7 +230,10 @@ impl Store {
                 apply_transition(conn, &row, JobState::Cancelled, changes, now, Some(reason))?
             } else {
                 let changes = JobChanges::requeue(&row);
-                apply_transition(conn, &row, JobState::Queued, changes, now, Some(reason))?
+                let requeued =
+                    apply_transition(conn, &row, JobState::Queued, changes, now, Some(reason))?;
+                record_attempt_cause(conn, job, requeued.attempt, AttemptCause::Reassigned)?;
+                requeued
             };
             finish_attempt(
                 conn,
@@ -219,12 +256,41 @@ impl Store {
         attempt: Attempt,
         completion: Completion,
     ) -> Result<Job, StoreError> {
+        self.complete_attempt_or_retry(job, attempt, completion, None)
+    }
+
+    /// As [`Store::complete_attempt`], for a failure of kind `failure`: if the job's retry
+    /// policy retries that kind, no cancel is pending and fewer than `max_attempts` attempts
+    /// will have failed, the job goes back to `queued` for its next attempt instead, not to
+    /// be handed out before its back-off ends (`retry_not_before`); the failure counts in
+    /// `failed_attempts` either way.
+    pub fn complete_attempt_or_retry(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        completion: Completion,
+        failure: Option<FailureKind>,
+    ) -> Result<Job, StoreError> {
         let now = self.now_ms();
         self.write(|conn| {
             let (row, _) = live_attempt(conn, job, attempt)?;
-            let to = completion.outcome.job_state();
-            let changes = JobChanges::finish(now, completion.error.clone());
-            let job_now = apply_transition(conn, &row, to, changes, now, None)?;
+            let retried = match failure {
+                Some(kind)
+                    if completion.outcome == Outcome::Failed
+                        && row.cancel_requested_at.is_none() =>
+                {
+                    kind.retried_by(&row.retry_policy()?)
+                }
+                _ => None,
+            };
+            let job_now = match retried {
+                Some(cause) => retry_or_give_up(conn, &row, &completion, cause, now)?,
+                None => {
+                    let to = completion.outcome.job_state();
+                    let changes = JobChanges::finish(now, completion.error.clone());
+                    apply_transition(conn, &row, to, changes, now, None)?
+                }
+            };
             finish_attempt(
                 conn,
                 job,
@@ -268,7 +334,7 @@ impl Store {
             }
             Ok(CancelResult::Requested {
                 job: load_job(conn, job)?,
-                attempt: JobAttempt::try_from(attempt_row)?,
+                attempt: attempt_of_row(conn, attempt_row)?,
             })
         })
     }
@@ -284,14 +350,62 @@ impl Store {
                 &[JobState::Failed, JobState::Cancelled, JobState::TimedOut],
                 JobState::Queued,
             )?;
+            // A manual retry is counted apart and gives the automatic retries afresh, so
+            // failed_attempts never exceeds max_attempts.
             let changes = JobChanges {
                 failed_attempts: Some(0),
+                manual_retries: Some(row.manual_retries.saturating_add(1)),
                 finished_at: Some(None),
                 cancel_requested_at: Some(None),
                 error: Some(None),
+                retry_not_before: Some(None),
                 ..JobChanges::requeue(&row)
             };
-            apply_transition(conn, &row, JobState::Queued, changes, now, Some("retry"))
+            let requeued =
+                apply_transition(conn, &row, JobState::Queued, changes, now, Some("retry"))?;
+            record_attempt_cause(conn, job, requeued.attempt, AttemptCause::ManualRetry)?;
+            Ok(requeued)
         })
     }
+}
+
+/// A failed attempt whose kind the job's policy retries: back to `queued` after the back-off
+/// while the budget lasts, else `failed` with the failure counted.
+fn retry_or_give_up(
+    conn: &mut DbConnection,
+    row: &JobRow,
+    completion: &Completion,
+    cause: AttemptCause,
+    now: i64,
+) -> Result<Job, StoreError> {
+    let failed_attempts = row.failed_attempts.saturating_add(1);
+    let what = completion.error.as_deref().unwrap_or("failed");
+    if failed_attempts >= row.max_attempts {
+        let detail = format!(
+            "{what}; no automatic retry left ({failed_attempts} of at most {} attempts failed)",
+            row.max_attempts
+        );
+        let changes = JobChanges {
+            failed_attempts: Some(failed_attempts),
+            ..JobChanges::finish(now, completion.error.clone())
+        };
+        return apply_transition(conn, row, JobState::Failed, changes, now, Some(&detail));
+    }
+    let policy = row.retry_policy()?;
+    // The n-th counted failure waits initial × 2^(n-1), capped.
+    let earlier_failures = u32::try_from(row.failed_attempts).unwrap_or(0);
+    let wait_ms = i64::try_from(policy.backoff_ms(earlier_failures)).unwrap_or(i64::MAX);
+    let detail = format!(
+        "{what}; {} in {wait_ms} ms ({failed_attempts} of at most {} attempts failed)",
+        cause.as_str().replace('_', " "),
+        row.max_attempts
+    );
+    let changes = JobChanges {
+        failed_attempts: Some(failed_attempts),
+        retry_not_before: Some((wait_ms > 0).then(|| now.saturating_add(wait_ms))),
+        ..JobChanges::requeue(row)
+    };
+    let requeued = apply_transition(conn, row, JobState::Queued, changes, now, Some(&detail))?;
+    record_attempt_cause(conn, requeued.id, requeued.attempt, cause)?;
+    Ok(requeued)
 }

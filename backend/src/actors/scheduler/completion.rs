@@ -1,6 +1,7 @@
 //! Completion: a builder's `job_response` verified and recorded, or refused with a reason.
 
 use super::*;
+use crate::store::FailureKind;
 
 /// A builder's `job_response`. The answer becomes its `completion_ack`.
 #[derive(Message)]
@@ -16,6 +17,36 @@ pub(super) enum Verdict {
     /// The attempt had already ended with this outcome: a resent response.
     AlreadyRecorded,
     Refused(ErrorCode, String),
+}
+
+/// How a builder's failure counts for a job's retry policy. The platform's fault (the
+/// infrastructure kind): the source could not be fetched (`source_fetch`), an upload failed
+/// (`upload`), the builder hit an error of its own (`internal`: I/O, a command it could not
+/// start). The job's commands failing (`command_failed`, or a failure without an error but
+/// with a non-zero exit status) is a script failure with that status. Everything else (a
+/// source that did not verify, was too large or unsafe, an unknown recipe, a missing artifact,
+/// a cancel, a timeout) is never retried: another attempt would end the same way.
+pub(super) fn failure_of(response: &JobResponse) -> Option<FailureKind> {
+    if response.outcome != wire::Outcome::Failed {
+        return None;
+    }
+    match response.error.as_ref().map(|e| e.kind) {
+        Some(
+            wire::BuildErrorKind::SourceFetch
+            | wire::BuildErrorKind::Upload
+            | wire::BuildErrorKind::Internal,
+        ) => Some(FailureKind::Infrastructure),
+        Some(wire::BuildErrorKind::CommandFailed) => Some(FailureKind::Script {
+            exit_status: response.exit_status,
+        }),
+        None => response
+            .exit_status
+            .filter(|status| *status != 0)
+            .map(|status| FailureKind::Script {
+                exit_status: Some(status),
+            }),
+        Some(_) => None,
+    }
 }
 
 pub(super) fn record_completion(
@@ -69,7 +100,7 @@ pub(super) fn record_completion(
         error,
         publication: Some(publication),
     };
-    match store.complete_attempt(job_id, attempt, completion) {
+    match store.complete_attempt_or_retry(job_id, attempt, completion, failure_of(response)) {
         Ok(job) => Ok(Verdict::Completed(Box::new(job))),
         Err(e @ (StoreError::StaleAttempt { .. } | StoreError::IllegalTransition { .. })) => {
             Ok(Verdict::Refused(ErrorCode::StaleAttempt, e.to_string()))
@@ -134,6 +165,14 @@ impl Handler<CompleteJob> for Scheduler {
             .into_actor(self)
             .map(move |verdict, this, ctx| {
                 let result = match verdict {
+                    Ok(Verdict::Completed(job)) if job.state == JobState::Queued => {
+                        // Retried automatically: queued again, handed out once its back-off
+                        // ends (the sweep also releases it, within a second).
+                        this.feed.publish(&job);
+                        tracing::info!(job = %job.id, attempt = %job.attempt, retry_not_before = ?job.retry_not_before, "attempt failed; retrying");
+                        this.dispatch_after_backoff(&job, ctx);
+                        CompletionResult::Accepted
+                    }
                     Ok(Verdict::Completed(job)) => {
                         this.feed.publish(&job);
                         this.metrics.jobs_completed.fetch_add(1, Ordering::Relaxed);
@@ -160,6 +199,20 @@ impl Handler<CompleteJob> for Scheduler {
                 result
             }),
         )
+    }
+}
+
+impl Scheduler {
+    /// Hands out a job put back in the queue by an automatic retry: at once without a
+    /// back-off, else by a sweep when the back-off ends (which releases it and dispatches).
+    fn dispatch_after_backoff(&mut self, job: &Job, ctx: &mut Context<Self>) {
+        match job.retry_not_before {
+            None => self.dispatch_all(ctx),
+            Some(not_before) => {
+                let wait_ms = u64::try_from(not_before - self.store.now_ms()).unwrap_or(0);
+                ctx.run_later(Duration::from_millis(wait_ms), |this, ctx| this.sweep(ctx));
+            }
+        }
     }
 }
 
@@ -202,6 +255,45 @@ mod tests {
         assert!(failed
             .error
             .is_some_and(|e| e.starts_with("completion refused: invalid_statement")));
+    }
+
+    #[test]
+    fn failures_map_to_the_kinds_a_retry_policy_names() {
+        use buildfleet_protocol::{BuildError, BuildErrorKind as Kind};
+        let mut r = response(JobId(1), Attempt(1), "x");
+        assert_eq!(failure_of(&r), None, "a success is no failure");
+        r.outcome = WireOutcome::Failed;
+        r.exit_status = Some(2);
+        let script = |exit_status| Some(FailureKind::Script { exit_status });
+        assert_eq!(failure_of(&r), script(Some(2)), "a bare non-zero status");
+        r.exit_status = Some(0);
+        assert_eq!(failure_of(&r), None);
+        let expected = [
+            (Kind::SourceFetch, Some(FailureKind::Infrastructure)),
+            (Kind::Upload, Some(FailureKind::Infrastructure)),
+            (Kind::Internal, Some(FailureKind::Infrastructure)),
+            (Kind::CommandFailed, script(Some(0))),
+            (Kind::SourceDigestMismatch, None),
+            (Kind::SourceTooLarge, None),
+            (Kind::UnsafeArchive, None),
+            (Kind::UnknownRecipe, None),
+            (Kind::ArtifactMissing, None),
+            (Kind::TimedOut, None),
+            (Kind::Cancelled, None),
+        ];
+        for (kind, failure) in expected {
+            r.error = Some(BuildError {
+                kind,
+                message: "m".into(),
+            });
+            assert_eq!(failure_of(&r), failure, "{}", kind.as_str());
+        }
+        r.outcome = WireOutcome::TimedOut;
+        r.error = Some(BuildError {
+            kind: Kind::Internal,
+            message: "m".into(),
+        });
+        assert_eq!(failure_of(&r), None, "only a failed outcome is retried");
     }
 
     #[test]

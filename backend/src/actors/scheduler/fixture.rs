@@ -33,6 +33,7 @@ pub(super) fn assigned_job() -> (tempfile::TempDir, Store, BuilderId, JobId, Att
             mode: JobMode::Build,
             priority: 0,
             max_attempts: 3,
+            retry: None,
             timeout_secs: 60,
             submitter: "unit".into(),
             project: crate::store::ProjectId::DEFAULT,

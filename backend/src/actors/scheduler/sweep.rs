@@ -83,6 +83,9 @@ impl Scheduler {
                     tracing::warn!(builders = seen.len(), error = %e, "recording builder contact failed");
                 }
                 let requeued = store.requeue_expired_leases(now)?;
+                // Jobs whose retry back-off has ended become claimable; the dispatch below
+                // hands them out (queue_depth counts them).
+                store.release_backed_off_jobs(now)?;
                 let depth = if has_idle { store.queue_depth()? } else { 0 };
                 Ok::<_, StoreError>((requeued, depth))
             })
