@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::builders::parse_key_value;
@@ -14,7 +13,7 @@ use super::exit::{CliError, Outcome, EXIT_CODES_HELP};
 use super::logs::{self, LogsArgs};
 use super::output::{age, or_dash, pairs, print_fields, print_json, size, utc, Table};
 use super::source::{self, LocalArchive};
-use super::sse::Events;
+use super::wait;
 use buildfleet_api::{Builder, Job, JobDetail, JobMode};
 use buildfleet_protocol::Sha256Digest;
 
@@ -413,41 +412,8 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
         return Ok(Outcome::Success);
     }
     eprintln!("submitted job {}; waiting for it to end", job.id);
-    let detail = wait_for_end(api, job.id).await?;
+    let detail = wait::wait_for_end(api, job.id).await?;
     report_end(json, job.id, &detail)
-}
-
-/// A state event of `/jobs/{id}/events`.
-#[derive(Deserialize)]
-struct StateEvent {
-    state: JobState,
-    attempt: i32,
-}
-
-/// Waits for the job's end on its pushed state stream (no polling: it returns as soon as the
-/// backend commits the end), then reads the finished job; a spinner on a terminal shows the
-/// state meanwhile.
-pub async fn wait_for_end(api: &Api, id: i64) -> Result<Value, CliError> {
-    let spinner = logs::spinner(&format!("job {id}"));
-    let mut events = Events::new(api, format!("/jobs/{id}/events"));
-    loop {
-        let event = events.next().await?;
-        if event.event == "end" {
-            break;
-        }
-        if let (Some(spinner), Ok(state)) =
-            (&spinner, serde_json::from_str::<StateEvent>(&event.data))
-        {
-            spinner.set_message(format!(
-                "job {id}: {} (attempt {})",
-                state.state, state.attempt
-            ));
-        }
-    }
-    if let Some(spinner) = spinner {
-        spinner.finish_and_clear();
-    }
-    api.get(&format!("/jobs/{id}")).await
 }
 
 /// Prints how a finished job ended and answers the matching outcome.
@@ -769,7 +735,7 @@ async fn explain_conflict(
 
 /// `builder NAME` of a builder id, for a message; `builder ID` if it cannot be looked up
 /// (removed since), since the message is about something that already happened.
-async fn builder_name(api: &Api, id: i64) -> String {
+pub(super) async fn builder_name(api: &Api, id: i64) -> String {
     match api.get(&format!("/builders/{id}")).await {
         Ok(answer) => match parse::<Builder>(&answer) {
             Ok(builder) => format!("builder {}", builder.record.name),

@@ -15,6 +15,7 @@ mod logs;
 pub(crate) mod output;
 mod source;
 mod sse;
+mod wait;
 
 use std::path::PathBuf;
 
