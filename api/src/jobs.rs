@@ -216,6 +216,9 @@ pub struct ListJobs {
     /// from a form decoder: the server reads these from the query string itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub annotation: Vec<String>,
+    /// Only jobs of this project (`organisation/project`), which the caller must see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Keyset paging: the previous page's `next_before`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<i64>,
@@ -227,6 +230,8 @@ pub struct ListJobs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub id: i64,
+    /// `organisation/project`: who may see and act on the job.
+    pub project: String,
     pub source_url: String,
     pub source_sha256: String,
     pub source_max_bytes: i64,

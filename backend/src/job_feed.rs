@@ -25,7 +25,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{Attempt, BuilderId, Job, JobId, JobState, Store};
+use crate::store::{Attempt, BuilderId, Job, JobId, JobState, ProjectId, Store};
 
 /// Published changes kept for resuming the all-jobs stream.
 pub const RECENT: usize = 4096;
@@ -46,6 +46,8 @@ pub struct JobChange {
     pub error: Option<String>,
     /// When the change was committed (milliseconds since the epoch).
     pub at: i64,
+    /// Whose job it is: the all-jobs stream sends a change only to callers who see it.
+    pub project: ProjectId,
 }
 
 impl JobChange {
@@ -58,6 +60,7 @@ impl JobChange {
             builder: job.builder_id,
             error: job.error.clone(),
             at: job.updated_at,
+            project: job.project,
         }
     }
 

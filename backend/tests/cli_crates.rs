@@ -412,7 +412,7 @@ async fn crate_errors_say_what_to_do(db: TestDb) {
     );
     let (_, submit) = server
         .store
-        .create_api_token(TokenScope::Submit, "ci", None)
+        .create_api_token(None, TokenScope::Submit, "ci", None)
         .unwrap();
     fails(
         server

@@ -146,7 +146,7 @@ async fn tokens_missing_wrong_or_too_narrow(db: TestDb) {
     // A submit token may submit, but not admit; a revoked one is wrong.
     let (token, submit) = server
         .store
-        .create_api_token(TokenScope::Submit, "ci", None)
+        .create_api_token(None, TokenScope::Submit, "ci", None)
         .unwrap();
     let as_submitter = [("BUILDFLEET_TOKEN", submit.as_str())];
     let digest = digest();

@@ -174,7 +174,7 @@ async fn token_endpoints_need_the_admin_token(db: TestDb) {
     let submit_only = server
         .with_store(|store| {
             store
-                .create_api_token(TokenScope::Submit, "ci", None)
+                .create_api_token(None, TokenScope::Submit, "ci", None)
                 .expect("submit token")
                 .1
         })

@@ -7,10 +7,10 @@ use buildfleet_testkit::db_tests;
 fn api_tokens_verify_until_revoked_or_expired(db: &TestDb) {
     let (store, clock) = db.manual_store();
     let (admin, admin_secret) = store
-        .create_api_token(TokenScope::Admin, "ops laptop", None)
+        .create_api_token(None, TokenScope::Admin, "ops laptop", None)
         .expect("create");
     let (submit, submit_secret) = store
-        .create_api_token(TokenScope::Submit, "ci", Some(T0 + 60_000))
+        .create_api_token(None, TokenScope::Submit, "ci", Some(T0 + 60_000))
         .expect("create");
     assert_ne!(admin_secret, submit_secret);
     assert_eq!(

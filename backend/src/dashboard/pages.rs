@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
@@ -13,6 +13,7 @@ use super::job_summary::{self, is_web_link};
 use crate::actors::scheduler::{LiveBuilder, LiveBuilders};
 use crate::cli::output::size;
 use crate::error::{blocking, ApiError};
+use crate::http::auth::Access;
 use crate::http::jobs::{load_detail, parse_job_id, JobDetail};
 use crate::http::AppState;
 use crate::store::{
@@ -137,7 +138,12 @@ fn builder_names(builders: &[Builder]) -> BTreeMap<BuilderId, String> {
     builders.iter().map(|b| (b.id, b.name.clone())).collect()
 }
 
-pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
+pub async fn overview(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    // Recent jobs are those the visitor may see; the counts are of the whole fleet's work.
+    let access = Access::of_cookie(&req, &state).await?;
     let store = state.store.clone();
     let (counts, builders, recent, finished_hour, now) = blocking(move || {
         let now = store.now_ms();
@@ -146,6 +152,7 @@ pub async fn overview(state: web::Data<AppState>) -> Result<HttpResponse, PageEr
             store.list_builders()?,
             store.list_jobs(&JobFilter {
                 limit: 10,
+                projects: access.visible_projects(),
                 ..JobFilter::default()
             })?,
             store.count_finished_since(now - 3_600_000)?,
@@ -184,9 +191,11 @@ pub struct JobsQuery {
 }
 
 pub async fn jobs(
+    req: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<JobsQuery>,
 ) -> Result<HttpResponse, PageError> {
+    let access = Access::of_cookie(&req, &state).await?;
     let query = query.into_inner();
     let job_state = match query.state.as_deref() {
         None | Some("") => None,
@@ -220,7 +229,7 @@ pub async fn jobs(
         annotations: annotations.into_iter().collect(),
         before_id: query.before.map(JobId),
         limit: PAGE_SIZE,
-        projects: None,
+        projects: access.visible_projects(),
     };
     let store = state.store.clone();
     let (jobs, builders, now) = blocking(move || {
@@ -285,12 +294,14 @@ pub struct JobQuery {
 }
 
 pub async fn job(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<JobQuery>,
 ) -> Result<HttpResponse, PageError> {
+    let access = Access::of_cookie(&req, &state).await?;
     let id = parse_job_id(&path)?;
-    let detail: JobDetail = load_detail(&state, id).await?;
+    let detail: JobDetail = load_detail(&state, &access, id).await?;
     let job = &detail.job;
     let attempt = match query.attempt.as_deref() {
         None | Some("") => job.attempt,

@@ -24,6 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{blocking, ApiError};
+use crate::http::auth::Access;
 use crate::http::jobs::parse_job_id;
 use crate::http::AppState;
 use crate::job_feed::{position, JobChange, JobFeed, Published, Since, StreamGuard};
@@ -108,14 +109,11 @@ pub fn end_event(change: &JobChange) -> sse::Data {
     .event("end")
 }
 
-pub async fn read_job(state: &AppState, id: JobId) -> Result<Job, ApiError> {
+/// A job the caller may see (404 as for a missing job otherwise).
+pub async fn read_job(state: &AppState, access: &Access, id: JobId) -> Result<Job, ApiError> {
     let store = state.store.clone();
-    blocking(move || {
-        store
-            .job(id)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {id}")))
-    })
-    .await
+    let access = access.clone();
+    blocking(move || access.visible_job(store.job(id)?, id)).await
 }
 
 /// What one receive from the feed means for a stream of one job.
@@ -190,14 +188,17 @@ pub async fn job(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<impl Responder, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let id = parse_job_id(&path)?;
+    // Before the resume id is looked at, so a hidden job is told nothing about it.
+    read_job(&state, &access, id).await?;
     let resume = last_event_id(&req)?
         .map(|raw| parse_state_id(&raw))
         .transpose()?;
     let feed = state.job_feed.clone();
     // Before the read: a change committed after it is on the receiver.
     let mut changes = feed.subscribe();
-    let found = read_job(&state, id).await?;
+    let found = read_job(&state, &access, id).await?;
     let first = JobChange::of(&found);
     if let Some((attempt, seen)) = resume {
         if position(attempt, seen) > first.position() {
@@ -242,10 +243,12 @@ pub struct FeedQuery {
 struct Filter {
     states: Option<Vec<JobState>>,
     recipe: Option<String>,
+    /// Changes of jobs the caller may not see are never sent.
+    access: Access,
 }
 
 impl Filter {
-    fn parse(query: FeedQuery) -> Result<Filter, ApiError> {
+    fn parse(query: FeedQuery, access: Access) -> Result<Filter, ApiError> {
         let states = query
             .state
             .map(|list| {
@@ -263,13 +266,16 @@ impl Filter {
         Ok(Filter {
             states,
             recipe: query.recipe,
+            access,
         })
     }
 
     fn matches(&self, change: &JobChange) -> bool {
-        self.states
-            .as_ref()
-            .is_none_or(|states| states.contains(&change.state))
+        self.access.sees(change.project)
+            && self
+                .states
+                .as_ref()
+                .is_none_or(|states| states.contains(&change.state))
             && self.recipe.as_ref().is_none_or(|r| *r == change.recipe)
     }
 }
@@ -298,7 +304,8 @@ pub async fn all(
     state: web::Data<AppState>,
     query: web::Query<FeedQuery>,
 ) -> Result<impl Responder, ApiError> {
-    let filter = Filter::parse(query.into_inner())?;
+    let access = Access::of(&req, &state).await?;
+    let filter = Filter::parse(query.into_inner(), access)?;
     let resume = last_event_id(&req)?
         .map(|raw| parse_feed_id(&raw))
         .transpose()?;

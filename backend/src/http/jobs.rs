@@ -7,12 +7,14 @@ use sha2::{Digest as _, Sha256};
 
 use crate::actors::scheduler::{CancelAttempt, JobQueued, LiveBuilders};
 use crate::error::{blocking, parse_json, ApiError};
-use crate::http::auth::require;
+use crate::http::auth::Access;
+use crate::http::views::ProjectNames;
 use crate::http::{views, AppState};
 use crate::queue_standing as standing;
 use crate::store::{
     check_annotations, AnnotationFilter, AttemptPlan, BuilderId, CancelResult, Job, JobAttempt,
-    JobFilter, JobId, JobMode, JobState, JobTransition, NewJob, Store, Submission, TokenScope,
+    JobFilter, JobId, JobMode, JobState, JobTransition, NewJob, ProjectId, Store, Submission,
+    TokenScope,
 };
 
 /// Names the attempt whose output a response carries.
@@ -26,6 +28,8 @@ const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 #[derive(Debug)]
 pub struct JobDetail {
     pub job: Job,
+    /// Its project's name, `organisation/project`.
+    pub project: String,
     pub attempts: Vec<JobAttempt>,
     pub events: Vec<JobTransition>,
     pub artifacts: Vec<api::Artifact>,
@@ -46,7 +50,7 @@ impl JobDetail {
             plan_url: self
                 .plan
                 .map(|_| format!("{public_url}/api/v1/jobs/{id}/plan")),
-            job: self.job.into(),
+            job: views::job_view(self.job, self.project),
             attempts: self.attempts.into_iter().map(Into::into).collect(),
             events: self.events.into_iter().map(Into::into).collect(),
             artifacts: self.artifacts,
@@ -86,7 +90,8 @@ pub async fn submit(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = require(&req, &state, TokenScope::Submit).await?;
+    let access = Access::of(&req, &state).await?;
+    access.require_token()?;
     let idempotency = idempotency_key(&req)?.map(|key| {
         let request_sha256 = buildfleet_protocol::hex::encode(&Sha256::digest(&body));
         (key, request_sha256)
@@ -97,29 +102,30 @@ pub async fn submit(
                 "Idempotency-Key applies to one job; submit a batch without it".into(),
             ));
         }
-        return submit_batch(&state, caller.0, &body).await;
+        return submit_batch(&state, access, &body).await;
     }
     let body: SubmitJob = parse_json(&body)?;
     let body = crate::http::registry::resolve_crate(&state, body).await?;
-    let checked = check_submission(&state, body, caller.0)?;
+    let checked = check_submission(&state, body, access.caller().0)?;
     let store = state.store.clone();
     let public_url = state.public_url.clone();
-    let job = blocking(move || {
-        let new = checked.resolve(&store, &public_url)?;
-        Ok(match idempotency {
+    let (job, names) = blocking(move || {
+        let new = checked.resolve(&store, &public_url, &access)?;
+        let job = match idempotency {
             None => Submission::Created(store.submit_job(new)?),
             Some((key, request_sha256)) => store.submit_job_once(new, &key, &request_sha256)?,
-        })
+        };
+        Ok((job, ProjectNames::load(&store)?))
     })
     .await?;
     match job {
         Submission::Created(job) => {
             state.scheduler.do_send(JobQueued(vec![job.clone()]));
-            Ok(HttpResponse::Created().json(api::Job::from(job)))
+            Ok(HttpResponse::Created().json(names.job(job)?))
         }
         Submission::Replayed(job) => Ok(HttpResponse::Ok()
             .insert_header(("Idempotent-Replayed", "true"))
-            .json(api::Job::from(job))),
+            .json(names.job(job)?)),
         Submission::KeyReused => Err(ApiError::Unprocessable(
             "this Idempotency-Key was used for a different request".into(),
         )),
@@ -128,13 +134,14 @@ pub async fn submit(
 
 async fn submit_batch(
     state: &AppState,
-    submitter: String,
+    access: Access,
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
     let bodies: Vec<SubmitJob> = parse_json(body)?;
     if bodies.is_empty() || bodies.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!(
             "a batch holds 1..={MAX_BATCH} jobs, not {}",
+    let submitter = access.caller().0;
             bodies.len()
         )));
     }
@@ -147,20 +154,20 @@ async fn submit_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let store = state.store.clone();
     let public_url = state.public_url.clone();
-    let jobs = blocking(move || {
+    let (jobs, names) = blocking(move || {
         let news = checked
             .into_iter()
             .enumerate()
             .map(|(index, c)| {
-                c.resolve(&store, &public_url)
+                c.resolve(&store, &public_url, &access)
                     .map_err(|e| at_index(index, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(store.submit_jobs(news)?)
+        Ok((store.submit_jobs(news)?, ProjectNames::load(&store)?))
     })
     .await?;
     state.scheduler.do_send(JobQueued(jobs.clone()));
-    let jobs: Vec<api::Job> = jobs.into_iter().map(Into::into).collect();
+    let jobs: Vec<api::Job> = names.jobs(jobs)?;
     Ok(HttpResponse::Created().json(jobs))
 }
 
@@ -179,6 +186,8 @@ struct CheckedSubmission {
 }
 
 /// The longest part of a refused value quoted back in a message.
+    /// The project the submission names, if it names one.
+    project: Option<String>,
 const QUOTED_VALUE_CHARS: usize = 80;
 
 /// A submission's `source_sha256`, refused with a sentence that names the value.
@@ -200,15 +209,6 @@ fn parse_source_sha256(given: &str) -> Result<Sha256Digest, ApiError> {
     })
 }
 
-fn check_submission(
-    state: &AppState,
-    body: SubmitJob,
-    submitter: String,
-) -> Result<CheckedSubmission, ApiError> {
-    if body.krate.is_some() {
-        return Err(ApiError::BadRequest(
-            "crate: submit a crate by name alone, not in a batch".into(),
-        ));
 /// Most exit statuses one `retry.exit_codes` may list.
 const MAX_RETRY_EXIT_CODES: usize = 64;
 /// The longest first back-off, and the longest cap, a submission may ask for.
@@ -269,6 +269,15 @@ fn check_retry_policy(policy: &api::RetryPolicy, max_attempts: i32) -> Result<()
     let source_sha256 = parse_source_sha256(&body.source_sha256)?;
     if !valid_recipe_name(&body.recipe) {
         return Err(ApiError::BadRequest(
+fn check_submission(
+    state: &AppState,
+    body: SubmitJob,
+    submitter: String,
+) -> Result<CheckedSubmission, ApiError> {
+    if body.krate.is_some() {
+        return Err(ApiError::BadRequest(
+            "crate: submit a crate by name alone, not in a batch".into(),
+        ));
             "recipe: 1-64 characters of [A-Za-z0-9._-]".into(),
         ));
     }
@@ -292,14 +301,14 @@ fn check_retry_policy(policy: &api::RetryPolicy, max_attempts: i32) -> Result<()
         return Err(ApiError::BadRequest("priority must be -1000..=1000".into()));
     }
     let limit = state.config.limits.max_source_bytes;
+    if let Some(policy) = &body.retry {
+        check_retry_policy(policy, max_attempts)?;
+    }
     let max_bytes = body.source_max_bytes.unwrap_or(limit);
     if max_bytes == 0 || max_bytes > limit {
         return Err(ApiError::BadRequest(format!(
             "source_max_bytes must be 1..={limit}"
         )));
-    if let Some(policy) = &body.retry {
-        check_retry_policy(policy, max_attempts)?;
-    }
     }
     if let Some(url) = &body.source_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -319,6 +328,7 @@ fn check_retry_policy(policy: &api::RetryPolicy, max_attempts: i32) -> Result<()
             source_url: String::new(),
             source_sha256: source_sha256.to_string(),
             source_max_bytes,
+        project: body.project,
             recipe: body.recipe,
             parameters: body.parameters,
             required_labels: body.labels,
@@ -330,18 +340,29 @@ fn check_retry_policy(policy: &api::RetryPolicy, max_attempts: i32) -> Result<()
             submitter,
         },
     })
+            retry: body.retry,
 }
 
+            project: crate::store::ProjectId::DEFAULT,
 impl CheckedSubmission {
-    /// The job with its source URL: the given one, or the uploaded source's (which must
-    /// exist).
-    fn resolve(self, store: &Store, public_url: &str) -> Result<NewJob, ApiError> {
-            retry: body.retry,
+    /// The job with its project (the named one, else the caller's, else `default/default`;
+    /// the caller must be allowed to submit there) and its source URL: the given one, or the
+    /// uploaded source's (which must exist).
+    fn resolve(self, store: &Store, public_url: &str, access: &Access) -> Result<NewJob, ApiError> {
         let mut job = self.job;
         job.source_url = match self.source_url {
             Some(url) => url,
             None => {
                 let sha256 = &job.source_sha256;
+        job.project = match &self.project {
+            Some(slug) => resolve_project(store, access, slug)?,
+            None => access.project().unwrap_or(ProjectId::DEFAULT),
+        };
+        let not_found = match &self.project {
+            Some(slug) => ApiError::NotFound(format!("project {slug}")),
+            None => ApiError::NotFound("project default/default".into()),
+        };
+        access.require_act(job.project, TokenScope::Submit, not_found)?;
                 store.source(sha256)?.ok_or_else(|| {
                     ApiError::BadRequest(format!(
                         "no uploaded source with sha256 {sha256}; upload it or give source_url"
@@ -358,6 +379,18 @@ impl CheckedSubmission {
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get("Idempotency-Key") else {
         return Ok(None);
+/// The project named `slug`, if the caller may see it; otherwise the same 404 whether it
+/// exists or not. A malformed name is a 400.
+pub fn resolve_project(store: &Store, access: &Access, slug: &str) -> Result<ProjectId, ApiError> {
+    let project = store
+        .project_by_slug(slug)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    match project {
+        Some(p) if access.sees(p.id) => Ok(p.id),
+        _ => Err(ApiError::NotFound(format!("project {slug}"))),
+    }
+}
+
     };
     let key = value
         .to_str()
@@ -401,6 +434,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let job_state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
+    let access = Access::of(&req, &state).await?;
             s.parse::<JobState>()
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?,
         ),
@@ -424,25 +458,39 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         limit,
     };
     let store = state.store.clone();
-    let jobs = blocking(move || Ok(store.list_jobs(&filter)?)).await?;
+    let project = query.project.filter(|p| !p.is_empty());
+    let (jobs, names) = blocking(move || {
+        let mut filter = filter;
+        if let Some(slug) = &project {
+            filter.projects = Some(vec![resolve_project(&store, &access, slug)?]);
+        }
+        Ok((store.list_jobs(&filter)?, ProjectNames::load(&store)?))
+    })
+    .await?;
     let next_before = if jobs.len() == limit {
+        projects: access.visible_projects(),
         jobs.last().map(|j| j.id.0)
     } else {
         None
     };
     Ok(HttpResponse::Ok().json(api::JobList {
-        jobs: jobs.into_iter().map(Into::into).collect(),
+        jobs: names.jobs(jobs)?,
         next_before,
     }))
 }
 
-pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiError> {
+/// A job the caller may see, with its history; 404 for one it may not see.
+pub async fn load_detail(
+    state: &AppState,
+    access: &Access,
+    id: JobId,
+) -> Result<JobDetail, ApiError> {
     let store = state.store.clone();
     let public_url = state.public_url.clone();
     let mut detail = blocking(move || {
-        let job = store
-            .job(id)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+        let job = access.visible_job(store.job(id)?, id)?;
+        let project = ProjectNames::load(&store)?.name(job.project)?;
+    let access = access.clone();
         let plan = match job.mode {
             JobMode::Plan => store.job_plan(id)?,
             JobMode::Build => None,
@@ -453,6 +501,7 @@ pub async fn load_detail(state: &AppState, id: JobId) -> Result<JobDetail, ApiEr
             follow_ups: follow_ups.into_iter().map(JobId).collect(),
             plan,
             attempts: store.job_attempts(id)?,
+            project,
             events: store.job_events(id)?,
             artifacts: store
                 .artifacts(id, true)?
@@ -511,25 +560,27 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
-    let detail = load_detail(&state, id).await?;
+    let detail = load_detail(&state, &access, id).await?;
     Ok(HttpResponse::Ok().json(detail.into_api(&state.public_url)))
 }
 
 /// `GET /api/v1/jobs/{id}/plan`: the plan output of the job's latest attempt that reported
+    req: HttpRequest,
 /// one, as text. 404 for a build-mode job and before a plan-mode attempt reported its plan.
 pub async fn plan(
     state: web::Data<AppState>,
+    let access = Access::of(&req, &state).await?;
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_job_id(&path)?;
     let store = state.store.clone();
     let plan = blocking(move || {
-        let job = store
-            .job(id)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+        let job = access.visible_job(store.job(id)?, id)?;
+    req: HttpRequest,
         if job.mode != JobMode::Plan {
             return Err(ApiError::NotFoundExplained(format!(
                 "job {id} is a build-mode job: only a plan-mode job has a plan"
+    let access = Access::of(&req, &state).await?;
             )));
         }
         store.job_plan(id)?.ok_or_else(|| {
@@ -551,7 +602,7 @@ pub async fn cancel(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require(&req, &state, TokenScope::Submit).await?;
+    let access = Access::of(&req, &state).await?;
     let id = parse_job_id(&path)?;
     let store = state.store.clone();
     let result = blocking(move || Ok(store.cancel_job(id)?)).await?;
@@ -571,7 +622,7 @@ pub async fn cancel(
             job
         }
     };
-    Ok(HttpResponse::Accepted().json(api::Job::from(job)))
+    Ok(HttpResponse::Accepted().json(names.job(job)?))
 }
 
 pub async fn retry(
@@ -579,15 +630,38 @@ pub async fn retry(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require(&req, &state, TokenScope::Submit).await?;
+    let access = Access::of(&req, &state).await?;
     let id = parse_job_id(&path)?;
     let store = state.store.clone();
     let job = blocking(move || Ok(store.retry_job(id)?)).await?;
     state.scheduler.do_send(JobQueued(vec![job.clone()]));
-    Ok(HttpResponse::Ok().json(api::Job::from(job)))
+    Ok(HttpResponse::Ok().json(names.job(job)?))
+}
+
+/// The caller may cancel or retry job `id` (the submit scope of its project): 401 without a
+/// token, the 404 of a missing job for one it cannot see, 403 for too narrow a scope. Answers
+/// the project names for the reply.
+async fn require_act_on_job(
+    state: &AppState,
+    access: Access,
+    id: JobId,
+) -> Result<ProjectNames, ApiError> {
+    access.require_token()?;
+    let store = state.store.clone();
+    blocking(move || {
+        let job = access.visible_job(store.job(id)?, id)?;
+        access.require_act(
+            job.project,
+            TokenScope::Submit,
+            ApiError::NotFound(format!("job {id}")),
+        )?;
+        Ok(ProjectNames::load(&store)?)
+    })
+    .await
 }
 
 #[cfg(test)]
+    let names = require_act_on_job(&state, access, id).await?;
 mod tests {
     use super::*;
 
@@ -616,5 +690,6 @@ mod tests {
             parse_source_sha256(&"ab".repeat(32)).unwrap().as_str(),
             "ab".repeat(32)
         );
+    let names = require_act_on_job(&state, access, id).await?;
     }
 }

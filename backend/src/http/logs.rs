@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::log_sink::{Subscribe, SUBSCRIBER_QUEUE};
 use crate::error::{blocking, ApiError};
+use crate::http::auth::Access;
 use crate::http::events::{self, end_event, last_event_id, read_job, resolve, Gone, Next, Out};
 use crate::http::jobs::parse_job_id;
 use crate::http::AppState;
@@ -45,15 +46,14 @@ pub struct LogQuery {
 
 async fn read(
     state: &AppState,
+    access: Access,
     job: JobId,
     attempt: Option<i32>,
     offset: u64,
 ) -> Result<(Attempt, Vec<u8>, u64, bool), ApiError> {
     let (store, storage) = (state.store.clone(), state.storage.clone());
     blocking(move || {
-        let found = store
-            .job(job)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
+        let found = access.visible_job(store.job(job)?, job)?;
         let attempt = match attempt {
             Some(named) => checked_attempt(&store, &found, named)?,
             None => found.attempt,
@@ -154,12 +154,15 @@ fn render_text(jsonl: &[u8]) -> String {
 
 /// `GET /api/v1/jobs/{id}/log?attempt=&offset=&format=`. `X-Next-Offset` tells where to go on.
 pub async fn whole(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<LogQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let job = parse_job_id(&path)?;
-    let (attempt, bytes, next, finished) = read(&state, job, query.attempt, query.offset).await?;
+    let access = Access::of(&req, &state).await?;
+    let (attempt, bytes, next, finished) =
+        read(&state, access, job, query.attempt, query.offset).await?;
     let mut response = HttpResponse::Ok();
     response
         .insert_header(("X-Next-Offset", next.to_string()))
@@ -320,6 +323,7 @@ pub async fn stream(
     path: web::Path<String>,
     query: web::Query<LogQuery>,
 ) -> Result<impl Responder, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let job = parse_job_id(&path)?;
     if query.format.is_some() {
         return Err(ApiError::BadRequest(
@@ -332,7 +336,7 @@ pub async fn stream(
     let feed = state.job_feed.clone();
     // Before the read: an end committed after it is on the receiver.
     let mut changes = feed.subscribe();
-    let found = read_job(&state, job).await?;
+    let found = read_job(&state, &access, job).await?;
     let (start, last, offset) = match (resume, query.attempt) {
         (Some((attempt, seq)), _) => {
             if attempt > found.attempt {

@@ -8,10 +8,12 @@ pub mod enrolment;
 pub mod events;
 pub mod jobs;
 pub mod logs;
+pub mod projects;
 pub mod registry;
 pub mod sources;
 pub mod streaming;
 pub mod system;
+pub mod tokens;
 pub mod views;
 
 use std::sync::Arc;
@@ -76,6 +78,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/crates/{name}/{version}/{target}/{file}",
                     web::get().to(registry::binstall),
                 )
+                .route("/projects", web::get().to(projects::list))
+                .route("/projects", web::post().to(projects::create))
+                .route(
+                    "/projects/{organisation}/{project}",
+                    web::get().to(projects::get),
+                )
+                .route(
+                    "/projects/{organisation}/{project}",
+                    web::patch().to(projects::update),
+                )
+                .route("/tokens", web::get().to(tokens::list))
+                .route("/tokens", web::post().to(tokens::create))
+                .route("/tokens/{id}", web::delete().to(tokens::revoke))
                 .route("/jobs", web::get().to(jobs::list))
                 .route("/jobs", web::post().to(jobs::submit))
                 .route("/jobs/{id}", web::get().to(jobs::get))

@@ -2,43 +2,91 @@
 //! answer is made, so a store change cannot change an answer unnoticed (the snapshot tests
 //! in `tests/server_snapshots.rs` pin them).
 
+use std::collections::{BTreeSet, HashMap};
+
 use buildfleet_api as api;
 
 use crate::actors::scheduler::LiveBuilder;
 use crate::error::ApiError;
+use crate::http::auth::Access;
 use crate::job_feed::JobChange;
-use crate::store::{Artifact, Builder, EnrolmentToken, Job, JobAttempt, JobTransition};
+use crate::store::{
+    Artifact, Builder, EnrolmentToken, Job, JobAttempt, JobTransition, ProjectId, Store, StoreError,
+};
 
-impl From<Job> for api::Job {
-    fn from(job: Job) -> Self {
-        api::Job {
-            id: job.id.0,
-            source_url: job.source_url,
-            source_sha256: job.source_sha256,
-            source_max_bytes: job.source_max_bytes,
-            recipe: job.recipe,
-            parameters: job.parameters,
-            required_labels: job.required_labels,
-            annotations: job.annotations,
-            mode: job.mode,
-            priority: job.priority,
-            state: job.state,
-            attempt: job.attempt.0,
-            max_attempts: job.max_attempts,
-            failed_attempts: job.failed_attempts,
-            retry: job.retry,
-            retry_not_before: job.retry_not_before,
-            manual_retries: job.manual_retries,
-            timeout_secs: job.timeout_secs,
-            submitter: job.submitter,
-            created_at: job.created_at,
-            updated_at: job.updated_at,
-            started_at: job.started_at,
-            finished_at: job.finished_at,
-            cancel_requested_at: job.cancel_requested_at,
-            error: job.error,
-            builder_id: job.builder_id.map(|b| b.0),
-        }
+/// Project names (`organisation/project`) by id, read once per request: names never change,
+/// and a job names its project by id.
+pub struct ProjectNames(HashMap<ProjectId, String>);
+
+impl ProjectNames {
+    pub fn load(store: &Store) -> Result<ProjectNames, StoreError> {
+        Ok(ProjectNames(
+            store
+                .list_projects()?
+                .into_iter()
+                .map(|p| (p.id, p.slug()))
+                .collect(),
+        ))
+    }
+
+    /// The name of `id`. Every job's project exists (the store checks it on insert), so a
+    /// missing one is corruption, said as such.
+    pub fn name(&self, id: ProjectId) -> Result<String, ApiError> {
+        self.0.get(&id).cloned().ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!("project {id} of a job does not exist"))
+        })
+    }
+
+    /// The names of the projects `access` sees.
+    pub fn seen_by(&self, access: &Access) -> BTreeSet<String> {
+        self.0
+            .iter()
+            .filter(|(id, _)| access.sees(**id))
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+
+    /// A job as the API shows it.
+    pub fn job(&self, job: Job) -> Result<api::Job, ApiError> {
+        let project = self.name(job.project)?;
+        Ok(job_view(job, project))
+    }
+
+    pub fn jobs(&self, jobs: Vec<Job>) -> Result<Vec<api::Job>, ApiError> {
+        jobs.into_iter().map(|j| self.job(j)).collect()
+    }
+}
+
+/// A job as the API shows it, with its project's name.
+pub fn job_view(job: Job, project: String) -> api::Job {
+    api::Job {
+        project,
+        id: job.id.0,
+        source_url: job.source_url,
+        source_sha256: job.source_sha256,
+        source_max_bytes: job.source_max_bytes,
+        recipe: job.recipe,
+        parameters: job.parameters,
+        required_labels: job.required_labels,
+        annotations: job.annotations,
+        mode: job.mode,
+        priority: job.priority,
+        state: job.state,
+        attempt: job.attempt.0,
+        max_attempts: job.max_attempts,
+        failed_attempts: job.failed_attempts,
+        retry: job.retry,
+        retry_not_before: job.retry_not_before,
+        manual_retries: job.manual_retries,
+        timeout_secs: job.timeout_secs,
+        submitter: job.submitter,
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        cancel_requested_at: job.cancel_requested_at,
+        error: job.error,
+        builder_id: job.builder_id.map(|b| b.0),
     }
 }
 

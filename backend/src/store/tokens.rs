@@ -1,11 +1,13 @@
-//! API tokens: bearer secrets for admin actions and job submission, stored as SHA-256.
+//! API tokens: bearer secrets for reading, submitting and administering, stored as SHA-256.
+//! A token belongs to one project (its scope applies there) or to none (a token of the whole
+//! service: only its admin scope means anything beyond what anonymous callers may do).
 
 use diesel::prelude::*;
 use serde::Serialize;
 
 use super::connection::Db;
 use super::error::StoreError;
-use super::ids::ApiTokenId;
+use super::ids::{ApiTokenId, ProjectId};
 use super::jobs::parse_column;
 use super::schema::api_tokens;
 use super::secret;
@@ -15,23 +17,36 @@ use super::Store;
 string_enum!(
     /// What a token may do.
     TokenScope, "token scope" {
-        /// Everything: builders, tokens, jobs.
+        /// Everything: builders, tokens, jobs (within its project, for a project's token).
         Admin => "admin",
-        /// Submit, cancel and retry jobs.
+        /// Read, and submit, cancel and retry jobs.
         Submit => "submit",
+        /// See private jobs, logs, artifacts and builders of its project.
+        Read => "read",
     }
 );
 
 impl TokenScope {
+    /// Each scope includes the ones below it.
+    fn rank(self) -> u8 {
+        match self {
+            TokenScope::Read => 0,
+            TokenScope::Submit => 1,
+            TokenScope::Admin => 2,
+        }
+    }
+
     /// Whether a token of this scope may do what `needed` allows.
     pub fn allows(self, needed: TokenScope) -> bool {
-        self == TokenScope::Admin || self == needed
+        self.rank() >= needed.rank()
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiToken {
     pub id: ApiTokenId,
+    /// The project the token acts in; `None`: the whole service.
+    pub project: Option<ProjectId>,
     pub scope: TokenScope,
     pub description: String,
     pub created_at: i64,
@@ -48,6 +63,7 @@ struct ApiTokenRow {
     created_at: i64,
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
+    project_id: Option<i64>,
 }
 
 impl TryFrom<ApiTokenRow> for ApiToken {
@@ -56,6 +72,7 @@ impl TryFrom<ApiTokenRow> for ApiToken {
     fn try_from(row: ApiTokenRow) -> Result<Self, StoreError> {
         Ok(ApiToken {
             id: ApiTokenId(row.id),
+            project: row.project_id.map(ProjectId),
             scope: parse_column(&row.scope)?,
             description: row.description,
             created_at: row.created_at,
@@ -68,9 +85,11 @@ impl TryFrom<ApiTokenRow> for ApiToken {
 const API_TOKEN_PREFIX: &str = "bfapi_";
 
 impl Store {
-    /// Creates a token; returns it with its secret, which is shown this once.
+    /// Creates a token of `project` (checked to exist by the caller), or of the whole
+    /// service; returns it with its secret, which is shown this once.
     pub fn create_api_token(
         &self,
+        project: Option<ProjectId>,
         scope: TokenScope,
         description: &str,
         expires_at: Option<i64>,
@@ -86,6 +105,7 @@ impl Store {
                     api_tokens::description.eq(description),
                     api_tokens::created_at.eq(now),
                     api_tokens::expires_at.eq(expires_at),
+                    api_tokens::project_id.eq(project.map(|p| p.0)),
                 ))
                 .returning(<ApiTokenRow as Selectable<Db>>::construct_selection())
                 .get_result::<ApiTokenRow>(conn)?)
@@ -145,5 +165,28 @@ impl Store {
             .into_iter()
             .map(ApiToken::try_from)
             .collect()
+    }
+
+    /// The tokens of one project (without secrets), oldest first.
+    pub fn list_project_api_tokens(&self, project: ProjectId) -> Result<Vec<ApiToken>, StoreError> {
+        api_tokens::table
+            .filter(api_tokens::project_id.eq(project.0))
+            .order(api_tokens::id.asc())
+            .select(ApiTokenRow::as_select())
+            .load(&mut *self.conn()?)?
+            .into_iter()
+            .map(ApiToken::try_from)
+            .collect()
+    }
+
+    /// One token (without its secret), revoked or not.
+    pub fn api_token(&self, id: ApiTokenId) -> Result<Option<ApiToken>, StoreError> {
+        api_tokens::table
+            .find(id.0)
+            .select(ApiTokenRow::as_select())
+            .first(&mut *self.conn()?)
+            .optional()?
+            .map(ApiToken::try_from)
+            .transpose()
     }
 }
