@@ -38,6 +38,19 @@ pub struct Builder {
     pub record: BuilderRecord,
     pub connected: bool,
     pub live: Option<LiveBuilder>,
+    /// The projects (`organisation/project`) the builder is private to; empty when it is
+    /// shared by all projects.
+    #[serde(default)]
+    pub projects: Vec<String>,
+}
+
+/// `PUT /api/v1/builders/{id}/projects`: make a builder private to these projects (`[]`:
+/// shared by all again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetBuilderProjects {
+    /// `organisation/project` names.
+    pub projects: Vec<String>,
 }
 
 /// `GET /api/v1/builders`.

@@ -15,7 +15,7 @@ pub mod state;
 
 pub use builders::{
     AdmitBuilder, Builder, BuilderList, BuilderRecord, CreateEnrolmentToken, CreatedEnrolmentToken,
-    Enrol, Enrolled, EnrolmentToken, EnrolmentTokenList, LiveBuilder,
+    Enrol, Enrolled, EnrolmentToken, EnrolmentTokenList, LiveBuilder, SetBuilderProjects,
 };
 pub use error::{ErrorBody, ErrorDetail};
 pub use jobs::{

@@ -79,6 +79,37 @@ struct FileConfig {
     timings: TimingArgs,
     /// The registry follower; off when absent.
     registry: Option<RegistryFile>,
+    #[serde(default)]
+    scheduler: SchedulerFile,
+}
+
+/// The `[scheduler]` table of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerFile {
+    fair_share_window_secs: Option<u64>,
+}
+
+/// How the scheduler shares builders between projects (`[scheduler]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// The sliding window of builder time that fair share looks at.
+    pub fair_share_window: Duration,
+}
+
+impl SchedulerConfig {
+    /// The shortest window accepted: usage is kept in one-minute buckets.
+    pub const MIN_FAIR_SHARE_WINDOW: Duration = Duration::from_secs(60);
+    /// The longest: usage older than this is deleted.
+    pub const MAX_FAIR_SHARE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            fair_share_window: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Help text of a flag: what it sets, and its default.
@@ -248,6 +279,7 @@ pub struct ServerConfig {
     pub timings: Timings,
     /// The registry follower's settings; `None` leaves it off.
     pub registry: Option<RegistrySettings>,
+    pub scheduler: SchedulerConfig,
 }
 
 impl ServerConfig {
@@ -266,6 +298,7 @@ impl ServerConfig {
             limits: Limits::default(),
             timings: Timings::default(),
             registry: None,
+            scheduler: SchedulerConfig::default(),
         }
     }
 
@@ -314,6 +347,9 @@ impl ServerConfig {
             .unwrap_or(u32::from(embedded));
         config.limits = args.limits.over(&file.limits).resolve();
         config.timings = args.timings.over(&file.timings).resolve();
+        if let Some(secs) = file.scheduler.fair_share_window_secs {
+            config.scheduler.fair_share_window = Duration::from_secs(secs);
+        }
         config.registry = file
             .registry
             .as_ref()
@@ -373,6 +409,15 @@ impl ServerConfig {
         for (key, value) in limits {
             anyhow::ensure!(value > 0, "invalid config: limits.{key} must be above 0");
         }
+        let window = self.scheduler.fair_share_window;
+        anyhow::ensure!(
+            (SchedulerConfig::MIN_FAIR_SHARE_WINDOW..=SchedulerConfig::MAX_FAIR_SHARE_WINDOW)
+                .contains(&window),
+            "invalid config: scheduler.fair_share_window_secs ({}) must be from {} to {}",
+            window.as_secs(),
+            SchedulerConfig::MIN_FAIR_SHARE_WINDOW.as_secs(),
+            SchedulerConfig::MAX_FAIR_SHARE_WINDOW.as_secs()
+        );
         Ok(())
     }
 }
@@ -523,6 +568,20 @@ mod tests {
             .expect_err("empty pool")
             .to_string();
         assert!(err.contains("limits.db_pool_size"), "{err}");
+    }
+
+    #[test]
+    fn the_fair_share_window_is_read_and_bounded() {
+        let config = resolve_toml("[scheduler]\nfair_share_window_secs = 600\n").expect("600 s");
+        assert_eq!(config.scheduler.fair_share_window, Duration::from_secs(600));
+        let config = resolve_toml("").expect("defaults");
+        assert_eq!(config.scheduler.fair_share_window, Duration::from_secs(3600));
+        for bad in ["0", "59", "604801"] {
+            let err = resolve_toml(&format!("[scheduler]\nfair_share_window_secs = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("scheduler.fair_share_window_secs"), "{err}");
+        }
     }
 
     #[test]

@@ -30,6 +30,15 @@ pub fn matching_online<'a>(
 fn offers(builder: &LiveBuilder, job: &Job) -> bool {
     builder.recipes.contains(&job.recipe)
         && labels_satisfy(&builder.effective_labels, &job.required_labels)
+        && serves(builder, job)
+}
+
+/// A shared builder serves every project; a private one only those it was given.
+fn serves(builder: &LiveBuilder, job: &Job) -> bool {
+    builder
+        .projects
+        .as_ref()
+        .is_none_or(|projects| projects.contains(&job.project))
 }
 
 /// The recipes whose queued jobs compete with `job` for the same builders.
@@ -46,6 +55,8 @@ pub struct QueueFacts<'a> {
     pub ahead: &'a [Labels],
     /// Run times (ms) of recent successful jobs like it.
     pub run_times: &'a [i64],
+    /// The job's project as `organisation/project`, for the reason no builder matches.
+    pub project: &'a str,
 }
 
 pub fn standing(
@@ -75,7 +86,8 @@ pub fn standing(
     let total_slots: u32 = matching.iter().map(|b| b.max_concurrent).sum();
     let offline = offline_candidates(job, live, facts.admitted);
     let typical = median(facts.run_times).map(|ms| u64::try_from(ms / 1000).unwrap_or(0));
-    let blocked = (matching.is_empty()).then(|| why_none_matches(job, live, offline));
+    let blocked =
+        (matching.is_empty()).then(|| why_none_matches(job, live, offline, facts.project));
     let estimated_start_secs = match (typical, blocked.is_some()) {
         (Some(typical), false) => Some(estimate_start(position, free_slots, total_slots, typical)),
         _ => None,
@@ -127,13 +139,26 @@ fn offline_candidates(
 
 /// Says which part of the job no connected builder offers: the recipe, the labels, or a
 /// free hand (all paused or draining).
-fn why_none_matches(job: &Job, live: &BTreeMap<BuilderId, LiveBuilder>, offline: u32) -> String {
-    let with_recipe: Vec<&LiveBuilder> = live
+fn why_none_matches(
+    job: &Job,
+    live: &BTreeMap<BuilderId, LiveBuilder>,
+    offline: u32,
+    project: &str,
+) -> String {
+    let offering_recipe: Vec<&LiveBuilder> = live
         .values()
         .filter(|b| b.recipes.contains(&job.recipe))
         .collect();
+    let with_recipe: Vec<&LiveBuilder> = offering_recipe
+        .iter()
+        .copied()
+        .filter(|b| serves(b, job))
+        .collect();
     let reason = if live.is_empty() {
         "no builder is connected".to_owned()
+    } else if !offering_recipe.is_empty() && with_recipe.is_empty() {
+        // Builders offer the recipe, but all are private to other projects.
+        format!("no builder serves project {project}")
     } else if with_recipe.is_empty() {
         let offered: BTreeSet<&str> = live
             .values()
@@ -227,6 +252,9 @@ mod tests {
             attempt: Attempt(1),
             max_attempts: 3,
             failed_attempts: 0,
+            retry: Default::default(),
+            retry_not_before: None,
+            manual_retries: 0,
             timeout_secs: 3600,
             submitter: "admin".into(),
             created_at: 0,
@@ -236,6 +264,7 @@ mod tests {
             cancel_requested_at: None,
             error: None,
             builder_id: None,
+            project: crate::store::ProjectId::DEFAULT,
         }
     }
 
@@ -252,9 +281,6 @@ mod tests {
             LiveBuilder {
                 id,
                 recipes: recipes.iter().map(|r| (*r).to_owned()).collect(),
-            retry: Default::default(),
-            retry_not_before: None,
-            manual_retries: 0,
                 max_concurrent: slots,
                 active_jobs: active,
                 credits: slots,
@@ -262,6 +288,7 @@ mod tests {
                 draining: false,
                 declared_labels: Labels::new(),
                 effective_labels: labels(effective),
+                projects: None,
             },
         )
     }
@@ -289,6 +316,7 @@ mod tests {
             admitted,
             ahead,
             run_times,
+            project: "default/default",
         }
     }
 
@@ -372,6 +400,27 @@ mod tests {
             s.blocked.as_deref(),
             Some("no builder matches: no connected builder with recipe \"cargo-build\" has the labels arch=riscv64")
         );
+    }
+
+    #[test]
+    fn builders_private_to_other_projects_do_not_match() {
+        use crate::store::ProjectId;
+        let job = job("cargo-build", &[]);
+        let (id, mut private) = live(1, &["cargo-build"], &[], 2, 0);
+        private.projects = Some(vec![ProjectId(7)]);
+        let fleet: BTreeMap<_, _> = [(id, private.clone())].into();
+        let s = standing(&job, &fleet, &facts(&[], &[], &[]));
+        assert_eq!(s.matching_builders_online, 0);
+        assert_eq!(
+            s.blocked.as_deref(),
+            Some("no builder matches: no builder serves project default/default")
+        );
+        // Private to the job's own project, it matches.
+        private.projects = Some(vec![ProjectId(7), ProjectId::DEFAULT]);
+        let fleet: BTreeMap<_, _> = [(id, private)].into();
+        let s = standing(&job, &fleet, &facts(&[], &[], &[]));
+        assert_eq!(s.matching_builders_online, 1);
+        assert_eq!(s.blocked, None);
     }
 
     #[test]

@@ -205,6 +205,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             reconnect_grace: config.timings.reconnect_grace,
             cancel_grace: config.timings.cancel_grace,
             sweep_interval: config.timings.sweep_interval,
+            fair_share_window: config.scheduler.fair_share_window,
         },
         metrics.clone(),
         log_sink.clone(),

@@ -146,6 +146,8 @@ fn busy_builders_cannot_be_removed(db: &TestDb) {
             lease_ms: 30_000,
             now_ms: store.now_ms(),
             exclude: Vec::new(),
+            projects: None,
+            fair_share_window_ms: buildfleet_backend::store::DEFAULT_FAIR_SHARE_WINDOW_MS,
         })
         .expect("claim");
     assert_eq!(claimed.len(), 1);

@@ -83,6 +83,8 @@ fn jobs_list_newest_first_with_filters_and_paging(db: &TestDb) {
             lease_ms: 10_000,
             now_ms: T0,
             exclude: Vec::new(),
+            projects: None,
+            fair_share_window_ms: buildfleet_backend::store::DEFAULT_FAIR_SHARE_WINDOW_MS,
         })
         .expect("claim");
     assert_eq!(claimed[0].job.id, ids[1], "oldest odd job");
@@ -148,6 +150,8 @@ fn queue_statistics_count_every_state(db: &TestDb) {
             lease_ms: 10_000,
             now_ms: store.now_ms(),
             exclude: Vec::new(),
+            projects: None,
+            fair_share_window_ms: buildfleet_backend::store::DEFAULT_FAIR_SHARE_WINDOW_MS,
         })
         .expect("claim");
 

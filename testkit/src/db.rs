@@ -276,6 +276,8 @@ pub fn claim_request(builder: BuilderId, now_ms: i64) -> ClaimRequest {
         lease_ms: LEASE_MS,
         now_ms,
         exclude: Vec::new(),
+        projects: None,
+        fair_share_window_ms: buildfleet_backend::store::DEFAULT_FAIR_SHARE_WINDOW_MS,
     }
 }
 

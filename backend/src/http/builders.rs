@@ -6,7 +6,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use buildfleet_api::{self as api, AdmitBuilder};
 use buildfleet_protocol::{signing, ControlCommand};
 
-use crate::actors::scheduler::{ControlBuilder, LiveBuilder, LiveBuilders, RevokeBuilder};
+use crate::actors::scheduler::{
+    ControlBuilder, LiveBuilder, LiveBuilders, RevokeBuilder, SetBuilderProjects,
+};
 use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::require;
 use crate::http::{views, AppState};
@@ -32,9 +34,13 @@ fn parse_id(raw: &str) -> Result<BuilderId, ApiError> {
 
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let builders = blocking(move || Ok(store.list_builders()?)).await?;
+    let (builders, slugs) =
+        blocking(move || Ok((store.list_builders()?, store.builder_project_slugs()?))).await?;
     let live = live(&state).await?;
-    let builders = builders.into_iter().map(|b| view(b, &live)).collect();
+    let builders = builders
+        .into_iter()
+        .map(|b| with_projects(view(b, &live), &slugs))
+        .collect();
     Ok(HttpResponse::Ok().json(api::BuilderList { builders }))
 }
 
@@ -44,11 +50,66 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     let store = state.store.clone();
-    let builder = blocking(move || Ok(store.builder_by_id(id)?))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
+    let (builder, slugs) =
+        blocking(move || Ok((store.builder_by_id(id)?, store.builder_project_slugs()?))).await?;
+    let builder = builder.ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
     let live = live(&state).await?;
-    Ok(HttpResponse::Ok().json(view(builder, &live)))
+    Ok(HttpResponse::Ok().json(with_projects(view(builder, &live), &slugs)))
+}
+
+fn with_projects(
+    mut builder: api::Builder,
+    slugs: &BTreeMap<BuilderId, Vec<String>>,
+) -> api::Builder {
+    builder.projects = slugs
+        .get(&BuilderId(builder.record.id))
+        .cloned()
+        .unwrap_or_default();
+    builder
+}
+
+/// `PUT /api/v1/builders/{id}/projects` (admin): makes the builder private to the named
+/// projects, or shared by all again with `[]`. Stored first, then the scheduler is told, so
+/// a connected builder's next claim already follows it.
+pub async fn set_projects(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    require(&req, &state, TokenScope::Admin).await?;
+    let id = parse_id(&path)?;
+    let body: api::SetBuilderProjects = parse_json(&body)?;
+    let store = state.store.clone();
+    let projects = blocking(move || {
+        if store.builder_by_id(id)?.is_none() {
+            return Err(ApiError::NotFound(format!("builder {id}")));
+        }
+        let mut projects = Vec::with_capacity(body.projects.len());
+        for slug in &body.projects {
+            let project = store
+                .project_by_slug(slug)
+                .map_err(|e| ApiError::BadRequest(format!("projects: {e}")))?
+                .ok_or_else(|| {
+                    ApiError::NotFoundExplained(format!("there is no project {slug:?}"))
+                })?;
+            if !projects.contains(&project.id) {
+                projects.push(project.id);
+            }
+        }
+        store.set_builder_projects(id, &projects)?;
+        Ok(projects)
+    })
+    .await?;
+    state
+        .scheduler
+        .send(SetBuilderProjects {
+            builder: id,
+            projects,
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable("scheduler".into()))?;
+    get(state, path).await
 }
 
 pub async fn admit(

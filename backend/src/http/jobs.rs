@@ -545,10 +545,14 @@ async fn queue_standing(state: &AppState, job: Job) -> Result<api::QueueStanding
             run_times = store.recent_run_times(&job.recipe, None, standing::RUN_TIME_SAMPLES)?;
         }
         let admitted = store.list_builders()?;
+        let project = store
+            .project(job.project)?
+            .map_or_else(|| format!("#{}", job.project.0), |p| p.slug());
         let facts = standing::QueueFacts {
             admitted: &admitted,
             ahead: &ahead,
             run_times: &run_times,
+            project: &project,
         };
         Ok(standing::standing(&job, &live, &facts))
     })
@@ -595,6 +599,32 @@ pub async fn plan(
         .content_type("text/plain; charset=utf-8")
         .insert_header((ATTEMPT_HEADER, plan.attempt.to_string()))
         .body(plan.text))
+}
+
+/// `POST /api/v1/jobs/{id}/boost` (the admin token only): puts a queued job ahead of every
+/// project's work, whatever the fair shares say (docs/api.md). No dispatch is needed: a job
+/// waits only while no builder that could run it has a free slot, and the next one freed
+/// takes boosted work first.
+pub async fn boost(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    crate::http::auth::require(&req, &state, crate::store::TokenScope::Admin).await?;
+    let id = parse_job_id(&path)?;
+    let store = state.store.clone();
+    match blocking(move || Ok(store.boost_job(id)?)).await? {
+        Ok(()) => {}
+        Err(crate::store::BoostRefused::NoSuchJob) => {
+            return Err(ApiError::NotFound(format!("job {id}")))
+        }
+        Err(crate::store::BoostRefused::NotQueued(job_state)) => {
+            return Err(ApiError::Conflict(format!(
+                "job {id} is {job_state}: only a queued job can be boosted"
+            )))
+        }
+    }
+    get(state, path).await
 }
 
 pub async fn cancel(

@@ -180,6 +180,7 @@ pub fn builder(record: Builder, live: Option<LiveBuilder>) -> api::Builder {
         record: record.into(),
         connected: live.is_some(),
         live: live.map(Into::into),
+        projects: Vec::new(),
     }
 }
 

@@ -210,6 +210,10 @@ pub(crate) fn finish_attempt(
         job_attempts::job_token_hash.eq(None::<String>),
     ))
     .execute(conn)?;
+    if updated == 1 {
+        // Its builder time counts against the project's fair share.
+        super::fair_share::record_attempt_usage(conn, job, attempt, now)?;
+    }
     Ok(updated == 1)
 }
 

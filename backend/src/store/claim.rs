@@ -6,7 +6,8 @@ use diesel::prelude::*;
 use super::builders::require_builder;
 use super::connection::DbConnection;
 use super::error::StoreError;
-use super::ids::{Attempt, BuilderId};
+use super::fair_share::{self, FairShare, MAX_SUBMIT_PRIORITY};
+use super::ids::{Attempt, BuilderId, ProjectId};
 use super::jobs::{load_job_row, Job, JobRow};
 use super::labels::{self, Labels};
 use super::schema::{job_attempts, jobs};
@@ -29,6 +30,11 @@ pub struct ClaimRequest {
     pub now_ms: i64,
     /// Jobs this builder must not get now (it rejected them a moment ago).
     pub exclude: Vec<super::ids::JobId>,
+    /// The projects whose jobs the builder may run: `None` for a shared builder (every
+    /// project), `Some` for one private to those projects.
+    pub projects: Option<Vec<ProjectId>>,
+    /// The sliding window of builder time that fair share between projects looks at.
+    pub fair_share_window_ms: i64,
 }
 
 /// A job handed to a builder.
@@ -111,39 +117,137 @@ impl Store {
     }
 }
 
-/// Walks the queue in claim order, batch by batch, keeping the jobs whose labels match.
+/// Which queued jobs one walk of the queue looks at.
+#[derive(Debug, Clone, Copy)]
+struct QueueScope<'a> {
+    recipes: &'a [String],
+    /// Only these projects' jobs; `None`: every project.
+    projects: Option<&'a [i64]>,
+    /// Only boosted jobs (priority above what a submission may ask for).
+    boosted_only: bool,
+}
+
+/// Picks up to `limit` jobs for the builder. With queued work of one project only (or of
+/// none), the queue is walked in claim order as it always was. With several, boosted jobs go
+/// first, then slot by slot the project with the lowest standing (builder time over its
+/// weight, see `fair_share.rs`) gives its next job, in claim order within the project.
 fn choose_jobs(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<JobRow>, StoreError> {
+    let allowed: Option<Vec<i64>> = request
+        .projects
+        .as_ref()
+        .map(|projects| projects.iter().map(|p| p.0).collect());
+    if allowed.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    let scope = QueueScope {
+        recipes: &request.recipes,
+        projects: allowed.as_deref(),
+        boosted_only: false,
+    };
+    let waiting = fair_share::projects_with_work(conn, &request.recipes, allowed.as_deref())?;
     let mut chosen = Vec::with_capacity(request.limit);
-    let mut after: Option<(i32, i64)> = None;
-    let mut scanned = 0;
-    while chosen.len() < request.limit && scanned < MAX_SCANNED {
-        let batch = lock_queued_batch(conn, &request.recipes, after, batch_size(request.limit))?;
-        let Some(last) = batch.last() else { break };
-        after = Some((last.priority, last.id));
-        scanned += batch.len();
-        for row in batch {
-            if request.exclude.iter().any(|job| job.0 == row.id) {
-                continue;
-            }
-            let required = labels::decode("jobs.required_labels", &row.required_labels)?;
-            if labels::satisfies(&request.labels, &required) {
-                chosen.push(row);
-                if chosen.len() == request.limit {
-                    break;
-                }
-            }
+    if waiting.len() <= 1 {
+        walk_queue(
+            conn,
+            request,
+            scope,
+            &mut QueueCursor::default(),
+            &mut chosen,
+            request.limit,
+        )?;
+        return Ok(chosen);
+    }
+    let boosted = QueueScope {
+        boosted_only: true,
+        ..scope
+    };
+    walk_queue(
+        conn,
+        request,
+        boosted,
+        &mut QueueCursor::default(),
+        &mut chosen,
+        request.limit,
+    )?;
+    let ids: Vec<i64> = waiting.iter().map(|(project, _)| *project).collect();
+    let usage = fair_share::window_usage(conn, &ids, request.now_ms, request.fair_share_window_ms)?;
+    let mut share = FairShare::new(fair_share::standings(&waiting, &usage));
+    let mut cursors: std::collections::HashMap<i64, QueueCursor> = Default::default();
+    while chosen.len() < request.limit {
+        let Some(project) = share.next() else { break };
+        let cursor = cursors.entry(project).or_default();
+        let projects = [project];
+        let one_project = QueueScope {
+            projects: Some(&projects),
+            ..scope
+        };
+        let before = chosen.len();
+        walk_queue(conn, request, one_project, cursor, &mut chosen, before + 1)?;
+        if chosen.len() > before {
+            share.charge(project);
+        } else {
+            share.remove(project);
         }
     }
     Ok(chosen)
 }
 
-/// The next `batch` queued jobs for `recipes` after the `(priority, id)` position `after`, in
+/// Where a walk of the queue stopped: rows fetched but not yet looked at, the keyset
+/// position after them, and how far it went.
+#[derive(Debug, Default)]
+struct QueueCursor {
+    pending: std::collections::VecDeque<JobRow>,
+    after: Option<(i32, i64)>,
+    scanned: usize,
+    exhausted: bool,
+}
+
+/// Walks the queue of `scope` in claim order, batch by batch, adding the jobs whose labels
+/// match to `chosen` until it holds `until`. Jobs already chosen (a boosted job is also its
+/// project's first) are skipped.
+fn walk_queue(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    scope: QueueScope<'_>,
+    cursor: &mut QueueCursor,
+    chosen: &mut Vec<JobRow>,
+    until: usize,
+) -> Result<(), StoreError> {
+    while chosen.len() < until {
+        let Some(row) = cursor.pending.pop_front() else {
+            if cursor.exhausted || cursor.scanned >= MAX_SCANNED {
+                return Ok(());
+            }
+            let batch = lock_queued_batch(conn, scope, cursor.after, batch_size(request.limit))?;
+            let Some(last) = batch.last() else {
+                cursor.exhausted = true;
+                return Ok(());
+            };
+            cursor.after = Some((last.priority, last.id));
+            cursor.scanned += batch.len();
+            cursor.pending.extend(batch);
+            continue;
+        };
+        if request.exclude.iter().any(|job| job.0 == row.id)
+            || chosen.iter().any(|c| c.id == row.id)
+        {
+            continue;
+        }
+        let required = labels::decode("jobs.required_labels", &row.required_labels)?;
+        if labels::satisfies(&request.labels, &required) {
+            chosen.push(row);
+        }
+    }
+    Ok(())
+}
+
+/// The next `batch` queued jobs of `scope` after the `(priority, id)` position `after`, in
 /// claim order. The one place where the SQL differs by backend: PostgreSQL locks the rows
 /// and skips ones another claim holds; SQLite's immediate transaction already excludes
 /// every other writer.
 fn lock_queued_batch(
     conn: &mut DbConnection,
-    recipes: &[String],
+    scope: QueueScope<'_>,
     after: Option<(i32, i64)>,
     batch: i64,
 ) -> Result<Vec<JobRow>, StoreError> {
@@ -157,11 +261,27 @@ fn lock_queued_batch(
         .eq(JobState::Queued.as_str())
         .and(jobs::retry_not_before.is_null());
     let order = (jobs::priority.desc(), jobs::id.asc());
+    // The scope's optional conditions, as one boxed condition per backend: a boxed query
+    // cannot lock its rows.
+    macro_rules! scoped {
+        ($db:ty) => {{
+            let mut condition: Box<
+                dyn BoxableExpression<jobs::table, $db, SqlType = diesel::sql_types::Bool>,
+            > = Box::new(past_position);
+            if let Some(projects) = scope.projects {
+                condition = Box::new(condition.and(jobs::project_id.eq_any(projects.to_vec())));
+            }
+            if scope.boosted_only {
+                condition = Box::new(condition.and(jobs::priority.gt(MAX_SUBMIT_PRIORITY)));
+            }
+            condition
+        }};
+    }
     let rows = match conn {
         DbConnection::Postgresql(pg) => jobs::table
             .filter(queued)
-            .filter(jobs::recipe.eq_any(recipes))
-            .filter(past_position)
+            .filter(jobs::recipe.eq_any(scope.recipes))
+            .filter(scoped!(diesel::pg::Pg))
             .order(order)
             .limit(batch)
             .select(JobRow::as_select())
@@ -170,8 +290,8 @@ fn lock_queued_batch(
             .load(pg)?,
         DbConnection::Sqlite(lite) => jobs::table
             .filter(queued)
-            .filter(jobs::recipe.eq_any(recipes))
-            .filter(past_position)
+            .filter(jobs::recipe.eq_any(scope.recipes))
+            .filter(scoped!(diesel::sqlite::Sqlite))
             .order(order)
             .limit(batch)
             .select(JobRow::as_select())

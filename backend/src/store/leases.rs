@@ -283,5 +283,7 @@ fn expire(
         // Renewed after we listed it: roll the transition back.
         return Err(StoreError::Conflict { job });
     }
+    // A lost attempt held its slot too: it counts against the project's fair share.
+    super::fair_share::record_attempt_usage(conn, job, attempt, now)?;
     Ok(job_now)
 }

@@ -16,12 +16,14 @@ mod clock;
 mod connection;
 mod enrolment;
 mod error;
+mod fair_share;
 mod ids;
 mod jobs;
 mod labels;
 mod leases;
 mod logs;
 mod migrations;
+mod projects;
 mod queue;
 mod registry;
 pub mod schema;
@@ -52,7 +54,12 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use connection::{connect, Backend, DatabaseUrl, DbConnection};
 pub use enrolment::{EnrolmentError, EnrolmentToken, EnrolmentTokenId};
 pub use error::StoreError;
-pub use ids::{ApiTokenId, Attempt, BuilderId, JobId};
+pub use fair_share::{
+    BoostRefused, FairShare, ProjectStanding, WindowUsage, BOOST_PRIORITY,
+    DEFAULT_WINDOW_MS as DEFAULT_FAIR_SHARE_WINDOW_MS, MAX_SUBMIT_PRIORITY,
+    MAX_WINDOW_MS as MAX_FAIR_SHARE_WINDOW_MS,
+};
+pub use ids::{ApiTokenId, Attempt, BuilderId, JobId, OrganisationId, ProjectId};
 pub use jobs::{
     Job, JobFilter, JobTransition, NewJob, RetryPolicy, Submission, IDEMPOTENCY_KEY_TTL_MS,
 };
@@ -63,6 +70,10 @@ pub use labels::{
 pub use leases::{RenewedLease, Requeued};
 pub use logs::{LogChunk, NewLogChunk};
 pub use migrations::{pending_migrations, revert_all_migrations, run_migrations};
+pub use projects::{
+    check_name as check_project_name, parse_slug as parse_project_slug, NewProject, Project,
+    ProjectChanges, MAX_NAME_BYTES as MAX_PROJECT_NAME_BYTES, WEIGHTS as PROJECT_WEIGHTS,
+};
 pub use registry::{
     AwaitingPlan, FirstSight, IndexVersion, Observation, RegistryBuild, RegistryBuildRow,
     RegistryVersion, VersionPlan, VersionStatus,

@@ -40,6 +40,7 @@ diesel::table! {
         error -> Nullable<Text>,
         builder_id -> Nullable<BigInt>,
         annotations -> Text,
+        project_id -> BigInt,
         retry_policy -> Nullable<Text>,
         retry_not_before -> Nullable<BigInt>,
         manual_retries -> Integer,
@@ -135,6 +136,7 @@ diesel::table! {
         created_at -> BigInt,
         expires_at -> Nullable<BigInt>,
         revoked_at -> Nullable<BigInt>,
+        project_id -> Nullable<BigInt>,
     }
 }
 
@@ -152,7 +154,46 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    organisations (id) {
+        id -> BigInt,
+        name -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    projects (id) {
+        id -> BigInt,
+        organisation_id -> BigInt,
+        name -> Text,
+        public -> Bool,
+        weight -> Integer,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    builder_projects (builder_id, project_id) {
+        builder_id -> BigInt,
+        project_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    project_usage (project_id, bucket_start) {
+        project_id -> BigInt,
+        bucket_start -> BigInt,
+        used_ms -> BigInt,
+        attempts -> BigInt,
+    }
+}
+
 diesel::joinable!(jobs -> builders (builder_id));
+diesel::joinable!(jobs -> projects (project_id));
+diesel::joinable!(projects -> organisations (organisation_id));
+diesel::joinable!(builder_projects -> projects (project_id));
+diesel::joinable!(builder_projects -> builders (builder_id));
 diesel::joinable!(job_attempts -> jobs (job_id));
 diesel::joinable!(job_events -> jobs (job_id));
 diesel::joinable!(log_chunks -> jobs (job_id));
@@ -230,5 +271,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     registry_versions,
     registry_builds,
     registry_cursors,
+    organisations,
+    projects,
+    builder_projects,
+    project_usage,
 );
     attempt_causes,

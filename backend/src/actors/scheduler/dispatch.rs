@@ -29,6 +29,9 @@ impl Scheduler {
             lease_ms,
             now_ms,
             exclude: slot.excluded(),
+            projects: slot.projects.clone().flatten(),
+            fair_share_window_ms: i64::try_from(self.settings.fair_share_window.as_millis())
+                .unwrap_or(i64::MAX),
         };
         let store = self.store.clone();
         let start = slot.accepts_every_assignment;
@@ -61,6 +64,38 @@ impl Scheduler {
                     this.dispatch_to(builder, ctx);
                 }
             }),
+        );
+    }
+
+    /// Reads which projects a registering builder serves; until the answer is in, nothing is
+    /// dispatched to it, so a private builder never gets another project's job.
+    pub(super) fn load_projects(
+        &mut self,
+        builder: BuilderId,
+        session: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let store = self.store.clone();
+        ctx.spawn(
+            crate::actors::blocking_for_sessions(move || store.builder_projects(builder))
+                .into_actor(self)
+                .map(move |result, this, ctx| {
+                    let projects = match result {
+                        Ok(projects) => (!projects.is_empty()).then_some(projects),
+                        Err(e) => {
+                            // Without its projects the builder takes no work: safe, and its
+                            // next session tries again.
+                            tracing::error!(%builder, error = %e, "loading a builder's projects failed");
+                            return;
+                        }
+                    };
+                    // An operator's change since the read wins over it.
+                    let projects = this.project_grants.get(&builder).cloned().unwrap_or(projects);
+                    if let Some(slot) = this.slot(builder, session) {
+                        slot.projects = Some(projects);
+                        this.dispatch_to(builder, ctx);
+                    }
+                }),
         );
     }
 

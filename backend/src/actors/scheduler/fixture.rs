@@ -50,6 +50,8 @@ pub(super) fn assigned_job() -> (tempfile::TempDir, Store, BuilderId, JobId, Att
             lease_ms: 60_000,
             now_ms: now,
             exclude: Vec::new(),
+            projects: None,
+            fair_share_window_ms: crate::store::DEFAULT_FAIR_SHARE_WINDOW_MS,
         })
         .expect("claim");
     (dir, store, builder, job, claimed[0].attempt)

@@ -36,7 +36,8 @@ use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
 use crate::store::{
     effective_labels, ignored_labels, labels_satisfy, Attempt, BuilderControl, BuilderId,
-    ClaimRequest, ClaimedJob, Completion, Job, JobId, JobState, Labels, Outcome, Store, StoreError,
+    ClaimRequest, ClaimedJob, Completion, Job, JobId, JobState, Labels, Outcome, ProjectId, Store,
+    StoreError,
 };
 
 /// How long a submission time is kept for the dispatch latency histogram.
@@ -56,6 +57,8 @@ pub struct SchedulerSettings {
     pub reconnect_grace: Duration,
     pub cancel_grace: Duration,
     pub sweep_interval: Duration,
+    /// The window of builder time fair share between projects looks at.
+    pub fair_share_window: Duration,
 }
 
 struct BuilderSlot {
@@ -88,6 +91,9 @@ struct BuilderSlot {
     took_over_live: bool,
     /// The builder declared it never turns an assignment down: its claims start the job.
     accepts_every_assignment: bool,
+    /// The projects it may serve (`None`: shared by all); loaded from the store when it
+    /// registers, and nothing is dispatched to it until then.
+    projects: Option<Option<Vec<ProjectId>>>,
 }
 
 impl BuilderSlot {
@@ -115,7 +121,7 @@ impl BuilderSlot {
     }
 
     fn free_slots(&self) -> u32 {
-        if !self.ready || self.paused || self.draining {
+        if !self.ready || self.paused || self.draining || self.projects.is_none() {
             return 0;
         }
         let load = u32::try_from(self.active.len()).unwrap_or(u32::MAX);
@@ -123,7 +129,18 @@ impl BuilderSlot {
     }
 
     fn can_run(&self, job: &Job) -> bool {
-        self.recipes.contains(&job.recipe) && labels_satisfy(&self.labels, &job.required_labels)
+        self.recipes.contains(&job.recipe)
+            && labels_satisfy(&self.labels, &job.required_labels)
+            && self.serves(job.project)
+    }
+
+    /// A shared builder serves every project; a private one only its own.
+    fn serves(&self, project: ProjectId) -> bool {
+        match &self.projects {
+            Some(None) => true,
+            Some(Some(projects)) => projects.contains(&project),
+            None => false,
+        }
     }
 }
 
@@ -155,6 +172,9 @@ pub struct Scheduler {
     /// session read at its handshake, which may predate an operator's action during it; a
     /// builder without an entry takes the standing from that row (so it survives restarts).
     controls: HashMap<BuilderId, BuilderControl>,
+    /// Projects operators gave builders through this backend since it started; they win over
+    /// a registering session's load from the store, which may have read before the change.
+    project_grants: HashMap<BuilderId, Option<Vec<ProjectId>>>,
 }
 
 impl Scheduler {
@@ -177,6 +197,7 @@ impl Scheduler {
             seen: HashSet::new(),
             sweeping: false,
             controls: HashMap::new(),
+            project_grants: HashMap::new(),
         }
     }
 
@@ -267,7 +288,7 @@ pub struct Register {
 impl Handler<Register> for Scheduler {
     type Result = ();
 
-    fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
         let standing = self
             .controls
             .get(&msg.builder)
@@ -292,7 +313,12 @@ impl Handler<Register> for Scheduler {
             rejected: HashMap::new(),
             took_over_live: false,
             accepts_every_assignment: false,
+            projects: self.project_grants.get(&msg.builder).cloned(),
         };
+        let (builder, session) = (msg.builder, slot.session.id);
+        if slot.projects.is_none() {
+            self.load_projects(builder, session, ctx);
+        }
         // The newer session wins: after a network cut it is the builder's real connection
         // while the old socket lingers half-open. The old one is told `session_replaced`; a
         // builder backs off long after that, so two processes with one key do not ping-pong.
@@ -594,6 +620,28 @@ impl Handler<ControlBuilder> for Scheduler {
     }
 }
 
+/// An operator made a builder private to projects (or shared again, with an empty list);
+/// the change is already stored.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetBuilderProjects {
+    pub builder: BuilderId,
+    pub projects: Vec<ProjectId>,
+}
+
+impl Handler<SetBuilderProjects> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetBuilderProjects, ctx: &mut Self::Context) {
+        let projects = (!msg.projects.is_empty()).then_some(msg.projects);
+        self.project_grants.insert(msg.builder, projects.clone());
+        if let Some(slot) = self.builders.get_mut(&msg.builder) {
+            slot.projects = Some(projects);
+            self.dispatch_to(msg.builder, ctx);
+        }
+    }
+}
+
 /// An operator disabled or removed a builder: close its session.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -625,6 +673,8 @@ pub struct LiveBuilder {
     /// What the builder announced, and what matching uses of it with the operator's labels.
     pub declared_labels: Labels,
     pub effective_labels: Labels,
+    /// The projects it serves: `None` for a shared builder.
+    pub projects: Option<Vec<ProjectId>>,
 }
 
 #[derive(Message)]
@@ -651,6 +701,7 @@ impl Handler<LiveBuilders> for Scheduler {
                         draining: slot.draining,
                         declared_labels: slot.declared_labels.clone(),
                         effective_labels: slot.labels.clone(),
+                        projects: slot.projects.clone().flatten(),
                     };
                     (*id, live)
                 })
