@@ -24,6 +24,7 @@ server_tests! {
     bad_retry_values_are_refused_with_a_sentence,
     a_job_without_retry_behaves_as_before,
     a_lost_builder_is_not_retried_when_the_policy_says_so,
+    the_cli_submits_a_retry_policy,
 }
 
 /// A connected builder with one free slot.
@@ -434,5 +435,93 @@ async fn a_lost_builder_is_not_retried_when_the_policy_says_so(db: TestDb) {
             .as_str()
             .is_some_and(|e| e.starts_with("builder lost 1 time(s)")),
         "{failed}"
+    );
+}
+
+async fn the_cli_submits_a_retry_policy(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let sha256 = buildfleet_testkit::server::SOURCE_SHA256;
+    let url = "https://example.invalid/crate-1.0.0.tar.gz";
+    let submit = [
+        "job",
+        "submit",
+        "--source-url",
+        url,
+        "--sha256",
+        sha256,
+        "--json",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut args = submit.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    let job = server
+        .cli(&with(&[
+            "--retry-exit-code",
+            "137",
+            "--retry-exit-code",
+            "1",
+            "--retry-infra",
+            "--retry-backoff-ms",
+            "500",
+            "--max-attempts",
+            "4",
+        ]))
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        job["retry"],
+        json!({
+            "lost_builder": true,
+            "infrastructure": true,
+            "exit_codes": [137, 1],
+            "backoff_initial_ms": 500,
+            "backoff_max_ms": 300_000,
+        })
+    );
+    let any = server
+        .cli(&with(&[
+            "--retry-exit-code",
+            "any",
+            "--no-retry-lost-builder",
+        ]))
+        .await
+        .ok()
+        .json();
+    assert_eq!(any["retry"]["exit_codes"], "any");
+    assert_eq!(any["retry"]["lost_builder"], false);
+    // Without a retry flag the submission has no `retry`: the defaults.
+    let plain = server.cli(&submit).await.ok().json();
+    assert_eq!(plain["retry"]["exit_codes"], json!([]));
+    assert_eq!(plain["retry"]["infrastructure"], false);
+
+    let refused = server
+        .cli(&with(&["--retry-exit-code", "0"]))
+        .await
+        .expect_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("\"0\" is not an exit status of a failed command: give 1 to 255, or any"),
+        "{}",
+        refused.stderr
+    );
+    let refused = server
+        .cli(&with(&[
+            "--retry-backoff-ms",
+            "5000",
+            "--retry-backoff-max-ms",
+            "100",
+        ]))
+        .await
+        .expect_code(3);
+    assert!(
+        refused
+            .stderr
+            .contains("the cap must be at least the first back-off"),
+        "{}",
+        refused.stderr
     );
 }

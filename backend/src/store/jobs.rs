@@ -498,6 +498,17 @@ impl Store {
     /// `now`), so the claim may hand them out; returns how many. The scheduler's sweep calls
     /// it and dispatches when any were released.
     pub fn release_backed_off_jobs(&self, now: i64) -> Result<usize, StoreError> {
+        // A read first (the partial index makes it cheap), so a sweep with nothing to release
+        // costs no write transaction.
+        let due: Option<i64> = jobs::table
+            .filter(jobs::retry_not_before.le(now))
+            .filter(jobs::state.eq(JobState::Queued.as_str()))
+            .select(jobs::id)
+            .first(&mut *self.conn()?)
+            .optional()?;
+        if due.is_none() {
+            return Ok(0);
+        }
         self.write(|conn| {
             Ok(diesel::update(
                 jobs::table
