@@ -91,11 +91,36 @@ function setupToken() {
   const input = document.getElementById("admin-token");
   if (!input) return;
   input.value = token();
-  input.addEventListener("change", () => {
+  input.addEventListener("change", async () => {
     localStorage.setItem(TOKEN_KEY, input.value.trim());
     showMessage(input.value.trim() ? "Admin token saved in this browser." : "Admin token cleared.", false);
     loadEnrolmentTokens();
+    // The pages are rendered on the server: it learns the token through the session cookie,
+    // and pages loaded from now on show the private projects' jobs the token may see.
+    await syncSession();
   });
+  if (token() && !sessionStorage.getItem(SESSION_SYNCED)) syncSession();
+}
+
+const SESSION_SYNCED = "buildfleet-session-synced";
+
+// Sets (or, without a token, clears) the HttpOnly session cookie; answers whether it did.
+async function syncSession() {
+  try {
+    const response = await fetch("/session", {
+      method: "POST",
+      headers: token() ? { "Authorization": "Bearer " + token() } : {},
+      credentials: "same-origin",
+    });
+    if (!response.ok) {
+      showMessage("This token is not accepted: pages show public projects only.", true);
+      return false;
+    }
+    sessionStorage.setItem(SESSION_SYNCED, "1");
+    return true;
+  } catch (e) {
+    return false;
+  }
 }
 
 // Buttons with `data-action` call the API (POST unless `data-method` says otherwise). One

@@ -479,6 +479,32 @@ async fn every_route_hides_a_private_job_from_other_projects_and_anonymous_calle
         );
         assert!(html.contains(&format!("href=\"/jobs/{open}\"")), "{path}");
     }
+    // The dashboard's script sets the cookie through POST /session with its token: checked
+    // (a wrong one is 401 and sets nothing), HttpOnly and SameSite=Strict.
+    let mut response = test_client(None)
+        .post(format!("{}/session", server.url))
+        .bearer_auth(&own_read)
+        .send()
+        .await
+        .expect("POST /session");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let cookie = response
+        .cookie("buildfleet_token")
+        .expect("the session cookie is set");
+    assert_eq!(cookie.value(), own_read);
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.same_site(), Some(awc::cookie::SameSite::Strict));
+    let _ = response.body().await;
+    let mut response = test_client(None)
+        .post(format!("{}/session", server.url))
+        .bearer_auth("bfapi_wrong")
+        .send()
+        .await
+        .expect("POST /session");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.cookie("buildfleet_token").is_none());
+    let _ = response.body().await;
+
     // The cookie reads, but never acts: a cancel with it alone is unauthorised.
     let mut response = test_client(None)
         .post(server.api(&format!("/jobs/{secret}/cancel")))

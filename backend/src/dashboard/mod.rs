@@ -1,6 +1,8 @@
 //! The web dashboard: server-rendered HTML (maud) over the same store and scheduler as the
 //! API, with one small script for the live log, the admin token and state-changing buttons.
-//! Reading needs no token; every change goes through the token-checked API.
+//! Reading needs no token for public projects; a private project's jobs show to a browser
+//! whose session cookie (`session.rs`, set from the script's token) may see them. Every
+//! change goes through the token-checked API.
 //!
 //! `pages.rs` holds the layout, the overview and the job pages; `job_summary.rs` and
 //! `job_log.rs` the job page's head and log pane; `builders_page.rs` and `submit_page.rs`
@@ -13,6 +15,7 @@ mod error_page;
 mod job_log;
 mod job_summary;
 mod pages;
+mod session;
 mod submit_page;
 mod waiting;
 
@@ -27,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jobs/{id}", web::get().to(pages::job))
         .route("/submit", web::get().to(submit_page::submit))
         .route("/crates/{name}", web::get().to(crates_page::crate_page))
+        .route("/session", web::post().to(session::set))
         .route("/registry", web::get().to(crates_page::registry_page))
         .route("/static/app.css", web::get().to(css))
         .route("/static/app.js", web::get().to(js));
