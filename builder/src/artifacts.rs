@@ -3,7 +3,7 @@
 //! pass before it is uploaded.
 
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -168,7 +168,7 @@ pub fn digest_file(path: &Path) -> std::io::Result<(u64, Sha256Digest)> {
 }
 
 /// A tarball of `path` (a file or a directory, under its own base name); symlinks are
-/// stored as symlinks, never followed.
+/// stored as symlinks, never followed. Entries go in name order.
 fn pack_tree(path: &Path, dest: &Path) -> std::io::Result<()> {
     let base = path
         .file_name()
@@ -176,16 +176,34 @@ fn pack_tree(path: &Path, dest: &Path) -> std::io::Result<()> {
         .unwrap_or_else(|| PathBuf::from("artifact"));
     let mut tar = tar_gz_writer(dest)?;
     tar.follow_symlinks(false);
-    if path.is_dir() {
-        tar.append_dir_all(&base, path)?;
-    } else {
-        tar.append_path_with_name(path, &base)?;
-    }
+    append_sorted(&mut tar, path, &base)?;
     tar.into_inner()?
         .finish()?
         .into_inner()
         .map_err(|e| e.into_error())?
         .sync_all()
+}
+
+/// `path` under the name `name`, and a directory's entries after it in name order: the
+/// order `read_dir` gives differs between file systems and runs, and would change the bytes.
+fn append_sorted<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    name: &Path,
+) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    tar.append_path_with_name(path, name)?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let mut children = std::fs::read_dir(path)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    children.sort();
+    for child in children {
+        append_sorted(tar, &path.join(&child), &name.join(&child))?;
+    }
+    Ok(())
 }
 
 fn pack_files(files: &[PathBuf], dest: &Path) -> std::io::Result<()> {
@@ -206,10 +224,14 @@ fn tar_gz_writer(
     dest: &Path,
 ) -> std::io::Result<tar::Builder<flate2::write::GzEncoder<BufWriter<File>>>> {
     let file = BufWriter::new(File::create(dest)?);
-    Ok(tar::Builder::new(flate2::write::GzEncoder::new(
+    // Reproducible bytes: no owner, no times (the gzip header's time is 0 too), modes 644 or
+    // 755, so the same outputs pack to the same archive on every builder.
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
         file,
         flate2::Compression::default(),
-    )))
+    ));
+    tar.mode(tar::HeaderMode::Deterministic);
+    Ok(tar)
 }
 
 /// The executables at the top of cargo's release directory; for a crate without binaries,
@@ -263,5 +285,71 @@ fn cargo_release_name(src_root: &Path) -> String {
         name
     } else {
         "release.tar.gz".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A directory tree written in the given order, its files stamped with `mtime`.
+    fn tree(root: &Path, order: &[&str], mtime: SystemTime) {
+        for name in order {
+            let path = root.join("doc").join(name);
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("dirs");
+            std::fs::write(&path, format!("contents of {name}")).expect("write");
+            File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(mtime))
+                .expect("set mtime");
+        }
+    }
+
+    fn packed_doc(order: &[&str], mtime: SystemTime) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tree(dir.path(), order, mtime);
+        let dest = dir.path().join("doc.tar.gz");
+        pack_tree(&dir.path().join("doc"), &dest).expect("pack");
+        std::fs::read(dest).expect("read the archive")
+    }
+
+    #[test]
+    fn the_same_tree_packs_to_the_same_bytes_whatever_its_times_and_order() {
+        let names = ["b/z.html", "a.html", "b/y.html", "c/d/e.html"];
+        let mut reversed = names;
+        reversed.reverse();
+        let first = packed_doc(&names, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+        let second = packed_doc(&reversed, SystemTime::now());
+        assert_eq!(first, second, "two packings of one tree differ");
+
+        let different = packed_doc(&["a.html", "b/z.html"], SystemTime::now());
+        assert_ne!(
+            first, different,
+            "a different tree packed to the same bytes"
+        );
+    }
+
+    #[test]
+    fn packed_entries_are_in_name_order_without_owner_or_time() {
+        let bytes = packed_doc(&["z.txt", "a.txt", "m/n.txt"], SystemTime::now());
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let mut names = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            let header = entry.header();
+            assert_eq!(header.uid().expect("uid"), 0);
+            assert_eq!(header.gid().expect("gid"), 0);
+            assert!(
+                header.mtime().expect("mtime") < 1_200_000_000,
+                "a real mtime leaked"
+            );
+            names.push(entry.path().expect("path").display().to_string());
+        }
+        assert_eq!(
+            names,
+            ["doc", "doc/a.txt", "doc/m", "doc/m/n.txt", "doc/z.txt"]
+        );
     }
 }

@@ -237,7 +237,7 @@ async fn fetch_and_unpack(
     env: &JobEnv,
     run: &mut JobRun,
     layout: &JobLayout,
-) -> Result<PathBuf, SourceFailure> {
+) -> Result<unpack::Unpacked, SourceFailure> {
     let spec = run.assignment.source.clone();
     let limits = UnpackLimits {
         max_entries: env.limits.max_archive_entries,
@@ -274,7 +274,7 @@ async fn fetch_and_unpack(
             unpacked.map_err(|e| SourceFailure::Failed(BuildErrorKind::Internal, e.to_string()))?;
         if digest.as_ref() == Some(&spec.sha256) {
             return match result {
-                Ok(unpacked) => Ok(unpacked.root),
+                Ok(unpacked) => Ok(unpacked),
                 Err(e) => Err(SourceFailure::Failed(e.kind(), e.to_string())),
             };
         }
@@ -338,8 +338,8 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
     }
 
     stage(run, Stage::FetchingSource).await;
-    let src_root = match fetch_and_unpack(env, run, layout).await {
-        Ok(root) => root,
+    let (src_root, source_date_epoch) = match fetch_and_unpack(env, run, layout).await {
+        Ok(unpacked) => (unpacked.root, unpacked.newest_mtime),
         Err(SourceFailure::Stopped(reason)) => return Ended::stopped(reason, None),
         Err(SourceFailure::Failed(kind, message)) => return Ended::failed(kind, message, None),
     };
@@ -364,6 +364,7 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
         layout,
         src_root: &src_root,
         toolchain: &env.toolchain,
+        source_date_epoch,
     };
     let exit_status = match run_commands(env, run, &context, &commands).await {
         Ok(exit_status) => exit_status,

@@ -76,6 +76,8 @@ pub struct CommandContext<'a> {
     /// The unpacked source's top level on the host.
     pub src_root: &'a Path,
     pub toolchain: &'a ToolchainEnv,
+    /// The source's newest file time ([`crate::unpack::Unpacked::newest_mtime`]).
+    pub source_date_epoch: u64,
 }
 
 impl CommandContext<'_> {
@@ -93,7 +95,7 @@ impl CommandContext<'_> {
 
     fn process_spec(&self, argv: &[String]) -> CommandSpec {
         let (layout, toolchain) = (self.layout, self.toolchain);
-        let mut vars = job_vars(self.job, self.recipe);
+        let mut vars = job_vars(self.job, self.recipe, self.source_date_epoch);
         vars.insert("BUILDFLEET_SRC".into(), self.src_root.display().to_string());
         vars.insert("BUILDFLEET_OUT".into(), layout.out.display().to_string());
         let mut env = recipe_env(self.recipe, &vars);
@@ -102,6 +104,13 @@ impl CommandContext<'_> {
         env.insert("HOME".into(), layout.home.display().to_string());
         if let Some(cargo_home) = &toolchain.cargo_home {
             env.insert("CARGO_HOME".into(), cargo_home.display().to_string());
+        }
+        if self.recipe.is_cargo && !env.contains_key(ENCODED_RUSTFLAGS) {
+            let mut prefixes = vec![(layout.dir.clone(), "/buildfleet/job")];
+            if let Some(cargo_home) = &toolchain.cargo_home {
+                prefixes.push((cargo_home.clone(), "/buildfleet/cargo-home"));
+            }
+            env.insert(ENCODED_RUSTFLAGS.into(), remap_flags(&prefixes));
         }
         if let Some(rustup_home) = &toolchain.rustup_home {
             env.insert("RUSTUP_HOME".into(), rustup_home.display().to_string());
@@ -129,7 +138,7 @@ impl CommandContext<'_> {
             .clone()
             .or_else(|| settings.image.clone())
             .ok_or_else(|| StrategyError::NoImage(recipe.name.clone()))?;
-        let mut vars = job_vars(job, recipe);
+        let mut vars = job_vars(job, recipe, self.source_date_epoch);
         vars.insert("BUILDFLEET_SRC".into(), "/src".into());
         vars.insert("BUILDFLEET_OUT".into(), "/out".into());
         let mut container_env = recipe_env(recipe, &vars);
@@ -198,9 +207,34 @@ impl CommandContext<'_> {
     }
 }
 
-/// `BUILDFLEET_JOB_ID`, `BUILDFLEET_ATTEMPT`, `BUILDFLEET_RECIPE` and the job's parameters.
-fn job_vars(job: &JobAssignment, recipe: &Recipe) -> BTreeMap<String, String> {
+/// Cargo's rustflags variable that takes arguments separated by 0x1f, so a path with a space
+/// stays one argument (`RUSTFLAGS` splits on spaces).
+const ENCODED_RUSTFLAGS: &str = "CARGO_ENCODED_RUSTFLAGS";
+
+/// `--remap-path-prefix` for each host directory a build's paths start with, so the paths
+/// compiled into a binary or an rlib (panic locations, rlib metadata) are the same on every
+/// builder, whatever its work directory or job number. rustc applies the last matching
+/// mapping: a directory inside another comes after it.
+fn remap_flags(prefixes: &[(std::path::PathBuf, &str)]) -> String {
+    prefixes
+        .iter()
+        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
+/// `BUILDFLEET_JOB_ID`, `BUILDFLEET_ATTEMPT`, `BUILDFLEET_RECIPE`, `SOURCE_DATE_EPOCH` (the
+/// reproducible-builds convention for timestamps a build embeds) and the job's parameters.
+fn job_vars(
+    job: &JobAssignment,
+    recipe: &Recipe,
+    source_date_epoch: u64,
+) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::from([
+        (
+            "SOURCE_DATE_EPOCH".to_owned(),
+            source_date_epoch.to_string(),
+        ),
         ("BUILDFLEET_JOB_ID".to_owned(), job.job_id.to_string()),
         ("BUILDFLEET_ATTEMPT".to_owned(), job.attempt.to_string()),
         (

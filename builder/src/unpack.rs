@@ -74,6 +74,9 @@ pub struct Unpacked {
     pub root: PathBuf,
     /// SHA-256 of the archive file's bytes, all of them, as read while unpacking.
     pub archive_sha256: Sha256Digest,
+    /// The newest modification time recorded in the archive (seconds since the epoch; 0 for
+    /// none): the same on every builder, so it is the build's `SOURCE_DATE_EPOCH`.
+    pub newest_mtime: u64,
 }
 
 /// The raw archive file, hashed as it is read.
@@ -208,8 +211,10 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
     let mut created = Created::default();
     let mut entries = 0u64;
     let mut bytes = 0u64;
+    let mut newest_mtime = 0u64;
     for entry in tar.entries().map_err(read_error)? {
         let mut entry = entry.map_err(read_error)?;
+        newest_mtime = newest_mtime.max(entry.header().mtime().unwrap_or(0));
         // Only a regular file's data counts as data (it is bounded by the size limit
         // below); anything else up to the next entry's data counts as header.
         let is_file = matches!(
@@ -336,6 +341,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<Unpac
         bytes,
         root: build_root(dest),
         archive_sha256: Sha256Digest::from_bytes(&hasher.finalize().into()),
+        newest_mtime,
     })
 }
 
