@@ -57,6 +57,10 @@ enum Command {
     Crate(cli::CrateArgs),
     /// The registry follower's standing.
     Registry(cli::RegistryArgs),
+    /// Create, list, show and change projects.
+    Project(cli::ProjectArgs),
+    /// Create, list and revoke API tokens (a project's, or the whole service's).
+    Token(cli::TokenArgs),
 }
 
 /// Where the process's own log goes.
@@ -162,5 +166,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Artifact(args)) => cli::run_and_exit(cli::Command::Artifact(args)),
         Some(Command::Crate(args)) => cli::run_and_exit(cli::Command::Crate(args)),
         Some(Command::Registry(args)) => cli::run_and_exit(cli::Command::Registry(args)),
+        Some(Command::Project(args)) => cli::run_and_exit(cli::Command::Project(args)),
+        Some(Command::Token(args)) => cli::run_and_exit(cli::Command::Token(args)),
     }
 }

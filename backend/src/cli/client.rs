@@ -283,6 +283,10 @@ impl Api {
         self.call(Method::POST, path, body).await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Option<Value>, CliError> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Option<Value>, CliError> {
         self.call(Method::DELETE, path, None).await
     }

@@ -87,6 +87,10 @@ pub struct SubmitArgs {
     /// Dry run: the builder reports its plan instead of building.
     #[arg(long)]
     pub plan: bool,
+    /// The project (`organisation/project`) the job belongs to [default: the token's
+    /// project, else default/default].
+    #[arg(long, value_name = "ORG/NAME")]
+    pub project: Option<String>,
     /// Higher runs first (-1000..=1000).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
@@ -200,6 +204,9 @@ pub struct ListArgs {
     /// require several.
     #[arg(long = "annotation", value_name = "KEY:VALUE")]
     pub annotations: Vec<String>,
+    /// Only jobs of this project (`organisation/project`).
+    #[arg(long, value_name = "ORG/NAME")]
+    pub project: Option<String>,
     /// At most this many jobs (1..=1000).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -395,6 +402,9 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
         body["retry"] = retry;
     }
     }
+    if let Some(project) = &args.project {
+        super::projects::check_name(project)?;
+        body["project"] = project.as_str().into();
     let answer = api.post("/jobs", Some(&body)).await?.unwrap_or(Value::Null);
     let job: Job = parse(&answer)?;
     if !args.wait {
@@ -474,6 +484,10 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
         query.push(format!("before={before}"));
     }
     let answer = api.get(&format!("/jobs?{}", query.join("&"))).await?;
+    if let Some(project) = &args.project {
+        super::projects::check_name(project)?;
+        query.push(format!("project={}", encode(project)));
+    }
     if json {
         print_json(&answer);
         return Ok(Outcome::Success);

@@ -13,8 +13,10 @@ mod exit;
 mod jobs;
 mod logs;
 pub(crate) mod output;
+mod projects;
 mod source;
 mod sse;
+mod tokens;
 mod wait;
 
 use std::path::PathBuf;
@@ -100,6 +102,26 @@ pub struct RegistryArgs {
     pub command: crates::RegistryCommand,
 }
 
+/// `buildfleet project …`
+#[derive(Debug, Args)]
+#[command(after_long_help = EXIT_CODES_HELP)]
+pub struct ProjectArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: projects::ProjectCommand,
+}
+
+/// `buildfleet token …`
+#[derive(Debug, Args)]
+#[command(after_long_help = EXIT_CODES_HELP)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: tokens::TokenCommand,
+}
+
 /// One admin command, as parsed by the binary.
 #[derive(Debug)]
 pub enum Command {
@@ -108,6 +130,8 @@ pub enum Command {
     Artifact(ArtifactArgs),
     Crate(CrateArgs),
     Registry(RegistryArgs),
+    Project(ProjectArgs),
+    Token(TokenArgs),
 }
 
 /// Runs `command` on a fresh actix system and exits the process with its exit code.
@@ -153,6 +177,14 @@ async fn dispatch(command: Command) -> Result<Outcome, CliError> {
         Command::Registry(args) => {
             let api = client::Api::new(&args.global)?;
             crates::run_registry(&api, args.global.json, args.command).await
+        }
+        Command::Project(args) => {
+            let api = client::Api::new(&args.global)?;
+            projects::run(&api, args.global.json, args.command).await
+        }
+        Command::Token(args) => {
+            let api = client::Api::new(&args.global)?;
+            tokens::run(&api, args.global.json, args.command).await
         }
     }
 }
