@@ -1,6 +1,6 @@
 //! Builders: list, admit, enable, disable, drain, pause, resume, remove.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use buildfleet_api::{self as api, AdmitBuilder};
@@ -10,7 +10,8 @@ use crate::actors::scheduler::{
     ControlBuilder, LiveBuilder, LiveBuilders, RevokeBuilder, SetBuilderProjects,
 };
 use crate::error::{blocking, parse_json, ApiError};
-use crate::http::auth::require;
+use crate::http::auth::{require, Access};
+use crate::http::views::ProjectNames;
 use crate::http::{views, AppState};
 use crate::store::{Builder, BuilderId, NewBuilder, TokenScope};
 
@@ -32,29 +33,53 @@ fn parse_id(raw: &str) -> Result<BuilderId, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a builder id")))
 }
 
-pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let store = state.store.clone();
-    let (builders, slugs) =
-        blocking(move || Ok((store.list_builders()?, store.builder_project_slugs()?))).await?;
+    let (builders, slugs, seen) = blocking(move || {
+        let seen = ProjectNames::load(&store)?.seen_by(&access);
+        Ok((store.list_builders()?, store.builder_project_slugs()?, seen))
+    })
+    .await?;
     let live = live(&state).await?;
     let builders = builders
         .into_iter()
+        .filter(|b| sees_builder(&seen, slugs.get(&b.id)))
         .map(|b| with_projects(view(b, &live), &slugs))
         .collect();
     Ok(HttpResponse::Ok().json(api::BuilderList { builders }))
 }
 
 pub async fn get(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let id = parse_id(&path)?;
     let store = state.store.clone();
-    let (builder, slugs) =
-        blocking(move || Ok((store.builder_by_id(id)?, store.builder_project_slugs()?))).await?;
-    let builder = builder.ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
+    let (builder, slugs, seen) = blocking(move || {
+        let seen = ProjectNames::load(&store)?.seen_by(&access);
+        Ok((
+            store.builder_by_id(id)?,
+            store.builder_project_slugs()?,
+            seen,
+        ))
+    })
+    .await?;
+    // A builder private to projects the caller cannot see does not exist for it.
+    let builder = builder
+        .filter(|b| sees_builder(&seen, slugs.get(&b.id)))
+        .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
     let live = live(&state).await?;
     Ok(HttpResponse::Ok().json(with_projects(view(builder, &live), &slugs)))
+}
+
+/// Whether a caller that sees the projects `seen` sees a builder private to `private_to`
+/// (none or empty: shared by all, seen by everyone).
+fn sees_builder(seen: &BTreeSet<String>, private_to: Option<&Vec<String>>) -> bool {
+    private_to
+        .is_none_or(|projects| projects.is_empty() || projects.iter().any(|p| seen.contains(p)))
 }
 
 fn with_projects(
@@ -109,7 +134,7 @@ pub async fn set_projects(
         })
         .await
         .map_err(|_| ApiError::Unavailable("scheduler".into()))?;
-    get(state, path).await
+    get(req, state, path).await
 }
 
 pub async fn admit(
@@ -188,7 +213,7 @@ pub async fn act(
         }
         other => return Err(ApiError::NotFound(format!("builder action {other:?}"))),
     }
-    get(state, web::Path::from(raw_id)).await
+    get(req, state, web::Path::from(raw_id)).await
 }
 
 pub async fn remove(
