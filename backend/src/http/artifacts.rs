@@ -10,7 +10,7 @@ use buildfleet_protocol::{validate_artifact_name, Sha256Digest};
 use buildfleet_api as api;
 
 use crate::error::{blocking, ApiError};
-use crate::http::auth::bearer;
+use crate::http::auth::{bearer, Access};
 use crate::http::jobs::{parse_job_id, ATTEMPT_HEADER};
 use crate::http::streaming::{open_stream, receive};
 use crate::http::views;
@@ -129,27 +129,29 @@ fn job_token_refused(job: JobId, attempt: Attempt) -> ApiError {
     ))
 }
 
-async fn published(state: &AppState, job: JobId) -> Result<Vec<Artifact>, ApiError> {
+async fn published(
+    state: &AppState,
+    access: Access,
+    job: JobId,
+) -> Result<Vec<Artifact>, ApiError> {
     let store = state.store.clone();
     blocking(move || {
-        store
-            .job(job)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
+        access.visible_job(store.job(job)?, job)?;
         Ok(store.artifacts(job, true)?)
     })
     .await
 }
 
 pub async fn list(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let job = parse_job_id(&path)?;
     let store = state.store.clone();
     let (artifacts, statement) = blocking(move || {
-        store
-            .job(job)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
+        access.visible_job(store.job(job)?, job)?;
         Ok((store.artifacts(job, true)?, store.job_statement(job)?))
     })
     .await?;
@@ -175,8 +177,13 @@ pub async fn list(
 
 /// The published artifact `name` of the latest attempt that published artifacts (the one
 /// whose statement `/statement` serves).
-async fn latest_published(state: &AppState, job: JobId, name: &str) -> Result<Artifact, ApiError> {
-    let artifacts = published(state, job).await?;
+async fn latest_published(
+    state: &AppState,
+    access: Access,
+    job: JobId,
+    name: &str,
+) -> Result<Artifact, ApiError> {
+    let artifacts = published(state, access, job).await?;
     let latest_attempt = artifacts.iter().map(|a| a.attempt).max();
     artifacts
         .into_iter()
@@ -186,13 +193,15 @@ async fn latest_published(state: &AppState, job: JobId, name: &str) -> Result<Ar
 }
 
 pub async fn download(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let (raw_job, name) = path.into_inner();
     let job = parse_job_id(&raw_job)?;
     validate_artifact_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let artifact = latest_published(&state, job, &name).await?;
+    let artifact = latest_published(&state, access, job, &name).await?;
     let (len, body) = open_stream(&state.storage, artifact.storage_key).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
@@ -205,12 +214,14 @@ pub async fn download(
 }
 
 /// The statement `/statement` serves (see [`crate::store::Store::job_statement`]).
-async fn kept_statement(state: &AppState, job: JobId) -> Result<AttemptStatement, ApiError> {
+async fn kept_statement(
+    state: &AppState,
+    access: Access,
+    job: JobId,
+) -> Result<AttemptStatement, ApiError> {
     let store = state.store.clone();
     blocking(move || {
-        store
-            .job(job)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job}")))?;
+        access.visible_job(store.job(job)?, job)?;
         store.job_statement(job)?.ok_or_else(|| {
             ApiError::NotFoundExplained(format!(
                 "job {job} has no verified build statement yet: no attempt completed with one"
@@ -222,11 +233,13 @@ async fn kept_statement(state: &AppState, job: JobId) -> Result<AttemptStatement
 
 /// `GET /api/v1/jobs/{id}/statement`: the exact signed bytes.
 pub async fn statement(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let job = parse_job_id(&path)?;
-    let kept = kept_statement(&state, job).await?;
+    let kept = kept_statement(&state, access, job).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((ATTEMPT_HEADER, kept.attempt.to_string()))
@@ -235,11 +248,13 @@ pub async fn statement(
 
 /// `GET /api/v1/jobs/{id}/statement.sig`: its armored SSHSIG.
 pub async fn statement_signature(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let job = parse_job_id(&path)?;
-    let kept = kept_statement(&state, job).await?;
+    let kept = kept_statement(&state, access, job).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain")
         .insert_header((ATTEMPT_HEADER, kept.attempt.to_string()))
