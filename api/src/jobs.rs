@@ -250,11 +250,6 @@ pub struct Job {
     /// Failed attempts counted against `max_attempts` (lost builders, and the failures
     /// `retry` retries) since submission or the last manual retry.
     pub failed_attempts: i32,
-    pub timeout_secs: i64,
-    pub submitter: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub started_at: Option<i64>,
     /// Which failures retry automatically (the defaults filled in).
     pub retry: RetryPolicy,
     /// Set while the job waits out the back-off before an automatic retry: no builder gets
@@ -263,6 +258,11 @@ pub struct Job {
     /// Retries asked for through the API (`POST /jobs/{id}/retry`); not counted against
     /// `max_attempts`, and each one gives the job its automatic retries afresh.
     pub manual_retries: i32,
+    pub timeout_secs: i64,
+    pub submitter: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     /// Set when a cancel was asked for while a builder held the job.
     pub cancel_requested_at: Option<i64>,
@@ -340,14 +340,14 @@ pub struct Attempt {
     pub outcome: Option<AttemptOutcome>,
     pub exit_status: Option<i32>,
     pub error: Option<String>,
+    /// Why it was started: the first attempt, an automatic retry (after which kind of
+    /// failure), a manual retry, or a reassignment after a rejection.
+    pub started_because: AttemptCause,
     pub assigned_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
 }
 
-    /// Why it was started: the first attempt, an automatic retry (after which kind of
-    /// failure), a manual retry, or a reassignment after a rejection.
-    pub started_because: AttemptCause,
 /// One recorded state change of a job; `from` is `None` for the submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
@@ -453,11 +453,6 @@ mod tests {
     }
 
     #[test]
-    fn an_end_event_reads_back_with_its_change() {
-        let data = r#"{"job":7,"state":"failed","attempt":2,"recipe":"r","builder":null,"error":"x","at":5,"outcome":"failed"}"#;
-        let end: JobEnd = serde_json::from_str(data).unwrap();
-        assert_eq!(end.change.job, 7);
-    #[test]
     fn a_retry_policy_fills_its_defaults_and_reads_exit_codes_either_way() {
         let policy: RetryPolicy = serde_json::from_str(r#"{"exit_codes": [1, 137]}"#).unwrap();
         assert!(policy.lost_builder && !policy.infrastructure);
@@ -490,6 +485,11 @@ mod tests {
         assert_eq!(policy.backoff_ms(200), 1000, "no overflow");
     }
 
+    #[test]
+    fn an_end_event_reads_back_with_its_change() {
+        let data = r#"{"job":7,"state":"failed","attempt":2,"recipe":"r","builder":null,"error":"x","at":5,"outcome":"failed"}"#;
+        let end: JobEnd = serde_json::from_str(data).unwrap();
+        assert_eq!(end.change.job, 7);
         assert_eq!(end.outcome, JobState::Failed);
         assert_eq!(serde_json::to_string(&end).unwrap(), data);
     }

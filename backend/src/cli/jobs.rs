@@ -99,6 +99,7 @@ pub struct SubmitArgs {
     pub timeout: Option<u64>,
     /// Attempts before the job fails when builders are lost (1..=20) [default: 3].
     #[arg(long)]
+    pub max_attempts: Option<i32>,
     /// Retry automatically when the job's commands fail with this exit status (1..=255), or
     /// with any (`any`); repeat for more. Bounded by --max-attempts.
     #[arg(long = "retry-exit-code", value_name = "STATUS|any", value_parser = parse_retry_exit_code)]
@@ -117,7 +118,6 @@ pub struct SubmitArgs {
     /// The longest wait between automatic retries, in milliseconds [default: 300000].
     #[arg(long, value_name = "MS")]
     pub retry_backoff_max_ms: Option<u64>,
-    pub max_attempts: Option<i32>,
     /// Wait until the job ends; the exit code tells how (0 succeeded, 1 otherwise).
     #[arg(long)]
     pub wait: bool,
@@ -130,6 +130,7 @@ pub struct SubmitArgs {
     )]
     pub crates_url: String,
 }
+
 /// One `--retry-exit-code`: a status, or every failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryExitCode {
@@ -186,7 +187,6 @@ impl SubmitArgs {
         Some(retry)
     }
 }
-
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -398,13 +398,14 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
     }
     if let Some(max) = args.max_attempts {
         body["max_attempts"] = max.into();
+    }
     if let Some(retry) = args.retry_policy() {
         body["retry"] = retry;
-    }
     }
     if let Some(project) = &args.project {
         super::projects::check_name(project)?;
         body["project"] = project.as_str().into();
+    }
     let answer = api.post("/jobs", Some(&body)).await?.unwrap_or(Value::Null);
     let job: Job = parse(&answer)?;
     if !args.wait {
@@ -483,11 +484,11 @@ async fn list(api: &Api, json: bool, args: ListArgs) -> Result<Outcome, CliError
     if let Some(before) = args.before {
         query.push(format!("before={before}"));
     }
-    let answer = api.get(&format!("/jobs?{}", query.join("&"))).await?;
     if let Some(project) = &args.project {
         super::projects::check_name(project)?;
         query.push(format!("project={}", encode(project)));
     }
+    let answer = api.get(&format!("/jobs?{}", query.join("&"))).await?;
     if json {
         print_json(&answer);
         return Ok(Outcome::Success);

@@ -137,11 +137,11 @@ async fn submit_batch(
     access: Access,
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
+    let submitter = access.caller().0;
     let bodies: Vec<SubmitJob> = parse_json(body)?;
     if bodies.is_empty() || bodies.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!(
             "a batch holds 1..={MAX_BATCH} jobs, not {}",
-    let submitter = access.caller().0;
             bodies.len()
         )));
     }
@@ -182,12 +182,12 @@ fn at_index(index: usize, error: ApiError) -> ApiError {
 /// A submission whose fields were checked; its source is resolved against the store.
 struct CheckedSubmission {
     source_url: Option<String>,
+    /// The project the submission names, if it names one.
+    project: Option<String>,
     job: NewJob,
 }
 
 /// The longest part of a refused value quoted back in a message.
-    /// The project the submission names, if it names one.
-    project: Option<String>,
 const QUOTED_VALUE_CHARS: usize = 80;
 
 /// A submission's `source_sha256`, refused with a sentence that names the value.
@@ -265,10 +265,6 @@ fn check_retry_policy(policy: &api::RetryPolicy, max_attempts: i32) -> Result<()
     Ok(())
 }
 
-    }
-    let source_sha256 = parse_source_sha256(&body.source_sha256)?;
-    if !valid_recipe_name(&body.recipe) {
-        return Err(ApiError::BadRequest(
 fn check_submission(
     state: &AppState,
     body: SubmitJob,
@@ -278,6 +274,10 @@ fn check_submission(
         return Err(ApiError::BadRequest(
             "crate: submit a crate by name alone, not in a batch".into(),
         ));
+    }
+    let source_sha256 = parse_source_sha256(&body.source_sha256)?;
+    if !valid_recipe_name(&body.recipe) {
+        return Err(ApiError::BadRequest(
             "recipe: 1-64 characters of [A-Za-z0-9._-]".into(),
         ));
     }
@@ -297,13 +297,13 @@ fn check_submission(
     if !(1..=20).contains(&max_attempts) {
         return Err(ApiError::BadRequest("max_attempts must be 1..=20".into()));
     }
+    if let Some(policy) = &body.retry {
+        check_retry_policy(policy, max_attempts)?;
+    }
     if !(-1000..=1000).contains(&body.priority) {
         return Err(ApiError::BadRequest("priority must be -1000..=1000".into()));
     }
     let limit = state.config.limits.max_source_bytes;
-    if let Some(policy) = &body.retry {
-        check_retry_policy(policy, max_attempts)?;
-    }
     let max_bytes = body.source_max_bytes.unwrap_or(limit);
     if max_bytes == 0 || max_bytes > limit {
         return Err(ApiError::BadRequest(format!(
@@ -324,11 +324,11 @@ fn check_submission(
         .map_err(|_| ApiError::BadRequest("timeout_secs is too large".into()))?;
     Ok(CheckedSubmission {
         source_url: body.source_url,
+        project: body.project,
         job: NewJob {
             source_url: String::new(),
             source_sha256: source_sha256.to_string(),
             source_max_bytes,
-        project: body.project,
             recipe: body.recipe,
             parameters: body.parameters,
             required_labels: body.labels,
@@ -336,24 +336,20 @@ fn check_submission(
             mode: body.mode.unwrap_or(JobMode::Build),
             priority: body.priority,
             max_attempts,
+            retry: body.retry,
             timeout_secs,
             submitter,
+            project: crate::store::ProjectId::DEFAULT,
         },
     })
-            retry: body.retry,
 }
 
-            project: crate::store::ProjectId::DEFAULT,
 impl CheckedSubmission {
     /// The job with its project (the named one, else the caller's, else `default/default`;
     /// the caller must be allowed to submit there) and its source URL: the given one, or the
     /// uploaded source's (which must exist).
     fn resolve(self, store: &Store, public_url: &str, access: &Access) -> Result<NewJob, ApiError> {
         let mut job = self.job;
-        job.source_url = match self.source_url {
-            Some(url) => url,
-            None => {
-                let sha256 = &job.source_sha256;
         job.project = match &self.project {
             Some(slug) => resolve_project(store, access, slug)?,
             None => access.project().unwrap_or(ProjectId::DEFAULT),
@@ -363,6 +359,10 @@ impl CheckedSubmission {
             None => ApiError::NotFound("project default/default".into()),
         };
         access.require_act(job.project, TokenScope::Submit, not_found)?;
+        job.source_url = match self.source_url {
+            Some(url) => url,
+            None => {
+                let sha256 = &job.source_sha256;
                 store.source(sha256)?.ok_or_else(|| {
                     ApiError::BadRequest(format!(
                         "no uploaded source with sha256 {sha256}; upload it or give source_url"
@@ -375,10 +375,6 @@ impl CheckedSubmission {
     }
 }
 
-/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get("Idempotency-Key") else {
-        return Ok(None);
 /// The project named `slug`, if the caller may see it; otherwise the same 404 whether it
 /// exists or not. A malformed name is a 400.
 pub fn resolve_project(store: &Store, access: &Access, slug: &str) -> Result<ProjectId, ApiError> {
@@ -391,6 +387,10 @@ pub fn resolve_project(store: &Store, access: &Access, slug: &str) -> Result<Pro
     }
 }
 
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
     };
     let key = value
         .to_str()
@@ -430,11 +430,11 @@ fn list_query(query_string: &str) -> Result<ListJobs, ApiError> {
 }
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let mut query = list_query(req.query_string())?;
     let job_state = match query.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
-    let access = Access::of(&req, &state).await?;
             s.parse::<JobState>()
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?,
         ),
@@ -456,6 +456,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         annotations,
         before_id: query.before.map(JobId),
         limit,
+        projects: access.visible_projects(),
     };
     let store = state.store.clone();
     let project = query.project.filter(|p| !p.is_empty());
@@ -468,7 +469,6 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     })
     .await?;
     let next_before = if jobs.len() == limit {
-        projects: access.visible_projects(),
         jobs.last().map(|j| j.id.0)
     } else {
         None
@@ -487,21 +487,21 @@ pub async fn load_detail(
 ) -> Result<JobDetail, ApiError> {
     let store = state.store.clone();
     let public_url = state.public_url.clone();
+    let access = access.clone();
     let mut detail = blocking(move || {
         let job = access.visible_job(store.job(id)?, id)?;
         let project = ProjectNames::load(&store)?.name(job.project)?;
-    let access = access.clone();
         let plan = match job.mode {
             JobMode::Plan => store.job_plan(id)?,
             JobMode::Build => None,
         };
         let (follows_from, follow_ups) = store.job_chain(id.0)?;
         Ok(JobDetail {
+            project,
             follows_from: follows_from.map(JobId),
             follow_ups: follow_ups.into_iter().map(JobId).collect(),
             plan,
             attempts: store.job_attempts(id)?,
-            project,
             events: store.job_events(id)?,
             artifacts: store
                 .artifacts(id, true)?
@@ -560,31 +560,31 @@ async fn queue_standing(state: &AppState, job: Job) -> Result<api::QueueStanding
 }
 
 pub async fn get(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let id = parse_job_id(&path)?;
     let detail = load_detail(&state, &access, id).await?;
     Ok(HttpResponse::Ok().json(detail.into_api(&state.public_url)))
 }
 
 /// `GET /api/v1/jobs/{id}/plan`: the plan output of the job's latest attempt that reported
-    req: HttpRequest,
 /// one, as text. 404 for a build-mode job and before a plan-mode attempt reported its plan.
 pub async fn plan(
+    req: HttpRequest,
     state: web::Data<AppState>,
-    let access = Access::of(&req, &state).await?;
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
     let id = parse_job_id(&path)?;
     let store = state.store.clone();
     let plan = blocking(move || {
         let job = access.visible_job(store.job(id)?, id)?;
-    req: HttpRequest,
         if job.mode != JobMode::Plan {
             return Err(ApiError::NotFoundExplained(format!(
                 "job {id} is a build-mode job: only a plan-mode job has a plan"
-    let access = Access::of(&req, &state).await?;
             )));
         }
         store.job_plan(id)?.ok_or_else(|| {
@@ -624,7 +624,7 @@ pub async fn boost(
             )))
         }
     }
-    get(state, path).await
+    get(req, state, path).await
 }
 
 pub async fn cancel(
@@ -634,6 +634,7 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let access = Access::of(&req, &state).await?;
     let id = parse_job_id(&path)?;
+    let names = require_act_on_job(&state, access, id).await?;
     let store = state.store.clone();
     let result = blocking(move || Ok(store.cancel_job(id)?)).await?;
     let job = match result {
@@ -662,6 +663,7 @@ pub async fn retry(
 ) -> Result<HttpResponse, ApiError> {
     let access = Access::of(&req, &state).await?;
     let id = parse_job_id(&path)?;
+    let names = require_act_on_job(&state, access, id).await?;
     let store = state.store.clone();
     let job = blocking(move || Ok(store.retry_job(id)?)).await?;
     state.scheduler.do_send(JobQueued(vec![job.clone()]));
@@ -691,7 +693,6 @@ async fn require_act_on_job(
 }
 
 #[cfg(test)]
-    let names = require_act_on_job(&state, access, id).await?;
 mod tests {
     use super::*;
 
@@ -720,6 +721,5 @@ mod tests {
             parse_source_sha256(&"ab".repeat(32)).unwrap().as_str(),
             "ab".repeat(32)
         );
-    let names = require_act_on_job(&state, access, id).await?;
     }
 }
