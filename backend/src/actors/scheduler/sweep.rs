@@ -84,8 +84,11 @@ impl Scheduler {
                 }
                 let requeued = store.requeue_expired_leases(now)?;
                 // Jobs whose retry back-off has ended become claimable; the dispatch below
-                // hands them out (queue_depth counts them).
-                store.release_backed_off_jobs(now)?;
+                // hands them out (queue_depth counts them). A failure only delays them to the
+                // next sweep, and must not lose the requeued leases above.
+                if let Err(e) = store.release_backed_off_jobs(now) {
+                    tracing::warn!(error = %e, "releasing jobs after their retry back-off failed");
+                }
                 let depth = if has_idle { store.queue_depth()? } else { 0 };
                 Ok::<_, StoreError>((requeued, depth))
             })
