@@ -298,6 +298,12 @@ pub struct JobDetail {
     /// The jobs queued because this one succeeded (a metadata job's builds).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub follow_ups: Vec<i64>,
+    /// When retention (or an admin) deleted the job's artifacts: it had some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_expired_at: Option<i64>,
+    /// When retention deleted the job's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_expired_at: Option<i64>,
 }
 
 /// Where a queued job stands: what is ahead of it on the builders that can run it, and an

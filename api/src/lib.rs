@@ -9,6 +9,7 @@
 pub mod builders;
 pub mod error;
 pub mod jobs;
+pub mod notifications;
 pub mod registry;
 pub mod sources;
 pub mod state;

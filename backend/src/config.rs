@@ -259,6 +259,12 @@ timings! {
     sweep_interval / sweep_interval_ms = 1_000, "BUILDFLEET_SWEEP_INTERVAL_MS";
     /// Log events are flushed to storage at least this often, in ms.
     log_flush_interval / log_flush_interval_ms = 50, "BUILDFLEET_LOG_FLUSH_INTERVAL_MS";
+    /// The pause after a webhook delivery's first failed try, doubled after each further one
+    /// (at most an hour, 8 tries), in ms.
+    webhook_retry_base / webhook_retry_base_ms = 10_000, "BUILDFLEET_WEBHOOK_RETRY_BASE_MS";
+    /// How often the janitor deletes expired artifacts and logs and reads each project's
+    /// storage, in ms.
+    janitor_interval / janitor_interval_ms = 60_000, "BUILDFLEET_JANITOR_INTERVAL_MS";
 }
 
 /// The resolved configuration of a running backend.

@@ -66,6 +66,17 @@ pub struct Metrics {
     pub event_streams: AtomicI64,
     /// Submission (or requeue) to the `jobs` frame being sent to a builder.
     pub dispatch_latency: Histogram,
+    /// Bytes stored per project, as the janitor last read them.
+    pub project_storage: std::sync::Mutex<Vec<ProjectStorage>>,
+}
+
+/// What one project stores (`buildfleet_project_storage_bytes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectStorage {
+    /// `organisation/project`.
+    pub project: String,
+    pub artifact_bytes: i64,
+    pub log_bytes: i64,
 }
 
 /// Gauges read from the database when `/metrics` is scraped.
@@ -75,6 +86,13 @@ pub struct StoreGauges {
 }
 
 impl Metrics {
+    pub fn set_project_storage(&self, usage: Vec<ProjectStorage>) {
+        *self
+            .project_storage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = usage;
+    }
+
     pub fn render(&self, gauges: &StoreGauges) -> String {
         let mut out = String::with_capacity(4096);
         let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
@@ -120,6 +138,24 @@ impl Metrics {
         );
         for (state, count) in &gauges.jobs_by_state {
             let _ = writeln!(out, "buildfleet_jobs{{state=\"{state}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP buildfleet_project_storage_bytes Bytes of artifacts and logs a project stores (read by the janitor).\n# TYPE buildfleet_project_storage_bytes gauge"
+        );
+        for usage in self
+            .project_storage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            for (kind, bytes) in [("artifacts", usage.artifact_bytes), ("logs", usage.log_bytes)] {
+                let _ = writeln!(
+                    out,
+                    "buildfleet_project_storage_bytes{{project=\"{}\",kind=\"{kind}\"}} {bytes}",
+                    usage.project
+                );
+            }
         }
         counter(
             &mut out,

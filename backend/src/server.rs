@@ -241,6 +241,28 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         None => None,
     };
 
+    let project_events = crate::webhooks::ProjectEvents::new();
+    let notifier_parts = (store.clone(), job_feed.clone(), project_events.clone());
+    let notifier_settings = crate::webhooks::NotifierSettings {
+        public_url: public_url.clone(),
+        retry_base: config.timings.webhook_retry_base,
+    };
+    let webhook_tls =
+        buildfleet_builder::http::tls_config(None).context("the webhook sender's TLS roots")?;
+    crate::webhooks::Notifier::start_in_arbiter(&actors.handle(), move |_| {
+        let (store, feed, hub) = notifier_parts;
+        let client = buildfleet_builder::http::client(&webhook_tls);
+        crate::webhooks::Notifier::new(store, feed, hub, client, notifier_settings)
+    });
+    let janitor = crate::janitor::Janitor::new(
+        store.clone(),
+        storage.clone(),
+        metrics.clone(),
+        crate::janitor::JanitorSettings {
+            interval: config.timings.janitor_interval,
+        },
+    );
+    let janitor = crate::janitor::Janitor::start_in_arbiter(&actors.handle(), move |_| janitor);
     let session_context = web::Data::new(SessionContext {
         auth,
         scheduler: scheduler.clone(),
@@ -268,6 +290,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         public_url: public_url.clone(),
         admin_token: admin_token.clone(),
         registry,
+        project_events,
+        janitor,
     });
 
     let server =

@@ -29,6 +29,8 @@ pub fn test_timings() -> Timings {
         cancel_grace: Duration::from_millis(500),
         sweep_interval: Duration::from_millis(100),
         log_flush_interval: Duration::from_millis(20),
+        webhook_retry_base: Duration::from_millis(300),
+        janitor_interval: Duration::from_millis(200),
     }
 }
 

@@ -18,6 +18,7 @@ mod pages;
 mod session;
 mod submit_page;
 mod waiting;
+mod webhooks_page;
 
 pub use error_page::not_found;
 
@@ -32,6 +33,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/crates/{name}", web::get().to(crates_page::crate_page))
         .route("/session", web::post().to(session::set))
         .route("/registry", web::get().to(crates_page::registry_page))
+        .route("/webhooks", web::get().to(webhooks_page::overview))
+        .route(
+            "/projects/{organisation}/{project}/webhooks",
+            web::get().to(webhooks_page::project_page),
+        )
         .route("/static/app.css", web::get().to(css))
         .route("/static/app.js", web::get().to(js));
 }

@@ -50,6 +50,7 @@ pub(super) fn page(title: &str, body: Markup) -> Markup {
                         a href="/builders" { "Builders" }
                         a href="/jobs" { "Jobs" }
                         a href="/submit" { "Submit" }
+                        a href="/webhooks" { "Webhooks" }
                     }
                     label.token {
                         span { "Admin token" }

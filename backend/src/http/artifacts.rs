@@ -201,7 +201,14 @@ pub async fn download(
     let (raw_job, name) = path.into_inner();
     let job = parse_job_id(&raw_job)?;
     validate_artifact_name(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let artifact = latest_published(&state, access, job, &name).await?;
+    let artifact = match latest_published(&state, access, job, &name).await {
+        // Deleted by retention or an admin: say so rather than a bare "not found" (only of a
+        // job the caller sees: a hidden one gets the answer of a missing job).
+        Err(ApiError::NotFound(what)) if what != format!("job {job}") => {
+            return Err(crate::http::retention::not_found_or_expired(&state, job, what).await)
+        }
+        found => found?,
+    };
     let (len, body) = open_stream(&state.storage, artifact.storage_key).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")

@@ -40,6 +40,8 @@ pub struct JobDetail {
     /// Its place in a chain of jobs (a crate's metadata job and the builds it queued).
     pub follows_from: Option<JobId>,
     pub follow_ups: Vec<JobId>,
+    /// What retention deleted of it.
+    pub expired: crate::store::ExpiredData,
 }
 
 impl JobDetail {
@@ -57,6 +59,8 @@ impl JobDetail {
             queue: self.queue,
             follows_from: self.follows_from.map(|j| j.0),
             follow_ups: self.follow_ups.iter().map(|j| j.0).collect(),
+            artifacts_expired_at: self.expired.artifacts_expired_at,
+            logs_expired_at: self.expired.logs_expired_at,
         }
     }
 }
@@ -509,6 +513,7 @@ pub async fn load_detail(
                 .map(|a| views::artifact(&public_url, a))
                 .collect::<Result<_, _>>()?,
             queue: None,
+            expired: store.job_expiry(id)?,
             job,
         })
     })
@@ -553,6 +558,7 @@ async fn queue_standing(state: &AppState, job: Job) -> Result<api::QueueStanding
             ahead: &ahead,
             run_times: &run_times,
             project: &project,
+            now_ms: store.now_ms(),
         };
         Ok(standing::standing(&job, &live, &facts))
     })

@@ -10,11 +10,13 @@ pub mod jobs;
 pub mod logs;
 pub mod projects;
 pub mod registry;
+pub mod retention;
 pub mod sources;
 pub mod streaming;
 pub mod system;
 pub mod tokens;
 pub mod views;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -45,6 +47,10 @@ pub struct AppState {
     pub admin_token: String,
     /// The registry follower, when `[registry]` is configured.
     pub registry: Option<Addr<RegistryFollower>>,
+    /// Job notifications by project, for the project event streams.
+    pub project_events: Arc<crate::webhooks::ProjectEvents>,
+    /// Deletes expired artifacts and logs; asked to refresh the usage after a delete.
+    pub janitor: Addr<crate::janitor::Janitor>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -92,6 +98,39 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/tokens", web::get().to(tokens::list))
                 .route("/tokens", web::post().to(tokens::create))
                 .route("/tokens/{id}", web::delete().to(tokens::revoke))
+                .route(
+                    "/projects/{organisation}/{project}/webhooks",
+                    web::post().to(webhooks::create),
+                )
+                .route(
+                    "/projects/{organisation}/{project}/webhooks",
+                    web::get().to(webhooks::list),
+                )
+                .route(
+                    "/projects/{organisation}/{project}/webhooks/{id}",
+                    web::delete().to(webhooks::remove),
+                )
+                .route(
+                    "/projects/{organisation}/{project}/webhooks/{id}/deliveries",
+                    web::get().to(webhooks::deliveries),
+                )
+                .route(
+                    "/projects/{organisation}/{project}/events",
+                    web::get().to(webhooks::events),
+                )
+                .route(
+                    "/projects/{organisation}/{project}/retention",
+                    web::get().to(retention::get),
+                )
+                .route(
+                    "/projects/{organisation}/{project}/retention",
+                    web::put().to(retention::set),
+                )
+                .route(
+                    "/projects/{organisation}/{project}/retention",
+                    web::patch().to(retention::set),
+                )
+                .route("/jobs/{id}/artifacts", web::delete().to(retention::delete_artifacts))
                 .route("/jobs", web::get().to(jobs::list))
                 .route("/jobs", web::post().to(jobs::submit))
                 .route("/jobs/{id}", web::get().to(jobs::get))

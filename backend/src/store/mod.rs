@@ -33,6 +33,8 @@ mod state;
 mod stats;
 mod tokens;
 mod transitions;
+mod webhooks;
+mod retention;
 mod writer;
 
 use std::sync::Arc;
@@ -82,6 +84,11 @@ pub use sources::Source;
 pub use state::{AttemptCause, AttemptOutcome, JobMode, JobState, Outcome, UnknownValue};
 pub use tokens::{ApiToken, TokenScope};
 pub use transitions::{CancelResult, Completion, FailureKind};
+pub use webhooks::{
+    Delivery, DeliveryTry, DueDelivery, NewDelivery, NewWebhook, NotifiedJob, Webhook,
+    DELIVERY_LOG_LIMIT, WEBHOOK_EVENTS,
+};
+pub use retention::{DataKind, ExpiredData, ProjectUsage, Retention, RetentionLimits};
 
 use connection::{ConfigureOnAcquire, ConnectionManager, POOL_CHECKOUT_TIMEOUT};
 use writer::SqliteWriter;

@@ -69,7 +69,6 @@ diesel::table! {
 }
 
 diesel::table! {
-diesel::table! {
     attempt_causes (job_id, attempt) {
         job_id -> BigInt,
         attempt -> Integer,
@@ -77,6 +76,7 @@ diesel::table! {
     }
 }
 
+diesel::table! {
     job_events (id) {
         id -> BigInt,
         job_id -> BigInt,
@@ -256,11 +256,75 @@ diesel::table! {
 
 diesel::joinable!(registry_builds -> jobs (job_id));
 
+diesel::table! {
+    webhooks (id) {
+        id -> BigInt,
+        project_id -> BigInt,
+        url -> Text,
+        secret -> Text,
+        events -> Text,
+        enabled -> Bool,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> BigInt,
+        webhook_id -> BigInt,
+        job_id -> BigInt,
+        job_attempt -> Integer,
+        event -> Text,
+        payload -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Nullable<BigInt>,
+        last_status -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_delivery_attempts (delivery_id, attempt) {
+        delivery_id -> BigInt,
+        attempt -> Integer,
+        at -> BigInt,
+        status -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        duration_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    project_retention (project_id) {
+        project_id -> BigInt,
+        artifacts_max_age_days -> Nullable<Integer>,
+        artifacts_keep_last -> Nullable<Integer>,
+        logs_max_age_days -> Nullable<Integer>,
+        logs_keep_last -> Nullable<Integer>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    job_expirations (job_id) {
+        job_id -> BigInt,
+        artifacts_expired_at -> Nullable<BigInt>,
+        logs_expired_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(webhooks -> projects (project_id));
+diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::joinable!(webhook_delivery_attempts -> webhook_deliveries (delivery_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     builders,
     jobs,
     job_annotations,
     job_attempts,
+    attempt_causes,
     job_events,
     log_chunks,
     artifacts,
@@ -275,5 +339,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     projects,
     builder_projects,
     project_usage,
+    webhooks,
+    webhook_deliveries,
+    webhook_delivery_attempts,
+    project_retention,
+    job_expirations,
 );
-    attempt_causes,
