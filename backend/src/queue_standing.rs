@@ -57,6 +57,8 @@ pub struct QueueFacts<'a> {
     pub run_times: &'a [i64],
     /// The job's project as `organisation/project`, for the reason no builder matches.
     pub project: &'a str,
+    /// Now, to tell how much of a retry's back-off is left.
+    pub now_ms: i64,
 }
 
 pub fn standing(
@@ -86,10 +88,23 @@ pub fn standing(
     let total_slots: u32 = matching.iter().map(|b| b.max_concurrent).sum();
     let offline = offline_candidates(job, live, facts.admitted);
     let typical = median(facts.run_times).map(|ms| u64::try_from(ms / 1000).unwrap_or(0));
-    let blocked =
-        (matching.is_empty()).then(|| why_none_matches(job, live, offline, facts.project));
-    let estimated_start_secs = match (typical, blocked.is_some()) {
-        (Some(typical), false) => Some(estimate_start(position, free_slots, total_slots, typical)),
+    // Waiting out a retry's back-off: no builder takes it before then, whatever is free.
+    let backoff_secs = job
+        .retry_not_before
+        .filter(|at| *at > facts.now_ms)
+        .map(|at| u64::try_from((at - facts.now_ms + 999) / 1000).unwrap_or(0));
+    let blocked = if matching.is_empty() {
+        Some(why_none_matches(job, live, offline, facts.project))
+    } else {
+        backoff_secs
+            .map(|secs| format!("retrying after a failed attempt: its back-off ends in {secs} s"))
+    };
+    let estimated_start_secs = match (typical, matching.is_empty()) {
+        (Some(typical), false) => Some(
+            estimate_start(position, free_slots, total_slots, typical)
+                .max(backoff_secs.unwrap_or(0)),
+        ),
+        (None, false) => backoff_secs,
         _ => None,
     };
     QueueStanding {
@@ -317,6 +332,7 @@ mod tests {
             ahead,
             run_times,
             project: "default/default",
+            now_ms: 0,
         }
     }
 
@@ -347,6 +363,26 @@ mod tests {
         assert_eq!(s.estimated_start_secs, Some(2 * 90 - 45));
         assert_eq!(s.blocked, None);
         assert!(!s.position_capped);
+    }
+
+    #[test]
+    fn a_job_in_its_retry_back_off_says_so_and_starts_no_sooner() {
+        let mut job = job("cargo-build", &[]);
+        job.retry_not_before = Some(40_500);
+        let fleet: BTreeMap<_, _> = [live(1, &["cargo-build"], &[], 2, 0)].into();
+        let mut at = facts(&[], &[], &[10_000]);
+        at.now_ms = 10_000;
+        let s = standing(&job, &fleet, &at);
+        assert_eq!(
+            s.blocked.as_deref(),
+            Some("retrying after a failed attempt: its back-off ends in 31 s")
+        );
+        assert_eq!(s.estimated_start_secs, Some(31));
+        // Once the back-off has passed, a free slot means now.
+        at.now_ms = 41_000;
+        let s = standing(&job, &fleet, &at);
+        assert_eq!(s.blocked, None);
+        assert_eq!(s.estimated_start_secs, Some(0));
     }
 
     #[test]

@@ -85,7 +85,17 @@ pub fn head(
                     None => span.muted { "none yet" },
                 } }
             }
-            div { dt { "Attempt" } dd { (job.attempt) " of at most " (job.max_attempts) } }
+            div {
+                dt { "Attempt" }
+                dd {
+                    (job.attempt)
+                    // The attempt number counts every hand-over; the bound is on failures.
+                    span.muted {
+                        " · " (job.failed_attempts) " of " (job.max_attempts) " attempts failed"
+                        @if job.manual_retries > 0 { " · " (job.manual_retries) " manual retries" }
+                    }
+                }
+            }
             div { dt { "Submitted" } dd { (time(job.created_at)) " by " (job.submitter) } }
             div.wide {
                 dt { "Logs" }
