@@ -6,7 +6,7 @@
 //! `BUILDFLEET_CONFIG`, `BUILDFLEET_BACKEND_URL`, `BUILDFLEET_KEY`, `BUILDFLEET_NAME`,
 //! `BUILDFLEET_LABELS` (comma-separated `key=value`), `BUILDFLEET_MAX_JOBS`,
 //! `BUILDFLEET_WORK_DIR`, `BUILDFLEET_STRATEGY`, `BUILDFLEET_DOCKER_IMAGE`,
-//! `BUILDFLEET_OFFLINE`, `BUILDFLEET_CA_CERT`. Toolchain variables passed through to
+//! `BUILDFLEET_OFFLINE`, `BUILDFLEET_CA_CERT`, `BUILDFLEET_BUILD_USER`. Toolchain variables passed through to
 //! recipes: `CARGO_HOME`, `RUSTUP_HOME` and `PATH` (see [`ToolchainEnv`]).
 
 use std::collections::BTreeMap;
@@ -56,6 +56,8 @@ pub enum ConfigError {
     Docker { field: &'static str, reason: String },
     #[error("the docker strategy needs an image: pass --docker-image, set BUILDFLEET_DOCKER_IMAGE, put `image` under [strategy], or give every recipe an `image`")]
     DockerImage,
+    #[error("invalid build_user {value:?}: {reason}")]
+    BuildUser { value: String, reason: String },
     #[error("invalid [reconnect] setting {field}: {reason}")]
     Reconnect { field: &'static str, reason: String },
     #[error(transparent)]
@@ -123,6 +125,10 @@ pub struct RunArgs {
     /// Enrolment token from the operator: admit this builder's key (made if missing) first.
     #[arg(long, env = "BUILDFLEET_ENROL_TOKEN", hide_env_values = true)]
     pub enrol_token: Option<String>,
+    /// Run process-strategy commands as this user (NAME or UID:GID), so builds cannot read
+    /// the builder's key; needs root or CAP_SETUID and CAP_SETGID.
+    #[arg(long, env = "BUILDFLEET_BUILD_USER")]
+    pub build_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -160,6 +166,9 @@ pub struct BuilderConfig {
     pub toolchain: ToolchainEnv,
     /// Backoff between connection attempts (the `[reconnect]` table of the file).
     pub reconnect: ReconnectPolicy,
+    /// The user process-strategy commands run as (`build_user`); `None`: the builder's own,
+    /// which can read the builder's key.
+    pub build_user: Option<BuildUser>,
 }
 
 impl BuilderConfig {
@@ -185,8 +194,125 @@ impl BuilderConfig {
             limits: Limits::default(),
             toolchain: ToolchainEnv::from_process_env(),
             reconnect: ReconnectPolicy::default(),
+            build_user: None,
         })
     }
+}
+
+/// The user process-strategy builds run as, resolved once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildUser {
+    /// As configured: a user name, or `UID:GID`.
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (a named user's from the group database, the primary included;
+    /// for `UID:GID` just the GID).
+    pub groups: Vec<u32>,
+}
+
+impl BuildUser {
+    /// Resolves `NAME` through the user database, or takes `UID:GID` as is. Root (uid 0) is
+    /// refused: a build running as root reads the key whatever its mode.
+    pub fn resolve(value: &str) -> Result<BuildUser, ConfigError> {
+        let bad = |reason: String| ConfigError::BuildUser {
+            value: value.to_owned(),
+            reason,
+        };
+        let value = value.trim();
+        let user = match value.split_once(':') {
+            Some((uid, gid)) => {
+                let uid = uid
+                    .parse::<u32>()
+                    .map_err(|_| bad("expected UID:GID with numbers, or a user name".into()))?;
+                let gid = gid
+                    .parse::<u32>()
+                    .map_err(|_| bad("expected UID:GID with numbers, or a user name".into()))?;
+                BuildUser {
+                    name: value.to_owned(),
+                    uid,
+                    gid,
+                    groups: vec![gid],
+                }
+            }
+            None if value.is_empty() => return Err(bad("empty".into())),
+            None => {
+                let (uid, gid) = lookup_user(value).map_err(bad)?.ok_or_else(|| {
+                    bad("no such user (use UID:GID for a user the system does not name)".into())
+                })?;
+                let groups = user_groups(value, gid).map_err(bad)?;
+                BuildUser {
+                    name: value.to_owned(),
+                    uid,
+                    gid,
+                    groups,
+                }
+            }
+        };
+        if user.uid == 0 {
+            return Err(bad(
+                "it is root (uid 0), which can read the builder's key; name an unprivileged user"
+                    .into(),
+            ));
+        }
+        Ok(user)
+    }
+}
+
+/// `name`'s uid and primary gid from the user database (`getpwnam_r`), `None` if unknown.
+#[expect(unsafe_code, reason = "getpwnam_r(3) has no safe wrapper in std")]
+fn lookup_user(name: &str) -> Result<Option<(u32, u32)>, String> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| "contains a NUL byte".to_owned())?;
+    let mut size = 1024usize;
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        // SAFETY: an all-zero passwd is a valid value (integers and null pointers).
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call and `buf.len()` is its real size.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c_name.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && size < 1 << 20 {
+            size *= 4;
+            continue;
+        }
+        if rc != 0 {
+            return Err(format!(
+                "cannot read the user database: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        return Ok((!result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid)));
+    }
+}
+
+/// `name`'s groups (`getgrouplist`), the primary `gid` included.
+#[expect(unsafe_code, reason = "getgrouplist(3) has no safe wrapper in std")]
+fn user_groups(name: &str, gid: u32) -> Result<Vec<u32>, String> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| "contains a NUL byte".to_owned())?;
+    let mut count: libc::c_int = 32;
+    for _ in 0..8 {
+        let len = usize::try_from(count).map_err(|_| "too many groups".to_owned())?;
+        let mut groups = vec![0 as libc::gid_t; len];
+        let mut n = count;
+        // SAFETY: `groups` holds `n` entries; getgrouplist writes at most that many and
+        // stores the real count in `n`.
+        let rc = unsafe { libc::getgrouplist(c_name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(usize::try_from(n).unwrap_or(0));
+            return Ok(groups);
+        }
+        // Too small: `n` is the count needed.
+        count = n.max(count.saturating_mul(2));
+    }
+    Err("cannot read its groups".to_owned())
 }
 
 /// Resource limits of the builder itself (the backend imposes its own).
@@ -362,6 +488,7 @@ struct FileConfig {
     reconnect: FileReconnect,
     #[serde(default)]
     recipes: Vec<RecipeConfig>,
+    build_user: Option<String>,
 }
 
 /// `[reconnect]`, in milliseconds; unset fields keep [`ReconnectPolicy::default`].
@@ -494,9 +621,24 @@ impl RunArgs {
         if let Some(image) = &self.docker_image {
             docker.image = Some(image.clone());
         }
+        let build_user = self
+            .build_user
+            .clone()
+            .or(file.build_user)
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| BuildUser::resolve(&u))
+            .transpose()?;
         let strategy = match self.strategy.or(file_kind).unwrap_or(StrategyKind::Process) {
             StrategyKind::Process => Strategy::Process,
             StrategyKind::Docker => {
+                // Containers never see the key; a second, silently ignored setting would
+                // only mislead.
+                if let Some(user) = &build_user {
+                    return Err(ConfigError::BuildUser {
+                        value: user.name.clone(),
+                        reason: "it applies to the process strategy only (docker containers never see the key)".into(),
+                    });
+                }
                 docker.validate()?;
                 if docker.image.is_none() && !recipes.all_have_images() {
                     return Err(ConfigError::DockerImage);
@@ -530,6 +672,7 @@ impl RunArgs {
             limits: file.limits,
             toolchain: ToolchainEnv::from_process_env(),
             reconnect: file.reconnect.policy()?,
+            build_user,
         })
     }
 }

@@ -43,6 +43,8 @@ pub struct JobEnv {
     pub spare_dirs: Arc<SpareDirs>,
     /// The session's `max_log_line_bytes`; updated on every (re)connection.
     pub max_log_line_bytes: Arc<AtomicUsize>,
+    /// The user process-strategy commands run as (`build_user`); `None`: the builder's own.
+    pub build_user: Option<crate::config::BuildUser>,
 }
 
 /// One accepted assignment, ready to run.
@@ -343,6 +345,20 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
         Err(SourceFailure::Stopped(reason)) => return Ended::stopped(reason, None),
         Err(SourceFailure::Failed(kind, message)) => return Ended::failed(kind, message, None),
     };
+    if let Some(user) = env.build_user.clone() {
+        let dirs = layout.clone();
+        let handed = tokio::task::spawn_blocking(move || dirs.hand_to(&user))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = handed {
+            return Ended::failed(
+                BuildErrorKind::Internal,
+                format!("cannot give the job directory to the build user: {e}"),
+                None,
+            );
+        }
+    }
 
     let options = CargoOptions::from_parameters(&job.parameters, env.offline);
     let commands = recipe.commands_with(&options);
@@ -365,6 +381,7 @@ async fn steps(env: &JobEnv, run: &mut JobRun, layout: &JobLayout) -> Ended {
         src_root: &src_root,
         toolchain: &env.toolchain,
         source_date_epoch,
+        build_user: env.build_user.as_ref(),
     };
     let exit_status = match run_commands(env, run, &context, &commands).await {
         Ok(exit_status) => exit_status,

@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::config::BuildUser;
 use crate::event_buffer::EventBuffer;
 use crate::signals::ProcessGroup;
 
@@ -127,6 +128,8 @@ pub struct CommandSpec {
     pub cwd: PathBuf,
     /// Run (best effort) when the command is stopped, e.g. `docker kill <container>`.
     pub on_stop: Option<Vec<String>>,
+    /// The user the command runs as (the builder's `build_user`); `None`: the builder's own.
+    pub run_as: Option<BuildUser>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +198,11 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // First: the closures run in order, and changing the user clears the parent-death
+    // signal that `tie_to_builder` arms.
+    if let Some(user) = &spec.run_as {
+        switch_user(&mut command, user);
+    }
     reaper::tie_to_builder(&mut command);
     let mut child = command.spawn().map_err(|source| {
         // The program may have moved since it was resolved: look again next time.
@@ -266,6 +274,30 @@ pub async fn run(
         signal: status.signal(),
         stopped: stopping.reason,
     })
+}
+
+/// Makes the command drop to `user` (supplementary groups, group, then user) in the forked
+/// child before it executes. Not `Command::uid`/`gid`: std runs those before any `pre_exec`
+/// closure and then has no way to set the user's supplementary groups (its `groups` is
+/// unstable), and setting them needs the privileges that `setuid` drops.
+#[expect(unsafe_code, reason = "pre_exec and setgroups(2) have no safe wrapper")]
+fn switch_user(command: &mut tokio::process::Command, user: &BuildUser) {
+    let (uid, gid) = (user.uid, user.gid);
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls on memory allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            // SAFETY (each call): `groups` is valid for its length; plain integers otherwise.
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// `program` as an absolute path, looked up in `path` (the command's own `PATH`) once per

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use buildfleet_protocol::JobAssignment;
 
-use crate::config::{DockerSettings, Strategy, ToolchainEnv};
+use crate::config::{BuildUser, DockerSettings, Strategy, ToolchainEnv};
 use crate::process::CommandSpec;
 use crate::recipes::{expand, param_env_name, Recipe};
 
@@ -64,6 +64,25 @@ impl JobLayout {
         }
         Ok(())
     }
+
+    /// Gives the build user what a build writes: `out`, `home` and the unpacked source tree
+    /// (cargo writes `target/` into it). Everything else of the job directory, and the rest
+    /// of the work directory, stays the builder's. Symbolic links are not followed.
+    pub fn hand_to(&self, user: &BuildUser) -> std::io::Result<()> {
+        let own = |path: &Path| std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid));
+        own(&self.out)?;
+        own(&self.home)?;
+        let mut pending = vec![self.src.clone()];
+        while let Some(path) = pending.pop() {
+            own(&path)?;
+            if std::fs::symlink_metadata(&path)?.is_dir() {
+                for entry in std::fs::read_dir(&path)? {
+                    pending.push(entry?.path());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Everything a strategy needs to turn a recipe command into a process.
@@ -78,6 +97,8 @@ pub struct CommandContext<'a> {
     pub toolchain: &'a ToolchainEnv,
     /// The source's newest file time ([`crate::unpack::Unpacked::newest_mtime`]).
     pub source_date_epoch: u64,
+    /// The user process-strategy commands run as (`build_user`), if not the builder's.
+    pub build_user: Option<&'a BuildUser>,
 }
 
 impl CommandContext<'_> {
@@ -123,6 +144,7 @@ impl CommandContext<'_> {
             env,
             cwd: self.src_root.to_path_buf(),
             on_stop: None,
+            run_as: self.build_user.cloned(),
         }
     }
 
@@ -203,6 +225,8 @@ impl CommandContext<'_> {
             cwd: layout.dir.clone(),
             // Signals reach the CLI, not the container: stop the container itself.
             on_stop: Some(vec![docker, "kill".into(), name]),
+            // The CLI talks to the daemon as the builder; the container sees no key anyway.
+            run_as: None,
         })
     }
 }

@@ -36,6 +36,7 @@ fn sh(script: &str) -> CommandSpec {
         ]),
         cwd: std::env::temp_dir(),
         on_stop: None,
+        run_as: None,
     }
 }
 

@@ -184,6 +184,7 @@ pub fn job_env_with_cache(
         spare_dirs: Arc::new(SpareDirs::new(jobs_dir.clone())),
         jobs_dir,
         max_log_line_bytes: Arc::new(AtomicUsize::new(16 * 1024)),
+        build_user: None,
     }
 }
 
