@@ -32,6 +32,8 @@ pub enum JobCommand {
     Cancel(JobRef),
     /// Queue a finished (failed, cancelled or timed-out) job again, with a fresh attempt.
     Retry(JobRef),
+    /// Put a queued job ahead of every project's work (the admin token only).
+    Boost(JobRef),
     /// Print a job's log; --follow streams it live and exits with the job's outcome.
     Logs(LogsArgs),
     /// Print the plan a plan-mode job (`submit --plan`) reported.
@@ -243,6 +245,7 @@ pub async fn run(api: &Api, json: bool, command: JobCommand) -> Result<Outcome, 
         JobCommand::Show(job) => show(api, json, job.id).await,
         JobCommand::Cancel(job) => cancel(api, json, job.id).await,
         JobCommand::Retry(job) => retry(api, json, job.id).await,
+        JobCommand::Boost(job) => boost(api, json, job.id).await,
         JobCommand::Logs(args) => logs::run(api, json, args).await,
         JobCommand::Plan(job) => plan(api, json, job.id).await,
     }
@@ -694,6 +697,29 @@ async fn cancel(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         };
         println!("job {id}: cancel requested; {builder} is stopping it");
     }
+    Ok(Outcome::Success)
+}
+
+async fn boost(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
+    let answer = match api.post(&format!("/jobs/{id}/boost"), None).await {
+        Ok(answer) => answer.unwrap_or(Value::Null),
+        Err(e) => {
+            return Err(explain_conflict(api, id, e, |state| {
+                (state != JobState::Queued)
+                    .then(|| format!("job {id} is {state}: only a queued job can be boosted"))
+            })
+            .await)
+        }
+    };
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let job: Job = parse(&answer)?;
+    println!(
+        "job {id} boosted: priority {}, ahead of every project's work",
+        job.priority
+    );
     Ok(Outcome::Success)
 }
 
