@@ -475,3 +475,68 @@ async fn the_docker_strategy_never_mounts_the_key() {
     assert!(lines.contains(&"work: absent".to_owned()), "{all}");
     assert!(!lines.contains(&"key: readable".to_owned()), "{all}");
 }
+
+/// Process groups and the stop handling work for a build user's commands: the builder (root)
+/// still kills what the command left running in its group.
+#[actix_rt::test]
+async fn a_build_users_background_processes_are_killed_with_its_command() {
+    use buildfleet_builder::event_buffer::EventBuffer;
+    use buildfleet_builder::process::{CommandSpec, RunOptions, StopSignal};
+    use buildfleet_protocol::{Attempt, JobEventKind, JobId, JobRef};
+
+    if skip_unless_root() {
+        return;
+    }
+    let dir = work_dir();
+    let spec = CommandSpec {
+        program: "sh".into(),
+        args: vec!["-c".into(), "sleep 1000 & echo $!; id -u".into()],
+        env: [("PATH".to_owned(), "/usr/bin:/bin".to_owned())].into(),
+        cwd: dir.path().to_owned(),
+        on_stop: None,
+        run_as: Some(nobody()),
+    };
+    let events = std::sync::Arc::new(EventBuffer::new(
+        JobRef {
+            job_id: JobId(1),
+            attempt: Attempt(1),
+        },
+        1 << 20,
+        |_| {},
+    ));
+    let (_handle, mut stop) = StopSignal::new(None);
+    let options = RunOptions {
+        max_line_bytes: 1024,
+        grace: std::time::Duration::from_millis(200),
+    };
+    let exit = buildfleet_builder::process::run(&spec, events.as_ref(), &mut stop, options)
+        .await
+        .expect("runs");
+    assert!(exit.success(), "{exit:?}");
+    let lines: Vec<String> = events
+        .events_after(0)
+        .into_iter()
+        .filter_map(|e| match e.event {
+            JobEventKind::Log { line, .. } => Some(line),
+            JobEventKind::Stage { .. } => None,
+        })
+        .collect();
+    assert_eq!(lines.get(1).map(String::as_str), Some("65534"), "{lines:?}");
+    let sleeper = lines[0].trim().to_owned();
+    // Gone, or a zombie waiting for init: either way no longer running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()))
+            .flatten();
+        if matches!(state, None | Some('Z') | Some('X')) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build user's background sleep {sleeper} still runs ({state:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
