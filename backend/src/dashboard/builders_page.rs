@@ -1,13 +1,17 @@
 //! The builders page: one card per admitted builder (status, load, what it runs, labels,
 //! last contact and every action), a form to admit a pasted key, and enrolment tokens.
 //!
+//! The page shows what the visitor's session cookie sees, by the API's rule
+//! (`http::builders::visible_builders`): a builder private to projects it cannot see is not
+//! there, and neither is a running job of a project it cannot see.
+//!
 //! Everything public renders here. Actions go through the token-checked API from `app.js`;
 //! the enrolment token list is read from the API with the admin token too, since listing
 //! tokens is an admin action there and the page must not show more than the API would.
 
 use std::collections::BTreeMap;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup};
 
 use super::error_page::PageError;
@@ -15,6 +19,9 @@ use super::job_summary::time;
 use super::pages::{layout, live_builders, pairs};
 use crate::actors::scheduler::LiveBuilder;
 use crate::error::blocking;
+use crate::http::auth::Access;
+use crate::http::builders::visible_builders;
+use crate::http::views::ProjectNames;
 use crate::http::AppState;
 use crate::store::{
     annotation_headline, Builder, BuilderId, Job, JobFilter, JobState, Store, StoreError,
@@ -23,11 +30,28 @@ use crate::store::{
 /// Running jobs a card lists; the rest are one link away.
 const SHOWN_RUNNING: usize = 5;
 
-pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
+pub async fn builders(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let access = Access::of_cookie(&req, &state).await?;
     let store = state.store.clone();
-    let (builders, running) =
-        blocking(move || Ok((store.list_builders()?, active_jobs_by_builder(&store)?))).await?;
-    let live = live_builders(&state).await?;
+    let (builders, private_to, running) = blocking(move || {
+        let (builders, mut private_to) = visible_builders(&store, &access)?;
+        // A builder serving a visible project and a hidden one names the visible one only.
+        let seen = ProjectNames::load(&store)?.seen_by(&access);
+        for slugs in private_to.values_mut() {
+            slugs.retain(|slug| seen.contains(slug));
+        }
+        let mut running = active_jobs_by_builder(&store)?;
+        for jobs in running.values_mut() {
+            jobs.retain(|j| access.sees(j.project));
+        }
+        Ok((builders, private_to, running))
+    })
+    .await?;
+    let mut live = live_builders(&state).await?;
+    live.retain(|id, _| builders.iter().any(|b| b.id == *id));
     let body = html! {
         h1 { "Builders" }
         p.muted { (builders.len()) " admitted, " (live.len()) " connected." }
@@ -36,7 +60,12 @@ pub async fn builders(state: web::Data<AppState>) -> Result<HttpResponse, PageEr
         }
         div.builder-list {
             @for b in &builders {
-                (card(b, live.get(&b.id), running.get(&b.id).map_or(&[][..], Vec::as_slice)))
+                (card(
+                    b,
+                    live.get(&b.id),
+                    running.get(&b.id).map_or(&[][..], Vec::as_slice),
+                    private_to.get(&b.id).map_or(&[][..], Vec::as_slice),
+                ))
             }
         }
         (admit_form())
@@ -75,7 +104,7 @@ fn active_jobs_by_builder(store: &Store) -> Result<BTreeMap<BuilderId, Vec<Job>>
     Ok(by_builder)
 }
 
-fn card(b: &Builder, live: Option<&LiveBuilder>, running: &[Job]) -> Markup {
+fn card(b: &Builder, live: Option<&LiveBuilder>, running: &[Job], private_to: &[String]) -> Markup {
     let id = b.id;
     let action = |name: &str| format!("/api/v1/builders/{id}/{name}");
     html! {
@@ -121,6 +150,16 @@ fn card(b: &Builder, live: Option<&LiveBuilder>, running: &[Job]) -> Markup {
                         }
                         @if running.len() > SHOWN_RUNNING {
                             " and " a href={ "/jobs?builder=" (id) } { (running.len() - SHOWN_RUNNING) " more" }
+                        }
+                    }
+                }
+                div.wide {
+                    dt { "Serves" }
+                    dd {
+                        @if private_to.is_empty() { "every project" }
+                        @for (i, slug) in private_to.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            a.mono href={ "/jobs?project=" (slug) } { (slug) }
                         }
                     }
                 }

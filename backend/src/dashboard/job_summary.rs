@@ -54,6 +54,7 @@ pub fn title(job: &Job) -> String {
 /// The job page's head: heading with the state, what it builds, the actions, and the facts.
 pub fn head(
     job: &Job,
+    project: &str,
     attempts: &[JobAttempt],
     names: &BTreeMap<BuilderId, String>,
     now: i64,
@@ -75,6 +76,7 @@ pub fn head(
             p.actions { button.secondary type="button" data-action={ "/api/v1/jobs/" (job.id) "/retry" } { "Retry job" } }
         }
         dl.facts {
+            div { dt { "Project" } dd { a.mono href={ "/jobs?project=" (project) } { (project) } } }
             div { dt { "Duration" } dd #job-duration { (duration(job, now)) } }
             div { dt { "Started" } dd { (time_or(job.started_at, "not yet")) } }
             div { dt { "Finished" } dd { (time_or(job.finished_at, "not yet")) } }

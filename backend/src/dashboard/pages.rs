@@ -14,11 +14,12 @@ use crate::actors::scheduler::{LiveBuilder, LiveBuilders};
 use crate::cli::output::size;
 use crate::error::{blocking, ApiError};
 use crate::http::auth::Access;
-use crate::http::jobs::{load_detail, parse_job_id, JobDetail};
+use crate::http::builders::visible_builders;
+use crate::http::jobs::{load_detail, parse_job_id, resolve_project, JobDetail};
 use crate::http::AppState;
 use crate::store::{
     AnnotationFilter, Annotations, Attempt, Builder, BuilderId, Job, JobFilter, JobId, JobMode,
-    JobState,
+    JobState, ProjectId, Store, StoreError,
 };
 
 const PAGE_SIZE: usize = 50;
@@ -111,15 +112,34 @@ pub(super) async fn live_builders(
         .map_err(|_| ApiError::Unavailable("scheduler".into()))
 }
 
-fn jobs_table(jobs: &[Job], names: &BTreeMap<BuilderId, String>, now: i64) -> Markup {
+/// The `organisation/project` of every project `access` sees, by id, for job lists.
+pub(super) fn project_slugs(
+    store: &Store,
+    access: &Access,
+) -> Result<BTreeMap<ProjectId, String>, StoreError> {
+    Ok(store
+        .list_projects()?
+        .into_iter()
+        .filter(|p| access.sees(p.id))
+        .map(|p| (p.id, p.slug()))
+        .collect())
+}
+
+fn jobs_table(
+    jobs: &[Job],
+    names: &BTreeMap<BuilderId, String>,
+    projects: &BTreeMap<ProjectId, String>,
+    now: i64,
+) -> Markup {
     html! {
         div.table-wrap {
             table.jobs.stack {
-                thead { tr { th { "Job" } th { "What" } th { "State" } th { "Attempt" } th { "Builder" } th { "Submitted (UTC)" } th { "Duration" } } }
+                thead { tr { th { "Job" } th { "Project" } th { "What" } th { "State" } th { "Attempt" } th { "Builder" } th { "Submitted (UTC)" } th { "Duration" } } }
                 tbody {
                     @for job in jobs {
                         tr {
                             td data-label="Job" { a href={ "/jobs/" (job.id) } { "#" (job.id) } }
+                            td.mono data-label="Project" { @if let Some(slug) = projects.get(&job.project) { a href={ "/jobs?project=" (slug) } { (slug) } } }
                             td.what-cell data-label="What" { (job_summary::list_cell(job)) }
                             td data-label="State" { (state_badge(job.state)) }
                             td data-label="Attempt" { (job.attempt) " / " (job.max_attempts) }
@@ -128,7 +148,7 @@ fn jobs_table(jobs: &[Job], names: &BTreeMap<BuilderId, String>, now: i64) -> Ma
                             td data-label="Duration" { @if let Some(start) = job.started_at { (format_duration(job.finished_at.unwrap_or(now) - start)) } @else { span.muted { "—" } } }
                         }
                     }
-                    @if jobs.is_empty() { tr { td colspan="7" .muted { "No jobs." } } }
+                    @if jobs.is_empty() { tr { td colspan="8" .muted { "No jobs." } } }
                 }
             }
         }
@@ -146,11 +166,12 @@ pub async fn overview(
     // Recent jobs are those the visitor may see; the counts are of the whole fleet's work.
     let access = Access::of_cookie(&req, &state).await?;
     let store = state.store.clone();
-    let (counts, builders, recent, finished_hour, now) = blocking(move || {
+    let (counts, builders, projects, recent, finished_hour, now) = blocking(move || {
         let now = store.now_ms();
         Ok((
             store.count_jobs_by_state()?,
             store.list_builders()?,
+            project_slugs(&store, &access)?,
             store.list_jobs(&JobFilter {
                 limit: 10,
                 projects: access.visible_projects(),
@@ -175,7 +196,7 @@ pub async fn overview(
             div.card { div.value { (count(JobState::Failed) + count(JobState::TimedOut)) } div.label { "failed or timed out" } }
         }
         h2 { "Recent jobs" }
-        (jobs_table(&recent, &names, now))
+        (jobs_table(&recent, &names, &projects, now))
         p { a href="/jobs" { "All jobs →" } }
     };
     Ok(layout("Overview", body))
@@ -186,6 +207,8 @@ pub struct JobsQuery {
     state: Option<String>,
     recipe: Option<String>,
     builder: Option<String>,
+    /// `organisation/project`.
+    project: Option<String>,
     /// One `key:value` (or `key`) annotation filter.
     annotation: Option<String>,
     before: Option<i64>,
@@ -223,7 +246,8 @@ pub async fn jobs(
         .map(AnnotationFilter::parse)
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let filter = JobFilter {
+    let project = query.project.clone().filter(|p| !p.is_empty());
+    let mut filter = JobFilter {
         state: job_state,
         recipe: recipe.clone(),
         builder,
@@ -233,10 +257,18 @@ pub async fn jobs(
         projects: access.visible_projects(),
     };
     let store = state.store.clone();
-    let (jobs, builders, now) = blocking(move || {
+    let wanted = project.clone();
+    let (jobs, builders, projects, now) = blocking(move || {
+        // A project the visitor cannot see is the API's 404, as if it did not exist.
+        if let Some(slug) = &wanted {
+            filter.projects = Some(vec![resolve_project(&store, &access, slug)?]);
+        }
+        // The filter offers only the builders the visitor may see (the API's rule).
+        let (builders, _) = visible_builders(&store, &access)?;
         Ok((
             store.list_jobs(&filter)?,
-            store.list_builders()?,
+            builders,
+            project_slugs(&store, &access)?,
             store.now_ms(),
         ))
     })
@@ -253,15 +285,22 @@ pub async fn jobs(
             .unwrap_or_default()
     };
     let filters = format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}",
+        keep("project", &project),
         keep("state", &query.state),
         keep("recipe", &recipe),
         keep("builder", &query.builder),
         keep("annotation", &annotation)
     );
     let body = html! {
-        h1 { "Jobs" }
+        h1 { "Jobs" @if let Some(slug) = &project { " of " span.mono { (slug) } } }
         form.filters method="get" action="/jobs" {
+            label { "Project"
+                select name="project" {
+                    option value="" { "any" }
+                    @for slug in projects.values() { option value=(slug) selected[project.as_deref() == Some(slug.as_str())] { (slug) } }
+                }
+            }
             label { "State"
                 select name="state" {
                     option value="" { "any" }
@@ -278,7 +317,7 @@ pub async fn jobs(
             }
             button type="submit" { "Filter" }
         }
-        (jobs_table(&jobs, &names, now))
+        (jobs_table(&jobs, &names, &projects, now))
         div.pager {
             @if query.before.is_some() { a.button href={ "/jobs?" (filters.trim_start_matches('&')) } { "« Newest" } }
             @if let Some(next) = next { a.button href={ "/jobs?before=" (next) (filters) } { "Older »" } }
@@ -341,7 +380,7 @@ pub async fn job(
         search,
     };
     let body = html! {
-        (job_summary::head(job, &detail.attempts, &names, now))
+        (job_summary::head(job, &detail.project, &detail.attempts, &names, now))
         div.table-wrap { table.details { tbody {
             tr { th { "Source" } td.mono { (job.source_url) br; "sha256:" (job.source_sha256) } }
             tr { th { "Parameters" } td.mono { @if job.parameters.is_empty() { span.muted { "none" } } (job.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")) } }

@@ -13,7 +13,7 @@ use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::{require, Access};
 use crate::http::views::ProjectNames;
 use crate::http::{views, AppState};
-use crate::store::{Builder, BuilderId, NewBuilder, TokenScope};
+use crate::store::{Builder, BuilderId, NewBuilder, Store, TokenScope};
 
 async fn live(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiError> {
     state
@@ -36,15 +36,10 @@ fn parse_id(raw: &str) -> Result<BuilderId, ApiError> {
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let access = Access::of(&req, &state).await?;
     let store = state.store.clone();
-    let (builders, slugs, seen) = blocking(move || {
-        let seen = ProjectNames::load(&store)?.seen_by(&access);
-        Ok((store.list_builders()?, store.builder_project_slugs()?, seen))
-    })
-    .await?;
+    let (builders, slugs) = blocking(move || visible_builders(&store, &access)).await?;
     let live = live(&state).await?;
     let builders = builders
         .into_iter()
-        .filter(|b| sees_builder(&seen, slugs.get(&b.id)))
         .map(|b| with_projects(view(b, &live), &slugs))
         .collect();
     Ok(HttpResponse::Ok().json(api::BuilderList { builders }))
@@ -73,6 +68,23 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
     let live = live(&state).await?;
     Ok(HttpResponse::Ok().json(with_projects(view(builder, &live), &slugs)))
+}
+
+/// The builders `access` sees, and the projects of every private builder (by builder). The
+/// API's listing and the dashboard's builders page both read it, so neither shows a builder
+/// the other hides.
+pub fn visible_builders(
+    store: &Store,
+    access: &Access,
+) -> Result<(Vec<Builder>, BTreeMap<BuilderId, Vec<String>>), ApiError> {
+    let seen = ProjectNames::load(store)?.seen_by(access);
+    let slugs = store.builder_project_slugs()?;
+    let builders = store
+        .list_builders()?
+        .into_iter()
+        .filter(|b| sees_builder(&seen, slugs.get(&b.id)))
+        .collect();
+    Ok((builders, slugs))
 }
 
 /// Whether a caller that sees the projects `seen` sees a builder private to `private_to`
