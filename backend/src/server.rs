@@ -242,7 +242,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     };
 
     let project_events = crate::webhooks::ProjectEvents::new();
-    let notifier_parts = (store.clone(), job_feed.clone(), project_events.clone());
+    let notifier_parts = (
+        store.clone(),
+        job_feed.clone(),
+        job_feed.subscribe(),
+        project_events.clone(),
+    );
     let notifier_settings = crate::webhooks::NotifierSettings {
         public_url: public_url.clone(),
         retry_base: config.timings.webhook_retry_base,
@@ -250,9 +255,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let webhook_tls =
         buildfleet_builder::http::tls_config(None).context("the webhook sender's TLS roots")?;
     crate::webhooks::Notifier::start_in_arbiter(&actors.handle(), move |_| {
-        let (store, feed, hub) = notifier_parts;
+        let (store, feed, changes, hub) = notifier_parts;
         let client = buildfleet_builder::http::client(&webhook_tls);
-        crate::webhooks::Notifier::new(store, feed, hub, client, notifier_settings)
+        crate::webhooks::Notifier::new(store, feed, changes, hub, client, notifier_settings)
     });
     let janitor = crate::janitor::Janitor::new(
         store.clone(),

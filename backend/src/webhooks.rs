@@ -18,7 +18,7 @@
 //! Signature: `X-Buildfleet-Signature: sha256=<hex>`, the HMAC-SHA256 of the raw body under
 //! the webhook's secret, as GitHub signs its webhooks (docs/api.md shows how to verify it).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,9 +29,9 @@ use sha2::Sha256;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::job_feed::{JobChange, JobFeed};
+use crate::job_feed::{JobChange, JobFeed, Published};
 use crate::store::{
-    DeliveryTry, DueDelivery, JobState, NewDelivery, NotifiedJob, ProjectId, Store,
+    Attempt, DeliveryTry, DueDelivery, JobId, JobState, NewDelivery, NotifiedJob, ProjectId, Store,
 };
 
 /// Tries of one delivery before it is given up.
@@ -185,19 +185,26 @@ pub struct NotifierSettings {
 pub struct Notifier {
     store: Store,
     feed: Arc<JobFeed>,
+    /// Subscribed before the server accepts requests, so no change is missed at start;
+    /// taken by `started`.
+    changes: Option<broadcast::Receiver<Arc<Published>>>,
     hub: Arc<ProjectEvents>,
     client: awc::Client,
     settings: NotifierSettings,
     queued: VecDeque<JobChange>,
+    /// The attempt whose `queued` was notified, per job not yet finished.
+    queued_seen: HashMap<JobId, Attempt>,
     recording: bool,
     claiming: bool,
     in_flight: HashSet<i64>,
 }
 
 impl Notifier {
+    /// `changes` is `feed.subscribe()`, taken before the server starts accepting.
     pub fn new(
         store: Store,
         feed: Arc<JobFeed>,
+        changes: broadcast::Receiver<Arc<Published>>,
         hub: Arc<ProjectEvents>,
         client: awc::Client,
         settings: NotifierSettings,
@@ -205,14 +212,48 @@ impl Notifier {
         Notifier {
             store,
             feed,
+            changes: Some(changes),
             hub,
             client,
             settings,
             queued: VecDeque::new(),
+            queued_seen: HashMap::new(),
             recording: false,
             claiming: false,
             in_flight: HashSet::new(),
         }
+    }
+
+    /// Queues a change for recording. Every attempt starts queued, but the feed drops a
+    /// `queued` handed over after the claim that followed it (it keeps each job's order), so a
+    /// job seen past `queued` for an attempt whose `queued` was not seen gets it first.
+    fn note(&mut self, change: JobChange) {
+        match change.state {
+            JobState::Queued => {
+                if self.queued_seen.len() >= MAX_QUEUED_CHANGES {
+                    // Only jobs finished elsewhere (another replica) pile up here; forgetting
+                    // them costs at most a repeated `queued` on the streams (deliveries are
+                    // written once per job attempt and event).
+                    self.queued_seen.clear();
+                }
+                self.queued_seen.insert(change.job, change.attempt);
+            }
+            _ if self.queued_seen.get(&change.job) != Some(&change.attempt) => {
+                self.queued.push_back(JobChange {
+                    state: JobState::Queued,
+                    builder: None,
+                    error: None,
+                    ..change.clone()
+                });
+            }
+            _ => {}
+        }
+        if change.state.is_terminal() {
+            self.queued_seen.remove(&change.job);
+        } else if change.state != JobState::Queued {
+            self.queued_seen.insert(change.job, change.attempt);
+        }
+        self.queued.push_back(change);
     }
 
     /// Records the queued changes, one batch at a time so notifications keep their order.
@@ -463,7 +504,7 @@ impl Actor for Notifier {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Forwards the feed's changes in batches; re-reads what it missed from the feed's
         // recent changes if it falls behind.
-        let mut changes = self.feed.subscribe();
+        let mut changes = self.changes.take().unwrap_or_else(|| self.feed.subscribe());
         let feed = self.feed.clone();
         let addr = ctx.address();
         let closing = feed.closing();
@@ -526,7 +567,9 @@ impl Handler<Changes> for Notifier {
     type Result = ();
 
     fn handle(&mut self, msg: Changes, ctx: &mut Self::Context) {
-        self.queued.extend(msg.0);
+        for change in msg.0 {
+            self.note(change);
+        }
         if self.queued.len() > MAX_QUEUED_CHANGES {
             let excess = self.queued.len() - MAX_QUEUED_CHANGES;
             tracing::warn!(
