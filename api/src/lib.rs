@@ -10,6 +10,7 @@ pub mod builders;
 pub mod error;
 pub mod jobs;
 pub mod notifications;
+pub mod projects;
 pub mod registry;
 pub mod sources;
 pub mod state;
@@ -22,6 +23,10 @@ pub use error::{ErrorBody, ErrorDetail};
 pub use jobs::{
     Artifact, ArtifactList, Attempt, ExitCodes, Job, JobChange, JobDetail, JobEnd, JobList,
     ListJobs, QueueStanding, RetryPolicy, SubmitJob, Transition, UploadedArtifact,
+};
+pub use projects::{
+    ApiToken, CreateProject, CreateToken, CreatedToken, Project, ProjectList, TokenList,
+    TokenScope, UpdateProject,
 };
 pub use registry::{
     Backfill, BackfillResult, CrateBuild, CrateDetail, CrateVersion, RegistryStatus,
