@@ -9,7 +9,7 @@ use std::process::Stdio;
 use buildfleet_protocol::signing::{BuildStatement, STATEMENT_NAMESPACE};
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -35,6 +35,8 @@ pub enum ArtifactCommand {
     /// then is the file moved to its destination; on any mismatch it is deleted and the exit
     /// code is 5.
     Download(DownloadArgs),
+    /// Delete a finished job's artifacts now (the project's admin); the job records when.
+    Delete(JobArg),
 }
 
 #[derive(Debug, Args)]
@@ -66,7 +68,25 @@ pub async fn run(api: &Api, json: bool, command: ArtifactCommand) -> Result<Outc
     match command {
         ArtifactCommand::List(arg) => list(api, json, arg.job).await,
         ArtifactCommand::Download(args) => download(api, json, args).await,
+        ArtifactCommand::Delete(arg) => delete(api, json, arg.job).await,
     }
+}
+
+async fn delete(api: &Api, json: bool, job: i64) -> Result<Outcome, CliError> {
+    let answer = api
+        .delete(&format!("/jobs/{job}/artifacts"))
+        .await?
+        .unwrap_or(Value::Null);
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let deleted: buildfleet_api::notifications::DeletedArtifacts = parse(&answer)?;
+    println!(
+        "deleted {} artifact(s) of job {}",
+        deleted.deleted, deleted.job
+    );
+    Ok(Outcome::Success)
 }
 
 async fn list(api: &Api, json: bool, job: i64) -> Result<Outcome, CliError> {

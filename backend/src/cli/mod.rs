@@ -12,6 +12,7 @@ mod crates;
 mod exit;
 mod jobs;
 mod logs;
+mod notifications;
 pub(crate) mod output;
 mod projects;
 mod source;

@@ -18,6 +18,12 @@ pub enum ProjectCommand {
     Show(ProjectRef),
     /// Change whether a project is public, or its fair-share weight. Admin token.
     Set(SetArgs),
+    /// The project's webhooks and their deliveries.
+    #[command(subcommand)]
+    Webhook(super::notifications::WebhookCommand),
+    /// Show how long the project's artifacts and logs are kept and what they take, or change
+    /// it with the flags (the limits not given stay). The project's admin to change.
+    Retention(super::notifications::RetentionArgs),
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +88,8 @@ pub async fn run(api: &Api, json: bool, command: ProjectCommand) -> Result<Outco
             show(json, &created, "created ")
         }
         ProjectCommand::List => list(api, json).await,
+        ProjectCommand::Webhook(command) => super::notifications::webhook(api, json, command).await,
+        ProjectCommand::Retention(args) => super::notifications::retention(api, json, args).await,
         ProjectCommand::Show(p) => {
             check_name(&p.name)?;
             let project = api.get(&format!("/projects/{}", p.name)).await?;
