@@ -581,7 +581,10 @@ mod tests {
         let config = resolve_toml("[scheduler]\nfair_share_window_secs = 600\n").expect("600 s");
         assert_eq!(config.scheduler.fair_share_window, Duration::from_secs(600));
         let config = resolve_toml("").expect("defaults");
-        assert_eq!(config.scheduler.fair_share_window, Duration::from_secs(3600));
+        assert_eq!(
+            config.scheduler.fair_share_window,
+            Duration::from_secs(3600)
+        );
         for bad in ["0", "59", "604801"] {
             let err = resolve_toml(&format!("[scheduler]\nfair_share_window_secs = {bad}\n"))
                 .expect_err(bad)

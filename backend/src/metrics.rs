@@ -149,7 +149,10 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
-            for (kind, bytes) in [("artifacts", usage.artifact_bytes), ("logs", usage.log_bytes)] {
+            for (kind, bytes) in [
+                ("artifacts", usage.artifact_bytes),
+                ("logs", usage.log_bytes),
+            ] {
                 let _ = writeln!(
                     out,
                     "buildfleet_project_storage_bytes{{project=\"{}\",kind=\"{kind}\"}} {bytes}",

@@ -70,13 +70,16 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(with_projects(view(builder, &live), &slugs)))
 }
 
+/// The projects (`organisation/project`) each private builder serves.
+pub type PrivateBuilders = BTreeMap<BuilderId, Vec<String>>;
+
 /// The builders `access` sees, and the projects of every private builder (by builder). The
 /// API's listing and the dashboard's builders page both read it, so neither shows a builder
 /// the other hides.
 pub fn visible_builders(
     store: &Store,
     access: &Access,
-) -> Result<(Vec<Builder>, BTreeMap<BuilderId, Vec<String>>), ApiError> {
+) -> Result<(Vec<Builder>, PrivateBuilders), ApiError> {
     let seen = ProjectNames::load(store)?.seen_by(access);
     let slugs = store.builder_project_slugs()?;
     let builders = store

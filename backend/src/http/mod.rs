@@ -66,7 +66,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/builders", web::post().to(builders::admit))
                 .route("/builders/{id}", web::get().to(builders::get))
                 .route("/builders/{id}", web::delete().to(builders::remove))
-                .route("/builders/{id}/projects", web::put().to(builders::set_projects))
+                .route(
+                    "/builders/{id}/projects",
+                    web::put().to(builders::set_projects),
+                )
                 .route("/builders/{id}/{action}", web::post().to(builders::act))
                 .route("/allowed_signers", web::get().to(system::allowed_signers))
                 .route("/enrolment-tokens", web::get().to(enrolment::list))
@@ -130,7 +133,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/projects/{organisation}/{project}/retention",
                     web::patch().to(retention::set),
                 )
-                .route("/jobs/{id}/artifacts", web::delete().to(retention::delete_artifacts))
+                .route(
+                    "/jobs/{id}/artifacts",
+                    web::delete().to(retention::delete_artifacts),
+                )
                 .route("/jobs", web::get().to(jobs::list))
                 .route("/jobs", web::post().to(jobs::submit))
                 .route("/jobs/{id}", web::get().to(jobs::get))

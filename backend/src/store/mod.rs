@@ -26,6 +26,7 @@ mod migrations;
 mod projects;
 mod queue;
 mod registry;
+mod retention;
 pub mod schema;
 mod secret;
 mod sources;
@@ -34,7 +35,6 @@ mod stats;
 mod tokens;
 mod transitions;
 mod webhooks;
-mod retention;
 mod writer;
 
 use std::sync::Arc;
@@ -80,6 +80,7 @@ pub use registry::{
     AwaitingPlan, FirstSight, IndexVersion, Observation, RegistryBuild, RegistryBuildRow,
     RegistryVersion, VersionPlan, VersionStatus,
 };
+pub use retention::{DataKind, ExpiredData, ProjectUsage, Retention, RetentionLimits};
 pub use sources::Source;
 pub use state::{AttemptCause, AttemptOutcome, JobMode, JobState, Outcome, UnknownValue};
 pub use tokens::{ApiToken, TokenScope};
@@ -88,7 +89,6 @@ pub use webhooks::{
     Delivery, DeliveryTry, DueDelivery, NewDelivery, NewWebhook, NotifiedJob, Webhook,
     DELIVERY_LOG_LIMIT, WEBHOOK_EVENTS,
 };
-pub use retention::{DataKind, ExpiredData, ProjectUsage, Retention, RetentionLimits};
 
 use connection::{ConfigureOnAcquire, ConnectionManager, POOL_CHECKOUT_TIMEOUT};
 use writer::SqliteWriter;

@@ -219,7 +219,8 @@ impl Scheduler {
                 draining: slot.draining,
             }
             .command();
-            slot.session.push(ServerMessage::Control(Control { command }));
+            slot.session
+                .push(ServerMessage::Control(Control { command }));
         }
     }
 
