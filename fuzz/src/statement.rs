@@ -195,5 +195,9 @@ fn job_for(statement: &BuildStatement) -> store::Job {
         cancel_requested_at: None,
         error: None,
         builder_id: None,
+        retry: Default::default(),
+        retry_not_before: None,
+        manual_retries: 0,
+        project: store::ProjectId::DEFAULT,
     }
 }
