@@ -96,8 +96,10 @@ function setupToken() {
     showMessage(input.value.trim() ? "Admin token saved in this browser." : "Admin token cleared.", false);
     loadEnrolmentTokens();
     // The pages are rendered on the server: it learns the token through the session cookie,
-    // and pages loaded from now on show the private projects' jobs the token may see.
-    await syncSession();
+    // and pages loaded from now on show the private projects' jobs the token may see. A page
+    // that is all about the token (the tokens page) is rendered again at once.
+    const synced = await syncSession();
+    if (synced && document.querySelector("[data-token-page]")) await refreshMain(["message"]);
   });
   if (token() && !sessionStorage.getItem(SESSION_SYNCED)) syncSession();
 }
@@ -170,11 +172,13 @@ function setupSubmit() {
       // One key=value per line: a value may hold commas and further '='.
       annotations: parsePairs(data.get("annotations"), /\r?\n/),
     };
+    if (data.get("project")) job.project = data.get("project");
     const crate = (data.get("crate") || "").trim();
     const file = data.get("archive");
     const hasFile = file && file.size > 0;
     const url = (data.get("source_url") || "").trim();
     try {
+      job.retry = retryPolicy(data);
       if (crate && (hasFile || url)) {
         throw new Error("Give a crate or a source archive, not both.");
       }
@@ -196,6 +200,32 @@ function setupSubmit() {
       showMessage(e.message, true);
     }
   });
+}
+
+// The submit form's "Retry" fields as the API's `retry` policy (back-offs in seconds there,
+// milliseconds here); the server checks the bounds and says which one is wrong.
+function retryPolicy(data) {
+  const codes = (data.get("retry_exit_codes") || "").trim();
+  let exitCodes = [];
+  if (codes.toLowerCase() === "any") {
+    exitCodes = "any";
+  } else if (codes) {
+    exitCodes = codes.split(",").map((c) => c.trim()).filter(Boolean).map((c) => {
+      if (!/^-?[0-9]+$/.test(c)) throw new Error("Retry exit codes: " + JSON.stringify(c) + " is not a number (give numbers such as 1, 137, or any).");
+      return Number(c);
+    });
+  }
+  const secs = (name, fallback) => {
+    const raw = (data.get(name) || "").trim();
+    return raw === "" ? fallback : Math.round(Number(raw) * 1000);
+  };
+  return {
+    lost_builder: data.get("retry_lost_builder") !== null,
+    infrastructure: data.get("retry_infrastructure") !== null,
+    exit_codes: exitCodes,
+    backoff_initial_ms: secs("retry_backoff_initial_secs", 10000),
+    backoff_max_ms: secs("retry_backoff_max_secs", 300000),
+  };
 }
 
 function setupAdmit() {
@@ -240,6 +270,91 @@ function setupEnrolment() {
     }
   });
   loadEnrolmentTokens();
+}
+
+// The projects page (admin): create a project, change one's weight or visibility.
+function setupProjects() {
+  const create = document.getElementById("project-create-form");
+  if (create) {
+    create.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const data = new FormData(create);
+      try {
+        const project = await postJson("/api/v1/projects", {
+          name: (data.get("name") || "").trim(),
+          public: data.get("public") !== null,
+          weight: Number(data.get("weight") || 1),
+        });
+        await refreshMain([]);
+        showMessage("Created project " + project.name + ".", false);
+      } catch (e) {
+        showMessage(e.message, true);
+      }
+    });
+  }
+  const update = document.getElementById("project-update-form");
+  if (update) {
+    update.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const data = new FormData(update);
+      const changes = {};
+      if ((data.get("weight") || "").trim()) changes.weight = Number(data.get("weight"));
+      if (data.get("public")) changes.public = data.get("public") === "true";
+      try {
+        if (Object.keys(changes).length === 0) throw new Error("Give a new weight or a visibility to change.");
+        const project = await api("PATCH", "/api/v1/projects/" + data.get("project"), JSON.stringify(changes), { "Content-Type": "application/json" });
+        await refreshMain([]);
+        showMessage("Changed " + project.name + ": weight " + project.weight + ", " + (project.public ? "public" : "private") + ".", false);
+      } catch (e) {
+        showMessage(e.message, true);
+      }
+    });
+  }
+}
+
+// The tokens page: create a token (its secret shown once, with a copy button); the list is
+// rendered on the server and swapped in afresh, the secret's box kept.
+function setupTokens() {
+  const form = document.getElementById("token-form");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const body = {
+      scope: data.get("scope"),
+      description: (data.get("description") || "").trim(),
+    };
+    if (data.get("project")) body.project = data.get("project");
+    if (data.get("expires_in_secs")) body.expires_in_secs = Number(data.get("expires_in_secs"));
+    try {
+      const created = await postJson("/api/v1/tokens", body);
+      await refreshMain(["created-token"]);
+      document.getElementById("created-secret").textContent = created.secret;
+      document.getElementById("created-token").hidden = false;
+      showMessage("Created token #" + created.id + " (" + created.scope + (created.project ? " of " + created.project : "") + ").", false);
+    } catch (e) {
+      showMessage(e.message, true);
+    }
+  });
+  const copy = document.getElementById("copy-secret");
+  if (copy && !copy.dataset.ready) {
+    copy.dataset.ready = "1";
+    copy.addEventListener("click", async () => {
+      const secret = document.getElementById("created-secret").textContent;
+      try {
+        await navigator.clipboard.writeText(secret);
+        showMessage("Token copied.", false);
+      } catch (_) {
+        // No clipboard (plain http, an old browser): select it for a manual copy.
+        const range = document.createRange();
+        range.selectNodeContents(document.getElementById("created-secret"));
+        const selection = window.getSelection();
+        selection.removeAllRanges();
+        selection.addRange(range);
+        showMessage("Select and copy the token shown (the clipboard is not available here).", false);
+      }
+    });
+  }
 }
 
 function utc(ms) {
@@ -491,6 +606,8 @@ function setupPage(root) {
   setupSubmit();
   setupAdmit();
   setupEnrolment();
+  setupProjects();
+  setupTokens();
 }
 
 document.addEventListener("DOMContentLoaded", () => {

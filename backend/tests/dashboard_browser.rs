@@ -277,7 +277,9 @@ async fn check_keyboard(browser: &mut Browser, what: &str) {
     let count = browser
         .eval(
             r#"(() => {
-              const controls = [...document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea, [tabindex]:not([tabindex="-1"])')]
+              // A collapsed <details> shows its summary only: its controls count once it is open.
+              document.querySelectorAll('details:not([open])').forEach((d) => { d.open = true; });
+              const controls = [...document.querySelectorAll('a[href], button, input:not([type=hidden]), select, textarea, summary, [tabindex]:not([tabindex="-1"])')]
                 .filter((el) => !el.disabled && el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden");
               controls.forEach((el, i) => { el.dataset.kb = i; });
               // Tab goes on from the first control, as from the top of the page.
@@ -529,6 +531,8 @@ async fn every_page_and_state_fits_a_laptop_and_a_phone() {
             "document.querySelectorAll('#enrolment-tokens tbody tr').length === 2".into(),
         ),
         ("submit", "/submit".into(), "true".into()),
+        ("projects", "/projects".into(), "document.querySelector('#project-create-form') !== null".into()),
+        ("tokens", "/tokens".into(), "document.querySelector('#token-form') !== null".into()),
         ("error-unknown-job", "/jobs/999999".into(), "true".into()),
     ];
     for (name, path, ready) in &pages {
@@ -649,6 +653,8 @@ async fn every_page_and_state_fits_a_laptop_and_a_phone() {
         format!("/jobs/{running}"),
         "/submit".to_owned(),
         format!("/jobs/{failed}"),
+        "/projects".to_owned(),
+        "/tokens".to_owned(),
     ] {
         load(&mut browser, &format!("{base}{path}")).await;
         check_keyboard(&mut browser, &path).await;

@@ -15,6 +15,10 @@ use serde_json::json;
 
 server_tests! {
     the_builders_page_hides_builders_and_jobs_of_projects_the_visitor_cannot_see,
+    the_projects_page_shows_what_the_visitor_sees_with_jobs_shares_and_builders,
+    the_jobs_list_filters_by_project_and_hides_private_projects,
+    the_tokens_page_lists_the_tokens_the_visitor_manages,
+    the_submit_form_offers_the_projects_the_token_may_submit_to,
 }
 
 /// A dashboard page with `cookie` as the session cookie: status and HTML.
@@ -181,4 +185,309 @@ async fn the_builders_page_hides_builders_and_jobs_of_projects_the_visitor_canno
             "{who}: /jobs builder filter"
         );
     }
+}
+
+/// The table row of `html` that holds `needle`.
+fn row<'a>(html: &'a str, needle: &str) -> &'a str {
+    let at = html
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} is on the page: {html}"));
+    let start = html[..at].rfind("<tr").expect("a row starts before it");
+    let end = at + html[at..].find("</tr>").expect("the row ends");
+    &html[start..end]
+}
+
+/// The projects of the fixture: a private one with a weight of 3, a public one, and a
+/// private rival; a read token of each private one, and one job queued in each project.
+struct Fixture {
+    own: String,
+    rival: String,
+    secret_job: i64,
+    open_job: i64,
+    rival_job: i64,
+}
+
+async fn fixture(server: &TestServer) -> Fixture {
+    create_project(server, "acme/secret", false, 3).await;
+    create_project(server, "acme/open", true, 1).await;
+    create_project(server, "rival/app", false, 1).await;
+    Fixture {
+        own: token(server, "acme/secret", "read").await,
+        rival: token(server, "rival/app", "read").await,
+        secret_job: submit(server, "acme/secret", "secret-recipe").await,
+        open_job: submit(server, "acme/open", "cargo-build").await,
+        rival_job: submit(server, "rival/app", "cargo-build").await,
+    }
+}
+
+async fn the_projects_page_shows_what_the_visitor_sees_with_jobs_shares_and_builders(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let f = fixture(&server).await;
+    submit(&server, "acme/secret", "secret-recipe").await;
+    let private_key = TestKey::generate("secret-builder");
+    let private_id = server.admit(&private_key).await;
+    make_private(&server, private_id, "acme/secret").await;
+
+    for (who, cookie, seen, hidden) in [
+        (
+            "anonymous",
+            None,
+            vec!["default/default", "acme/open"],
+            vec!["acme/secret", "rival/app"],
+        ),
+        (
+            "another project's token",
+            Some(f.rival.as_str()),
+            vec!["default/default", "acme/open", "rival/app"],
+            vec!["acme/secret"],
+        ),
+        (
+            "the project's read token",
+            Some(f.own.as_str()),
+            vec!["default/default", "acme/open", "acme/secret"],
+            vec!["rival/app"],
+        ),
+        (
+            "the admin token",
+            Some(server.admin_token.as_str()),
+            vec!["default/default", "acme/open", "acme/secret", "rival/app"],
+            vec![],
+        ),
+    ] {
+        let html = page_ok(&server, "/projects", cookie).await;
+        for slug in &seen {
+            assert!(
+                html.contains(&format!("href=\"/jobs?project={slug}\"")),
+                "{who}: {slug} is listed"
+            );
+        }
+        for slug in &hidden {
+            assert!(!html.contains(slug), "{who}: {slug} must not be named");
+        }
+        assert_eq!(
+            html.contains("secret-builder"),
+            hidden.is_empty() || !hidden.contains(&"acme/secret"),
+            "{who}: the private builder"
+        );
+    }
+
+    // The private project's row, to its own token: private, weight 3, two queued, its builder,
+    // its links, and its share of the weights among the projects that token sees (3 of 5).
+    let html = page_ok(&server, "/projects", Some(&f.own)).await;
+    let secret = row(&html, ">acme/secret</a>");
+    for expected in [
+        "private",
+        "data-label=\"Weight\">3<",
+        "href=\"/jobs?project=acme/secret&amp;state=queued\">2<",
+        "data-label=\"Running\">0<",
+        "secret-builder",
+        "href=\"/projects/acme/secret/webhooks\"",
+        "60 % of the weight",
+    ] {
+        assert!(secret.contains(expected), "{expected:?} in {secret}");
+    }
+    let open = row(&html, ">acme/open</a>");
+    assert!(open.contains("public"), "{open}");
+    assert!(
+        open.contains("data-label=\"Private builders\"><span class=\"muted\">none"),
+        "{open}"
+    );
+    // The admin sees every weight: 3 of 6.
+    let html = page_ok(&server, "/projects", Some(&server.admin_token)).await;
+    assert!(row(&html, ">acme/secret</a>").contains("50 % of the weight"));
+    assert!(
+        html.contains("id=\"project-create-form\""),
+        "the admin's forms"
+    );
+}
+
+async fn job_links(server: &TestServer, path: &str, cookie: Option<&str>) -> Vec<i64> {
+    let html = page_ok(server, path, cookie).await;
+    html.match_indices("href=\"/jobs/")
+        .filter_map(|(at, m)| {
+            let rest = &html[at + m.len()..];
+            rest[..rest.find('"')?].parse().ok()
+        })
+        .collect()
+}
+
+async fn the_jobs_list_filters_by_project_and_hides_private_projects(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let f = fixture(&server).await;
+    let admin = server.admin_token.clone();
+
+    assert_eq!(job_links(&server, "/jobs", None).await, vec![f.open_job]);
+    assert_eq!(
+        job_links(&server, "/jobs", Some(&f.rival)).await,
+        vec![f.rival_job, f.open_job]
+    );
+    assert_eq!(
+        job_links(&server, "/jobs", Some(&f.own)).await,
+        vec![f.open_job, f.secret_job]
+    );
+    assert_eq!(
+        job_links(&server, "/jobs", Some(&admin)).await,
+        vec![f.rival_job, f.open_job, f.secret_job]
+    );
+    assert_eq!(
+        job_links(&server, "/jobs?project=acme/secret", Some(&f.own)).await,
+        vec![f.secret_job]
+    );
+    assert_eq!(
+        job_links(&server, "/jobs?project=acme/open", None).await,
+        vec![f.open_job]
+    );
+    assert_eq!(
+        job_links(
+            &server,
+            "/jobs?project=rival/app&state=queued",
+            Some(&admin)
+        )
+        .await,
+        vec![f.rival_job]
+    );
+    // The filter keeps to its project across the state filter and the pager's links.
+    let html = page_ok(&server, "/jobs?project=acme/secret", Some(&f.own)).await;
+    assert!(
+        html.contains("<option value=\"acme/secret\" selected>"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("rival/app"),
+        "another private project is not offered"
+    );
+    // A private project of another team is a 404 page, as a project that does not exist;
+    // a malformed name is a 400.
+    for (path, cookie) in [
+        ("/jobs?project=acme/secret", None),
+        ("/jobs?project=acme/secret", Some(f.rival.as_str())),
+        ("/jobs?project=nobody/nothing", Some(admin.as_str())),
+    ] {
+        let (status, html) = page(&server, path, cookie).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} with {cookie:?}");
+        assert!(!html.contains(&format!("/jobs/{}", f.secret_job)), "{path}");
+    }
+    let (status, _) = page(&server, "/jobs?project=Not%20A%20Slug", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The job page names its project and links to its jobs.
+    let html = page_ok(&server, &format!("/jobs/{}", f.secret_job), Some(&f.own)).await;
+    assert!(
+        html.contains("href=\"/jobs?project=acme/secret\">acme/secret</a>"),
+        "{html}"
+    );
+}
+
+async fn the_tokens_page_lists_the_tokens_the_visitor_manages(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let f = fixture(&server).await;
+    let own_admin = token(&server, "acme/secret", "admin").await;
+
+    let html = page_ok(&server, "/tokens", None).await;
+    assert!(html.contains("A token is needed"), "{html}");
+    assert!(!html.contains("read of"), "no token is listed anonymously");
+    let html = page_ok(&server, "/tokens", Some(&f.own)).await;
+    assert!(html.contains("has the read scope"), "{html}");
+    assert!(!html.contains("read of"), "a read token lists none");
+
+    // A project's admin token: its project's tokens only, and it creates tokens of it only.
+    let html = page_ok(&server, "/tokens", Some(&own_admin)).await;
+    assert!(html.contains("read of acme/secret") && html.contains("admin of acme/secret"));
+    assert!(
+        !html.contains("rival/app"),
+        "another project's tokens: {html}"
+    );
+    assert!(
+        !html.contains("(whole service"),
+        "only the admin makes tokens of no project"
+    );
+    assert!(html.contains("id=\"token-form\""));
+
+    // Revoked through the API: the row says so and offers no revoke.
+    let (status, list) = test_client(None)
+        .get(server.api("/tokens"))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .expect("list tokens");
+    assert_eq!(status, StatusCode::OK);
+    let mut list = list;
+    let list: serde_json::Value = list.json().await.expect("token list");
+    let rival_id = list["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .find(|t| t["description"] == "read of rival/app")
+        .expect("the rival's token")["id"]
+        .as_i64()
+        .expect("id");
+    let response = test_client(None)
+        .delete(server.api(&format!("/tokens/{rival_id}")))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = page_ok(&server, "/tokens", Some(&server.admin_token)).await;
+    let revoked = row(&html, "read of rival/app");
+    assert!(revoked.contains(">revoked<"), "{revoked}");
+    assert!(!revoked.contains("data-action"), "{revoked}");
+    let live = row(&html, "read of acme/secret");
+    assert!(
+        live.contains(">live<") && live.contains("data-action=\"/api/v1/tokens/"),
+        "{live}"
+    );
+    assert!(
+        html.contains("(whole service"),
+        "the admin makes tokens of no project"
+    );
+    // A revoked token in the cookie reads as none: the page asks for one, not an error.
+    let html = page_ok(&server, "/tokens", Some(&f.rival)).await;
+    assert!(html.contains("A token is needed"));
+}
+
+async fn the_submit_form_offers_the_projects_the_token_may_submit_to(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let f = fixture(&server).await;
+    let own_submit = token(&server, "acme/secret", "submit").await;
+    let options = |html: &str| -> Vec<String> {
+        let start = html
+            .find("<select name=\"project\">")
+            .expect("the project select");
+        let select = &html[start..start + html[start..].find("</select>").expect("end")];
+        select
+            .match_indices("<option value=\"")
+            .map(|(at, m)| {
+                let rest = &select[at + m.len()..];
+                rest[..rest.find('"').expect("quote")].to_owned()
+            })
+            .collect()
+    };
+    let html = page_ok(&server, "/submit", Some(&server.admin_token)).await;
+    assert_eq!(
+        options(&html),
+        ["default/default", "acme/open", "acme/secret", "rival/app"]
+    );
+    assert!(
+        html.contains("<summary>Retry</summary>"),
+        "the retry fieldset"
+    );
+    assert!(
+        html.contains("name=\"retry_lost_builder\" checked"),
+        "lost builder on by default"
+    );
+    assert_eq!(
+        options(&page_ok(&server, "/submit", Some(&own_submit)).await),
+        ["acme/secret"]
+    );
+    // A read token submits nowhere, anonymous neither: the form offers the default project
+    // and the API says what is missing.
+    assert_eq!(
+        options(&page_ok(&server, "/submit", Some(&f.own)).await),
+        ["default/default"]
+    );
+    assert_eq!(
+        options(&page_ok(&server, "/submit", None).await),
+        ["default/default"]
+    );
 }

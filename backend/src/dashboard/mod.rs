@@ -6,7 +6,9 @@
 //!
 //! `pages.rs` holds the layout, the overview and the job pages; `job_summary.rs` and
 //! `job_log.rs` the job page's head and log pane; `builders_page.rs` and `submit_page.rs`
-//! the builders page (cards, admitting keys, enrolment tokens) and the submit form.
+//! the builders page (cards, admitting keys, enrolment tokens) and the submit form;
+//! `projects_page.rs` and `tokens_page.rs` the projects (jobs, fair share, private builders)
+//! and the API tokens the visitor's token manages.
 
 mod builders_page;
 mod chain;
@@ -15,8 +17,10 @@ mod error_page;
 mod job_log;
 mod job_summary;
 mod pages;
+mod projects_page;
 mod session;
 mod submit_page;
+mod tokens_page;
 mod waiting;
 mod webhooks_page;
 
@@ -30,6 +34,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/jobs", web::get().to(pages::jobs))
         .route("/jobs/{id}", web::get().to(pages::job))
         .route("/submit", web::get().to(submit_page::submit))
+        .route("/projects", web::get().to(projects_page::projects))
+        .route("/tokens", web::get().to(tokens_page::tokens))
         .route("/crates/{name}", web::get().to(crates_page::crate_page))
         .route("/session", web::post().to(session::set))
         .route("/registry", web::get().to(crates_page::registry_page))

@@ -52,6 +52,8 @@ pub(super) fn page(title: &str, body: Markup) -> Markup {
                         a href="/jobs" { "Jobs" }
                         a href="/submit" { "Submit" }
                         a href="/webhooks" { "Webhooks" }
+                        a href="/projects" { "Projects" }
+                        a href="/tokens" { "Tokens" }
                     }
                     label.token {
                         span { "Admin token" }

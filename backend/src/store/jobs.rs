@@ -545,6 +545,19 @@ impl Store {
         Ok(counts)
     }
 
+    /// Jobs of `state` by project (projects with none are absent).
+    pub fn count_jobs_by_project(
+        &self,
+        state: JobState,
+    ) -> Result<BTreeMap<ProjectId, i64>, StoreError> {
+        let rows: Vec<(i64, i64)> = jobs::table
+            .filter(jobs::state.eq(state.as_str()))
+            .group_by(jobs::project_id)
+            .select((jobs::project_id, diesel::dsl::count_star()))
+            .load(&mut *self.conn()?)?;
+        Ok(rows.into_iter().map(|(p, n)| (ProjectId(p), n)).collect())
+    }
+
     /// Jobs waiting for a builder.
     pub fn queue_depth(&self) -> Result<i64, StoreError> {
         Ok(jobs::table
