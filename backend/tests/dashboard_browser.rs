@@ -15,6 +15,9 @@
 //!   and timed, and the page settling when the job ends: the stream closed, the log no longer
 //!   "live", the head and artifacts updated in place. `chromium --dump-dom` finishes on a
 //!   live job's page; a finished job's page needs no script at all.
+//! - The projects page's create and change forms, the tokens page's create (the secret shown
+//!   once) and revoke, and a job submitted by a project's token to its project with a retry
+//!   policy from the submit form's "Retry" fieldset.
 //! - The registry follower's pages (against the test kit's local registry) at both widths,
 //!   and a crate submitted by name through the form, resolved by the server.
 //!
@@ -1295,5 +1298,171 @@ async fn pages_render_without_javascript_and_reject_bad_filters() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+    server.shutdown().await;
+}
+
+/// The projects and tokens pages' forms, and the submit form's project and retry policy, as
+/// a person uses them: the admin creates and changes a project and makes it a submit token
+/// (its secret shown once); that token, pasted in the token field, submits to its project
+/// with a retry policy; the admin revokes it, and it is refused from then on.
+#[actix_rt::test]
+async fn projects_and_tokens_are_managed_and_a_job_submitted_with_a_retry_policy() {
+    let server = start(TestDb::sqlite()).await;
+    let base = server.url.clone();
+    let mut browser = Browser::launch().await;
+    browser.set_viewport(LAPTOP.0, LAPTOP.1, false).await;
+    load(&mut browser, &format!("{base}/projects")).await;
+    enter_token(&mut browser, &server.admin_token).await;
+
+    // Create a private project, then change its weight and make it public.
+    set_field(&mut browser, "#project-create-form [name=name]", "acme/web").await;
+    set_field(&mut browser, "#project-create-form [name=weight]", "3").await;
+    click(&mut browser, "#project-create-form button[type=submit]").await;
+    let said = message(&mut browser).await;
+    assert_eq!(said, "Created project acme/web.");
+    browser
+        .wait_for(text_has("table.projects", "acme/web").as_str(), STEP)
+        .await;
+    let (status, _) = server.get("/projects/acme/web").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "private: hidden anonymously");
+    // Again (the form was rendered afresh): the server's refusal, in its words.
+    set_field(&mut browser, "#project-create-form [name=name]", "acme/web").await;
+    click(&mut browser, "#project-create-form button[type=submit]").await;
+    let refused = message(&mut browser).await;
+    assert!(refused.starts_with("conflict: "), "{refused}");
+    set_field(
+        &mut browser,
+        "#project-update-form [name=project]",
+        "acme/web",
+    )
+    .await;
+    set_field(&mut browser, "#project-update-form [name=weight]", "5").await;
+    set_field(&mut browser, "#project-update-form [name=public]", "true").await;
+    click(&mut browser, "#project-update-form button[type=submit]").await;
+    let said = message(&mut browser).await;
+    assert_eq!(said, "Changed acme/web: weight 5, public.");
+    let project = server.get_ok("/projects/acme/web").await;
+    assert_eq!(
+        (project["weight"].clone(), project["public"].clone()),
+        (json!(5), json!(true))
+    );
+    audit_both(&mut browser, "projects-changed", "a changed project").await;
+
+    // A submit token of it: the secret shows once, the list has it.
+    load(&mut browser, &format!("{base}/tokens")).await;
+    browser
+        .wait_for("!!document.getElementById('token-form')", STEP)
+        .await;
+    set_field(&mut browser, "#token-form [name=project]", "acme/web").await;
+    set_field(&mut browser, "#token-form [name=scope]", "submit").await;
+    set_field(
+        &mut browser,
+        "#token-form [name=description]",
+        "CI of acme/web",
+    )
+    .await;
+    set_field(&mut browser, "#token-form [name=expires_in_secs]", "86400").await;
+    click(&mut browser, "#token-form button[type=submit]").await;
+    let secret = browser
+        .wait_for(
+            "(() => { const b = document.getElementById('created-token'); return !b.hidden && document.getElementById('created-secret').textContent; })()",
+            STEP,
+        )
+        .await;
+    let secret = secret.as_str().unwrap().to_owned();
+    assert!(secret.starts_with("bfapi_"), "{secret}");
+    browser
+        .wait_for(
+            text_has("table.api-tokens", "CI of acme/web").as_str(),
+            STEP,
+        )
+        .await;
+    assert!(browser
+        .eval(&text_has("#created-token", "will not be shown again"))
+        .await
+        .as_bool()
+        .unwrap());
+    audit_both(&mut browser, "tokens-created", "a created token").await;
+    load(&mut browser, &format!("{base}/tokens")).await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('created-token').hidden")
+            .await,
+        json!(true),
+        "the secret is not shown again"
+    );
+
+    // That token submits to its project with a retry policy.
+    enter_token(&mut browser, &secret).await;
+    load(&mut browser, &format!("{base}/submit")).await;
+    let offered = browser
+        .eval("[...document.querySelectorAll('[name=project] option')].map((o) => o.value)")
+        .await;
+    assert_eq!(offered, json!(["acme/web"]));
+    set_field(
+        &mut browser,
+        "[name=source_url]",
+        "https://example.invalid/app-1.0.0.tar.gz",
+    )
+    .await;
+    set_field(
+        &mut browser,
+        "[name=source_sha256]",
+        buildfleet_testkit::server::SOURCE_SHA256,
+    )
+    .await;
+    set_field(&mut browser, "[name=recipe]", NOBODY_RECIPE).await;
+    browser
+        .eval("(() => { document.querySelector('details.retry').open = true; document.querySelector('[name=retry_infrastructure]').checked = true; return true; })()")
+        .await;
+    set_field(&mut browser, "[name=retry_exit_codes]", "nine").await;
+    // Refused by the field itself, before anything is sent.
+    click(&mut browser, "#submit-form button[type=submit]").await;
+    assert_eq!(
+        browser
+            .eval("document.querySelector('[name=retry_exit_codes]').validity.patternMismatch && location.pathname")
+            .await,
+        json!("/submit")
+    );
+    set_field(&mut browser, "[name=retry_exit_codes]", "1, 101").await;
+    set_field(&mut browser, "[name=retry_backoff_initial_secs]", "5").await;
+    set_field(&mut browser, "[name=retry_backoff_max_secs]", "60").await;
+    click(&mut browser, "#submit-form button[type=submit]").await;
+    let path = browser
+        .wait_for(
+            "location.pathname.startsWith('/jobs/') && location.pathname",
+            STEP,
+        )
+        .await;
+    let id: i64 = path
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/jobs/")
+        .parse()
+        .unwrap();
+    let job = server.job(id).await;
+    assert_eq!(job["project"], "acme/web");
+    assert_eq!(
+        job["retry"],
+        json!({ "lost_builder": true, "infrastructure": true, "exit_codes": [1, 101], "backoff_initial_ms": 5000, "backoff_max_ms": 60000 })
+    );
+    browser
+        .wait_for(text_has("dl.facts", "acme/web").as_str(), STEP)
+        .await;
+
+    // The admin revokes it from the list (a second press confirms); it is refused since.
+    enter_token(&mut browser, &server.admin_token).await;
+    load(&mut browser, &format!("{base}/tokens")).await;
+    let revoke = "table.api-tokens button.danger";
+    click(&mut browser, revoke).await;
+    click(&mut browser, revoke).await;
+    browser
+        .wait_for(text_has("table.api-tokens", "revoked").as_str(), STEP)
+        .await;
+    let (status, body) = server
+        .post("/jobs", Some(&secret), &json!({ "recipe": NOBODY_RECIPE }))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    drop(browser);
     server.shutdown().await;
 }
