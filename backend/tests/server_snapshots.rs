@@ -201,6 +201,8 @@ async fn rest_answers_match_their_snapshots(db: TestDb) {
         ),
         ("page_builders", "/builders".to_owned()),
         ("page_submit", "/submit".to_owned()),
+        ("page_projects", "/projects".to_owned()),
+        ("page_tokens", "/tokens".to_owned()),
     ] {
         let (status, body) = server.get_raw(&format!("{}{path}", server.url)).await;
         assert_eq!(status, StatusCode::OK, "GET {path}");
