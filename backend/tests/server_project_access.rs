@@ -377,6 +377,40 @@ async fn every_route_hides_a_private_job_from_other_projects_and_anonymous_calle
     assert!(builder_ids(&server, Some(&own_read))
         .await
         .contains(&private_builder));
+    // A builder it sees because it serves its project does not name the other projects it
+    // serves: rival/app is private to rival's tokens.
+    let (status, _) = call(
+        &server,
+        Method::PUT,
+        &format!("/builders/{private_builder}/projects"),
+        Some(&server.admin_token),
+        Some(json!({ "projects": ["acme/secret", "rival/app"] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        format!("/builders/{private_builder}"),
+        "/builders".to_owned(),
+    ] {
+        let (_, body) = get(&server, &path, Some(&own_read)).await;
+        let shown = body.get("builders").map_or(&body, |list| {
+            list.as_array()
+                .and_then(|all| all.iter().find(|b| b["id"] == private_builder))
+                .expect("the private builder listed")
+        });
+        assert_eq!(shown["projects"], json!(["acme/secret"]), "{path}: {body}");
+    }
+    let (_, body) = get(
+        &server,
+        &format!("/builders/{private_builder}"),
+        Some(&server.admin_token),
+    )
+    .await;
+    assert_eq!(
+        body["projects"],
+        json!(["acme/secret", "rival/app"]),
+        "{body}"
+    );
     // ...and cannot act: 403, as it sees the job.
     for action in ["cancel", "retry"] {
         let (status, body) = call(

@@ -53,19 +53,17 @@ pub async fn get(
     let access = Access::of(&req, &state).await?;
     let id = parse_id(&path)?;
     let store = state.store.clone();
-    let (builder, slugs, seen) = blocking(move || {
+    let (builder, slugs) = blocking(move || {
         let seen = ProjectNames::load(&store)?.seen_by(&access);
-        Ok((
-            store.builder_by_id(id)?,
-            store.builder_project_slugs()?,
-            seen,
-        ))
+        let slugs = store.builder_project_slugs()?;
+        // A builder private to projects the caller cannot see does not exist for it.
+        let builder = store
+            .builder_by_id(id)?
+            .filter(|b| sees_builder(&seen, slugs.get(&b.id)));
+        Ok((builder, only_seen(slugs, &seen)))
     })
     .await?;
-    // A builder private to projects the caller cannot see does not exist for it.
-    let builder = builder
-        .filter(|b| sees_builder(&seen, slugs.get(&b.id)))
-        .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
+    let builder = builder.ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
     let live = live(&state).await?;
     Ok(HttpResponse::Ok().json(with_projects(view(builder, &live), &slugs)))
 }
@@ -87,7 +85,19 @@ pub fn visible_builders(
         .into_iter()
         .filter(|b| sees_builder(&seen, slugs.get(&b.id)))
         .collect();
-    Ok((builders, slugs))
+    Ok((builders, only_seen(slugs, &seen)))
+}
+
+/// The private builders' projects with the names the caller may not see left out: a builder
+/// it sees because it serves one of its projects does not tell it of the others.
+fn only_seen(slugs: PrivateBuilders, seen: &BTreeSet<String>) -> PrivateBuilders {
+    slugs
+        .into_iter()
+        .filter_map(|(builder, projects)| {
+            let shown: Vec<String> = projects.into_iter().filter(|p| seen.contains(p)).collect();
+            (!shown.is_empty()).then_some((builder, shown))
+        })
+        .collect()
 }
 
 /// Whether a caller that sees the projects `seen` sees a builder private to `private_to`
