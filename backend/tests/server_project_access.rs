@@ -34,24 +34,7 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let url = server.api(path);
-    let mut request = test_client(None).request(method.clone(), &url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let mut response = match body {
-        Some(body) => request.send_json(&body).await,
-        None => request.send().await,
-    }
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let bytes = response
-        .body()
-        .limit(16 * 1024 * 1024)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url} body: {e}"));
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (response.status(), value)
+    server.call(method, path, token, body.as_ref()).await
 }
 
 async fn get(server: &TestServer, path: &str, token: Option<&str>) -> (StatusCode, Value) {

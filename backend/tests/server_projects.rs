@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use awc::http::{Method, StatusCode};
 use buildfleet_testkit::db::TestDb;
-use buildfleet_testkit::server::{test_client, TestServer, SOURCE_SHA256};
+use buildfleet_testkit::server::{TestServer, SOURCE_SHA256};
 use buildfleet_testkit::server_tests;
 use serde_json::{json, Value};
 
@@ -23,21 +23,7 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let url = server.api(path);
-    let mut request = test_client(None).request(method.clone(), &url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let mut response = match body {
-        Some(body) => request.send_json(&body).await,
-        None => request.send().await,
-    }
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let bytes = response.body().await.expect("body");
-    (
-        response.status(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    server.call(method, path, token, body.as_ref()).await
 }
 
 fn message(body: &Value) -> &str {

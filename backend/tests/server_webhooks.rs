@@ -122,24 +122,9 @@ async fn call(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    let url = server.api(path);
-    let mut request = server
-        .http
-        .request(method.parse().unwrap(), &url)
-        .insert_header(("Content-Type", "application/json"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let mut response = match body {
-        Some(body) => request.send_body(body.to_string()).await,
-        None => request.send().await,
-    }
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let bytes = response.body().await.unwrap_or_default();
-    (
-        response.status(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    server
+        .call(method.parse().expect("an HTTP method"), path, token, body)
+        .await
 }
 
 async fn create_hook(server: &TestServer, body: Value) -> Value {

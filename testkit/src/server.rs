@@ -179,6 +179,40 @@ impl TestServer {
     }
 
     /// `POST /api/v1{path}` with a JSON body and an optional bearer token.
+    /// `method` on the API `path` as `token` (`None`: anonymously), with a JSON body or none:
+    /// the status and the answer as JSON (a JSON string holding the text when it is not JSON).
+    pub async fn call(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let url = self.api(path);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = match body {
+            Some(body) => {
+                request
+                    .insert_header(("Content-Type", "application/json"))
+                    .send_body(body.to_string())
+                    .await
+            }
+            None => request.send().await,
+        }
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let bytes = response
+            .body()
+            .limit(16 * 1024 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url} body: {e}"));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (response.status(), value)
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (StatusCode, Value) {
         self.post_raw(path, token, "application/json", body.to_string())
             .await
