@@ -22,6 +22,7 @@ server_tests! {
     every_route_hides_a_private_job_from_other_projects_and_anonymous_callers,
     the_all_jobs_stream_sends_only_visible_changes,
     revoked_and_expired_tokens_are_refused,
+    a_private_projects_own_routes_are_hidden_from_other_projects_and_anonymous_callers,
 }
 
 const ARTIFACT: &str = "app-x86_64";
@@ -668,5 +669,147 @@ async fn revoked_and_expired_tokens_are_refused(db: TestDb) {
         get(&server, &path, Some(&server.admin_token)).await.0,
         StatusCode::OK
     );
+    server.shutdown().await;
+}
+
+/// The routes named after a project (the project, its webhooks and their deliveries, its
+/// event stream, its retention) and the job routes added with notifications and retention
+/// (deleting artifacts): a private project's are "not found" to another project's admin token
+/// and to anonymous callers, as a project that does not exist is; its own admin token gets
+/// through.
+async fn a_private_projects_own_routes_are_hidden_from_other_projects_and_anonymous_callers(
+    db: TestDb,
+) {
+    let server = TestServer::start(db).await;
+    create_project(&server, "acme/secret", false).await;
+    create_project(&server, "rival/app", false).await;
+    let own_admin = token(&server, "acme/secret", "admin").await;
+    let rival_admin = token(&server, "rival/app", "admin").await;
+    let job = submit(&server, "acme/secret").await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            &format!("/jobs/{job}/cancel"),
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "cancel: {status}");
+    let (status, hook) = server
+        .call(
+            Method::POST,
+            "/projects/acme/secret/webhooks",
+            Some(&own_admin),
+            Some(&json!({ "url": "http://127.0.0.1:9/hook" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let hook = hook["id"].as_i64().expect("webhook id");
+
+    let policy = json!({ "artifacts": { "keep_last": 1 }, "logs": {} });
+    // Every route of the project (and its job), and the same route of a project (and a job)
+    // that does not exist: a caller who may not see acme/secret gets the same answer from both.
+    let routes = |project: &str, job: i64, hook: i64| -> Vec<(Method, String, Option<Value>)> {
+        let base = format!("/projects/{project}");
+        vec![
+            (Method::GET, base.clone(), None),
+            (Method::PATCH, base.clone(), Some(json!({ "weight": 2 }))),
+            (Method::GET, format!("{base}/webhooks"), None),
+            (
+                Method::POST,
+                format!("{base}/webhooks"),
+                Some(json!({ "url": "http://127.0.0.1:9/x" })),
+            ),
+            (Method::DELETE, format!("{base}/webhooks/{hook}"), None),
+            (
+                Method::GET,
+                format!("{base}/webhooks/{hook}/deliveries"),
+                None,
+            ),
+            (Method::GET, format!("{base}/events"), None),
+            (Method::GET, format!("{base}/retention"), None),
+            (
+                Method::PUT,
+                format!("{base}/retention"),
+                Some(policy.clone()),
+            ),
+            (
+                Method::PATCH,
+                format!("{base}/retention"),
+                Some(policy.clone()),
+            ),
+            (Method::DELETE, format!("/jobs/{job}/artifacts"), None),
+        ]
+    };
+    let hidden_routes = routes("acme/secret", job, hook);
+    let missing_routes = routes("acme/nothing", 999_999, 999_999);
+    for token in [Some(rival_admin.as_str()), None] {
+        let who = if token.is_some() {
+            "rival/app's admin"
+        } else {
+            "anonymous"
+        };
+        for ((method, path, body), (_, missing_path, _)) in
+            hidden_routes.iter().zip(&missing_routes)
+        {
+            let (status, answer) = server
+                .call(method.clone(), path, token, body.as_ref())
+                .await;
+            let (missing_status, missing) = server
+                .call(method.clone(), missing_path, token, body.as_ref())
+                .await;
+            assert!(
+                [
+                    StatusCode::NOT_FOUND,
+                    StatusCode::UNAUTHORIZED,
+                    StatusCode::FORBIDDEN
+                ]
+                .contains(&status),
+                "{method} {path} as {who}: {status} {answer}"
+            );
+            assert_eq!(
+                (status, &answer["error"]["code"]),
+                (missing_status, &missing["error"]["code"]),
+                "{method} {path} as {who} answers unlike {missing_path}: {answer} / {missing}"
+            );
+            if status == StatusCode::FORBIDDEN {
+                // Only a route no project token may use says so, whatever the project.
+                assert_eq!(answer, missing, "{method} {path} as {who}");
+            }
+        }
+    }
+    let (_, hidden) = server
+        .call(
+            Method::GET,
+            "/projects/acme/secret/webhooks",
+            Some(&rival_admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        hidden["error"]["message"], "project acme/secret not found",
+        "{hidden}"
+    );
+
+    // Its own admin token gets through.
+    for path in [
+        "/projects/acme/secret/webhooks".to_owned(),
+        format!("/projects/acme/secret/webhooks/{hook}/deliveries"),
+        "/projects/acme/secret/retention".to_owned(),
+    ] {
+        let (status, answer) = server
+            .call(Method::GET, &path, Some(&own_admin), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+    }
+    let (status, answer) = server
+        .call(
+            Method::DELETE,
+            &format!("/jobs/{job}/artifacts"),
+            Some(&own_admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     server.shutdown().await;
 }

@@ -198,14 +198,20 @@ impl Access {
         }
     }
 
-    /// The caller may act on `project` with `needed`: 401 without credentials to act with,
-    /// `not_found` for a project it cannot see, 403 for one it sees with too narrow a scope.
+    /// The caller may act on `project` with `needed`: `not_found` for a project it cannot see
+    /// (anonymous callers too), then 401 without credentials to act with, 403 for a project it
+    /// sees with too narrow a scope.
     pub fn require_act(
         &self,
         project: ProjectId,
         needed: TokenScope,
         not_found: ApiError,
     ) -> Result<(), ApiError> {
+        // What the caller may not see is not found, before asking for a token: a 401 for a
+        // hidden project and a 404 for a missing one would tell anonymous callers it exists.
+        if !self.sees(project) {
+            return Err(not_found);
+        }
         self.require_token()?;
         match &self.who {
             Who::Admin { .. } => Ok(()),
@@ -223,7 +229,6 @@ impl Access {
                     )))
                 }
             }
-            _ if !self.sees(project) => Err(not_found),
             _ => Err(ApiError::ScopeTooNarrow(
                 "this API token belongs to another project: it may read this public project \
                  but not act on it"
