@@ -574,6 +574,8 @@ fn respond(env: &JobEnv, run: &JobRun, ended: Ended) -> JobResponse {
         artifacts: ended.artifacts,
         plan: ended.plan,
         statement: signed,
+        dsse_signature: None,
+        reproduction: None,
     }
 }
 

@@ -107,6 +107,8 @@ fn check_completion(signed: &SignedStatement, statement: &BuildStatement, public
         artifacts: statement.artifacts.clone(),
         plan: None,
         statement: signed.clone(),
+        dsse_signature: None,
+        reproduction: None,
     };
     let uploads: Vec<store::Artifact> = statement
         .artifacts

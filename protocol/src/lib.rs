@@ -17,8 +17,10 @@
 )]
 
 pub mod codec;
+pub mod dsse;
 pub mod hex;
 pub mod messages;
+pub mod provenance;
 pub mod signing;
 pub mod types;
 

@@ -336,6 +336,27 @@ pub struct JobResponse {
     /// What the recipe would produce; present in plan mode only.
     pub plan: Option<String>,
     pub statement: SignedStatement,
+    /// The DSSE signature (base64 of the raw signature, `crate::dsse`) by the same key over
+    /// PAE(`application/vnd.in-toto+json`, the statement text). Sent by builders that write
+    /// in-toto statements; absent from older builders' responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsse_signature: Option<String>,
+    /// The reproduction statement (`crate::provenance::reproduction_statement`), signed both
+    /// ways; sent with every succeeded build-mode attempt by builders that write in-toto
+    /// statements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reproduction: Option<SignedReproduction>,
+}
+
+/// The reproduction statement of a succeeded build and its two signatures by the builder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReproduction {
+    /// The exact text signed.
+    pub statement: String,
+    /// Armored SSHSIG, namespace `buildfleet-statement`.
+    pub signature: String,
+    /// Base64 DSSE signature over PAE of the text.
+    pub dsse_signature: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

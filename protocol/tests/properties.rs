@@ -207,6 +207,8 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                         statement,
                         signature,
                     },
+                    dsse_signature: None,
+                    reproduction: None,
                 })
             },
         );

@@ -100,6 +100,8 @@ pub fn job_response(
             signature: "-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"
                 .into(),
         },
+        dsse_signature: None,
+        reproduction: None,
     })
 }
 

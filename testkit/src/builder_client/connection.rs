@@ -311,5 +311,7 @@ pub fn job_response(
         artifacts,
         plan: None,
         statement,
+        dsse_signature: None,
+        reproduction: None,
     })
 }

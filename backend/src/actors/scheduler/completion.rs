@@ -1,7 +1,18 @@
 //! Completion: a builder's `job_response` verified and recorded, or refused with a reason.
 
 use super::*;
-use crate::store::FailureKind;
+use crate::reproduction_evidence::{self, RunBlobs};
+use crate::storage::Storage;
+use crate::store::{
+    Artifact, FailureKind, ReproductionEvidence, RunArtifact, RunCompletion, RunStep,
+};
+
+/// What a reproducible job's completion needs besides the store: the artifact blobs (the
+/// evidence of a disagreement) and the label telling builders' owners apart.
+pub(super) struct RunContext<'a> {
+    pub storage: &'a dyn Storage,
+    pub owner_label: &'a str,
+}
 
 /// A builder's `job_response`. The answer becomes its `completion_ack`.
 #[derive(Message)]
@@ -51,6 +62,7 @@ pub(super) fn failure_of(response: &JobResponse) -> Option<FailureKind> {
 
 pub(super) fn record_completion(
     store: &Store,
+    runs: &RunContext<'_>,
     backend_id: &str,
     builder: BuilderId,
     key: &PublicKey,
@@ -100,13 +112,107 @@ pub(super) fn record_completion(
         error,
         publication: Some(publication),
     };
-    match store.complete_attempt_or_retry(job_id, attempt, completion, failure_of(response)) {
+    let run = run_completion(store, runs, &job, response, &uploads)?;
+    match store.complete_run(job_id, attempt, completion, failure_of(response), run) {
         Ok(job) => Ok(Verdict::Completed(Box::new(job))),
         Err(e @ (StoreError::StaleAttempt { .. } | StoreError::IllegalTransition { .. })) => {
             Ok(Verdict::Refused(ErrorCode::StaleAttempt, e.to_string()))
         }
         Err(e) => Err(e),
     }
+}
+
+/// For a job with `reproduce` above 1, what its verified completion does: a success that is
+/// not the last run queues the next; the last run's artifacts are compared with every
+/// earlier run's (equal: publish; different: the evidence, read from the blobs); a failure
+/// after an earlier success ends the job unreproducible (unless its retry policy retries
+/// it). `None` for an ordinary job and for cancels and timeouts.
+pub(super) fn run_completion(
+    store: &Store,
+    context: &RunContext<'_>,
+    job: &Job,
+    response: &JobResponse,
+    uploads: &[Artifact],
+) -> Result<Option<RunCompletion>, StoreError> {
+    if job.reproduce <= 1 {
+        return Ok(None);
+    }
+    let runs = store.job_runs(job.id)?;
+    let required = usize::try_from(job.reproduce).unwrap_or(1);
+    let step = match response.outcome {
+        wire::Outcome::Succeeded => {
+            let mut current: Vec<RunArtifact> = uploads
+                .iter()
+                .map(|a| RunArtifact {
+                    name: a.name.clone(),
+                    size: a.size,
+                    sha256: a.sha256.clone(),
+                })
+                .collect();
+            current.sort();
+            if runs.len().saturating_add(1) < required {
+                RunStep::Next
+            } else {
+                let sets: Vec<&[RunArtifact]> = runs
+                    .iter()
+                    .map(|r| r.artifacts.as_slice())
+                    .chain(std::iter::once(current.as_slice()))
+                    .collect();
+                if reproduction_evidence::all_agree(&sets) {
+                    RunStep::Reproduced
+                } else {
+                    let stored = store.artifacts(job.id, false)?;
+                    let keys = |attempt: Attempt| {
+                        stored
+                            .iter()
+                            .filter(|a| a.attempt == attempt)
+                            .map(|a| (a.name.clone(), a.storage_key.clone()))
+                            .collect()
+                    };
+                    let last = i32::try_from(runs.len().saturating_add(1)).unwrap_or(i32::MAX);
+                    let blobs: Vec<RunBlobs> = runs
+                        .iter()
+                        .map(|r| RunBlobs {
+                            run: r.run,
+                            artifacts: r.artifacts.clone(),
+                            storage_keys: keys(r.attempt),
+                        })
+                        .chain(std::iter::once(RunBlobs {
+                            run: last,
+                            artifacts: current,
+                            storage_keys: keys(job.attempt),
+                        }))
+                        .collect();
+                    RunStep::Mismatch(reproduction_evidence::evidence(context.storage, &blobs))
+                }
+            }
+        }
+        wire::Outcome::Failed if !runs.is_empty() => {
+            let failure = response
+                .error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.kind.as_str(), e.message))
+                .or_else(|| response.exit_status.map(|s| format!("exit status {s}")))
+                .unwrap_or_else(|| "failed".to_owned());
+            RunStep::RunFailed(ReproductionEvidence {
+                summary: format!(
+                    "unreproducible: run {} (attempt {}) failed after {} run(s) succeeded: \
+                     {failure}",
+                    runs.len().saturating_add(1),
+                    job.attempt,
+                    runs.len()
+                ),
+                artifacts: Vec::new(),
+                failure: Some(failure),
+            })
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(RunCompletion {
+        step,
+        runs_before: runs.len(),
+        owner_label: context.owner_label.to_owned(),
+    }))
 }
 
 /// A completion whose statement does not verify ends its attempt at once, as failed with the
@@ -140,6 +246,8 @@ impl Handler<CompleteJob> for Scheduler {
 
     fn handle(&mut self, msg: CompleteJob, _: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
+        let storage = self.storage.clone();
+        let owner_label = self.settings.reproduce_independence_label.clone();
         let backend_id = self.settings.backend_id.clone();
         let builder = msg.builder;
         let key = (
@@ -160,16 +268,21 @@ impl Handler<CompleteJob> for Scheduler {
                     Ok(Err(e)) => return Err(anyhow::Error::new(e)),
                     Err(e) => return Err(anyhow::anyhow!("log sink unavailable: {e}")),
                 }
-                blocking(move || record_completion(&store, &backend_id, builder, &msg.public_key, &msg.response)).await
+                blocking(move || {
+                    let runs = RunContext { storage: storage.as_ref(), owner_label: &owner_label };
+                    record_completion(&store, &runs, &backend_id, builder, &msg.public_key, &msg.response)
+                })
+                .await
             }
             .into_actor(self)
             .map(move |verdict, this, ctx| {
                 let result = match verdict {
                     Ok(Verdict::Completed(job)) if job.state == JobState::Queued => {
-                        // Retried automatically: queued again, handed out once its back-off
-                        // ends (the sweep also releases it, within a second).
+                        // Retried automatically, or a reproducible job's next run: queued again,
+                        // handed out once its back-off (if any) ends (the sweep also releases
+                        // it, within a second).
                         this.feed.publish(&job);
-                        tracing::info!(job = %job.id, attempt = %job.attempt, retry_not_before = ?job.retry_not_before, "attempt failed; retrying");
+                        tracing::info!(job = %job.id, attempt = %job.attempt, retry_not_before = ?job.retry_not_before, reproduce = job.reproduce, "attempt ended; queued again");
                         this.dispatch_after_backoff(&job, ctx);
                         CompletionResult::Accepted
                     }
@@ -237,14 +350,18 @@ mod tests {
                 statement: "{}\n".into(),
                 signature: signature.into(),
             },
+            dsse_signature: None,
+            reproduction: None,
         }
     }
 
     #[test]
     fn a_statement_that_does_not_verify_fails_the_attempt() {
-        let (_dir, store, builder, job, attempt) = assigned_job();
+        let (dir, store, builder, job, attempt) = assigned_job();
+        let storage = crate::storage::FsStorage::new(dir.path().join("blobs")).expect("storage");
+        let runs = RunContext { storage: &storage, owner_label: "owner" };
         let key = signing::parse_public_key(KEY).expect("key");
-        let verdict = record_completion(&store, "b", builder, &key, &response(job, attempt, "x"))
+        let verdict = record_completion(&store, &runs, "b", builder, &key, &response(job, attempt, "x"))
             .expect("recorded");
         assert!(matches!(
             verdict,
@@ -298,10 +415,12 @@ mod tests {
 
     #[test]
     fn other_builders_and_unknown_jobs_are_refused_without_change() {
-        let (_dir, store, builder, job, attempt) = assigned_job();
+        let (dir, store, builder, job, attempt) = assigned_job();
+        let storage = crate::storage::FsStorage::new(dir.path().join("blobs")).expect("storage");
+        let runs = RunContext { storage: &storage, owner_label: "owner" };
         let key = signing::parse_public_key(KEY).expect("key");
         let stranger = BuilderId(builder.0 + 1);
-        let verdict = record_completion(&store, "b", stranger, &key, &response(job, attempt, "x"))
+        let verdict = record_completion(&store, &runs, "b", stranger, &key, &response(job, attempt, "x"))
             .expect("recorded");
         assert!(matches!(
             verdict,
@@ -309,7 +428,7 @@ mod tests {
         ));
         let missing = JobId(job.0 + 1);
         let verdict =
-            record_completion(&store, "b", builder, &key, &response(missing, attempt, "x"))
+            record_completion(&store, &runs, "b", builder, &key, &response(missing, attempt, "x"))
                 .expect("recorded");
         assert!(matches!(
             verdict,

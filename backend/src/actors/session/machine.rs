@@ -442,6 +442,8 @@ mod tests {
                 statement: String::new(),
                 signature: String::new(),
             },
+            dsse_signature: None,
+            reproduction: None,
         });
         assert_eq!(machine.on_frame(response), Step::RefuseStale(job(1)));
         assert_eq!(machine.phase(), Phase::Ready);
