@@ -237,9 +237,14 @@ async fn a_queued_job_says_its_place_in_line_and_when_it_moves(db: TestDb) {
         "{line}"
     );
 
-    // The builder takes the first job: ours moves up, and says so.
+    // The builder takes the first job: ours moves up, and says so. Accepted, so the
+    // builder's heartbeats keep its lease: an unaccepted assignment is requeued when its
+    // lease runs out (2 s here), and ours would fall back to third before the CLI's next
+    // reading.
     builder.request_jobs(1);
-    assert_eq!(builder.next_assignment().await.job_id.0, first);
+    let taken = builder.next_assignment().await;
+    assert_eq!(taken.job_id.0, first);
+    builder.accept(&taken);
     let line = waiting.line_with("in line", LINE_LIMIT).await;
     assert!(
         line.starts_with(&format!("job {job} is queued: 2nd in line")),
