@@ -133,3 +133,44 @@ pub struct Enrolled {
     pub builder: BuilderRecord,
     pub enrolment_token: i64,
 }
+
+/// `POST /api/v1/builders/{id}/keys` (admin): rotate the builder to this key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBuilderKey {
+    /// One OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    pub public_key: String,
+}
+
+/// `POST /api/v1/builders/{id}/keys/{fingerprint}/revoke` (admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBuilderKey {
+    /// Why (shown beside every job the key signed); one line, at most 500 bytes.
+    pub reason: String,
+}
+
+/// One key of a builder's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuilderKey {
+    /// The OpenSSH public key line, as admitted.
+    pub public_key: String,
+    /// `SHA256:…` as `ssh-keygen -lf` prints it.
+    pub fingerprint: String,
+    /// Unix milliseconds from which the key signs for the builder.
+    pub valid_after: i64,
+    /// Unix milliseconds until which it did: set when it was rotated out.
+    pub valid_before: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+    /// The key the builder authenticates with now.
+    pub current: bool,
+}
+
+/// `GET /api/v1/builders/{id}/keys`: the builder's keys, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuilderKeyList {
+    pub builder: i64,
+    pub name: String,
+    pub keys: Vec<BuilderKey>,
+}

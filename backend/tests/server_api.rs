@@ -213,11 +213,19 @@ async fn health_metrics_and_allowed_signers(db: TestDb) {
     for key in [&key_a, &key_b] {
         let expected = signing::allowed_signers_line(&key.name, key.private.public_key())
             .expect("an allowed-signers line");
-        assert!(
-            lines.contains(&expected.as_str()),
-            "{expected} not in {text}"
-        );
         assert!(expected.contains("namespaces=\"buildfleet-statement\""));
+        // Served with the key's lifetime (valid-after its admission; no end while current).
+        let key_text = expected.splitn(3, ' ').nth(2).expect("the key");
+        let prefix = format!(
+            "{} namespaces=\"buildfleet-statement\",valid-after=\"",
+            key.name
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with(&prefix)
+                && l.ends_with(&format!("\" {key_text}"))
+                && !l.contains("valid-before")),
+            "{expected} (with valid-after) not in {text}"
+        );
     }
     builder.close().await;
     server.shutdown().await;

@@ -197,12 +197,66 @@ pub fn verify_statement(
 
 /// One line of an OpenSSH allowed-signers file, limited to the statement namespace.
 pub fn allowed_signers_line(principal: &str, key: &PublicKey) -> Result<String, SigningError> {
+    allowed_signers_line_within(principal, key, KeyValidity::default())
+}
+
+/// When a key signs for its principal, in unix seconds, both ends inclusive as OpenSSH reads
+/// `valid-after`/`valid-before`; `None` leaves that end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyValidity {
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+}
+
+/// One line of an OpenSSH allowed-signers file, limited to the statement namespace and to
+/// the key's validity (`valid-after="YYYYMMDDhhmmssZ"`, `valid-before=…`, UTC), so that a
+/// statement signed before the key was rotated out verifies at its signing time
+/// (`ssh-keygen -Y verify … -Overify-time=…`) and not after.
+pub fn allowed_signers_line_within(
+    principal: &str,
+    key: &PublicKey,
+    validity: KeyValidity,
+) -> Result<String, SigningError> {
     // A key that cannot be written out is an error, never a line with an empty key.
     let key_text = PublicKey::new(key.key_data().clone(), "")
         .to_openssh()
         .map_err(|e| SigningError::Parse(e.to_string()))?;
+    let mut options = format!("namespaces=\"{STATEMENT_NAMESPACE}\"");
+    if let Some(after) = validity.after {
+        options.push_str(&format!(",valid-after=\"{}\"", openssh_time(after)?));
+    }
+    if let Some(before) = validity.before {
+        options.push_str(&format!(",valid-before=\"{}\"", openssh_time(before)?));
+    }
+    Ok(format!("{principal} {options} {key_text}"))
+}
+
+/// Unix seconds as OpenSSH's `YYYYMMDDhhmmssZ` (UTC), for allowed-signers validity and
+/// `-Overify-time=`. Years 1970 to 9999.
+pub fn openssh_time(unix_secs: i64) -> Result<String, SigningError> {
+    // 9999-12-31T23:59:59Z
+    if !(0..=253_402_300_799).contains(&unix_secs) {
+        return Err(SigningError::Parse(format!(
+            "time {unix_secs} is outside the years 1970 to 9999"
+        )));
+    }
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
     Ok(format!(
-        "{principal} namespaces=\"{STATEMENT_NAMESPACE}\" {key_text}"
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
     ))
 }
 
@@ -272,6 +326,17 @@ mod tests {
   ]
 }
 "#;
+
+    #[test]
+    fn openssh_times_are_utc_calendar_times() {
+        assert_eq!(openssh_time(0).unwrap(), "19700101000000Z");
+        assert_eq!(openssh_time(951_782_400).unwrap(), "20000229000000Z");
+        assert_eq!(openssh_time(1_798_761_599).unwrap(), "20261231235959Z");
+        assert_eq!(openssh_time(1_709_251_199).unwrap(), "20240229235959Z");
+        assert_eq!(openssh_time(253_402_300_799).unwrap(), "99991231235959Z");
+        assert!(openssh_time(-1).is_err());
+        assert!(openssh_time(253_402_300_800).is_err());
+    }
 
     #[test]
     fn a_statement_without_annotations_is_the_text_it_always_was() {

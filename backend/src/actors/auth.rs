@@ -376,7 +376,7 @@ impl Handler<BeginAuth> for Auth {
         Box::pin(
             async move {
                 crate::offload::store_for_sessions(move || {
-                    store.builder_by_fingerprint(&fingerprint)
+                    store.builder_to_authenticate(&fingerprint)
                 })
                 .await
             }

@@ -16,7 +16,8 @@ use tokio::io::AsyncWriteExt;
 use super::client::{encode, Api};
 use super::exit::{CliError, Outcome, EXIT_CODES_HELP};
 use super::output::{print_json, size, Table};
-use buildfleet_api::{Artifact, Builder, JobDetail};
+use buildfleet_api::builders::BuilderKeyList;
+use buildfleet_api::{Artifact, JobDetail};
 
 use super::client::parse;
 
@@ -29,9 +30,10 @@ pub enum ArtifactCommand {
     /// The download streams to NAME.part beside the destination. Then, unless --no-verify:
     /// fetches the job's build statement, its signature and the backend's allowed-signers
     /// file (or uses --allowed-signers), runs
-    /// `ssh-keygen -Y verify -f ALLOWED_SIGNERS -I BUILDER -n buildfleet-statement -s SIG`
-    /// with the statement on stdin, BUILDER being the name of the builder that ran the
-    /// attempt, and checks the file's SHA-256 and size against the statement's entry. Only
+    /// `ssh-keygen -Y verify -f ALLOWED_SIGNERS -I BUILDER -n buildfleet-statement -s SIG
+    /// -Overify-time=TIME` with the statement on stdin, BUILDER being the name of the builder
+    /// that ran the attempt and TIME when the backend accepted the statement (so a statement
+    /// signed before its builder's key was rotated verifies with that key), and checks the file's SHA-256 and size against the statement's entry. Only
     /// then is the file moved to its destination; on any mismatch it is deleted and the exit
     /// code is 5.
     Download(DownloadArgs),
@@ -256,14 +258,36 @@ async fn verify(
                 "attempt {attempt} has no builder on record (removed?): nobody to check the signature against"
             ))
         })?;
-    let builder: Builder = parse(&api.get(&format!("/builders/{builder_id}")).await?)?;
-    let builder = builder.record;
-    if builder.fingerprint != statement.builder.to_string() {
+    // When the statement was signed: its attempt's end, when the backend verified it against
+    // the builder's key of that time (keys are rotated; each is valid for its lifetime).
+    let signed_at = detail
+        .attempts
+        .iter()
+        .find(|a| a.attempt == attempt)
+        .and_then(|a| a.finished_at)
+        .ok_or_else(|| {
+            CliError::Verification(format!(
+                "attempt {attempt} has not finished: its statement has no signing time"
+            ))
+        })?;
+    let keys: BuilderKeyList = parse(&api.get(&format!("/builders/{builder_id}/keys")).await?)?;
+    let signer = statement.builder.to_string();
+    let Some(key) = keys.keys.iter().find(|k| k.fingerprint == signer) else {
         return Err(CliError::Verification(format!(
-            "the statement names key {}, but builder {} has key {}",
-            statement.builder, builder.name, builder.fingerprint
+            "the statement names key {signer}, which is not a key of builder {}",
+            keys.name
+        )));
+    };
+    if let Some(reason) = &key.revoked_reason {
+        return Err(CliError::Verification(format!(
+            "the statement was signed by key {signer} of builder {}, revoked: {reason}",
+            keys.name
         )));
     }
+    let builder = BuilderSigner {
+        name: keys.name.clone(),
+        fingerprint: key.fingerprint.clone(),
+    };
     let allowed_signers = match &args.allowed_signers {
         Some(path) => std::fs::read(path)
             .map_err(|e| CliError::Usage(format!("--allowed-signers {}: {e}", path.display())))?,
@@ -275,6 +299,7 @@ async fn verify(
         &builder.name,
         &signature,
         &statement_bytes,
+        Some(signed_at),
     )
     .await?;
 
@@ -311,12 +336,20 @@ async fn verify(
     })
 }
 
-/// Runs the real `ssh-keygen -Y verify` with the statement on stdin.
-async fn ssh_keygen_verify(
+/// The builder and key that signed a statement.
+struct BuilderSigner {
+    name: String,
+    fingerprint: String,
+}
+
+/// Runs the real `ssh-keygen -Y verify` with the statement on stdin, at `verify_at` (unix
+/// milliseconds; the key must have been valid then) or else now.
+pub(super) async fn ssh_keygen_verify(
     allowed_signers: &[u8],
     principal: &str,
     signature: &[u8],
     statement: &[u8],
+    verify_at: Option<i64>,
 ) -> Result<(), CliError> {
     let dir = tempfile::tempdir().map_err(|e| CliError::io("creating a temporary directory", e))?;
     let signers_path = dir.path().join("allowed_signers");
@@ -324,7 +357,13 @@ async fn ssh_keygen_verify(
     std::fs::write(&signers_path, allowed_signers)
         .and_then(|()| std::fs::write(&signature_path, signature))
         .map_err(|e| CliError::io("writing temporary files", e))?;
-    let mut child = tokio::process::Command::new("ssh-keygen")
+    let mut command = tokio::process::Command::new("ssh-keygen");
+    if let Some(at) = verify_at {
+        let time = buildfleet_protocol::signing::openssh_time(at.div_euclid(1000))
+            .map_err(|e| CliError::Verification(format!("the signing time: {e}")))?;
+        command.arg(format!("-Overify-time={time}"));
+    }
+    let mut child = command
         .arg("-Y")
         .arg("verify")
         .arg("-f")

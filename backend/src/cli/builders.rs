@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::client::Api;
 use super::exit::{CliError, Outcome};
-use super::output::{age, or_dash, pairs, print_json, Table};
+use super::output::{age, or_dash, pairs, print_json, utc, Table};
 use buildfleet_api::{Builder, BuilderRecord};
 
 use super::client::parse;
@@ -31,6 +31,49 @@ pub enum BuilderCommand {
     Resume(BuilderRef),
     /// Forget a builder and its key. Its signed statements no longer verify.
     Remove(BuilderRef),
+    /// A builder's signing keys: list, rotate to a new one, revoke one.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List a builder's keys, oldest first, with each one's validity and revocation.
+    List(BuilderRef),
+    /// Make a new key the one the builder authenticates and signs with (admin). The old key
+    /// stays in the allowed-signers file, valid until now, so what it signed keeps verifying
+    /// at its signing time; the builder's session is closed and it connects with the new key.
+    Rotate(RotateArgs),
+    /// Revoke one of a builder's keys (admin): it leaves the allowed-signers file, so what it
+    /// signed no longer verifies, and the dashboard marks those jobs. Revoking the current key
+    /// keeps the builder out until a new key is rotated in.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("public_key").required(true))]
+pub struct RotateArgs {
+    /// The builder's id, or its name.
+    #[arg(value_name = "ID")]
+    pub builder: String,
+    /// File with the new OpenSSH public key (e.g. `builder.key.pub`).
+    #[arg(long, value_name = "PATH", group = "public_key")]
+    pub key_file: Option<PathBuf>,
+    /// The new OpenSSH public key itself: 'ssh-ed25519 AAAA… comment'.
+    #[arg(long, value_name = "KEY", group = "public_key")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The builder's id, or its name.
+    #[arg(value_name = "ID")]
+    pub builder: String,
+    /// The key's fingerprint, `SHA256:…` (buildfleet builder key list shows them).
+    pub fingerprint: String,
+    /// Why the key is revoked (shown beside the jobs it signed).
+    #[arg(long)]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +119,105 @@ pub async fn run(api: &Api, json: bool, command: BuilderCommand) -> Result<Outco
         BuilderCommand::Pause(b) => act(api, json, &b, "pause").await,
         BuilderCommand::Resume(b) => act(api, json, &b, "resume").await,
         BuilderCommand::Remove(b) => remove(api, json, &b).await,
+        BuilderCommand::Key(command) => key(api, json, command).await,
     }
+}
+
+/// The one-line public key of --key-file or --key.
+fn one_key_line(key_file: Option<&PathBuf>, key: Option<&String>) -> Result<String, CliError> {
+    let key = match (key_file, key) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("--key-file {}: {e}", path.display())))?,
+        (None, Some(key)) => key.clone(),
+        (None, None) => return Err(CliError::Usage("give --key-file or --key".into())),
+    };
+    let key = key.trim();
+    if key.lines().count() != 1 {
+        return Err(CliError::Usage(
+            "the public key must be one line: 'ssh-ed25519 AAAA… comment'".into(),
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+async fn key(api: &Api, json: bool, command: KeyCommand) -> Result<Outcome, CliError> {
+    let (answer, done) = match command {
+        KeyCommand::List(b) => {
+            let target = resolve(api, &b.builder).await?.record;
+            (
+                api.get(&format!("/builders/{}/keys", target.id)).await?,
+                None,
+            )
+        }
+        KeyCommand::Rotate(args) => {
+            let key = one_key_line(args.key_file.as_ref(), args.key.as_ref())?;
+            let target = resolve(api, &args.builder).await?.record;
+            let answer = api
+                .post(
+                    &format!("/builders/{}/keys", target.id),
+                    Some(&json!({ "public_key": key })),
+                )
+                .await
+                .map_err(|e| {
+                    let taken = e.api_code() == Some("conflict");
+                    let e = e.map_api_message(|m| name_in_message(m, &target));
+                    if taken {
+                        e.hint("a key belongs to one builder once: generate a new key pair")
+                    } else {
+                        e
+                    }
+                })?
+                .unwrap_or(Value::Null);
+            (answer, Some("rotated"))
+        }
+        KeyCommand::Revoke(args) => {
+            let target = resolve(api, &args.builder).await?.record;
+            let answer = api
+                .post(
+                    &format!(
+                        "/builders/{}/keys/{}/revoke",
+                        target.id,
+                        super::client::encode(&args.fingerprint)
+                    ),
+                    Some(&json!({ "reason": args.reason })),
+                )
+                .await
+                .map_err(|e| e.map_api_message(|m| name_in_message(m, &target)))?
+                .unwrap_or(Value::Null);
+            (answer, Some("revoked"))
+        }
+    };
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let list: buildfleet_api::builders::BuilderKeyList = parse(&answer)?;
+    if let Some(done) = done {
+        println!("builder {}: key {done}", list.name);
+    }
+    let mut table = Table::new(&[
+        "FINGERPRINT",
+        "STATE",
+        "VALID AFTER",
+        "VALID BEFORE",
+        "REVOKED",
+    ]);
+    for k in &list.keys {
+        let state = match (&k.revoked_reason, k.current) {
+            (Some(reason), _) => format!("revoked: {reason}"),
+            (None, true) => "current".to_owned(),
+            (None, false) => "rotated out".to_owned(),
+        };
+        table.row(vec![
+            k.fingerprint.clone(),
+            state,
+            utc(k.valid_after),
+            or_dash(k.valid_before.map(utc)),
+            or_dash(k.revoked_at.map(utc)),
+        ]);
+    }
+    table.print();
+    Ok(Outcome::Success)
 }
 
 async fn admit(api: &Api, json: bool, args: AdmitArgs) -> Result<Outcome, CliError> {

@@ -361,10 +361,12 @@ pub async fn job(
     };
     let search = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
     let (store, storage) = (state.store.clone(), state.storage.clone());
-    let (builders, log, now) = blocking(move || {
+    let (builders, log, now, revoked) = blocking(move || {
         let chunks = store.log_chunks(id)?;
         let log: StoredLog = read_tail(&*storage, &chunks, attempt).map_err(ApiError::internal)?;
-        Ok((store.list_builders()?, log, store.now_ms()))
+        let statement = store.job_statement(id)?;
+        let revoked = crate::http::builders::revoked_signers(&store, statement.as_ref())?;
+        Ok((store.list_builders()?, log, store.now_ms(), revoked))
     })
     .await?;
     let names = builder_names(&builders);
@@ -383,6 +385,9 @@ pub async fn job(
     };
     let body = html! {
         (job_summary::head(job, &detail.project, &detail.attempts, &names, now))
+        @for r in &revoked {
+            p.job-error.revoked-signer { "Signed by a revoked key: " (r.reason) " (builder " (r.builder) ", key " span.mono { (r.fingerprint) } "). Its statement no longer verifies." }
+        }
         div.table-wrap { table.details { tbody {
             tr { th { "Source" } td.mono { (job.source_url) br; "sha256:" (job.source_sha256) } }
             tr { th { "Parameters" } td.mono { @if job.parameters.is_empty() { span.muted { "none" } } (job.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")) } }

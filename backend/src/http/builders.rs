@@ -170,8 +170,7 @@ pub async fn admit(
     require(&req, &state, TokenScope::Admin).await?;
     let body: AdmitBuilder = parse_json(&body)?;
     signing::validate_builder_name(&body.name).map_err(|e| ApiError::BadRequest(e.into()))?;
-    let key = signing::parse_public_key(&body.public_key)
-        .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;
+    let key = parse_one_key(&body.public_key)?;
     let new = NewBuilder {
         name: body.name,
         public_key: key.to_openssh().map_err(ApiError::internal)?,
@@ -252,4 +251,207 @@ pub async fn remove(
     blocking(move || Ok(store.remove_builder(id)?)).await?;
     state.scheduler.do_send(RevokeBuilder(id));
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// One OpenSSH public key line. More lines are refused: the key parser would read the rest
+/// as the first key's comment, and the stored key would carry them.
+fn parse_one_key(text: &str) -> Result<ssh_key::PublicKey, ApiError> {
+    if text.trim().lines().count() > 1 {
+        return Err(ApiError::BadRequest(
+            "public_key: one key on one line: 'ssh-ed25519 AAAA… comment'".into(),
+        ));
+    }
+    signing::parse_public_key(text).map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))
+}
+
+fn key_view(key: crate::store::BuilderKey) -> api::builders::BuilderKey {
+    api::builders::BuilderKey {
+        current: key.is_current(),
+        public_key: key.public_key,
+        fingerprint: key.fingerprint,
+        valid_after: key.valid_after,
+        valid_before: key.valid_before,
+        revoked_at: key.revoked_at,
+        revoked_reason: key.revoked_reason,
+    }
+}
+
+/// The builder `id` if `access` sees it; the 404 of a missing builder otherwise.
+fn visible_builder(store: &Store, access: &Access, id: BuilderId) -> Result<Builder, ApiError> {
+    let seen = ProjectNames::load(store)?.seen_by(access);
+    let slugs = store.builder_project_slugs()?;
+    store
+        .builder_by_id(id)?
+        .filter(|b| sees_builder(&seen, slugs.get(&b.id)))
+        .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))
+}
+
+/// A key route's builder: one the caller sees (else 404, as if missing), then, to change its
+/// keys, the admin (401 without a token, 403 for a project's token).
+async fn key_route_builder(
+    req: &HttpRequest,
+    state: &AppState,
+    raw_id: &str,
+    change: bool,
+) -> Result<Builder, ApiError> {
+    let access = Access::of(req, state).await?;
+    let id = parse_id(raw_id)?;
+    let store = state.store.clone();
+    let checked = access.clone();
+    let builder = blocking(move || visible_builder(&store, &checked, id)).await?;
+    if change {
+        access.require_admin()?;
+    }
+    Ok(builder)
+}
+
+fn key_list(
+    builder: &Builder,
+    keys: Vec<crate::store::BuilderKey>,
+) -> api::builders::BuilderKeyList {
+    api::builders::BuilderKeyList {
+        builder: builder.id.0,
+        name: builder.name.clone(),
+        keys: keys.into_iter().map(key_view).collect(),
+    }
+}
+
+/// `GET /api/v1/builders/{id}/keys`: the builder's keys, oldest first (who sees the builder).
+pub async fn keys(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let builder = key_route_builder(&req, &state, &path, false).await?;
+    let store = state.store.clone();
+    let id = builder.id;
+    let keys = blocking(move || Ok(store.builder_keys(id)?)).await?;
+    Ok(HttpResponse::Ok().json(key_list(&builder, keys)))
+}
+
+/// `POST /api/v1/builders/{id}/keys` (admin): rotate the builder to a new key. The old key's
+/// validity ends now; a session authenticated with it is closed, so the builder connects
+/// again with its new key.
+pub async fn rotate_key(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let builder = key_route_builder(&req, &state, &path, true).await?;
+    let body: api::builders::RotateBuilderKey = parse_json(&body)?;
+    let key = parse_one_key(&body.public_key)?;
+    let public_key = key.to_openssh().map_err(ApiError::internal)?;
+    let fingerprint = signing::fingerprint(&key).to_string();
+    let store = state.store.clone();
+    let id = builder.id;
+    let (builder, keys) =
+        blocking(move || Ok(store.rotate_builder_key(id, &public_key, &fingerprint)?)).await?;
+    state.scheduler.do_send(RevokeBuilder(id));
+    tracing::info!(builder = %builder.name, fingerprint = %builder.fingerprint, "builder key rotated");
+    Ok(HttpResponse::Created().json(key_list(&builder, keys)))
+}
+
+/// `POST /api/v1/builders/{id}/keys/{fingerprint}/revoke` (admin): revoke one of the
+/// builder's keys with a reason. Its statements no longer verify; revoking the current key
+/// also ends the builder's session, and it cannot connect until a new key is rotated in.
+pub async fn revoke_key(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, fingerprint) = path.into_inner();
+    let fingerprint = percent_decoded(&fingerprint)?;
+    let builder = key_route_builder(&req, &state, &raw_id, true).await?;
+    let body: api::builders::RevokeBuilderKey = parse_json(&body)?;
+    let store = state.store.clone();
+    let id = builder.id;
+    let revoked = blocking(move || {
+        let revocation = store.revoke_builder_key(id, &fingerprint, &body.reason)?;
+        Ok((revocation, store.builder_keys(id)?))
+    })
+    .await?;
+    let (revocation, keys) = revoked;
+    if revocation.was_current {
+        state.scheduler.do_send(RevokeBuilder(id));
+    }
+    tracing::warn!(builder = %builder.name, fingerprint = %revocation.key.fingerprint, "builder key revoked");
+    Ok(HttpResponse::Ok().json(key_list(&builder, keys)))
+}
+
+/// A path segment with any percent-escapes left in it decoded (a fingerprint's '/', '+' and
+/// '=' arrive escaped from careful clients and as they are from others).
+fn percent_decoded(raw: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::BadRequest(format!("{raw:?} is not a key fingerprint"));
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// A key that signed a job's statement and was revoked since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedSigner {
+    pub builder: String,
+    pub fingerprint: String,
+    pub reason: String,
+}
+
+/// The fingerprints of the keys that made the armored SSHSIG signatures in `armored` (one or
+/// several blocks); blocks that do not parse are skipped (the statement was verified when it
+/// was stored).
+pub fn sshsig_signers(armored: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
+    const END: &str = "-----END SSH SIGNATURE-----";
+    let mut found = Vec::new();
+    let mut rest = armored;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let block = &rest[start..start + len + END.len()];
+        if let Ok(sig) = ssh_key::SshSig::from_pem(block) {
+            let key = ssh_key::PublicKey::from(sig.public_key().clone());
+            let fingerprint = signing::fingerprint(&key).to_string();
+            if !found.contains(&fingerprint) {
+                found.push(fingerprint);
+            }
+        }
+        rest = &rest[start + len + END.len()..];
+    }
+    found
+}
+
+/// The revoked keys among those that signed `statement` (the job page marks the job).
+pub fn revoked_signers(
+    store: &Store,
+    statement: Option<&crate::store::AttemptStatement>,
+) -> Result<Vec<RevokedSigner>, ApiError> {
+    let Some(statement) = statement else {
+        return Ok(Vec::new());
+    };
+    let signers = sshsig_signers(&statement.signature);
+    Ok(store
+        .builder_keys_by_fingerprint(&signers)?
+        .into_iter()
+        .filter_map(|(builder, key)| {
+            Some(RevokedSigner {
+                builder,
+                reason: key.revoked_reason?,
+                fingerprint: key.fingerprint,
+            })
+        })
+        .collect())
 }

@@ -70,6 +70,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/builders/{id}/projects",
                     web::put().to(builders::set_projects),
                 )
+                .route("/builders/{id}/keys", web::get().to(builders::keys))
+                .route("/builders/{id}/keys", web::post().to(builders::rotate_key))
+                // A fingerprint's base64 may hold '/': the segment spans them.
+                .route(
+                    "/builders/{id}/keys/{fingerprint:.+}/revoke",
+                    web::post().to(builders::revoke_key),
+                )
                 .route("/builders/{id}/{action}", web::post().to(builders::act))
                 .route("/allowed_signers", web::get().to(system::allowed_signers))
                 .route("/enrolment-tokens", web::get().to(enrolment::list))

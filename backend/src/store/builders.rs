@@ -5,6 +5,7 @@ use buildfleet_protocol::ControlCommand;
 use diesel::prelude::*;
 use serde::Serialize;
 
+use super::builder_keys::{self, key_holder, record_key};
 use super::connection::{Db, DbConnection};
 use super::error::StoreError;
 use super::ids::BuilderId;
@@ -190,6 +191,14 @@ impl Store {
                 ))
                 .returning(<BuilderRow as Selectable<Db>>::construct_selection())
                 .get_result::<BuilderRow>(conn)?;
+            // The first entry of the builder's key history, valid from its admission.
+            record_key(
+                conn,
+                BuilderId(row.id),
+                &new.public_key,
+                &new.fingerprint,
+                now,
+            )?;
             Builder::try_from(row)
         })
     }
@@ -208,6 +217,26 @@ impl Store {
                 .filter(builders::fingerprint.eq(fingerprint))
                 .into_boxed(),
         )
+    }
+
+    /// The builder that authenticates with `fingerprint`: its current key, unless revoked (a
+    /// revoked key authenticates no one; a rotated-out key is no longer the builder's
+    /// fingerprint at all).
+    pub fn builder_to_authenticate(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<Builder>, StoreError> {
+        let mut conn = self.conn()?;
+        let builder = load_one(
+            &mut conn,
+            builders::table
+                .filter(builders::fingerprint.eq(fingerprint))
+                .into_boxed(),
+        )?;
+        match builder {
+            Some(b) if !builder_keys::is_revoked(&mut conn, fingerprint)? => Ok(Some(b)),
+            _ => Ok(None),
+        }
     }
 
     pub fn builder_by_name(&self, name: &str) -> Result<Option<Builder>, StoreError> {
@@ -343,13 +372,14 @@ impl Store {
     }
 }
 
-/// The `(name, fingerprint)` of a builder that already holds `name` or the key `fingerprint`.
+/// The `(name, fingerprint)` of a builder that already holds `name` or the key `fingerprint`
+/// (now or in its key history: a fingerprint names one builder for good).
 pub(crate) fn holder_of(
     conn: &mut DbConnection,
     name: &str,
     fingerprint: &str,
 ) -> Result<Option<(String, String)>, StoreError> {
-    Ok(builders::table
+    let holder = builders::table
         .filter(
             builders::name
                 .eq(name)
@@ -357,5 +387,9 @@ pub(crate) fn holder_of(
         )
         .select((builders::name, builders::fingerprint))
         .first(conn)
-        .optional()?)
+        .optional()?;
+    match holder {
+        Some(holder) => Ok(Some(holder)),
+        None => Ok(key_holder(conn, fingerprint)?.map(|name| (name, fingerprint.to_owned()))),
+    }
 }

@@ -10,6 +10,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
+use super::builder_keys::record_key;
 use super::builders::{holder_of, require_builder, Builder, NewBuilder};
 use super::connection::{Db, DbConnection};
 use super::error::StoreError;
@@ -243,6 +244,7 @@ impl Store {
                 ))
                 .returning(builders::id)
                 .get_result(conn)?;
+            record_key(conn, BuilderId(id), &new.public_key, &new.fingerprint, now)?;
             let builder = require_builder(conn, BuilderId(id))?;
             Ok(Ok((builder, EnrolmentTokenId(token.id))))
         });

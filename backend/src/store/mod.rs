@@ -10,6 +10,7 @@ mod annotations;
 mod artifacts;
 mod attempt_outputs;
 mod attempts;
+mod builder_keys;
 mod builders;
 mod claim;
 mod clock;
@@ -50,6 +51,7 @@ pub use annotations::{
 pub use artifacts::{Artifact, NewArtifact, Publication};
 pub use attempt_outputs::{AttemptPlan, AttemptStatement, MAX_PLAN_BYTES};
 pub use attempts::JobAttempt;
+pub use builder_keys::{BuilderKey, Revocation, MAX_REVOKE_REASON_BYTES};
 pub use builders::{Builder, BuilderControl, NewBuilder};
 pub use claim::{ClaimRequest, ClaimedJob};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -16,6 +16,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    builder_keys (id) {
+        id -> BigInt,
+        builder_id -> BigInt,
+        public_key -> Text,
+        fingerprint -> Text,
+        valid_after -> BigInt,
+        valid_before -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+        revoked_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     jobs (id) {
         id -> BigInt,
         source_url -> Text,
@@ -194,6 +207,7 @@ diesel::joinable!(jobs -> projects (project_id));
 diesel::joinable!(projects -> organisations (organisation_id));
 diesel::joinable!(builder_projects -> projects (project_id));
 diesel::joinable!(builder_projects -> builders (builder_id));
+diesel::joinable!(builder_keys -> builders (builder_id));
 diesel::joinable!(job_attempts -> jobs (job_id));
 diesel::joinable!(job_events -> jobs (job_id));
 diesel::joinable!(log_chunks -> jobs (job_id));
@@ -338,6 +352,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     organisations,
     projects,
     builder_projects,
+    builder_keys,
     project_usage,
     webhooks,
     webhook_deliveries,
