@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{AttemptCause, AttemptOutcome, JobMode, JobState};
+use crate::state::{AttemptCause, AttemptOutcome, JobMode, JobState, OnMismatch};
 use crate::{Annotations, Labels};
 
 /// `POST /api/v1/jobs`.
@@ -49,6 +49,13 @@ pub struct SubmitJob {
     /// else `default/default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Independent builders (1 to 5) that must build the job with identical artifacts before
+    /// it is published; omitted: the project's default (1, an ordinary job, unless changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reproduce: Option<i32>,
+    /// What a disagreement does: `fail` (the default: publish nothing) or `publish_first`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_mismatch: Option<OnMismatch>,
 }
 
 /// Which kinds of failed attempt put the job back in the queue by themselves, while fewer
@@ -269,6 +276,24 @@ pub struct Job {
     pub error: Option<String>,
     /// Builder of the current attempt (or of the last one, once terminal).
     pub builder_id: Option<i64>,
+    /// Independent builders that must agree before the job is published (omitted: 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub reproduce: i32,
+    /// What a disagreement does (omitted: `fail`).
+    #[serde(default, skip_serializing_if = "is_fail")]
+    pub on_mismatch: OnMismatch,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn is_one(k: &i32) -> bool {
+    *k == 1
+}
+
+fn is_fail(on_mismatch: &OnMismatch) -> bool {
+    *on_mismatch == OnMismatch::Fail
 }
 
 /// `GET /api/v1/jobs`.
@@ -304,6 +329,10 @@ pub struct JobDetail {
     /// When retention deleted the job's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_expired_at: Option<i64>,
+    /// A job with `reproduce` above 1: its runs so far and, once decided, the verdict and
+    /// its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reproduction: Option<crate::reproduction::Reproduction>,
 }
 
 /// Where a queued job stands: what is ahead of it on the builders that can run it, and an

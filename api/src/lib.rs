@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod notifications;
 pub mod projects;
 pub mod registry;
+pub mod reproduction;
 pub mod sources;
 pub mod state;
 
@@ -31,8 +32,14 @@ pub use projects::{
 pub use registry::{
     Backfill, BackfillResult, CrateBuild, CrateDetail, CrateVersion, RegistryStatus,
 };
+pub use reproduction::{
+    ArchiveEntry, ArtifactDiff, EntryDiff, Reproduction, ReproductionEvidence, ReproductionRun,
+    ReproductionVerdict, RunArtifact,
+};
 pub use sources::UploadedSource;
-pub use state::{AttemptCause, AttemptOutcome, JobMode, JobState, UnknownValue};
+pub use state::{
+    AttemptCause, AttemptOutcome, JobMode, JobState, OnMismatch, UnknownValue, MAX_REPRODUCE,
+};
 
 /// Labels, parameters: ordered so answers are stable.
 pub type Labels = std::collections::BTreeMap<String, String>;

@@ -72,6 +72,9 @@ string_enum!(
         Failed => "failed",
         Cancelled => "cancelled",
         TimedOut => "timed_out",
+        /// A reproducible job (`reproduce` above 1) whose independent runs did not agree: their
+        /// artifacts differ, or a run failed after an earlier one succeeded.
+        Unreproducible => "unreproducible",
     }
 );
 
@@ -82,6 +85,21 @@ string_enum!(
         Plan => "plan",
     }
 );
+
+string_enum!(
+    /// What a reproducible job does when its runs disagree.
+    #[derive(Default)]
+    OnMismatch, "on_mismatch" {
+        /// Publish nothing: the job ends `unreproducible`.
+        #[default]
+        Fail => "fail",
+        /// Publish the first run's artifacts, and flag the job `unreproducible`.
+        PublishFirst => "publish_first",
+    }
+);
+
+/// The most independent builders a job may ask to reproduce it.
+pub const MAX_REPRODUCE: i32 = 5;
 
 string_enum!(
     /// How an attempt ended: a builder's outcome, or one of the ways the backend ends it.
@@ -116,6 +134,9 @@ string_enum!(
         RetryAfterScriptFailure => "retry_after_script_failure",
         /// Asked for through `POST /api/v1/jobs/{id}/retry`.
         ManualRetry => "manual_retry",
+        /// The next independent run of a reproducible job (`reproduce` above 1) after a
+        /// run succeeded.
+        ReproductionRun => "reproduction_run",
     }
 );
 
@@ -131,6 +152,7 @@ impl AttemptCause {
             }
             AttemptCause::RetryAfterScriptFailure => "automatic retry after a script failure",
             AttemptCause::ManualRetry => "manual retry",
+            AttemptCause::ReproductionRun => "next independent run",
         }
     }
 
@@ -150,7 +172,11 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut
+            JobState::Succeeded
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::TimedOut
+                | JobState::Unreproducible
         )
     }
 
@@ -166,9 +192,14 @@ impl JobState {
             (self, to),
             (Queued, Assigned | Cancelled)
                 // Rejection or lease loss sends it back; lease loss past the budget fails it.
-                // A completion may overtake its accept (a work_ack lost in a crash).
-                | (Assigned, Running | Queued | Cancelled | Failed | Succeeded | TimedOut)
-                | (Running, Succeeded | Failed | Cancelled | TimedOut | Queued)
+                // A completion may overtake its accept (a work_ack lost in a crash). A
+                // reproducible job's run that disagrees with an earlier one ends it
+                // unreproducible.
+                | (
+                    Assigned,
+                    Running | Queued | Cancelled | Failed | Succeeded | TimedOut | Unreproducible
+                )
+                | (Running, Succeeded | Failed | Cancelled | TimedOut | Queued | Unreproducible)
                 // Retry by an operator.
                 | (Failed | Cancelled | TimedOut, Queued)
         )
@@ -194,7 +225,9 @@ mod tests {
     fn terminal_states_only_go_back_to_queued() {
         for from in JobState::ALL.iter().filter(|s| s.is_terminal()) {
             for to in JobState::ALL {
-                let expected = *to == JobState::Queued && *from != JobState::Succeeded;
+                // A success and an unreproducible verdict are final; the rest may be retried.
+                let expected = *to == JobState::Queued
+                    && !matches!(from, JobState::Succeeded | JobState::Unreproducible);
                 assert_eq!(from.can_become(*to), expected, "{from} -> {to}");
             }
         }

@@ -88,6 +88,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct SchedulerFile {
     fair_share_window_secs: Option<u64>,
+    reproduce_independence_label: Option<String>,
 }
 
 /// How the scheduler shares builders between projects (`[scheduler]`).
@@ -95,6 +96,9 @@ struct SchedulerFile {
 pub struct SchedulerConfig {
     /// The sliding window of builder time that fair share looks at.
     pub fair_share_window: Duration,
+    /// The builder label (as its operator set it) whose values tell the owners of builders
+    /// apart: a reproducible job's runs go to builders with different values of it.
+    pub reproduce_independence_label: String,
 }
 
 impl SchedulerConfig {
@@ -108,6 +112,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             fair_share_window: Duration::from_secs(3600),
+            reproduce_independence_label: "owner".to_owned(),
         }
     }
 }
@@ -356,6 +361,9 @@ impl ServerConfig {
         if let Some(secs) = file.scheduler.fair_share_window_secs {
             config.scheduler.fair_share_window = Duration::from_secs(secs);
         }
+        if let Some(label) = &file.scheduler.reproduce_independence_label {
+            config.scheduler.reproduce_independence_label = label.clone();
+        }
         config.registry = file
             .registry
             .as_ref()
@@ -423,6 +431,16 @@ impl ServerConfig {
             window.as_secs(),
             SchedulerConfig::MIN_FAIR_SHARE_WINDOW.as_secs(),
             SchedulerConfig::MAX_FAIR_SHARE_WINDOW.as_secs()
+        );
+        let label = &self.scheduler.reproduce_independence_label;
+        anyhow::ensure!(
+            !label.is_empty()
+                && label.len() <= 64
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
+            "invalid config: scheduler.reproduce_independence_label ({label:?}) must be 1 to 64 \
+             characters of [A-Za-z0-9_.-]"
         );
         Ok(())
     }

@@ -81,7 +81,11 @@ pub fn position(attempt: Attempt, state: JobState) -> (Attempt, u8) {
         JobState::Queued => 0,
         JobState::Assigned => 1,
         JobState::Running => 2,
-        JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut => 3,
+        JobState::Succeeded
+        | JobState::Failed
+        | JobState::Cancelled
+        | JobState::TimedOut
+        | JobState::Unreproducible => 3,
     };
     (attempt, stage)
 }

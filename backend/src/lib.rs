@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod offload;
 pub mod queue_standing;
 pub mod registry;
+pub mod reproduction_evidence;
 pub mod server;
 pub mod storage;
 pub mod store;

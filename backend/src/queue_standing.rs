@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use buildfleet_api::QueueStanding;
 
 use crate::actors::scheduler::LiveBuilder;
-use crate::store::{labels_satisfy, Builder, BuilderId, Job, Labels, ANY_LABEL_VALUE};
+use crate::store::{
+    is_independent, labels_satisfy, Builder, BuilderId, Job, JobRun, Labels, ANY_LABEL_VALUE,
+};
 
 /// Counting the jobs ahead stops here: past it the position is shown as a lower bound.
 pub const AHEAD_CAP: i64 = 10_000;
@@ -59,6 +61,32 @@ pub struct QueueFacts<'a> {
     pub project: &'a str,
     /// Now, to tell how much of a retry's back-off is left.
     pub now_ms: i64,
+    /// A reproducible job's completed runs: its next run needs a builder independent of
+    /// them (empty for an ordinary job).
+    pub runs: &'a [JobRun],
+}
+
+/// The builders of `matching` independent of every earlier run (by their operator's labels
+/// in `admitted`); all of them when there are no runs.
+fn independent<'a>(
+    matching: Vec<&'a LiveBuilder>,
+    admitted: &[Builder],
+    runs: &[JobRun],
+) -> Vec<&'a LiveBuilder> {
+    if runs.is_empty() {
+        return matching;
+    }
+    let none = Labels::new();
+    matching
+        .into_iter()
+        .filter(|b| {
+            let operator = admitted
+                .iter()
+                .find(|a| a.id == b.id)
+                .map_or(&none, |a| &a.labels);
+            is_independent(b.id, operator, runs)
+        })
+        .collect()
 }
 
 pub fn standing(
@@ -66,7 +94,9 @@ pub fn standing(
     live: &BTreeMap<BuilderId, LiveBuilder>,
     facts: &QueueFacts<'_>,
 ) -> QueueStanding {
-    let matching = matching_online(job, live);
+    let candidates = matching_online(job, live);
+    let any_candidate = !candidates.is_empty();
+    let matching = independent(candidates, facts.admitted, facts.runs);
     // A job ahead counts when one of this job's builders could take it instead.
     let ahead = facts
         .ahead
@@ -93,7 +123,17 @@ pub fn standing(
         .retry_not_before
         .filter(|at| *at > facts.now_ms)
         .map(|at| u64::try_from((at - facts.now_ms + 999) / 1000).unwrap_or(0));
-    let blocked = if matching.is_empty() {
+    let blocked = if matching.is_empty() && any_candidate {
+        Some(format!(
+            "no builder matches: {}; every connected builder that could take it built an \
+             earlier run or shares its {}",
+            crate::store::explain_dependence(facts.runs),
+            facts
+                .runs
+                .first()
+                .map_or("owner", |r| r.owner_label.as_str())
+        ))
+    } else if matching.is_empty() {
         Some(why_none_matches(job, live, offline, facts.project))
     } else {
         backoff_secs
@@ -280,6 +320,8 @@ mod tests {
             error: None,
             builder_id: None,
             project: crate::store::ProjectId::DEFAULT,
+            reproduce: 1,
+            on_mismatch: Default::default(),
         }
     }
 
@@ -333,7 +375,53 @@ mod tests {
             run_times,
             project: "default/default",
             now_ms: 0,
+            runs: &[],
         }
+    }
+
+    #[test]
+    fn a_reproducible_job_waits_for_a_builder_of_another_owner() {
+        let mut job = job("cargo-build", &[]);
+        job.reproduce = 2;
+        let fleet: BTreeMap<_, _> = [
+            live(1, &["cargo-build"], &[], 2, 2),
+            live(2, &["cargo-build"], &[], 2, 2),
+        ]
+        .into();
+        let same_owner = [
+            admitted(1, &[("owner", "alice")], true),
+            admitted(2, &[("owner", "alice")], true),
+        ];
+        let run = JobRun {
+            job: job.id,
+            run: 1,
+            attempt: Attempt(1),
+            builder: BuilderId(1),
+            owner_label: "owner".into(),
+            owner: Some("alice".into()),
+            artifacts: vec![],
+            finished_at: 0,
+        };
+        let runs = [run];
+        let mut f = facts(&same_owner, &[], &[]);
+        f.runs = &runs;
+        let s = standing(&job, &fleet, &f);
+        assert_eq!(s.matching_builders_online, 0);
+        let blocked = s.blocked.unwrap();
+        assert!(
+            blocked.starts_with("no builder matches: run 2 needs a builder independent of the earlier runs: another builder, and not owner=alice"),
+            "{blocked}"
+        );
+        // A builder of another owner comes: it is the one that matches.
+        let other_owner = [
+            admitted(1, &[("owner", "alice")], true),
+            admitted(2, &[("owner", "bob")], true),
+        ];
+        let mut f = facts(&other_owner, &[], &[]);
+        f.runs = &runs;
+        let s = standing(&job, &fleet, &f);
+        assert_eq!(s.matching_builders_online, 1);
+        assert_eq!(s.blocked, None);
     }
 
     #[test]

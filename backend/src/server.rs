@@ -206,10 +206,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             cancel_grace: config.timings.cancel_grace,
             sweep_interval: config.timings.sweep_interval,
             fair_share_window: config.scheduler.fair_share_window,
+            reproduce_independence_label: config.scheduler.reproduce_independence_label.clone(),
         },
         metrics.clone(),
         log_sink.clone(),
         job_feed.clone(),
+        storage.clone(),
     );
     let scheduler = Scheduler::start_in_arbiter(&actors.handle(), move |_| scheduler);
     let auth = Auth::new(

@@ -69,9 +69,11 @@ pub fn event_of(state: JobState) -> Option<&'static str> {
         JobState::Queued => Some("queued"),
         JobState::Running => Some("started"),
         JobState::Assigned => None,
-        JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut => {
-            Some("finished")
-        }
+        JobState::Succeeded
+        | JobState::Failed
+        | JobState::Cancelled
+        | JobState::TimedOut
+        | JobState::Unreproducible => Some("finished"),
     }
 }
 

@@ -245,6 +245,8 @@ pub fn new_job(recipe: &str) -> NewJob {
         timeout_secs: 600,
         submitter: "tests".to_owned(),
         project: buildfleet_backend::store::ProjectId::DEFAULT,
+        reproduce: None,
+        on_mismatch: Default::default(),
     }
 }
 

@@ -42,6 +42,8 @@ pub struct JobDetail {
     pub follow_ups: Vec<JobId>,
     /// What retention deleted of it.
     pub expired: crate::store::ExpiredData,
+    /// A reproducible job's runs and verdict.
+    pub reproduction: Option<api::Reproduction>,
 }
 
 impl JobDetail {
@@ -61,6 +63,7 @@ impl JobDetail {
             follow_ups: self.follow_ups.iter().map(|j| j.0).collect(),
             artifacts_expired_at: self.expired.artifacts_expired_at,
             logs_expired_at: self.expired.logs_expired_at,
+            reproduction: self.reproduction,
         }
     }
 }
@@ -307,6 +310,18 @@ fn check_submission(
     if !(-1000..=1000).contains(&body.priority) {
         return Err(ApiError::BadRequest("priority must be -1000..=1000".into()));
     }
+    let reproduce = body.reproduce;
+    if let Some(k) = reproduce.filter(|k| !(1..=crate::store::MAX_REPRODUCE).contains(k)) {
+        return Err(ApiError::BadRequest(format!(
+            "reproduce must be from 1 to {} independent builders, not {k}",
+            crate::store::MAX_REPRODUCE
+        )));
+    }
+    if body.on_mismatch.is_some() && reproduce.is_some_and(|k| k < 2) {
+        return Err(ApiError::BadRequest(
+            "on_mismatch is for a job reproduced by 2 or more builders (reproduce)".into(),
+        ));
+    }
     let limit = state.config.limits.max_source_bytes;
     let max_bytes = body.source_max_bytes.unwrap_or(limit);
     if max_bytes == 0 || max_bytes > limit {
@@ -344,6 +359,8 @@ fn check_submission(
             timeout_secs,
             submitter,
             project: crate::store::ProjectId::DEFAULT,
+            reproduce,
+            on_mismatch: body.on_mismatch.unwrap_or_default(),
         },
     })
 }
@@ -514,6 +531,7 @@ pub async fn load_detail(
                 .collect::<Result<_, _>>()?,
             queue: None,
             expired: store.job_expiry(id)?,
+            reproduction: store.reproduction_of(&job)?,
             job,
         })
     })
@@ -550,6 +568,7 @@ async fn queue_standing(state: &AppState, job: Job) -> Result<api::QueueStanding
             run_times = store.recent_run_times(&job.recipe, None, standing::RUN_TIME_SAMPLES)?;
         }
         let admitted = store.list_builders()?;
+        let runs = store.job_runs(job.id)?;
         let project = store
             .project(job.project)?
             .map_or_else(|| format!("#{}", job.project.0), |p| p.slug());
@@ -559,6 +578,7 @@ async fn queue_standing(state: &AppState, job: Job) -> Result<api::QueueStanding
             run_times: &run_times,
             project: &project,
             now_ms: store.now_ms(),
+            runs: &runs,
         };
         Ok(standing::standing(&job, &live, &facts))
     })

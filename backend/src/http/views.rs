@@ -87,6 +87,8 @@ pub fn job_view(job: Job, project: String) -> api::Job {
         cancel_requested_at: job.cancel_requested_at,
         error: job.error,
         builder_id: job.builder_id.map(|b| b.0),
+        reproduce: job.reproduce,
+        on_mismatch: job.on_mismatch,
     }
 }
 

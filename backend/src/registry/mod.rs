@@ -513,6 +513,8 @@ impl Follow {
                 timeout_secs: METADATA_TIMEOUT_SECS,
                 submitter: format!("registry:{}", self.settings.name),
                 project: ProjectId::DEFAULT,
+                reproduce: None,
+                on_mismatch: Default::default(),
             },
         }
     }
@@ -540,6 +542,8 @@ impl Follow {
                 timeout_secs: self.settings.timeout_secs,
                 submitter: metadata_job.submitter.clone(),
                 project: metadata_job.project,
+                reproduce: None,
+                on_mismatch: Default::default(),
             },
         }
     }

@@ -7,9 +7,10 @@ use super::builders::require_builder;
 use super::connection::DbConnection;
 use super::error::StoreError;
 use super::fair_share::{self, FairShare, MAX_SUBMIT_PRIORITY};
-use super::ids::{Attempt, BuilderId, ProjectId};
+use super::ids::{Attempt, BuilderId, JobId, ProjectId};
 use super::jobs::{load_job_row, Job, JobRow};
 use super::labels::{self, Labels};
+use super::reproduction;
 use super::schema::{job_attempts, jobs};
 use super::secret;
 use super::state::JobState;
@@ -101,7 +102,7 @@ impl Store {
             if !builder.enabled {
                 return Err(StoreError::BuilderDisabled(builder.id));
             }
-            let chosen = choose_jobs(conn, request)?;
+            let chosen = choose_jobs(conn, request, &builder.labels)?;
             chosen
                 .into_iter()
                 .map(|row| {
@@ -131,7 +132,11 @@ struct QueueScope<'a> {
 /// none), the queue is walked in claim order as it always was. With several, boosted jobs go
 /// first, then slot by slot the project with the lowest standing (builder time over its
 /// weight, see `fair_share.rs`) gives its next job, in claim order within the project.
-fn choose_jobs(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<JobRow>, StoreError> {
+fn choose_jobs(
+    conn: &mut DbConnection,
+    request: &ClaimRequest,
+    operator_labels: &Labels,
+) -> Result<Vec<JobRow>, StoreError> {
     let allowed: Option<Vec<i64>> = request
         .projects
         .as_ref()
@@ -150,6 +155,7 @@ fn choose_jobs(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<Jo
         walk_queue(
             conn,
             request,
+            operator_labels,
             scope,
             &mut QueueCursor::default(),
             &mut chosen,
@@ -164,6 +170,7 @@ fn choose_jobs(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<Jo
     walk_queue(
         conn,
         request,
+        operator_labels,
         boosted,
         &mut QueueCursor::default(),
         &mut chosen,
@@ -182,7 +189,15 @@ fn choose_jobs(conn: &mut DbConnection, request: &ClaimRequest) -> Result<Vec<Jo
             ..scope
         };
         let before = chosen.len();
-        walk_queue(conn, request, one_project, cursor, &mut chosen, before + 1)?;
+        walk_queue(
+            conn,
+            request,
+            operator_labels,
+            one_project,
+            cursor,
+            &mut chosen,
+            before + 1,
+        )?;
         if chosen.len() > before {
             share.charge(project);
         } else {
@@ -204,10 +219,14 @@ struct QueueCursor {
 
 /// Walks the queue of `scope` in claim order, batch by batch, adding the jobs whose labels
 /// match to `chosen` until it holds `until`. Jobs already chosen (a boosted job is also its
-/// project's first) are skipped.
+/// project's first) are skipped, and so is a reproducible job's next run for a builder not
+/// independent of its earlier runs (`operator_labels`: the builder's labels as its operator
+/// set them, which a builder cannot declare for itself).
+#[allow(clippy::too_many_arguments)]
 fn walk_queue(
     conn: &mut DbConnection,
     request: &ClaimRequest,
+    operator_labels: &Labels,
     scope: QueueScope<'_>,
     cursor: &mut QueueCursor,
     chosen: &mut Vec<JobRow>,
@@ -234,9 +253,17 @@ fn walk_queue(
             continue;
         }
         let required = labels::decode("jobs.required_labels", &row.required_labels)?;
-        if labels::satisfies(&request.labels, &required) {
-            chosen.push(row);
+        if !labels::satisfies(&request.labels, &required) {
+            continue;
         }
+        // Only a job that has completed runs can be held back (one read for those alone).
+        if row.reproduce > 1 && row.attempt > 1 {
+            let runs = reproduction::runs_of(conn, JobId(row.id))?;
+            if !reproduction::is_independent(request.builder, operator_labels, &runs) {
+                continue;
+            }
+        }
+        chosen.push(row);
     }
     Ok(())
 }

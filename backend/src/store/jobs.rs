@@ -11,7 +11,7 @@ use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId, ProjectId};
 use super::labels::{self, Labels};
 use super::schema::{job_annotations, job_events, job_submissions, jobs};
-use super::state::{JobMode, JobState};
+use super::state::{JobMode, JobState, OnMismatch, MAX_REPRODUCE};
 use super::Store;
 pub use buildfleet_api::RetryPolicy;
 
@@ -60,6 +60,11 @@ pub struct Job {
     /// The project the job belongs to: who may see it and act on it, which builders may run
     /// it, and whose fair share its builder time counts against.
     pub project: ProjectId,
+    /// How many independent builders must build the job with identical artifacts before it
+    /// is published (1: an ordinary job; see `store/reproduction.rs`).
+    pub reproduce: i32,
+    /// What a disagreement of those builders does.
+    pub on_mismatch: OnMismatch,
 }
 
 /// A job as submitted.
@@ -84,6 +89,10 @@ pub struct NewJob {
     /// Checked to exist by the caller ([`Store::project`]); [`ProjectId::DEFAULT`] when the
     /// submission names none.
     pub project: ProjectId,
+    /// Independent builders that must agree (1..=[`MAX_REPRODUCE`]); `None`: the project's
+    /// default.
+    pub reproduce: Option<i32>,
+    pub on_mismatch: OnMismatch,
 }
 
 /// Which jobs [`Store::list_jobs`] returns, newest first.
@@ -149,6 +158,8 @@ pub(crate) struct JobRow {
     pub(crate) retry_policy: Option<String>,
     pub(crate) retry_not_before: Option<i64>,
     pub(crate) manual_retries: i32,
+    pub(crate) reproduce: i32,
+    pub(crate) on_mismatch: String,
 }
 
 impl JobRow {
@@ -176,6 +187,8 @@ impl TryFrom<JobRow> for Job {
             retry: row.retry_policy()?,
             retry_not_before: row.retry_not_before,
             manual_retries: row.manual_retries,
+            reproduce: row.reproduce,
+            on_mismatch: parse_column(&row.on_mismatch)?,
             mode: parse_column(&row.mode)?,
             state: parse_column(&row.state)?,
             source_url: row.source_url,
@@ -292,6 +305,12 @@ pub(super) fn validate(new: &NewJob) -> Result<(), StoreError> {
         Some("max_attempts must be at least 1".to_owned())
     } else if new.timeout_secs <= 0 {
         Some("timeout_secs must be positive".to_owned())
+    } else if let Some(k) = new.reproduce.filter(|k| !(1..=MAX_REPRODUCE).contains(k)) {
+        Some(format!(
+            "reproduce must be from 1 to {MAX_REPRODUCE} independent builders, not {k}"
+        ))
+    } else if new.reproduce.unwrap_or(1) > 1 && new.mode == JobMode::Plan {
+        Some("a plan-mode job cannot be reproduced: it publishes no artifacts".to_owned())
     } else if let Err(e) = annotations::check(&new.annotations) {
         Some(e.to_string())
     } else {
@@ -401,6 +420,12 @@ pub(super) fn insert_job(
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| StoreError::InvalidInput(format!("retry: {e}")))?;
+    // A plan-mode job publishes nothing, so a project's default does not make it reproduce.
+    let reproduce = match new.reproduce {
+        Some(k) => k,
+        None if new.mode == JobMode::Plan => 1,
+        None => super::reproduction::project_default(conn, new.project)?,
+    };
     {
         {
             let row = diesel::insert_into(jobs::table)
@@ -414,6 +439,8 @@ pub(super) fn insert_job(
                     jobs::annotations.eq(&annotations_json),
                     jobs::project_id.eq(new.project.0),
                     jobs::retry_policy.eq(&retry_policy),
+                    jobs::reproduce.eq(reproduce),
+                    jobs::on_mismatch.eq(new.on_mismatch.as_str()),
                     jobs::mode.eq(new.mode.as_str()),
                     jobs::priority.eq(new.priority),
                     jobs::state.eq(JobState::Queued.as_str()),

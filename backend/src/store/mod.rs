@@ -27,6 +27,7 @@ mod migrations;
 mod projects;
 mod queue;
 mod registry;
+mod reproduction;
 mod retention;
 pub mod schema;
 mod secret;
@@ -82,9 +83,16 @@ pub use registry::{
     AwaitingPlan, FirstSight, IndexVersion, Observation, RegistryBuild, RegistryBuildRow,
     RegistryVersion, VersionPlan, VersionStatus,
 };
+pub use reproduction::{
+    explain_dependence, is_independent, JobRun, ReproductionEvidence, ReproductionRecord,
+    ReproductionVerdict, RunArtifact, RunCompletion, RunStep,
+};
 pub use retention::{DataKind, ExpiredData, ProjectUsage, Retention, RetentionLimits};
 pub use sources::Source;
-pub use state::{AttemptCause, AttemptOutcome, JobMode, JobState, Outcome, UnknownValue};
+pub use state::{
+    AttemptCause, AttemptOutcome, JobMode, JobState, OnMismatch, Outcome, UnknownValue,
+    MAX_REPRODUCE,
+};
 pub use tokens::{ApiToken, TokenScope};
 pub use transitions::{CancelResult, Completion, FailureKind};
 pub use webhooks::{

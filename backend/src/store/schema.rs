@@ -57,6 +57,8 @@ diesel::table! {
         retry_policy -> Nullable<Text>,
         retry_not_before -> Nullable<BigInt>,
         manual_retries -> Integer,
+        reproduce -> Integer,
+        on_mismatch -> Text,
     }
 }
 
@@ -183,6 +185,7 @@ diesel::table! {
         public -> Bool,
         weight -> Integer,
         created_at -> BigInt,
+        reproduce -> Integer,
     }
 }
 
@@ -333,7 +336,35 @@ diesel::joinable!(webhooks -> projects (project_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_delivery_attempts -> webhook_deliveries (delivery_id));
 
+diesel::table! {
+    job_runs (job_id, run) {
+        job_id -> BigInt,
+        run -> Integer,
+        attempt -> Integer,
+        builder_id -> BigInt,
+        owner_label -> Text,
+        owner -> Nullable<Text>,
+        artifacts -> Text,
+        finished_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    job_reproductions (job_id) {
+        job_id -> BigInt,
+        verdict -> Text,
+        evidence -> Text,
+        published_first -> Bool,
+        decided_at -> BigInt,
+    }
+}
+
+diesel::joinable!(job_runs -> jobs (job_id));
+diesel::joinable!(job_reproductions -> jobs (job_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
+    job_runs,
+    job_reproductions,
     builders,
     jobs,
     job_annotations,

@@ -3,7 +3,9 @@
 //! builder's outcome is the store's.
 
 pub use buildfleet_api::string_enum;
-pub use buildfleet_api::{AttemptCause, AttemptOutcome, JobMode, JobState, UnknownValue};
+pub use buildfleet_api::{
+    AttemptCause, AttemptOutcome, JobMode, JobState, OnMismatch, UnknownValue, MAX_REPRODUCE,
+};
 
 string_enum!(
     /// How a builder says an attempt ended.

@@ -14,8 +14,12 @@ use super::error::StoreError;
 use super::ids::{Attempt, JobId};
 use super::jobs::RetryPolicy;
 use super::jobs::{load_job, load_job_row, parse_column, record_event, Job, JobRow};
+use super::reproduction::{
+    attempt_statement, record_run, record_verdict, runs_of, JobRun, ReproductionEvidence,
+    ReproductionVerdict, RunCompletion, RunStep,
+};
 use super::schema::{job_attempts, jobs};
-use super::state::{AttemptCause, AttemptOutcome, JobState, Outcome};
+use super::state::{AttemptCause, AttemptOutcome, JobState, OnMismatch, Outcome};
 use super::Store;
 
 /// How a builder reports the end of an attempt.
@@ -271,6 +275,22 @@ impl Store {
         completion: Completion,
         failure: Option<FailureKind>,
     ) -> Result<Job, StoreError> {
+        self.complete_run(job, attempt, completion, failure, None)
+    }
+
+    /// As [`Store::complete_attempt_or_retry`], for a job with `reproduce` above 1 when
+    /// `run` is given (see `reproduction.rs`): a successful run is recorded and either queues
+    /// the job for its next run (nothing published) or ends it as the caller decided from
+    /// the digests; a failure that would end the job after an earlier run succeeded ends it
+    /// `unreproducible` instead of `failed`.
+    pub fn complete_run(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        completion: Completion,
+        failure: Option<FailureKind>,
+        run: Option<RunCompletion>,
+    ) -> Result<Job, StoreError> {
         let now = self.now_ms();
         self.write(|conn| {
             let (row, _) = live_attempt(conn, job, attempt)?;
@@ -283,12 +303,74 @@ impl Store {
                 }
                 _ => None,
             };
-            let job_now = match retried {
-                Some(cause) => retry_or_give_up(conn, &row, &completion, cause, now)?,
-                None => {
+            let run = run.as_ref().filter(|_| row.reproduce > 1);
+            let publish_now = match run {
+                Some(run) if completion.outcome == Outcome::Succeeded => {
+                    let publication = completion.publication.as_ref().ok_or_else(|| {
+                        StoreError::InvalidInput(
+                            "a reproducible job's run succeeded without a verified statement"
+                                .into(),
+                        )
+                    })?;
+                    let recorded = record_run(conn, job, attempt, run, now)?;
+                    end_run(
+                        conn,
+                        &row,
+                        &completion,
+                        &recorded,
+                        &run.step,
+                        publication,
+                        now,
+                    )?
+                }
+                _ => None,
+            };
+            // A failure after an earlier run succeeded ends the job unreproducible, unless
+            // the retry policy retries it and a retry is left (then only this run repeats).
+            let gives_up =
+                retried.is_some() && row.failed_attempts.saturating_add(1) >= row.max_attempts;
+            let run_failed = match run.map(|r| &r.step) {
+                Some(RunStep::RunFailed(evidence))
+                    if completion.outcome == Outcome::Failed && (retried.is_none() || gives_up) =>
+                {
+                    Some(evidence)
+                }
+                _ => None,
+            };
+            let job_now = match (publish_now, run_failed, retried) {
+                (Some(job_now), _, _) => job_now,
+                (None, Some(evidence), _) => {
+                    let published = publish_first_run(conn, &row)?;
+                    let changes = JobChanges {
+                        failed_attempts: retried.map(|_| row.failed_attempts.saturating_add(1)),
+                        ..JobChanges::finish(now, Some(evidence.summary.clone()))
+                    };
+                    record_verdict(
+                        conn,
+                        job,
+                        ReproductionVerdict::RunFailed,
+                        evidence,
+                        published,
+                        now,
+                    )?;
+                    apply_transition(
+                        conn,
+                        &row,
+                        JobState::Unreproducible,
+                        changes,
+                        now,
+                        Some(&evidence.summary),
+                    )?
+                }
+                (None, None, Some(cause)) => retry_or_give_up(conn, &row, &completion, cause, now)?,
+                (None, None, None) => {
                     let to = completion.outcome.job_state();
                     let changes = JobChanges::finish(now, completion.error.clone());
-                    apply_transition(conn, &row, to, changes, now, None)?
+                    let job_now = apply_transition(conn, &row, to, changes, now, None)?;
+                    if let Some(publication) = &completion.publication {
+                        publish_in(conn, job, attempt, publication)?;
+                    }
+                    job_now
                 }
             };
             finish_attempt(
@@ -302,7 +384,6 @@ impl Store {
             )?;
             if let Some(publication) = &completion.publication {
                 record_outputs(conn, job, attempt, publication)?;
-                publish_in(conn, job, attempt, publication)?;
             }
             Ok(job_now)
         })
@@ -408,4 +489,98 @@ fn retry_or_give_up(
     let requeued = apply_transition(conn, row, JobState::Queued, changes, now, Some(&detail))?;
     record_attempt_cause(conn, requeued.id, requeued.attempt, cause)?;
     Ok(requeued)
+}
+
+/// A reproducible job's successful run, recorded as `recorded`: queues the job for its next
+/// run, or ends it as `step` says (publishing what it says). `None` for a step that does not
+/// apply to a success (the completion then ends the job as an ordinary one would).
+fn end_run(
+    conn: &mut DbConnection,
+    row: &JobRow,
+    completion: &Completion,
+    recorded: &JobRun,
+    step: &RunStep,
+    publication: &Publication,
+    now: i64,
+) -> Result<Option<Job>, StoreError> {
+    let job = JobId(row.id);
+    let required = row.reproduce;
+    match step {
+        RunStep::Next => {
+            let detail = format!(
+                "run {} of {required} succeeded on builder {}; waiting for an independent builder",
+                recorded.run, recorded.builder
+            );
+            let requeued = apply_transition(
+                conn,
+                row,
+                JobState::Queued,
+                JobChanges::requeue(row),
+                now,
+                Some(&detail),
+            )?;
+            record_attempt_cause(conn, job, requeued.attempt, AttemptCause::ReproductionRun)?;
+            Ok(Some(requeued))
+        }
+        RunStep::Reproduced => {
+            let detail = format!("reproduced by {} of {required} builders", recorded.run);
+            let changes = JobChanges::finish(now, completion.error.clone());
+            let done =
+                apply_transition(conn, row, JobState::Succeeded, changes, now, Some(&detail))?;
+            publish_in(conn, job, Attempt(row.attempt), publication)?;
+            let evidence = ReproductionEvidence {
+                summary: format!(
+                    "{} independent builders produced identical artifacts",
+                    recorded.run
+                ),
+                ..ReproductionEvidence::default()
+            };
+            record_verdict(
+                conn,
+                job,
+                ReproductionVerdict::Reproduced,
+                &evidence,
+                false,
+                now,
+            )?;
+            Ok(Some(done))
+        }
+        RunStep::Mismatch(evidence) => {
+            let published = publish_first_run(conn, row)?;
+            let changes = JobChanges::finish(now, Some(evidence.summary.clone()));
+            let done = apply_transition(
+                conn,
+                row,
+                JobState::Unreproducible,
+                changes,
+                now,
+                Some(&evidence.summary),
+            )?;
+            record_verdict(
+                conn,
+                job,
+                ReproductionVerdict::Mismatch,
+                evidence,
+                published,
+                now,
+            )?;
+            Ok(Some(done))
+        }
+        RunStep::RunFailed(_) => Ok(None),
+    }
+}
+
+/// `on_mismatch: publish_first`: publishes the first run's artifacts under its own statement.
+/// Returns whether it did.
+fn publish_first_run(conn: &mut DbConnection, row: &JobRow) -> Result<bool, StoreError> {
+    let job = JobId(row.id);
+    if parse_column::<OnMismatch>(&row.on_mismatch)? != OnMismatch::PublishFirst {
+        return Ok(false);
+    }
+    let Some(first) = runs_of(conn, job)?.into_iter().next() else {
+        return Ok(false);
+    };
+    let publication = attempt_statement(conn, job, first.attempt)?;
+    publish_in(conn, job, first.attempt, &publication)?;
+    Ok(true)
 }

@@ -359,10 +359,20 @@ mod tests {
     fn a_statement_that_does_not_verify_fails_the_attempt() {
         let (dir, store, builder, job, attempt) = assigned_job();
         let storage = crate::storage::FsStorage::new(dir.path().join("blobs")).expect("storage");
-        let runs = RunContext { storage: &storage, owner_label: "owner" };
+        let runs = RunContext {
+            storage: &storage,
+            owner_label: "owner",
+        };
         let key = signing::parse_public_key(KEY).expect("key");
-        let verdict = record_completion(&store, &runs, "b", builder, &key, &response(job, attempt, "x"))
-            .expect("recorded");
+        let verdict = record_completion(
+            &store,
+            &runs,
+            "b",
+            builder,
+            &key,
+            &response(job, attempt, "x"),
+        )
+        .expect("recorded");
         assert!(matches!(
             verdict,
             Verdict::Refused(ErrorCode::InvalidStatement, _)
@@ -417,19 +427,35 @@ mod tests {
     fn other_builders_and_unknown_jobs_are_refused_without_change() {
         let (dir, store, builder, job, attempt) = assigned_job();
         let storage = crate::storage::FsStorage::new(dir.path().join("blobs")).expect("storage");
-        let runs = RunContext { storage: &storage, owner_label: "owner" };
+        let runs = RunContext {
+            storage: &storage,
+            owner_label: "owner",
+        };
         let key = signing::parse_public_key(KEY).expect("key");
         let stranger = BuilderId(builder.0 + 1);
-        let verdict = record_completion(&store, &runs, "b", stranger, &key, &response(job, attempt, "x"))
-            .expect("recorded");
+        let verdict = record_completion(
+            &store,
+            &runs,
+            "b",
+            stranger,
+            &key,
+            &response(job, attempt, "x"),
+        )
+        .expect("recorded");
         assert!(matches!(
             verdict,
             Verdict::Refused(ErrorCode::StaleAttempt, _)
         ));
         let missing = JobId(job.0 + 1);
-        let verdict =
-            record_completion(&store, &runs, "b", builder, &key, &response(missing, attempt, "x"))
-                .expect("recorded");
+        let verdict = record_completion(
+            &store,
+            &runs,
+            "b",
+            builder,
+            &key,
+            &response(missing, attempt, "x"),
+        )
+        .expect("recorded");
         assert!(matches!(
             verdict,
             Verdict::Refused(ErrorCode::UnknownJob, _)

@@ -37,6 +37,8 @@ pub(super) fn assigned_job() -> (tempfile::TempDir, Store, BuilderId, JobId, Att
             timeout_secs: 60,
             submitter: "unit".into(),
             project: crate::store::ProjectId::DEFAULT,
+            reproduce: None,
+            on_mismatch: Default::default(),
         })
         .expect("submit")
         .id;

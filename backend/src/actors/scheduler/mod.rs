@@ -59,6 +59,8 @@ pub struct SchedulerSettings {
     pub sweep_interval: Duration,
     /// The window of builder time fair share between projects looks at.
     pub fair_share_window: Duration,
+    /// The label telling builders' owners apart for reproducible jobs.
+    pub reproduce_independence_label: String,
 }
 
 struct BuilderSlot {
@@ -175,6 +177,8 @@ pub struct Scheduler {
     /// Projects operators gave builders through this backend since it started; they win over
     /// a registering session's load from the store, which may have read before the change.
     project_grants: HashMap<BuilderId, Option<Vec<ProjectId>>>,
+    /// Artifact blobs, read for the evidence of an unreproducible job.
+    storage: Arc<dyn crate::storage::Storage>,
 }
 
 impl Scheduler {
@@ -184,8 +188,10 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         log_sink: Addr<LogSink>,
         feed: Arc<JobFeed>,
+        storage: Arc<dyn crate::storage::Storage>,
     ) -> Self {
         Scheduler {
+            storage,
             store,
             settings,
             metrics,
