@@ -61,6 +61,9 @@ enum Command {
     Project(cli::ProjectArgs),
     /// Create, list and revoke API tokens (a project's, or the whole service's).
     Token(cli::TokenArgs),
+    /// Check an artifact file against its signed statement: the digest, every signature
+    /// against the allowed signers at the statement's time; say who built and reproduced it.
+    Verify(cli::VerifyArgs),
 }
 
 /// Where the process's own log goes.
@@ -168,5 +171,6 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Registry(args)) => cli::run_and_exit(cli::Command::Registry(args)),
         Some(Command::Project(args)) => cli::run_and_exit(cli::Command::Project(args)),
         Some(Command::Token(args)) => cli::run_and_exit(cli::Command::Token(args)),
+        Some(Command::Verify(args)) => cli::run_and_exit(cli::Command::Verify(args)),
     }
 }

@@ -18,6 +18,7 @@ mod projects;
 mod source;
 mod sse;
 mod tokens;
+mod verify;
 mod wait;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 pub use exit::{CliError, Outcome, EXIT_CODES_HELP};
+pub use verify::VerifyArgs;
 
 /// Where the backend is and who we are to it; every admin command takes these.
 #[derive(Debug, Clone, Args)]
@@ -133,6 +135,7 @@ pub enum Command {
     Registry(RegistryArgs),
     Project(ProjectArgs),
     Token(TokenArgs),
+    Verify(VerifyArgs),
 }
 
 /// Runs `command` on a fresh actix system and exits the process with its exit code.
@@ -187,5 +190,6 @@ async fn dispatch(command: Command) -> Result<Outcome, CliError> {
             let api = client::Api::new(&args.global)?;
             tokens::run(&api, args.global.json, args.command).await
         }
+        Command::Verify(args) => verify::run(args).await,
     }
 }

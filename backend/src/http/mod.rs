@@ -1,6 +1,7 @@
 //! The REST API under `/api/v1`, plus `/healthz` and `/metrics`. Handlers are grouped by
 //! resource; every error goes through [`crate::error::ApiError`].
 
+pub mod artifact_lookup;
 pub mod artifacts;
 pub mod auth;
 pub mod builders;
@@ -79,6 +80,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/builders/{id}/{action}", web::post().to(builders::act))
                 .route("/allowed_signers", web::get().to(system::allowed_signers))
+                .route(
+                    "/artifacts/by-sha256/{sha256}",
+                    web::get().to(artifact_lookup::by_sha256),
+                )
                 .route("/enrolment-tokens", web::get().to(enrolment::list))
                 .route("/enrolment-tokens", web::post().to(enrolment::create))
                 .route(

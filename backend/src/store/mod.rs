@@ -7,6 +7,7 @@
 //! refused with [`StoreError::StaleAttempt`].
 
 mod annotations;
+mod artifact_lookup;
 mod artifacts;
 mod attempt_outputs;
 mod attempts;
@@ -49,6 +50,7 @@ pub use annotations::{
     MAX_KEY_BYTES as MAX_ANNOTATION_KEY_BYTES, MAX_MESSAGE_BYTES as MAX_ANNOTATION_MESSAGE_BYTES,
     MAX_VALUE_BYTES as MAX_ANNOTATION_VALUE_BYTES,
 };
+pub use artifact_lookup::{PublishedArtifact, MAX_DIGEST_MATCHES};
 pub use artifacts::{Artifact, NewArtifact, Publication};
 pub use attempt_outputs::{AttemptPlan, AttemptStatement, MAX_PLAN_BYTES};
 pub use attempts::JobAttempt;
