@@ -138,6 +138,14 @@ async fn offline_verification_checks_the_digest_every_signature_and_the_signers(
     );
     assert_eq!(json["sha256"], sha256_hex(ARTIFACT));
 
+    // The statement's own builder built it, whatever the envelope's order.
+    let (swapped, _) = envelope(ARTIFACT, signed_at, &[&a, &b]);
+    let mut swapped = swapped;
+    swapped.signatures.reverse();
+    let swapped = write(dir.path(), "swapped.dsse", swapped.to_json().as_bytes());
+    let out = verify(&[&file, &swapped, &signers], &[]).await.ok();
+    assert!(out.stdout.contains(&expected), "{}", out.stdout);
+
     // Fewer signers than asked for.
     let out = verify(&[&file, &env, &signers], &["--reproduced-by", "3"])
         .await

@@ -275,6 +275,8 @@ pub fn parse_allowed_signers(text: &str) -> Result<Vec<AllowedSigner>, String> {
 pub struct Signer {
     pub name: String,
     pub fingerprint: String,
+    /// Unix seconds its key was checked at.
+    pub at: i64,
 }
 
 /// What the statement says of the file.
@@ -284,6 +286,27 @@ struct Subjects {
     /// Unix seconds of `finishedOn`, when the statement has it.
     finished: Option<i64>,
     job: i64,
+    /// Whether a signing key is the statement's own builder (an attempt's statement names
+    /// it; a reproduction statement names none).
+    builder: Option<BuiltBy>,
+}
+
+enum BuiltBy {
+    /// `runDetails.builder.id` and the backend id it is built from.
+    Uri { id: String, backend: String },
+    /// A `buildfleet-statement/v1` names the key.
+    Key(String),
+}
+
+impl BuiltBy {
+    fn is(&self, fingerprint: &str) -> bool {
+        match self {
+            BuiltBy::Uri { id, backend } => fingerprint
+                .parse()
+                .is_ok_and(|fp| provenance::builder_id(backend, &fp) == *id),
+            BuiltBy::Key(key) => key == fingerprint,
+        }
+    }
 }
 
 fn read_subjects(payload: &[u8]) -> Result<Subjects, CliError> {
@@ -311,6 +334,21 @@ fn read_subjects(payload: &[u8]) -> Result<Subjects, CliError> {
                 .internal_parameters
                 .job_id
                 .0,
+            builder: (!statement
+                .predicate
+                .run_details
+                .builder
+                .id
+                .ends_with(provenance::REPRODUCTION_BUILDER_SUFFIX))
+            .then(|| BuiltBy::Uri {
+                id: statement.predicate.run_details.builder.id.clone(),
+                backend: statement
+                    .predicate
+                    .build_definition
+                    .internal_parameters
+                    .backend_id
+                    .clone(),
+            }),
         })
     } else {
         let statement: BuildStatement = serde_json::from_str(text)
@@ -323,6 +361,7 @@ fn read_subjects(payload: &[u8]) -> Result<Subjects, CliError> {
                 .collect(),
             finished: None,
             job: statement.job_id.0,
+            builder: Some(BuiltBy::Key(statement.builder.to_string())),
         })
     }
 }
@@ -374,6 +413,7 @@ pub fn check_dsse_signature(
     Ok(Signer {
         name: valid.principals.first().cloned().unwrap_or_default(),
         fingerprint: valid.fingerprint.clone(),
+        at,
     })
 }
 
@@ -591,6 +631,28 @@ pub async fn run(args: VerifyArgs) -> Result<Outcome, CliError> {
         },
     };
 
+    // The runs of a reproduced job (online): who built first, and when each run ended (each
+    // key must have been valid when its own run signed).
+    let runs: Vec<(String, i64)> = match &api {
+        Some(api) if subjects.builder.is_none() && args.at.is_none() => {
+            let detail = api.get(&format!("/jobs/{job}")).await?;
+            detail["reproduction"]["runs"]
+                .as_array()
+                .map(|runs| {
+                    runs.iter()
+                        .filter_map(|r| {
+                            Some((
+                                r["builder_name"].as_str()?.to_owned(),
+                                r["finished_at"].as_i64()?.div_euclid(1000),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+
     // 3. Every DSSE signature, against the allowed signers valid then.
     let allowed = parse_allowed_signers(&allowed_text).map_err(CliError::Verification)?;
     if envelope.signatures.is_empty() {
@@ -600,7 +662,13 @@ pub async fn run(args: VerifyArgs) -> Result<Outcome, CliError> {
     }
     let mut signers: Vec<Signer> = Vec::new();
     for signature in &envelope.signatures {
-        match check_dsse_signature(&allowed, &payload, signature, at) {
+        let signed_at = allowed
+            .iter()
+            .filter(|s| s.fingerprint == signature.keyid)
+            .flat_map(|s| s.principals.iter())
+            .find_map(|p| runs.iter().find(|(name, _)| name == p).map(|(_, t)| *t))
+            .unwrap_or(at);
+        match check_dsse_signature(&allowed, &payload, signature, signed_at) {
             Ok(signer) => {
                 if !signers.contains(&signer) {
                     signers.push(signer);
@@ -640,7 +708,7 @@ pub async fn run(args: VerifyArgs) -> Result<Outcome, CliError> {
                     &signer.name,
                     armored.as_bytes(),
                     &payload,
-                    Some(at.saturating_mul(1000)),
+                    Some(signer.at.saturating_mul(1000)),
                 )
                 .await?;
                 sshsig_checked += 1;
@@ -659,6 +727,23 @@ pub async fn run(args: VerifyArgs) -> Result<Outcome, CliError> {
         }
     }
 
+    // Who built: the statement's own builder, else the first run's; the others reproduced.
+    let first = signers
+        .iter()
+        .position(|s| {
+            subjects
+                .builder
+                .as_ref()
+                .is_some_and(|b| b.is(&s.fingerprint))
+        })
+        .or_else(|| {
+            let (name, _) = runs.first()?;
+            signers.iter().position(|s| s.name == *name)
+        });
+    if let Some(first) = first {
+        let signer = signers.remove(first);
+        signers.insert(0, signer);
+    }
     let (built, reproduced) = signers.split_at(1.min(signers.len()));
     let said = |s: &Signer| format!("{} ({})", s.name, s.fingerprint);
     if json_output {
