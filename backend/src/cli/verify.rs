@@ -543,7 +543,15 @@ pub async fn run(args: VerifyArgs) -> Result<Outcome, CliError> {
             });
             let envelope = api
                 .get_bytes(&format!("/jobs/{job}/statement.dsse"))
-                .await?;
+                .await
+                .map_err(|e| match e.api_code() {
+                    Some("not_found") => e.hint(format!(
+                        "job {job} has no DSSE envelope: no verified statement yet, or one \
+                         signed before DSSE; check such a statement with `buildfleet artifact \
+                         download {job} NAME` or the OpenSSH recipe in docs/provenance.md"
+                    )),
+                    _ => e,
+                })?;
             let allowed = match &args.allowed_signers {
                 Some(path) => read_file(path, "allowed-signers")?,
                 None => {
