@@ -28,6 +28,10 @@ pub struct UpdateProject {
     pub public: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
+    /// How many independent builders must reproduce the project's jobs that name no
+    /// `reproduce` (1 to 5; 1: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reproduce: Option<i32>,
 }
 
 /// A project.
@@ -40,6 +44,17 @@ pub struct Project {
     pub public: bool,
     pub weight: i32,
     pub created_at: i64,
+    /// The default `reproduce` of its jobs (omitted: 1, no reproduction).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub reproduce: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn is_one(k: &i32) -> bool {
+    *k == 1
 }
 
 /// `GET /api/v1/projects`: the projects the caller may see, by name.

@@ -4,8 +4,8 @@
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  the job did not succeed: failed, cancelled or timed out (job submit --wait,
-     job logs --follow)
+  1  the job did not succeed: failed, cancelled, timed out or unreproducible (job
+     submit --wait, job logs --follow)
   2  usage error: bad arguments, or a local input that cannot be read
   3  the API refused the request (HTTP 4xx): not found, a missing or wrong token,
      a conflict, a bad value; its message and error code are printed

@@ -120,6 +120,15 @@ pub struct SubmitArgs {
     /// The longest wait between automatic retries, in milliseconds [default: 300000].
     #[arg(long, value_name = "MS")]
     pub retry_backoff_max_ms: Option<u64>,
+    /// Build the job on K independent builders (2..=5: other builders of other owners, one
+    /// after the other) and publish only if their artifacts agree; 1 is an ordinary job
+    /// [default: the project's].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(i32).range(1..=5))]
+    pub reproduce: Option<i32>,
+    /// With --reproduce: when the builders disagree, publish the first run's artifacts anyway
+    /// (the job is still flagged unreproducible) instead of nothing.
+    #[arg(long, requires = "reproduce")]
+    pub publish_first: bool,
     /// Wait until the job ends; the exit code tells how (0 succeeded, 1 otherwise).
     #[arg(long)]
     pub wait: bool,
@@ -405,6 +414,12 @@ async fn submit(api: &Api, json: bool, args: SubmitArgs) -> Result<Outcome, CliE
     if let Some(retry) = args.retry_policy() {
         body["retry"] = retry;
     }
+    if let Some(k) = args.reproduce {
+        body["reproduce"] = k.into();
+    }
+    if args.publish_first {
+        body["on_mismatch"] = "publish_first".into();
+    }
     if let Some(project) = &args.project {
         super::projects::check_name(project)?;
         body["project"] = project.as_str().into();
@@ -448,6 +463,9 @@ pub fn report_end(json: bool, id: i64, answer: &Value) -> Result<Outcome, CliErr
         .map(|e| format!(": {e}"))
         .unwrap_or_default();
     let line = format!("job {id} {}{error}", job.state);
+    if let (false, Some(reproduction)) = (json, &detail.reproduction) {
+        print_reproduction(reproduction);
+    }
     match (json, outcome) {
         (true, _) => eprintln!("{line}"),
         (false, Outcome::Success) => {
@@ -569,6 +587,10 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
     }
     print_fields(&fields);
     print_annotations(&job.annotations);
+    if let Some(reproduction) = &detail.reproduction {
+        println!();
+        print_reproduction(reproduction);
+    }
 
     if !detail.attempts.is_empty() {
         println!();
@@ -615,6 +637,68 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         table.print();
     }
     Ok(Outcome::Success)
+}
+
+/// A reproducible job: "reproduced by k of k builders" or "unreproducible", each run's
+/// builder and digests, and a summary of the evidence (the artifacts and files that differ;
+/// `--json` has the whole evidence, text diffs included).
+fn print_reproduction(r: &buildfleet_api::Reproduction) {
+    println!("reproduction: {}", r.describe());
+    if let Some(evidence) = &r.evidence {
+        println!("  {}", evidence.summary);
+    }
+    for run in &r.runs {
+        let builder = run
+            .builder_name
+            .clone()
+            .unwrap_or_else(|| format!("#{}", run.builder));
+        let owner = run
+            .owner
+            .as_ref()
+            .map(|o| format!(", {}={o}", run.owner_label))
+            .unwrap_or_default();
+        println!(
+            "  run {} (attempt {}) on {builder}{owner}:",
+            run.run, run.attempt
+        );
+        for a in &run.artifacts {
+            let bytes = u64::try_from(a.size).unwrap_or(0);
+            println!("    {}  sha256:{}  {}", a.name, a.sha256, size(bytes));
+        }
+    }
+    let Some(evidence) = &r.evidence else { return };
+    if let Some(failure) = &evidence.failure {
+        println!("  failure: {failure}");
+    }
+    for artifact in &evidence.artifacts {
+        let digests: Vec<String> = artifact
+            .sha256
+            .iter()
+            .map(|d| d.clone().unwrap_or_else(|| "absent".into()))
+            .collect();
+        println!("  {} differs: {}", artifact.name, digests.join(" vs "));
+        if let Some(note) = &artifact.note {
+            println!("    ({note})");
+        }
+        for entry in &artifact.entries {
+            let sides: Vec<String> = entry
+                .runs
+                .iter()
+                .map(|e| match e {
+                    Some(e) => match &e.sha256 {
+                        Some(sha) => format!("{} bytes {}", e.size, sha.get(..12).unwrap_or(sha)),
+                        None => e.kind.clone(),
+                    },
+                    None => "absent".into(),
+                })
+                .collect();
+            let text = if entry.text_diff.is_some() { " (text diff in --json)" } else { "" };
+            println!("    {}: {}{text}", entry.path, sides.join(" vs "));
+        }
+        if artifact.entries_truncated {
+            println!("    … more files differ");
+        }
+    }
 }
 
 /// Every annotation on its own line, keys aligned; a multi-line value (a commit message)

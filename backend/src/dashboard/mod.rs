@@ -18,6 +18,7 @@ mod job_log;
 mod job_summary;
 mod pages;
 mod projects_page;
+mod reproduction;
 mod session;
 mod submit_page;
 mod tokens_page;

@@ -397,6 +397,7 @@ pub async fn job(
         } } }
         (super::waiting::section(detail.queue.as_ref()))
         (super::chain::section(detail.follows_from, &detail.follow_ups))
+        (super::reproduction::section(detail.reproduction.as_ref()))
         @if !job.annotations.is_empty() {
             h2 { "Annotations" }
             (annotations_table(&job.annotations))

@@ -19,6 +19,7 @@ pub fn view(project: Project) -> api::Project {
         public: project.public,
         weight: project.weight,
         created_at: project.created_at,
+        reproduce: project.reproduce,
     }
 }
 
@@ -105,6 +106,7 @@ pub async fn update(
     let changes = ProjectChanges {
         public: body.public,
         weight: body.weight,
+        reproduce: body.reproduce,
     };
     let store = state.store.clone();
     let updated = blocking(move || Ok(store.update_project(project.id, &changes)?)).await?;

@@ -28,6 +28,9 @@ pub struct Project {
     /// Its share of builder time against other projects with queued work.
     pub weight: i32,
     pub created_at: i64,
+    /// How many independent builders must reproduce the project's jobs that name no
+    /// `reproduce` (1: none).
+    pub reproduce: i32,
 }
 
 impl Project {
@@ -51,9 +54,11 @@ pub struct NewProject {
 pub struct ProjectChanges {
     pub public: Option<bool>,
     pub weight: Option<i32>,
+    /// The default `reproduce` of the project's jobs (1..=5).
+    pub reproduce: Option<i32>,
 }
 
-type ProjectRow = (i64, i64, String, String, bool, i32, i64);
+type ProjectRow = (i64, i64, String, String, bool, i32, i64, i32);
 
 fn project_columns() -> (
     projects::id,
@@ -63,6 +68,7 @@ fn project_columns() -> (
     projects::public,
     projects::weight,
     projects::created_at,
+    projects::reproduce,
 ) {
     (
         projects::id,
@@ -72,11 +78,12 @@ fn project_columns() -> (
         projects::public,
         projects::weight,
         projects::created_at,
+        projects::reproduce,
     )
 }
 
 fn from_row(row: ProjectRow) -> Project {
-    let (id, organisation_id, organisation, name, public, weight, created_at) = row;
+    let (id, organisation_id, organisation, name, public, weight, created_at, reproduce) = row;
     Project {
         id: ProjectId(id),
         organisation_id: OrganisationId(organisation_id),
@@ -85,6 +92,7 @@ fn from_row(row: ProjectRow) -> Project {
         public,
         weight,
         created_at,
+        reproduce,
     }
 }
 
@@ -241,6 +249,9 @@ impl Store {
         if let Some(weight) = changes.weight {
             check_weight(weight)?;
         }
+        if let Some(k) = changes.reproduce {
+            super::reproduction::check_reproduce(k)?;
+        }
         self.write(|conn| {
             if let Some(public) = changes.public {
                 diesel::update(projects::table.filter(projects::id.eq(id.0)))
@@ -250,6 +261,11 @@ impl Store {
             if let Some(weight) = changes.weight {
                 diesel::update(projects::table.filter(projects::id.eq(id.0)))
                     .set(projects::weight.eq(weight))
+                    .execute(conn)?;
+            }
+            if let Some(k) = changes.reproduce {
+                diesel::update(projects::table.filter(projects::id.eq(id.0)))
+                    .set(projects::reproduce.eq(k))
                     .execute(conn)?;
             }
             load_project(conn, id)?.ok_or_else(|| StoreError::not_found("project", id))

@@ -273,10 +273,22 @@ pub(crate) fn attempt_statement(
             statement,
             signature,
             plan: None,
+            ..Default::default()
         }),
         _ => Err(StoreError::Corrupt(format!(
             "attempt {attempt} of job {job} succeeded without a kept statement"
         ))),
+    }
+}
+
+/// `reproduce` must be from 1 (an ordinary job) to [`MAX_REPRODUCE`].
+pub(crate) fn check_reproduce(k: i32) -> Result<(), StoreError> {
+    if (1..=MAX_REPRODUCE).contains(&k) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput(format!(
+            "reproduce must be from 1 to {MAX_REPRODUCE} independent builders, not {k}"
+        )))
     }
 }
 
@@ -373,25 +385,6 @@ impl Store {
     /// The project's default `reproduce` for jobs submitted without one.
     pub fn project_reproduce(&self, project: ProjectId) -> Result<i32, StoreError> {
         project_default(&mut *self.conn()?, project)
-    }
-
-    /// Sets the project's default `reproduce` (1..=[`MAX_REPRODUCE`]); jobs already
-    /// submitted keep theirs.
-    pub fn set_project_reproduce(&self, project: ProjectId, k: i32) -> Result<(), StoreError> {
-        if !(1..=MAX_REPRODUCE).contains(&k) {
-            return Err(StoreError::InvalidInput(format!(
-                "reproduce must be from 1 to {MAX_REPRODUCE} independent builders, not {k}"
-            )));
-        }
-        self.write(|conn| {
-            let updated = diesel::update(projects::table.find(project.0))
-                .set(projects::reproduce.eq(k))
-                .execute(conn)?;
-            if updated == 0 {
-                return Err(StoreError::not_found("project", project));
-            }
-            Ok(())
-        })
     }
 }
 

@@ -3,6 +3,11 @@
 -- before it is published (1: an ordinary job). jobs.on_mismatch: what a disagreement does:
 -- 'fail' publishes nothing, 'publish_first' publishes the first run's artifacts and flags
 -- the job. projects.reproduce: the default for the project's jobs that name none.
+-- The new terminal state 'unreproducible'.
+ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
+ALTER TABLE jobs ADD CONSTRAINT jobs_state_check
+    CHECK (state IN ('queued', 'assigned', 'running', 'succeeded', 'failed', 'cancelled',
+                     'timed_out', 'unreproducible'));
 ALTER TABLE jobs ADD COLUMN reproduce INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE jobs ADD COLUMN on_mismatch TEXT NOT NULL DEFAULT 'fail';
 ALTER TABLE projects ADD COLUMN reproduce INTEGER NOT NULL DEFAULT 1;

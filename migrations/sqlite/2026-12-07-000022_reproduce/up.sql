@@ -3,6 +3,19 @@
 -- before it is published (1: an ordinary job). jobs.on_mismatch: what a disagreement does:
 -- 'fail' publishes nothing, 'publish_first' publishes the first run's artifacts and flags
 -- the job. projects.reproduce: the default for the project's jobs that name none.
+-- The new terminal state 'unreproducible' joins the CHECK of jobs.state. SQLite cannot alter
+-- a CHECK and a rebuild of jobs would cascade deletes into every table that references it,
+-- so the constraint's text is widened in place (SQLite's documented procedure for loosening
+-- a constraint: every existing row satisfies the wider one); the throwaway table bumps the
+-- schema version so other connections reload, and RESET reloads this one's.
+PRAGMA writable_schema = ON;
+UPDATE sqlite_schema
+SET sql = replace(sql, '''cancelled'', ''timed_out'')', '''cancelled'', ''timed_out'', ''unreproducible'')')
+WHERE type = 'table' AND name = 'jobs';
+CREATE TABLE reproduce_schema_bump (x INTEGER);
+DROP TABLE reproduce_schema_bump;
+PRAGMA writable_schema = RESET;
+
 ALTER TABLE jobs ADD COLUMN reproduce INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE jobs ADD COLUMN on_mismatch TEXT NOT NULL DEFAULT 'fail';
 ALTER TABLE projects ADD COLUMN reproduce INTEGER NOT NULL DEFAULT 1;
