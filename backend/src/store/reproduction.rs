@@ -256,29 +256,35 @@ pub(crate) fn record_verdict(
     Ok(())
 }
 
-/// The statement and signature kept on an earlier attempt (its verified completion), to
-/// publish that attempt's artifacts.
-pub(crate) fn attempt_statement(
+/// Publishes an earlier attempt's artifacts under the statement and signature kept on that
+/// attempt by its verified completion (`on_mismatch: publish_first`).
+pub(crate) fn publish_kept(
     conn: &mut DbConnection,
     job: JobId,
     attempt: Attempt,
-) -> Result<super::artifacts::Publication, StoreError> {
+) -> Result<(), StoreError> {
     let (statement, signature): (Option<String>, Option<String>) = job_attempts::table
         .filter(job_attempts::job_id.eq(job.0))
         .filter(job_attempts::attempt.eq(attempt.0))
         .select((job_attempts::statement, job_attempts::statement_signature))
         .first(conn)?;
-    match (statement, signature) {
-        (Some(statement), Some(signature)) => Ok(super::artifacts::Publication {
-            statement,
-            signature,
-            plan: None,
-            ..Default::default()
-        }),
-        _ => Err(StoreError::Corrupt(format!(
+    let (Some(statement), Some(signature)) = (statement, signature) else {
+        return Err(StoreError::Corrupt(format!(
             "attempt {attempt} of job {job} succeeded without a kept statement"
-        ))),
-    }
+        )));
+    };
+    diesel::update(
+        artifacts::table
+            .filter(artifacts::job_id.eq(job.0))
+            .filter(artifacts::attempt.eq(attempt.0)),
+    )
+    .set((
+        artifacts::statement.eq(&statement),
+        artifacts::statement_signature.eq(&signature),
+        artifacts::published.eq(true),
+    ))
+    .execute(conn)?;
+    Ok(())
 }
 
 /// `reproduce` must be from 1 (an ordinary job) to [`MAX_REPRODUCE`].

@@ -15,7 +15,7 @@ use super::ids::{Attempt, JobId};
 use super::jobs::RetryPolicy;
 use super::jobs::{load_job, load_job_row, parse_column, record_event, Job, JobRow};
 use super::reproduction::{
-    attempt_statement, record_run, record_verdict, runs_of, JobRun, ReproductionEvidence,
+    publish_kept, record_run, record_verdict, runs_of, JobRun, ReproductionEvidence,
     ReproductionVerdict, RunCompletion, RunStep,
 };
 use super::schema::{job_attempts, jobs};
@@ -580,7 +580,6 @@ fn publish_first_run(conn: &mut DbConnection, row: &JobRow) -> Result<bool, Stor
     let Some(first) = runs_of(conn, job)?.into_iter().next() else {
         return Ok(false);
     };
-    let publication = attempt_statement(conn, job, first.attempt)?;
-    publish_in(conn, job, first.attempt, &publication)?;
+    publish_kept(conn, job, first.attempt)?;
     Ok(true)
 }
