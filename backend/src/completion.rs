@@ -3,14 +3,23 @@
 //! included, exactly), and list exactly the artifacts that were uploaded under the attempt's
 //! token, with the same sizes and digests.
 //! A plan-mode attempt's plan output comes along, within [`MAX_PLAN_BYTES`].
+//!
+//! Two statement formats are accepted: the in-toto Statement v1 with a SLSA provenance
+//! predicate (`docs/provenance.md`), with its DSSE signature and, for a succeeded build,
+//! the reproduction statement, which must be byte for byte the backend's own rebuild; and
+//! the older `buildfleet-statement/v1` text that builders from before sent (no DSSE).
 
 use std::collections::BTreeMap;
 
+use buildfleet_protocol::dsse::{self, DsseError, DsseSignature};
+use buildfleet_protocol::provenance::{self, JobFacts, Statement};
 use buildfleet_protocol::signing::{self, BuildStatement, STATEMENT_FORMAT};
 use buildfleet_protocol::ssh_key::PublicKey;
-use buildfleet_protocol::{JobMode, JobResponse};
+use buildfleet_protocol::{
+    ArtifactDigest, Attempt, JobMode, JobResponse, Outcome, SignedStatement,
+};
 
-use crate::store::{Artifact, Job, Publication, MAX_PLAN_BYTES};
+use crate::store::{Artifact, Job, Publication, Reproduction, MAX_PLAN_BYTES};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StatementError {
@@ -40,6 +49,22 @@ pub enum StatementError {
     PlanTooLarge { size: usize, limit: usize },
     #[error("a build-mode job reported plan output; plan is for plan-mode jobs only")]
     PlanInBuildMode,
+    #[error("the in-toto statement came without its DSSE signature")]
+    DsseMissing,
+    #[error("DSSE signature of the statement: {0}")]
+    Dsse(DsseError),
+    #[error("a succeeded build came without its reproduction statement")]
+    ReproductionMissing,
+    #[error("a reproduction statement came with a {0}; only succeeded builds have one")]
+    UnexpectedReproduction(&'static str),
+    #[error("the reproduction statement differs from the backend's rebuild of it (first difference at line {line})")]
+    ReproductionDiffers { line: usize },
+    #[error("reproduction statement SSH signature: {0}")]
+    ReproductionSignature(String),
+    #[error("DSSE signature of the reproduction statement: {0}")]
+    ReproductionDsse(DsseError),
+    #[error("statement time {field} is {value:?}, not RFC 3339 UTC or after finishedOn")]
+    BadTime { field: &'static str, value: String },
 }
 
 fn expect_eq(
@@ -78,6 +103,9 @@ pub fn verify_completion(
                 limit: MAX_PLAN_BYTES,
             });
         }
+    }
+    if provenance::is_in_toto(&response.statement.statement) {
+        return verify_in_toto(job, response, key, backend_id, uploads);
     }
     let statement: BuildStatement = signing::verify_statement(key, &response.statement)
         .map_err(|e| StatementError::Signature(e.to_string()))?;
@@ -133,7 +161,280 @@ pub fn verify_completion(
         statement: response.statement.statement.clone(),
         signature: response.statement.signature.clone(),
         plan: response.plan.clone(),
+        dsse_signature: None,
+        signer_fingerprint: Some(signing::fingerprint(key).to_string()),
+        reproduction: None,
     })
+}
+
+/// What the backend knows of the job, as the builder's assignment carried it.
+fn job_facts(job: &Job, backend_id: &str, attempt: Attempt) -> Result<JobFacts, StatementError> {
+    Ok(JobFacts {
+        backend_id: backend_id.to_owned(),
+        job_id: buildfleet_protocol::JobId(job.id.0),
+        attempt,
+        recipe: job.recipe.clone(),
+        mode: match job.mode {
+            crate::store::JobMode::Build => JobMode::Build,
+            crate::store::JobMode::Plan => JobMode::Plan,
+        },
+        parameters: job.parameters.clone(),
+        annotations: job.annotations.clone(),
+        source_url: job.source_url.clone(),
+        source_sha256: job
+            .source_sha256
+            .parse()
+            .map_err(|_| StatementError::Mismatch {
+                field: "source digest",
+                found: job.source_sha256.clone(),
+                expected: "a SHA-256 hex digest".into(),
+            })?,
+    })
+}
+
+/// Checks an in-toto statement: its SSHSIG and DSSE signatures by `key`, every field against
+/// the job (a field the builder alone knows, its times and versions, only for form), its
+/// subjects against the uploads, and the reproduction statement against the backend's own.
+fn verify_in_toto(
+    job: &Job,
+    response: &JobResponse,
+    key: &PublicKey,
+    backend_id: &str,
+    uploads: &[Artifact],
+) -> Result<Publication, StatementError> {
+    let statement: Statement = provenance::verify_statement(key, &response.statement)
+        .map_err(|e| StatementError::Signature(e.to_string()))?;
+    let dsse_sig = response
+        .dsse_signature
+        .clone()
+        .ok_or(StatementError::DsseMissing)?;
+    let keyid = dsse::keyid(key);
+    dsse::verify(
+        key,
+        response.statement.statement.as_bytes(),
+        &DsseSignature {
+            keyid: keyid.clone(),
+            sig: dsse_sig.clone(),
+        },
+    )
+    .map_err(StatementError::Dsse)?;
+
+    expect_eq("job_id", response.job_id.0, job.id.0)?;
+    let facts = job_facts(job, backend_id, response.attempt)?;
+    let definition = &statement.predicate.build_definition;
+    let external = &definition.external_parameters;
+    let internal = &definition.internal_parameters;
+    expect_eq("externalParameters.recipe", &external.recipe, &facts.recipe)?;
+    expect_eq(
+        "externalParameters.mode",
+        mode_name(external.mode),
+        mode_name(facts.mode),
+    )?;
+    expect_eq(
+        "externalParameters.parameters",
+        format!("{:?}", external.parameters),
+        format!("{:?}", facts.parameters),
+    )?;
+    expect_eq(
+        "externalParameters.source.uri",
+        &external.source.uri,
+        &facts.source_url,
+    )?;
+    expect_eq(
+        "externalParameters.source.digest.sha256",
+        &external.source.digest.sha256,
+        &facts.source_sha256,
+    )?;
+    expect_annotations(&external.annotations, &job.annotations)?;
+    expect_eq(
+        "internalParameters.backendId",
+        &internal.backend_id,
+        backend_id,
+    )?;
+    expect_eq("internalParameters.jobId", internal.job_id.0, job.id.0)?;
+    expect_eq(
+        "internalParameters.attempt",
+        format!("{:?}", internal.attempt),
+        format!("{:?}", Some(response.attempt)),
+    )?;
+    // The rest of the build definition (resolvedDependencies) and the ids follow from the
+    // job: rebuild the statement with the builder's own run facts and compare whole parts.
+    let details = &statement.predicate.run_details;
+    let started = time_of("startedOn", details.metadata.started_on.as_deref())?;
+    let finished = time_of("finishedOn", details.metadata.finished_on.as_deref())?;
+    if started > finished {
+        return Err(StatementError::BadTime {
+            field: "startedOn",
+            value: details.metadata.started_on.clone().unwrap_or_default(),
+        });
+    }
+    let outcome = statement
+        .outcome()
+        .ok_or_else(|| StatementError::Mismatch {
+            field: "runDetails.byproducts outcome",
+            found: "none".into(),
+            expected: response.outcome.as_str().into(),
+        })?;
+    expect_eq("outcome", outcome.as_str(), response.outcome.as_str())?;
+    let rebuilt = provenance::attempt_statement(
+        &facts,
+        &provenance::RunFacts {
+            builder: signing::fingerprint(key),
+            versions: details.builder.version.clone(),
+            started_ms: started.saturating_mul(1000),
+            finished_ms: finished.saturating_mul(1000),
+            outcome,
+        },
+        &response.artifacts,
+    );
+    let expected = &rebuilt.predicate;
+    expect_eq(
+        "runDetails.builder.id",
+        &details.builder.id,
+        &expected.run_details.builder.id,
+    )?;
+    expect_eq(
+        "runDetails.metadata.invocationId",
+        &details.metadata.invocation_id,
+        &expected.run_details.metadata.invocation_id,
+    )?;
+    if details.byproducts != expected.run_details.byproducts {
+        return Err(StatementError::Mismatch {
+            field: "runDetails.byproducts",
+            found: format!("{:?}", details.byproducts),
+            expected: format!("{:?}", expected.run_details.byproducts),
+        });
+    }
+    if definition.resolved_dependencies != expected.build_definition.resolved_dependencies {
+        return Err(StatementError::Mismatch {
+            field: "buildDefinition.resolvedDependencies",
+            found: format!("{:?}", definition.resolved_dependencies),
+            expected: format!("{:?}", expected.build_definition.resolved_dependencies),
+        });
+    }
+    // Subjects: exactly the response's artifacts (names and digests), which are checked
+    // against the uploads below.
+    if statement.subject != rebuilt.subject {
+        return Err(StatementError::Mismatch {
+            field: "subject",
+            found: format!("{:?}", statement.subject),
+            expected: format!("{:?}", rebuilt.subject),
+        });
+    }
+    if facts.mode == JobMode::Plan && !(response.artifacts.is_empty() && uploads.is_empty()) {
+        return Err(StatementError::ArtifactsInPlanMode);
+    }
+    check_uploads(&response.artifacts, uploads)?;
+    if rebuilt.to_signed_text() != response.statement.statement {
+        // Every part was compared above; a difference left is one of layout.
+        return Err(StatementError::Mismatch {
+            field: "statement text",
+            found: "a text other than the canonical one".into(),
+            expected: "the canonical statement of these values".into(),
+        });
+    }
+    let reproduction = verify_reproduction(&facts, response, key, &keyid)?;
+    Ok(Publication {
+        statement: response.statement.statement.clone(),
+        signature: response.statement.signature.clone(),
+        plan: response.plan.clone(),
+        dsse_signature: Some(dsse_sig),
+        signer_fingerprint: Some(keyid),
+        reproduction,
+    })
+}
+
+/// A succeeded build-mode attempt must carry the reproduction statement, exactly as the
+/// backend rebuilds it from the job and the artifacts, signed both ways by the same key;
+/// any other attempt must carry none.
+fn verify_reproduction(
+    facts: &JobFacts,
+    response: &JobResponse,
+    key: &PublicKey,
+    keyid: &str,
+) -> Result<Option<Reproduction>, StatementError> {
+    let wanted = response.outcome == Outcome::Succeeded && facts.mode == JobMode::Build;
+    let Some(sent) = &response.reproduction else {
+        return if wanted {
+            Err(StatementError::ReproductionMissing)
+        } else {
+            Ok(None)
+        };
+    };
+    if !wanted {
+        return Err(StatementError::UnexpectedReproduction(
+            if facts.mode == JobMode::Plan {
+                "plan"
+            } else {
+                "build that did not succeed"
+            },
+        ));
+    }
+    let expected = provenance::reproduction_statement(facts, &response.artifacts).to_signed_text();
+    if sent.statement != expected {
+        let line = sent
+            .statement
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| sent.statement.lines().count().min(expected.lines().count()))
+            + 1;
+        return Err(StatementError::ReproductionDiffers { line });
+    }
+    provenance::verify_statement(
+        key,
+        &SignedStatement {
+            statement: sent.statement.clone(),
+            signature: sent.signature.clone(),
+        },
+    )
+    .map_err(|e| StatementError::ReproductionSignature(e.to_string()))?;
+    dsse::verify(
+        key,
+        sent.statement.as_bytes(),
+        &DsseSignature {
+            keyid: keyid.to_owned(),
+            sig: sent.dsse_signature.clone(),
+        },
+    )
+    .map_err(StatementError::ReproductionDsse)?;
+    Ok(Some(Reproduction {
+        statement: sent.statement.clone(),
+        signature: sent.signature.clone(),
+        dsse_signature: sent.dsse_signature.clone(),
+    }))
+}
+
+fn time_of(field: &'static str, value: Option<&str>) -> Result<i64, StatementError> {
+    value
+        .and_then(provenance::parse_rfc3339_utc)
+        .ok_or_else(|| StatementError::BadTime {
+            field,
+            value: value.unwrap_or_default().to_owned(),
+        })
+}
+
+/// Every declared artifact was uploaded with its size and digest, and nothing else was.
+fn check_uploads(declared: &[ArtifactDigest], uploads: &[Artifact]) -> Result<(), StatementError> {
+    let mut uploaded: BTreeMap<&str, &Artifact> =
+        uploads.iter().map(|a| (a.name.as_str(), a)).collect();
+    for declared in declared {
+        let upload = uploaded
+            .remove(declared.name.as_str())
+            .ok_or_else(|| StatementError::NotUploaded(declared.name.clone()))?;
+        let size_ok = u64::try_from(upload.size).is_ok_and(|s| s == declared.size);
+        if !size_ok || upload.sha256 != declared.sha256.as_str() {
+            return Err(StatementError::ArtifactDiffers {
+                name: declared.name.clone(),
+                declared: format!("{} bytes sha256:{}", declared.size, declared.sha256),
+                uploaded: format!("{} bytes sha256:{}", upload.size, upload.sha256),
+            });
+        }
+    }
+    match uploaded.keys().next() {
+        Some(name) => Err(StatementError::NotDeclared((*name).to_owned())),
+        None => Ok(()),
+    }
 }
 
 /// The statement must carry exactly the job's annotations: a verifier reads what was built

@@ -80,6 +80,7 @@ fn dashboard_recipes() -> Vec<RecipeConfig> {
             pack: Pack::File,
         }],
         image: None,
+        version_commands: Vec::new(),
     });
     recipes.push(RecipeConfig {
         name: FAIL_RECIPE.into(),
@@ -93,6 +94,7 @@ fn dashboard_recipes() -> Vec<RecipeConfig> {
         env: Default::default(),
         artifacts: Vec::new(),
         image: None,
+        version_commands: Vec::new(),
     });
     recipes
 }

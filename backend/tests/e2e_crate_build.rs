@@ -2,7 +2,10 @@
 //! uploaded, a real builder builds it with `cargo build --release --offline`, and the
 //! published artifact checks out as a submitter would check it: its SHA-256, its contents,
 //! and its build statement with the stock `ssh-keygen -Y verify`, which names the crate and
-//! version the job was annotated with.
+//! version the job was annotated with. The statement is in-toto: it validates against the
+//! in-toto Statement v1 and SLSA Provenance v1 schemas (testkit/fixtures/schemas), and its
+//! DSSE envelope verifies with a check written here from the DSSE spec over plain Ed25519,
+//! with the key read from the builder's `ssh-keygen` `.pub` line.
 
 use std::time::Duration;
 
@@ -126,23 +129,168 @@ async fn itoa_crate_builds_and_its_artifact_verifies(db: TestDb) {
     );
     assert!(!verified, "a relabelled statement must not verify");
 
+    // The DSSE envelope carries the same bytes, signed by the same key.
+    let envelope = server.get_ok(&format!("/jobs/{id}/statement.dsse")).await;
+    let payload = dsse_verify_from_spec(&envelope, &builder.key().public_openssh);
+    assert_eq!(
+        payload, statement,
+        "the envelope's payload is the statement"
+    );
+    let signatures = server.get_ok(&format!("/jobs/{id}/signatures")).await;
+    assert_eq!(
+        signatures,
+        json!([{
+            "builder": builder.name,
+            "fingerprint": builder.key().fingerprint.as_str(),
+            "signature": std::str::from_utf8(&signature).expect("armored"),
+        }])
+    );
+
     // What was verified vouches for this very job and artifact.
     let statement: Value = serde_json::from_slice(&statement).expect("the statement is JSON");
-    assert_eq!(statement["job_id"], id, "{statement:#}");
-    assert_eq!(statement["source_sha256"], digest.as_str());
-    assert_eq!(statement["recipe"], "cargo-build");
-    assert_eq!(statement["outcome"], "succeeded");
-    assert_eq!(statement["annotations"], annotations, "{statement:#}");
-    let signed = statement["artifacts"].as_array().expect("signed artifacts");
+    validate_schemas(&statement);
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+    let definition = &statement["predicate"]["buildDefinition"];
+    assert_eq!(
+        definition["internalParameters"]["jobId"], id,
+        "{statement:#}"
+    );
+    assert_eq!(definition["internalParameters"]["attempt"], 1);
+    let external = &definition["externalParameters"];
+    assert_eq!(external["source"]["digest"]["sha256"], digest.as_str());
+    assert_eq!(external["recipe"], "cargo-build");
+    assert_eq!(external["annotations"], annotations, "{statement:#}");
+    let details = &statement["predicate"]["runDetails"];
+    assert_eq!(
+        details["byproducts"][0]["annotations"]["outcome"],
+        "succeeded"
+    );
+    let versions = &details["builder"]["version"];
     assert!(
-        signed
-            .iter()
-            .any(|a| a["name"] == name && a["sha256"] == published),
-        "the statement names the published artifact: {statement:#}"
+        versions["rustc"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("rustc 1.")),
+        "{statement:#}"
+    );
+    assert!(versions["cargo"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("cargo 1.")));
+    assert_eq!(
+        statement["subject"],
+        json!([{"name": name, "digest": {"sha256": published}}])
     );
 
     builder.stop().await;
     server.shutdown().await;
+}
+
+/// Validates a statement against the vendored in-toto Statement v1 schema and its predicate
+/// against the SLSA Provenance v1 schema.
+fn validate_schemas(statement: &Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/fixtures/schemas");
+    let load = |name: &str| -> Value {
+        let text = std::fs::read_to_string(dir.join(name)).expect("a vendored schema");
+        serde_json::from_str(&text).expect("the schema is JSON")
+    };
+    for (schema, instance) in [
+        (load("in-toto-statement-v1.schema.json"), statement),
+        (
+            load("slsa-provenance-v1.schema.json"),
+            &statement["predicate"],
+        ),
+    ] {
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("the schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{}: {errors:#?}\n{statement:#}",
+            schema["title"]
+        );
+        // The schema can fail: a statement without its required parts does not validate.
+        let mut broken = instance.clone();
+        if let Some(object) = broken.as_object_mut() {
+            object.clear();
+        }
+        assert!(
+            !validator.is_valid(&broken),
+            "{} accepts an empty object",
+            schema["title"]
+        );
+    }
+}
+
+/// DSSE v1 verification as the spec defines it, with nothing of Buildfleet's: base64 of the
+/// payload, PAE("DSSEv1" SP len(type) SP type SP len(body) SP body), Ed25519 over it with
+/// the key of an OpenSSH `.pub` line (its wire blob: string "ssh-ed25519", string key).
+fn dsse_verify_from_spec(envelope: &Value, public_openssh: &str) -> Vec<u8> {
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let b64 = |text: &str| -> Vec<u8> {
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut bits = 0u32;
+        let mut count = 0;
+        let mut out = Vec::new();
+        for c in text.trim_end_matches('=').chars() {
+            let c = match c {
+                '-' => '+',
+                '_' => '/',
+                c => c,
+            };
+            let value = alphabet.find(c).expect("a base64 character") as u32;
+            bits = (bits << 6) | value;
+            count += 6;
+            if count >= 8 {
+                count -= 8;
+                out.push((bits >> count) as u8);
+                bits &= (1 << count) - 1;
+            }
+        }
+        out
+    };
+    let payload_type = envelope["payloadType"].as_str().expect("payloadType");
+    assert_eq!(payload_type, "application/vnd.in-toto+json");
+    let payload = b64(envelope["payload"].as_str().expect("payload"));
+    let mut pae = format!(
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
+        payload.len()
+    )
+    .into_bytes();
+    pae.extend_from_slice(&payload);
+
+    let blob = b64(public_openssh
+        .split_whitespace()
+        .nth(1)
+        .expect("the key's base64"));
+    let (len, rest) = blob.split_at(4);
+    let len = u32::from_be_bytes(len.try_into().unwrap()) as usize;
+    assert_eq!(&rest[..len], b"ssh-ed25519");
+    let key_bytes: [u8; 32] = rest[len + 4..].try_into().expect("a 32-byte Ed25519 key");
+    let key = VerifyingKey::from_bytes(&key_bytes).expect("an Ed25519 key");
+
+    let signatures = envelope["signatures"].as_array().expect("signatures");
+    assert_eq!(
+        signatures.len(),
+        1,
+        "one builder, one signature: {envelope:#}"
+    );
+    let sig: [u8; 64] = b64(signatures[0]["sig"].as_str().expect("sig"))
+        .try_into()
+        .expect("64 signature bytes");
+    key.verify(&pae, &Signature::from_bytes(&sig))
+        .expect("the DSSE signature verifies over PAE");
+    // And it can fail: one payload byte changed, and it does not.
+    let mut tampered = pae.clone();
+    let last = tampered.len() - 2;
+    tampered[last] ^= 1;
+    assert!(key.verify(&tampered, &Signature::from_bytes(&sig)).is_err());
+    payload
 }
 
 /// Downloads an artifact; the `X-Buildfleet-Sha256` header must name `published`.

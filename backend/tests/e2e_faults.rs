@@ -413,6 +413,7 @@ fn recipes() -> Vec<RecipeConfig> {
         env: Default::default(),
         artifacts: Vec::new(),
         image: None,
+        version_commands: Vec::new(),
     });
     recipes
 }

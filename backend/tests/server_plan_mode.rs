@@ -140,7 +140,14 @@ async fn verified_statement(server: &TestServer, principal: &str, id: i64) -> Va
     let parsed: Value = serde_json::from_slice(&statement).expect("the statement is JSON");
     assert_eq!(
         attempt.as_deref(),
-        Some(parsed["attempt"].to_string().as_str()),
+        // A real builder's in-toto statement, or the test client's buildfleet-statement/v1.
+        Some(
+            parsed
+                .pointer("/predicate/buildDefinition/internalParameters/attempt")
+                .unwrap_or(&parsed["attempt"])
+                .to_string()
+                .as_str()
+        ),
         "the attempt header names the statement's attempt"
     );
     parsed
@@ -358,11 +365,16 @@ async fn real_builder_reports_a_plan_and_runs_nothing(db: TestDb) {
     let missing = server.cli(&["job", "plan", "999999"]).await.expect_code(3);
     assert!(missing.stderr.contains("job 999999"), "{}", missing.stderr);
 
+    // A real builder signs an in-toto statement: no subject, the outcome as a byproduct.
     let statement = verified_statement(&server, &builder.name, id).await;
-    assert_eq!(statement["mode"], "plan");
-    assert_eq!(statement["outcome"], "succeeded");
-    assert_eq!(statement["artifacts"], json!([]));
-    assert_eq!(statement["source_sha256"], digest.as_str());
+    let external = &statement["predicate"]["buildDefinition"]["externalParameters"];
+    assert_eq!(external["mode"], "plan", "{statement:#}");
+    assert_eq!(
+        statement["predicate"]["runDetails"]["byproducts"][0]["annotations"]["outcome"],
+        "succeeded"
+    );
+    assert_eq!(statement["subject"], json!([]));
+    assert_eq!(external["source"]["digest"]["sha256"], digest.as_str());
     let listing = server.get_ok(&format!("/jobs/{id}/artifacts")).await;
     assert_eq!(
         listing["statement_url"],

@@ -337,6 +337,7 @@ fn stale_attempts_are_fenced_off(db: &TestDb) {
         statement: "s".into(),
         signature: "sig".into(),
         plan: None,
+        ..Default::default()
     };
     is_stale(
         store.publish_artifacts(job.id, a1, &publication).map(drop),

@@ -34,6 +34,7 @@ fn publication(text: &str) -> Publication {
         statement: format!("statement {text}"),
         signature: format!("-----BEGIN SSH SIGNATURE-----\n{text}\n-----END SSH SIGNATURE-----"),
         plan: None,
+        ..Default::default()
     }
 }
 

@@ -10,15 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use buildfleet_protocol::signing::{sign_statement, BuildStatement, STATEMENT_FORMAT};
+use buildfleet_protocol::provenance::{self, JobFacts, RunFacts};
 use buildfleet_protocol::{
     ArtifactDigest, BuildError, BuildErrorKind, JobAssignment, JobEventKind, JobMode, JobResponse,
-    LogStream, Outcome, SignedStatement, Stage,
+    LogStream, Outcome, SignedReproduction, SignedStatement, Stage,
 };
 
 use crate::artifacts;
 use crate::config::{Limits, Strategy, ToolchainEnv};
-use crate::event_buffer::EventBuffer;
+use crate::event_buffer::{now_ms, EventBuffer};
 use crate::identity::Identity;
 use crate::process::{self, OutputSink, RunOptions, StopReason, StopSignal};
 use crate::recipes::{CargoOptions, Recipe, RecipeBook};
@@ -142,11 +142,19 @@ impl Finished {
 /// Runs the job to its end and returns the signed `job_response`, with the job directory
 /// still in place: the caller reports first, then runs the [`Cleanup`].
 pub async fn run_job(env: &JobEnv, mut run: JobRun) -> Finished {
+    let started_ms = now_ms();
     let job = &run.assignment;
     let layout = JobLayout::new(env.jobs_dir.join(format!("{}-{}", job.job_id, job.attempt)));
     let ended = steps(env, &mut run, &layout).await;
+    let versions = crate::versions::versions(
+        env.recipes.get(&run.assignment.recipe),
+        &env.strategy,
+        &env.toolchain,
+    )
+    .await;
+    let times = (started_ms, now_ms());
     Finished {
-        response: respond(env, &run, ended),
+        response: respond(env, &run, ended, versions, times),
         cleanup: Cleanup { dir: layout.dir },
     }
 }
@@ -542,29 +550,54 @@ fn plan_text(
     plan
 }
 
-fn respond(env: &JobEnv, run: &JobRun, ended: Ended) -> JobResponse {
+/// The `job_response`: the attempt's in-toto statement signed with SSHSIG and DSSE, and for
+/// a succeeded build the reproduction statement signed both ways too.
+fn respond(
+    env: &JobEnv,
+    run: &JobRun,
+    ended: Ended,
+    versions: std::collections::BTreeMap<String, String>,
+    (started_ms, finished_ms): (i64, i64),
+) -> JobResponse {
     let job = &run.assignment;
-    let statement = BuildStatement {
-        format: STATEMENT_FORMAT.to_owned(),
-        backend_id: run.backend_id.clone(),
-        builder: env.identity.fingerprint.clone(),
-        job_id: job.job_id,
-        attempt: job.attempt,
-        source_sha256: job.source.sha256.clone(),
-        recipe: job.recipe.clone(),
-        mode: job.mode,
-        annotations: job.annotations.clone(),
-        outcome: ended.outcome,
-        artifacts: ended.artifacts.clone(),
-    };
-    let signed = sign_statement(&env.identity.key, &statement).unwrap_or_else(|e| {
-        // The backend refuses an unsigned statement; the job still reports its outcome.
-        tracing::error!(job = %job.job_id, error = %e, "cannot sign the build statement");
-        SignedStatement {
-            statement: statement.to_signed_text(),
-            signature: String::new(),
+    let facts = JobFacts::from_assignment(&run.backend_id, job);
+    let statement = provenance::attempt_statement(
+        &facts,
+        &RunFacts {
+            builder: env.identity.fingerprint.clone(),
+            versions,
+            started_ms,
+            finished_ms,
+            outcome: ended.outcome,
+        },
+        &ended.artifacts,
+    );
+    let key = &env.identity.key;
+    let (signed, dsse_signature) = match provenance::sign_statement(key, &statement) {
+        Ok(signed) => (signed.signed, Some(signed.dsse.sig)),
+        Err(e) => {
+            // The backend refuses an unsigned statement; the job still reports its outcome.
+            tracing::error!(job = %job.job_id, error = %e, "cannot sign the build statement");
+            let unsigned = SignedStatement {
+                statement: statement.to_signed_text(),
+                signature: String::new(),
+            };
+            (unsigned, None)
         }
-    });
+    };
+    let reproduction = (ended.outcome == Outcome::Succeeded && job.mode == JobMode::Build)
+        .then(|| provenance::reproduction_statement(&facts, &ended.artifacts))
+        .and_then(|statement| match provenance::sign_statement(key, &statement) {
+            Ok(signed) => Some(SignedReproduction {
+                statement: signed.signed.statement,
+                signature: signed.signed.signature,
+                dsse_signature: signed.dsse.sig,
+            }),
+            Err(e) => {
+                tracing::error!(job = %job.job_id, error = %e, "cannot sign the reproduction statement");
+                None
+            }
+        });
     JobResponse {
         job_id: job.job_id,
         attempt: job.attempt,
@@ -574,8 +607,8 @@ fn respond(env: &JobEnv, run: &JobRun, ended: Ended) -> JobResponse {
         artifacts: ended.artifacts,
         plan: ended.plan,
         statement: signed,
-        dsse_signature: None,
-        reproduction: None,
+        dsse_signature,
+        reproduction,
     }
 }
 

@@ -38,6 +38,7 @@ pub mod source;
 pub mod strategy;
 pub mod supervisor;
 pub mod unpack;
+pub mod versions;
 pub mod upload;
 
 use std::future::Future;

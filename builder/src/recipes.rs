@@ -31,6 +31,12 @@ pub struct RecipeConfig {
     pub artifacts: Vec<ArtifactConfig>,
     /// Docker image for this recipe (docker strategy only).
     pub image: Option<String>,
+    /// Commands whose first output line names a tool's version (`[["gcc", "--version"]]`),
+    /// reported in the build statement's `runDetails.builder.version` under the program's
+    /// name. Run once per builder process and cached. Cargo recipes report `rustc` and
+    /// `cargo` without asking.
+    #[serde(default)]
+    pub version_commands: Vec<Vec<String>>,
 }
 
 /// An artifact: a path under the output directory, uploaded as `name`.
@@ -110,6 +116,8 @@ pub struct Recipe {
     pub image: Option<String>,
     /// Cargo recipes get `--offline` appended when the job or the config asks for it.
     pub is_cargo: bool,
+    /// The toolchain version commands (see [`RecipeConfig::version_commands`]).
+    pub version_commands: Vec<Vec<String>>,
 }
 
 impl Recipe {
@@ -122,6 +130,7 @@ impl Recipe {
             artifacts: vec![ArtifactRule::CargoRelease],
             image: None,
             is_cargo: true,
+            version_commands: rust_version_commands(),
         }
     }
 
@@ -145,6 +154,7 @@ impl Recipe {
             })],
             image: None,
             is_cargo: false,
+            version_commands: rust_version_commands(),
         }
     }
 
@@ -161,6 +171,7 @@ impl Recipe {
             })],
             image: None,
             is_cargo: true,
+            version_commands: rust_version_commands(),
         }
     }
 
@@ -229,6 +240,13 @@ impl Recipe {
         {
             return Err(invalid("every command needs a program name".into()));
         }
+        if config
+            .version_commands
+            .iter()
+            .any(|c| c.first().is_none_or(|p| p.is_empty()))
+        {
+            return Err(invalid("every version command needs a program name".into()));
+        }
         if let Some(key) = config.env.keys().find(|k| !is_env_name(k)) {
             return Err(invalid(format!(
                 "env name {key:?} is not a valid variable name"
@@ -264,8 +282,14 @@ impl Recipe {
                 .collect(),
             image: config.image,
             is_cargo,
+            version_commands: config.version_commands,
         })
     }
+}
+
+/// What the built-in recipes report: the Rust toolchain they run.
+fn rust_version_commands() -> Vec<Vec<String>> {
+    vec![argv(&["rustc", "--version"]), argv(&["cargo", "--version"])]
 }
 
 fn argv(parts: &[&str]) -> Vec<String> {

@@ -22,7 +22,8 @@ use actix_web_actors::ws;
 use buildfleet_builder::config::BuilderConfig;
 use buildfleet_builder::recipes::{RecipeBook, RecipeConfig};
 use buildfleet_builder::BuilderError;
-use buildfleet_protocol::signing::{verify_challenge, verify_statement};
+use buildfleet_protocol::provenance::verify_statement;
+use buildfleet_protocol::signing::verify_challenge;
 use buildfleet_protocol::*;
 use buildfleet_testkit::keys::TestKey;
 use common::sha256;
@@ -245,6 +246,7 @@ fn builder_config(addr: &str, work: &std::path::Path) -> (BuilderConfig, TestKey
         env: Default::default(),
         artifacts: Vec::new(),
         image: None,
+        version_commands: Vec::new(),
     }])
     .unwrap();
     (config, key)

@@ -98,6 +98,7 @@ async fn docker_jobs_see_a_read_only_source_no_network_and_a_writable_out() {
             pack: Pack::File,
         }],
         image: None,
+        version_commands: Vec::new(),
     };
     let env = job_env(work.path(), settings(), vec![recipe]);
     let mut job = assignment(&server, &url, sha256(&archive), "probe");
@@ -158,6 +159,7 @@ async fn cancelling_a_docker_job_kills_its_container() {
         env: Default::default(),
         artifacts: Vec::new(),
         image: None,
+        version_commands: Vec::new(),
     };
     let env = job_env(work.path(), settings(), vec![recipe]);
     let mut job = assignment(&server, &url, sha256(&archive), "spin");

@@ -202,6 +202,7 @@ async fn a_job_whose_deadline_comes_first_fails_with_an_upload_error() {
             pack: Pack::File,
         }],
         image: None,
+        version_commands: Vec::new(),
     };
     let env = job_env(work.path(), Strategy::Process, vec![recipe]);
     let mut job = assignment(&server, &url, sha256(&archive), "copy");

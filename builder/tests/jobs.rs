@@ -14,7 +14,8 @@ use buildfleet_builder::event_buffer::EventBuffer;
 use buildfleet_builder::job::{run_job, JobRun};
 use buildfleet_builder::process::{StopReason, StopSignal};
 use buildfleet_builder::recipes::{ArtifactConfig, Pack, RecipeConfig};
-use buildfleet_protocol::signing::verify_statement;
+use buildfleet_protocol::provenance::verify_statement;
+use buildfleet_protocol::{dsse, provenance};
 use buildfleet_protocol::{BuildErrorKind, JobEventKind, JobMode, JobRef, Outcome, Stage};
 use common::*;
 
@@ -56,6 +57,7 @@ fn shell_recipe(name: &str, script: &str, artifacts: Vec<ArtifactConfig>) -> Rec
         .into(),
         artifacts,
         image: None,
+        version_commands: Vec::new(),
     }
 }
 
@@ -72,6 +74,7 @@ async fn cargo_build_builds_itoa_offline_and_uploads_a_tarball() {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let annotations = job.annotations.clone();
+    let assignment = job.clone();
     let (response, events) = run(&env, job).await;
     assert_eq!(
         response.outcome,
@@ -103,14 +106,51 @@ async fn cargo_build_builds_itoa_offline_and_uploads_a_tarball() {
     }
     assert_eq!(names, ["libitoa.rlib"], "a library crate ships its rlib");
 
-    let statement = verify_statement(env.identity.key.public_key(), &response.statement)
-        .expect("signed statement");
-    assert_eq!(statement.artifacts, response.artifacts);
-    assert_eq!(statement.outcome, Outcome::Succeeded);
-    assert_eq!(statement.backend_id, "test-backend");
+    let key = env.identity.key.public_key();
+    let statement = verify_statement(key, &response.statement).expect("signed statement");
+    let subjects: Vec<(String, String)> = statement
+        .subject
+        .iter()
+        .map(|s| (s.name.clone(), s.digest.sha256.to_string()))
+        .collect();
+    let uploaded: Vec<(String, String)> = response
+        .artifacts
+        .iter()
+        .map(|a| (a.name.clone(), a.sha256.to_string()))
+        .collect();
+    assert_eq!(subjects, uploaded);
+    assert_eq!(statement.outcome(), Some(Outcome::Succeeded));
+    let definition = &statement.predicate.build_definition;
+    assert_eq!(definition.internal_parameters.backend_id, "test-backend");
     assert_eq!(
-        statement.annotations, annotations,
+        definition.external_parameters.annotations, annotations,
         "the job's annotations are signed"
+    );
+    // The cargo recipe reports its toolchain, run on this machine.
+    let versions = &statement.predicate.run_details.builder.version;
+    assert!(versions["rustc"].starts_with("rustc 1."), "{versions:?}");
+    assert!(versions["cargo"].starts_with("cargo 1."), "{versions:?}");
+    assert_eq!(versions["recipe"], "cargo-build@1");
+    // The same text carries a DSSE signature by the same key.
+    let dsse_signature = dsse::DsseSignature {
+        keyid: dsse::keyid(key),
+        sig: response.dsse_signature.clone().expect("a DSSE signature"),
+    };
+    dsse::verify(
+        key,
+        response.statement.statement.as_bytes(),
+        &dsse_signature,
+    )
+    .expect("the DSSE signature verifies");
+    // And the reproduction statement is the one the backend rebuilds from the job.
+    let reproduction = response
+        .reproduction
+        .as_ref()
+        .expect("a reproduction statement");
+    let facts = provenance::JobFacts::from_assignment("test-backend", &assignment);
+    assert_eq!(
+        reproduction.statement,
+        provenance::reproduction_statement(&facts, &response.artifacts).to_signed_text()
     );
     assert!(
         log_lines(&events)
@@ -282,7 +322,16 @@ async fn plan_mode_reports_and_uploads_nothing() {
     assert!(response.artifacts.is_empty());
     assert!(server.state.uploads.lock().unwrap().is_empty());
     let statement = verify_statement(env.identity.key.public_key(), &response.statement).unwrap();
-    assert_eq!(statement.mode, JobMode::Plan);
+    assert_eq!(
+        statement
+            .predicate
+            .build_definition
+            .external_parameters
+            .mode,
+        JobMode::Plan
+    );
+    assert!(statement.subject.is_empty());
+    assert!(response.reproduction.is_none(), "plans are not reproduced");
 }
 
 #[actix_rt::test]
@@ -342,6 +391,7 @@ async fn cancel_and_timeout_end_a_running_job() {
         assert_eq!(response.outcome, outcome);
         let statement =
             verify_statement(env.identity.key.public_key(), &response.statement).unwrap();
-        assert_eq!(statement.outcome, outcome);
+        assert_eq!(statement.outcome(), Some(outcome));
+        assert!(response.reproduction.is_none());
     }
 }

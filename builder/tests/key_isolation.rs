@@ -55,6 +55,7 @@ fn shell_recipe(name: &str, script: &str, artifacts: Vec<ArtifactConfig>) -> Rec
         env: Default::default(),
         artifacts,
         image: None,
+        version_commands: Vec::new(),
     }
 }
 
@@ -459,6 +460,7 @@ async fn the_docker_strategy_never_mounts_the_key() {
         .into(),
         artifacts: Vec::new(),
         image: None,
+        version_commands: Vec::new(),
     };
     env.recipes = buildfleet_builder::recipes::RecipeBook::with_builtins(vec![recipe]).unwrap();
 

@@ -29,6 +29,7 @@ fn cat_recipe() -> RecipeConfig {
         env: Default::default(),
         artifacts: Vec::new(),
         image: None,
+        version_commands: Vec::new(),
     }
 }
 

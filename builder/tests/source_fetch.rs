@@ -70,6 +70,7 @@ async fn a_digest_mismatch_fails_the_job_before_anything_runs() {
         env: Default::default(),
         artifacts: Vec::new(),
         image: None,
+        version_commands: Vec::new(),
     };
     let env = job_env(work.path(), Strategy::Process, vec![recipe]);
     let wrong = sha256(b"something else");

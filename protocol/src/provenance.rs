@@ -442,6 +442,75 @@ pub fn is_in_toto(text: &str) -> bool {
     serde_json::from_str::<Probe>(text).is_ok_and(|p| p.type_.is_some())
 }
 
+/// What a verifier needs from a statement of either format (in-toto, or the older
+/// `buildfleet-statement/v1`): the job, the attempt, the signing key named in it, and the
+/// artifacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementSummary {
+    pub job_id: JobId,
+    /// `None` for a reproduction statement.
+    pub attempt: Option<Attempt>,
+    /// The key the statement names (`None` for a reproduction statement, whose signers are
+    /// its signatures').
+    pub builder: Option<Fingerprint>,
+    /// Name, SHA-256 and (old format only) size.
+    pub artifacts: Vec<(String, Sha256Digest, Option<u64>)>,
+    pub outcome: Option<Outcome>,
+}
+
+/// Reads a statement text of either format (no signature is checked here).
+pub fn summarize(text: &str) -> Result<StatementSummary, SigningError> {
+    if !is_in_toto(text) {
+        let old: signing::BuildStatement =
+            serde_json::from_str(text).map_err(|e| SigningError::Statement(e.to_string()))?;
+        return Ok(StatementSummary {
+            job_id: old.job_id,
+            attempt: Some(old.attempt),
+            builder: Some(old.builder),
+            artifacts: old
+                .artifacts
+                .into_iter()
+                .map(|a| (a.name, a.sha256, Some(a.size)))
+                .collect(),
+            outcome: Some(old.outcome),
+        });
+    }
+    let statement = Statement::parse(text)?;
+    let builder = statement
+        .predicate
+        .run_details
+        .builder
+        .id
+        .rsplit_once("/builders/")
+        .and_then(|(_, segment)| {
+            segment
+                .replace("%2F", "/")
+                .replace("%2B", "+")
+                .replace("%3D", "=")
+                .parse()
+                .ok()
+        });
+    Ok(StatementSummary {
+        job_id: statement
+            .predicate
+            .build_definition
+            .internal_parameters
+            .job_id,
+        attempt: statement
+            .predicate
+            .build_definition
+            .internal_parameters
+            .attempt,
+        builder,
+        outcome: statement.outcome(),
+        artifacts: statement
+            .subject
+            .into_iter()
+            .map(|s| (s.name, s.digest.sha256, None))
+            .collect(),
+    })
+}
+
 /// A statement signed both ways: SSHSIG (armored) and DSSE (the raw signature over PAE).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoublySigned {
@@ -663,7 +732,13 @@ mod tests {
         let one = reproduction_statement(&job(), &artifacts()).to_signed_text();
         let two = reproduction_statement(&second, &reversed).to_signed_text();
         assert_eq!(one, two);
-        for absent in ["attempt", "startedOn", "finishedOn", "\"version\": {", "SHA256:"] {
+        for absent in [
+            "attempt",
+            "startedOn",
+            "finishedOn",
+            "\"version\": {",
+            "SHA256:",
+        ] {
             assert!(!one.contains(absent), "{absent} in {one}");
         }
         assert!(one.contains("\"id\": \"https://buildfleet.example.org/reproduction/v1\""));
@@ -723,6 +798,21 @@ mod tests {
         .is_err());
         assert!(Statement::parse(text.trim_end()).is_err());
         assert!(Statement::parse("not json").is_err());
+    }
+
+    #[test]
+    fn both_formats_summarise_with_the_signing_key() {
+        let builder: Fingerprint = FINGERPRINT.parse().unwrap();
+        let text = attempt_statement(&job(), &run(&builder), &artifacts()).to_signed_text();
+        let summary = summarize(&text).unwrap();
+        assert_eq!(summary.builder, Some(builder));
+        assert_eq!(summary.job_id, JobId(42));
+        assert_eq!(summary.attempt, Some(Attempt(2)));
+        assert_eq!(summary.outcome, Some(Outcome::Succeeded));
+        assert_eq!(summary.artifacts[0].0, "a.tar.gz");
+        let reproduction = reproduction_statement(&job(), &artifacts()).to_signed_text();
+        let summary = summarize(&reproduction).unwrap();
+        assert_eq!((summary.builder, summary.attempt), (None, None));
     }
 
     #[test]

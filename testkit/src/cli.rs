@@ -109,6 +109,7 @@ pub fn shell_recipe(name: &str, script: &str, artifacts: &[(&str, &str)]) -> Rec
             })
             .collect(),
         image: None,
+        version_commands: Vec::new(),
     }
 }
 

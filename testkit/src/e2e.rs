@@ -62,6 +62,7 @@ pub fn e2e_recipes() -> Vec<RecipeConfig> {
                 pack: Pack::File,
             }],
             image: None,
+            version_commands: Vec::new(),
         },
         RecipeConfig {
             name: LINES_RECIPE.into(),
@@ -72,6 +73,7 @@ pub fn e2e_recipes() -> Vec<RecipeConfig> {
             env: Default::default(),
             artifacts: Vec::new(),
             image: None,
+            version_commands: Vec::new(),
         },
         RecipeConfig {
             name: TREE_RECIPE.into(),
@@ -88,6 +90,7 @@ pub fn e2e_recipes() -> Vec<RecipeConfig> {
             env: Default::default(),
             artifacts: Vec::new(),
             image: None,
+            version_commands: Vec::new(),
         },
     ]
 }
@@ -113,6 +116,11 @@ pub struct E2eBuilder {
 }
 
 impl E2eBuilder {
+    /// The builder's key (made by `ssh-keygen`).
+    pub fn key(&self) -> &TestKey {
+        &self._key
+    }
+
     /// Admits a new key as `name` and starts a builder for it, dialing the server directly;
     /// `configure` adjusts the configuration (limits, slots, the URL it dials).
     pub async fn start(

@@ -6,7 +6,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use buildfleet_protocol::signing::{BuildStatement, STATEMENT_NAMESPACE};
+use buildfleet_protocol::provenance;
+use buildfleet_protocol::signing::STATEMENT_NAMESPACE;
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -236,7 +237,10 @@ async fn verify(
     let job = args.job;
     let statement_bytes = api.get_bytes(&format!("/jobs/{job}/statement")).await?;
     let signature = api.get_bytes(&format!("/jobs/{job}/statement.sig")).await?;
-    let statement: BuildStatement = serde_json::from_slice(&statement_bytes)
+    // Either format: an in-toto statement, or a buildfleet-statement/v1 of older builders.
+    let statement = std::str::from_utf8(&statement_bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|text| provenance::summarize(text).map_err(|e| e.to_string()))
         .map_err(|e| CliError::Verification(format!("the build statement does not parse: {e}")))?;
     if statement.job_id.0 != job {
         return Err(CliError::Verification(format!(
@@ -247,7 +251,9 @@ async fn verify(
 
     // The signer: the builder of the attempt the statement covers.
     let detail: JobDetail = parse(&api.get(&format!("/jobs/{job}")).await?)?;
-    let attempt = statement.attempt.0;
+    let attempt = statement.attempt.map(|a| a.0).ok_or_else(|| {
+        CliError::Verification("the statement names no attempt: nobody to check it against".into())
+    })?;
     let builder_id = detail
         .attempts
         .iter()
@@ -271,7 +277,11 @@ async fn verify(
             ))
         })?;
     let keys: BuilderKeyList = parse(&api.get(&format!("/builders/{builder_id}/keys")).await?)?;
-    let signer = statement.builder.to_string();
+    let signer = statement
+        .builder
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let Some(key) = keys.keys.iter().find(|k| k.fingerprint == signer) else {
         return Err(CliError::Verification(format!(
             "the statement names key {signer}, which is not a key of builder {}",
@@ -303,35 +313,36 @@ async fn verify(
     )
     .await?;
 
-    let entry = statement
+    let (_, entry_sha256, entry_size) = statement
         .artifacts
         .iter()
-        .find(|a| a.name == args.name)
+        .find(|(name, _, _)| *name == args.name)
         .ok_or_else(|| {
             CliError::Verification(format!(
                 "the signed statement does not list an artifact named {:?}",
                 args.name
             ))
         })?;
-    if entry.sha256.as_str() != sha256 {
+    if entry_sha256.as_str() != sha256 {
         return Err(CliError::Verification(format!(
-            "{} has sha256 {sha256}, but the signed statement says {}",
-            args.name, entry.sha256
+            "{} has sha256 {sha256}, but the signed statement says {entry_sha256}",
+            args.name
         )));
     }
-    if entry.size != length {
+    // Only the older format signs sizes; the digest above covers the bytes either way.
+    if let Some(size) = entry_size.filter(|size| *size != length) {
         return Err(CliError::Verification(format!(
-            "{} has {length} bytes, but the signed statement says {}",
-            args.name, entry.size
+            "{} has {length} bytes, but the signed statement says {size}",
+            args.name
         )));
     }
     Ok(Verified {
         builder: builder.name,
         fingerprint: builder.fingerprint,
         attempt,
-        outcome: serde_json::to_value(statement.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
+        outcome: statement
+            .outcome
+            .map(|o| o.as_str().to_owned())
             .unwrap_or_default(),
     })
 }

@@ -5,6 +5,8 @@
 use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use buildfleet_protocol::dsse::{DsseSignature, Envelope};
+use buildfleet_protocol::ssh_key::{HashAlg, SshSig};
 use buildfleet_protocol::{validate_artifact_name, Sha256Digest};
 
 use buildfleet_api as api;
@@ -16,7 +18,9 @@ use crate::http::streaming::{open_stream, receive};
 use crate::http::views;
 use crate::http::AppState;
 use crate::storage::keys;
-use crate::store::{Artifact, Attempt, AttemptStatement, JobId, NewArtifact, StoreError};
+use crate::store::{
+    Artifact, Attempt, AttemptStatement, JobId, NewArtifact, StatementSignature, StoreError,
+};
 
 /// Header carrying the SHA-256 the uploader declares for the body.
 pub const DIGEST_HEADER: &str = "X-Buildfleet-Sha256";
@@ -266,4 +270,109 @@ pub async fn statement_signature(
         .content_type("text/plain")
         .insert_header((ATTEMPT_HEADER, kept.attempt.to_string()))
         .body(kept.signature))
+}
+
+/// The signatures of the statement `/statement` serves: the `statement_signatures` rows, or
+/// for a job published before they existed, its one stored SSHSIG (signer read from the
+/// signature itself, builder from its attempt).
+async fn kept_signatures(
+    state: &AppState,
+    access: Access,
+    job: JobId,
+) -> Result<(AttemptStatement, Vec<StatementSignature>), ApiError> {
+    let kept = kept_statement(state, access, job).await?;
+    let store = state.store.clone();
+    let attempt = kept.attempt;
+    let signature = kept.signature.clone();
+    let rows = blocking(move || {
+        let rows = store.statement_signatures(job)?;
+        if !rows.is_empty() {
+            return Ok(rows);
+        }
+        let signer = SshSig::from_pem(&signature)
+            .map(|sig| sig.public_key().fingerprint(HashAlg::Sha256).to_string())
+            .map_err(|e| {
+                ApiError::from(StoreError::Corrupt(format!(
+                    "the stored signature of job {job} does not parse: {e}"
+                )))
+            })?;
+        Ok(vec![StatementSignature {
+            signer_fingerprint: signer,
+            builder_id: None,
+            builder_name: store.attempt_builder_name(job, attempt)?,
+            sshsig: signature,
+            dsse_sig: None,
+        }])
+    })
+    .await?;
+    Ok((kept, rows))
+}
+
+/// `GET /api/v1/jobs/{id}/statement.dsse`: the DSSE envelope of the statement `/statement`
+/// serves, with every signature of it. A statement signed before DSSE (a
+/// `buildfleet-statement/v1` text) has none: 404 with a message, its SSHSIG stays at
+/// `/statement.sig`.
+pub async fn statement_envelope(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
+    let job = parse_job_id(&path)?;
+    let (kept, rows) = kept_signatures(&state, access, job).await?;
+    let signatures: Vec<DsseSignature> = rows
+        .into_iter()
+        .filter_map(|row| {
+            row.dsse_sig.map(|sig| DsseSignature {
+                keyid: row.signer_fingerprint,
+                sig,
+            })
+        })
+        .collect();
+    if signatures.is_empty() {
+        return Err(ApiError::NotFoundExplained(format!(
+            "job {job}'s statement has no DSSE signature: it was signed before statements were \
+             in-toto (buildfleet-statement/v1, SSHSIG only); verify it with ssh-keygen from \
+             /statement and /statement.sig"
+        )));
+    }
+    let envelope = Envelope::new(kept.statement.as_bytes(), signatures);
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header((ATTEMPT_HEADER, kept.attempt.to_string()))
+        .body(envelope.to_json()))
+}
+
+/// One entry of `GET /api/v1/jobs/{id}/signatures`.
+#[derive(Debug, serde::Serialize)]
+struct SignatureEntry {
+    /// The builder's name; `null` when it was removed since.
+    builder: Option<String>,
+    /// The signing key's OpenSSH SHA-256 fingerprint.
+    fingerprint: String,
+    /// Armored SSHSIG over the statement (namespace `buildfleet-statement`).
+    signature: String,
+}
+
+/// `GET /api/v1/jobs/{id}/signatures`: who signed the statement `/statement` serves, with
+/// each armored SSHSIG (for `ssh-keygen -Y verify` per signer).
+pub async fn statement_signatures(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let access = Access::of(&req, &state).await?;
+    let job = parse_job_id(&path)?;
+    let (kept, rows) = kept_signatures(&state, access, job).await?;
+    let entries: Vec<SignatureEntry> = rows
+        .into_iter()
+        .map(|row| SignatureEntry {
+            builder: row.builder_name,
+            fingerprint: row.signer_fingerprint,
+            signature: row.sshsig,
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((ATTEMPT_HEADER, kept.attempt.to_string()))
+        .json(entries))
 }

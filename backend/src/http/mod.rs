@@ -171,6 +171,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::get().to(artifacts::statement_signature),
                 )
                 .route(
+                    "/jobs/{id}/statement.dsse",
+                    web::get().to(artifacts::statement_envelope),
+                )
+                .route(
+                    "/jobs/{id}/signatures",
+                    web::get().to(artifacts::statement_signatures),
+                )
+                .route(
                     "/jobs/{id}/attempts/{attempt}/artifacts/{name}",
                     web::put().to(artifacts::upload),
                 ),

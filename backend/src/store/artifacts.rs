@@ -39,13 +39,30 @@ pub struct NewArtifact {
 
 /// A verified build statement and its signature, and what else the completion reported
 /// that is kept on the attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Publication {
     pub statement: String,
     pub signature: String,
     /// The plan output of a plan-mode attempt (not covered by the signature), at most
     /// [`super::MAX_PLAN_BYTES`].
     pub plan: Option<String>,
+    /// The DSSE signature of the statement text (base64), for in-toto statements.
+    pub dsse_signature: Option<String>,
+    /// The signing key's fingerprint: the row of `statement_signatures` this statement
+    /// gets when it becomes the job's published one (`None`: no row is written).
+    pub signer_fingerprint: Option<String>,
+    /// The verified reproduction statement of a succeeded build, with its signatures.
+    pub reproduction: Option<Reproduction>,
+}
+
+/// A reproduction statement (docs/provenance.md) and its builder's two signatures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reproduction {
+    pub statement: String,
+    /// Armored SSHSIG.
+    pub signature: String,
+    /// Base64 DSSE signature.
+    pub dsse_signature: String,
 }
 
 #[derive(Queryable, Selectable)]

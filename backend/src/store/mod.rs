@@ -51,8 +51,8 @@ pub use annotations::{
     MAX_VALUE_BYTES as MAX_ANNOTATION_VALUE_BYTES,
 };
 pub use artifact_lookup::{PublishedArtifact, MAX_DIGEST_MATCHES};
-pub use artifacts::{Artifact, NewArtifact, Publication};
-pub use attempt_outputs::{AttemptPlan, AttemptStatement, MAX_PLAN_BYTES};
+pub use artifacts::{Artifact, NewArtifact, Publication, Reproduction};
+pub use attempt_outputs::{AttemptPlan, AttemptStatement, StatementSignature, MAX_PLAN_BYTES};
 pub use attempts::JobAttempt;
 pub use builder_keys::{BuilderKey, Revocation, MAX_REVOKE_REASON_BYTES};
 pub use builders::{Builder, BuilderControl, NewBuilder};

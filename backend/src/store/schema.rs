@@ -80,6 +80,20 @@ diesel::table! {
         statement_signature -> Nullable<Text>,
         plan -> Nullable<Text>,
         forgiven_at -> Nullable<BigInt>,
+        dsse_signature -> Nullable<Text>,
+        reproduction_statement -> Nullable<Text>,
+        reproduction_signature -> Nullable<Text>,
+        reproduction_dsse_signature -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    statement_signatures (job_id, signer_fingerprint) {
+        job_id -> BigInt,
+        signer_fingerprint -> Text,
+        builder_id -> Nullable<BigInt>,
+        sshsig -> Text,
+        dsse_sig -> Nullable<Text>,
     }
 }
 
@@ -215,6 +229,8 @@ diesel::joinable!(job_attempts -> jobs (job_id));
 diesel::joinable!(job_events -> jobs (job_id));
 diesel::joinable!(log_chunks -> jobs (job_id));
 diesel::joinable!(artifacts -> jobs (job_id));
+diesel::joinable!(statement_signatures -> jobs (job_id));
+diesel::joinable!(statement_signatures -> builders (builder_id));
 
 diesel::table! {
     job_submissions (idempotency_key) {
@@ -390,4 +406,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_delivery_attempts,
     project_retention,
     job_expirations,
+    statement_signatures,
 );
