@@ -471,3 +471,249 @@ fn mode_name(mode: JobMode) -> &'static str {
         JobMode::Plan => "plan",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use buildfleet_protocol::provenance::{attempt_statement, reproduction_statement, RunFacts};
+    use buildfleet_protocol::signing::{fingerprint, sign_statement};
+    use buildfleet_protocol::ssh_key::rand_core::OsRng;
+    use buildfleet_protocol::ssh_key::{Algorithm, PrivateKey};
+    use buildfleet_protocol::{Sha256Digest, SignedReproduction};
+
+    const BACKEND: &str = "https://buildfleet.example.org";
+
+    fn job() -> Job {
+        Job {
+            id: crate::store::JobId(7),
+            source_url: "https://crates.example/source.crate".into(),
+            source_sha256: "9f".repeat(32),
+            source_max_bytes: 1 << 20,
+            recipe: "cargo-build".into(),
+            parameters: BTreeMap::from([("offline".into(), "true".into())]),
+            required_labels: Default::default(),
+            annotations: BTreeMap::from([("crate".into(), "itoa".into())]),
+            mode: crate::store::JobMode::Build,
+            priority: 0,
+            state: crate::store::JobState::Running,
+            attempt: crate::store::Attempt(2),
+            max_attempts: 3,
+            failed_attempts: 0,
+            timeout_secs: 3600,
+            submitter: "test".into(),
+            created_at: 0,
+            updated_at: 0,
+            started_at: None,
+            finished_at: None,
+            cancel_requested_at: None,
+            error: None,
+            builder_id: None,
+            retry: Default::default(),
+            retry_not_before: None,
+            manual_retries: 0,
+            project: crate::store::ProjectId::DEFAULT,
+            reproduce: 1,
+            on_mismatch: crate::store::OnMismatch::Fail,
+        }
+    }
+
+    fn digest(c: char) -> Sha256Digest {
+        c.to_string().repeat(64).parse().unwrap()
+    }
+
+    fn artifacts() -> Vec<ArtifactDigest> {
+        vec![ArtifactDigest {
+            name: "a.tar.gz".into(),
+            size: 5,
+            sha256: digest('a'),
+        }]
+    }
+
+    fn uploads() -> Vec<Artifact> {
+        vec![Artifact {
+            job: crate::store::JobId(7),
+            attempt: crate::store::Attempt(2),
+            name: "a.tar.gz".into(),
+            size: 5,
+            sha256: "a".repeat(64),
+            storage_key: "k".into(),
+            statement: None,
+            statement_signature: None,
+            published: false,
+            created_at: 0,
+        }]
+    }
+
+    /// What a current builder sends for a succeeded build of [`job`].
+    fn response(key: &PrivateKey) -> JobResponse {
+        let facts = job_facts(&job(), BACKEND, Attempt(2)).unwrap();
+        let run = RunFacts {
+            builder: fingerprint(key.public_key()),
+            versions: BTreeMap::from([("rustc".into(), "rustc 1.95.0".into())]),
+            started_ms: 1_000_000,
+            finished_ms: 1_060_000,
+            outcome: Outcome::Succeeded,
+        };
+        let signed =
+            provenance::sign_statement(key, &attempt_statement(&facts, &run, &artifacts()))
+                .unwrap();
+        let reproduction =
+            provenance::sign_statement(key, &reproduction_statement(&facts, &artifacts())).unwrap();
+        JobResponse {
+            job_id: buildfleet_protocol::JobId(7),
+            attempt: Attempt(2),
+            outcome: Outcome::Succeeded,
+            exit_status: Some(0),
+            error: None,
+            artifacts: artifacts(),
+            plan: None,
+            statement: signed.signed,
+            dsse_signature: Some(signed.dsse.sig),
+            reproduction: Some(SignedReproduction {
+                statement: reproduction.signed.statement,
+                signature: reproduction.signed.signature,
+                dsse_signature: reproduction.dsse.sig,
+            }),
+        }
+    }
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut OsRng, Algorithm::Ed25519).unwrap()
+    }
+
+    fn verify(response: &JobResponse, key: &PrivateKey) -> Result<Publication, StatementError> {
+        verify_completion(&job(), response, key.public_key(), BACKEND, &uploads())
+    }
+
+    #[test]
+    fn an_in_toto_response_is_accepted_with_its_dsse_and_reproduction() {
+        let key = key();
+        let publication = verify(&response(&key), &key).unwrap();
+        assert!(publication.dsse_signature.is_some());
+        assert!(publication.reproduction.is_some());
+        assert_eq!(
+            publication.signer_fingerprint,
+            Some(fingerprint(key.public_key()).to_string())
+        );
+    }
+
+    #[test]
+    fn a_wrong_dsse_signature_is_refused() {
+        let (key, other) = (key(), key());
+        let mut bad = response(&key);
+        // Signed by another key over the same text: the SSHSIG is right, the DSSE is not.
+        bad.dsse_signature = Some(
+            dsse::sign(&other, bad.statement.statement.as_bytes())
+                .unwrap()
+                .sig,
+        );
+        assert!(matches!(
+            verify(&bad, &key),
+            Err(StatementError::Dsse(DsseError::BadSignature { .. }))
+        ));
+        bad.dsse_signature = Some("@@not base64@@".into());
+        assert_eq!(
+            verify(&bad, &key).unwrap_err(),
+            StatementError::Dsse(DsseError::Base64 { field: "sig" })
+        );
+        bad.dsse_signature = None;
+        assert_eq!(verify(&bad, &key).unwrap_err(), StatementError::DsseMissing);
+    }
+
+    #[test]
+    fn a_reproduction_statement_other_than_the_backends_is_refused() {
+        let key = key();
+        let mut bad = response(&key);
+        // A builder that put its attempt into the reproduction statement, signed properly.
+        let facts = job_facts(&job(), BACKEND, Attempt(2)).unwrap();
+        let mut statement = reproduction_statement(&facts, &artifacts());
+        statement
+            .predicate
+            .build_definition
+            .internal_parameters
+            .attempt = Some(Attempt(2));
+        let signed = provenance::sign_statement(&key, &statement).unwrap();
+        bad.reproduction = Some(SignedReproduction {
+            statement: signed.signed.statement,
+            signature: signed.signed.signature,
+            dsse_signature: signed.dsse.sig,
+        });
+        assert!(matches!(
+            verify(&bad, &key),
+            Err(StatementError::ReproductionDiffers { .. })
+        ));
+        // The right text with a DSSE signature of the attempt statement instead.
+        let mut swapped = response(&key);
+        let attempt_sig = swapped.dsse_signature.clone().unwrap();
+        if let Some(reproduction) = swapped.reproduction.as_mut() {
+            reproduction.dsse_signature = attempt_sig;
+        }
+        assert!(matches!(
+            verify(&swapped, &key),
+            Err(StatementError::ReproductionDsse(
+                DsseError::BadSignature { .. }
+            ))
+        ));
+        let mut missing = response(&key);
+        missing.reproduction = None;
+        assert_eq!(
+            verify(&missing, &key).unwrap_err(),
+            StatementError::ReproductionMissing
+        );
+    }
+
+    #[test]
+    fn a_field_that_differs_from_the_job_is_named() {
+        let key = key();
+        let mut other_job = job();
+        other_job.source_url = "https://elsewhere.example/source.crate".into();
+        let err = verify_completion(
+            &other_job,
+            &response(&key),
+            key.public_key(),
+            BACKEND,
+            &uploads(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StatementError::Mismatch {
+                    field: "externalParameters.source.uri",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err =
+            verify_completion(&job(), &response(&key), key.public_key(), BACKEND, &[]).unwrap_err();
+        assert_eq!(err, StatementError::NotUploaded("a.tar.gz".into()));
+    }
+
+    #[test]
+    fn an_older_builders_v1_statement_is_still_accepted() {
+        let key = key();
+        let old = BuildStatement {
+            format: STATEMENT_FORMAT.into(),
+            backend_id: BACKEND.into(),
+            builder: fingerprint(key.public_key()),
+            job_id: buildfleet_protocol::JobId(7),
+            attempt: Attempt(2),
+            source_sha256: "9f".repeat(32).parse().unwrap(),
+            recipe: "cargo-build".into(),
+            mode: JobMode::Build,
+            annotations: BTreeMap::from([("crate".into(), "itoa".into())]),
+            outcome: Outcome::Succeeded,
+            artifacts: artifacts(),
+        };
+        let mut response = response(&key);
+        response.statement = sign_statement(&key, &old).unwrap();
+        response.dsse_signature = None;
+        response.reproduction = None;
+        let publication = verify(&response, &key).unwrap();
+        assert_eq!(publication.dsse_signature, None);
+        assert_eq!(publication.reproduction, None);
+        // And it stays verifiable as before.
+        signing::verify_statement(key.public_key(), &response.statement).unwrap();
+    }
+}

@@ -173,19 +173,19 @@ impl Store {
     /// returns), by signer fingerprint; empty for jobs published before provenance rows
     /// existed.
     pub fn statement_signatures(&self, job: JobId) -> Result<Vec<StatementSignature>, StoreError> {
-        let rows: Vec<(String, Option<i64>, Option<String>, String, Option<String>)> =
-            statement_signatures::table
-                .left_join(builders::table)
-                .filter(statement_signatures::job_id.eq(job.0))
-                .order(statement_signatures::signer_fingerprint.asc())
-                .select((
-                    statement_signatures::signer_fingerprint,
-                    statement_signatures::builder_id,
-                    builders::name.nullable(),
-                    statement_signatures::sshsig,
-                    statement_signatures::dsse_sig,
-                ))
-                .load(&mut *self.conn()?)?;
+        type Row = (String, Option<i64>, Option<String>, String, Option<String>);
+        let rows: Vec<Row> = statement_signatures::table
+            .left_join(builders::table)
+            .filter(statement_signatures::job_id.eq(job.0))
+            .order(statement_signatures::signer_fingerprint.asc())
+            .select((
+                statement_signatures::signer_fingerprint,
+                statement_signatures::builder_id,
+                builders::name.nullable(),
+                statement_signatures::sshsig,
+                statement_signatures::dsse_sig,
+            ))
+            .load(&mut *self.conn()?)?;
         Ok(rows
             .into_iter()
             .map(
