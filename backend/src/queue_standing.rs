@@ -399,6 +399,7 @@ mod tests {
             builder: BuilderId(1),
             owner_label: "owner".into(),
             owner: Some("alice".into()),
+            signer_fingerprint: None,
             artifacts: vec![],
             finished_at: 0,
         };

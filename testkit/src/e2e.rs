@@ -198,7 +198,10 @@ pub async fn wait_connected(server: &TestServer, names: &[&str]) {
 }
 
 pub fn is_terminal(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled" | "timed_out")
+    matches!(
+        state,
+        "succeeded" | "failed" | "cancelled" | "timed_out" | "unreproducible"
+    )
 }
 
 /// Polls `GET /jobs/{id}` until the job is terminal, for at most `limit`; returns it.

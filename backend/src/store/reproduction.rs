@@ -16,7 +16,9 @@ use super::error::StoreError;
 use super::ids::{Attempt, BuilderId, JobId, ProjectId};
 use super::jobs::parse_column;
 use super::labels::Labels;
-use super::schema::{artifacts, builders, job_attempts, job_reproductions, job_runs, projects};
+use super::schema::{
+    artifacts, builders, job_attempts, job_reproductions, job_runs, projects, statement_signatures,
+};
 use super::state::MAX_REPRODUCE;
 use super::Store;
 
@@ -34,6 +36,8 @@ pub struct JobRun {
     /// it as the operator set it (`None`: the builder had none).
     pub owner_label: String,
     pub owner: Option<String>,
+    /// The fingerprint of the key the run's completion was verified against.
+    pub signer_fingerprint: Option<String>,
     /// In name order.
     pub artifacts: Vec<RunArtifact>,
     pub finished_at: i64,
@@ -85,6 +89,7 @@ struct JobRunRow {
     builder_id: i64,
     owner_label: String,
     owner: Option<String>,
+    signer_fingerprint: Option<String>,
     artifacts: String,
     finished_at: i64,
 }
@@ -103,6 +108,7 @@ impl TryFrom<JobRunRow> for JobRun {
             builder: BuilderId(row.builder_id),
             owner_label: row.owner_label,
             owner: row.owner,
+            signer_fingerprint: row.signer_fingerprint,
             artifacts,
             finished_at: row.finished_at,
         })
@@ -192,16 +198,19 @@ pub(crate) fn record_run(
         .ok_or_else(|| {
             StoreError::Corrupt(format!("attempt {attempt} of job {job} has no builder"))
         })?;
-    let labels_json: Option<String> = builders::table
+    let builder_row: Option<(String, String)> = builders::table
         .find(builder)
-        .select(builders::labels)
+        .select((builders::labels, builders::fingerprint))
         .first(conn)
         .optional()?;
-    let owner = match labels_json {
-        Some(json) => super::labels::decode("builders.labels", &json)?
-            .get(&run.owner_label)
-            .cloned(),
-        None => None,
+    let (owner, signer_fingerprint) = match builder_row {
+        Some((json, fingerprint)) => (
+            super::labels::decode("builders.labels", &json)?
+                .get(&run.owner_label)
+                .cloned(),
+            Some(fingerprint),
+        ),
+        None => (None, None),
     };
     let artifacts = attempt_artifacts(conn, job, attempt)?;
     let number = i32::try_from(run.runs_before.saturating_add(1))
@@ -216,6 +225,7 @@ pub(crate) fn record_run(
             job_runs::builder_id.eq(builder),
             job_runs::owner_label.eq(&run.owner_label),
             job_runs::owner.eq(&owner),
+            job_runs::signer_fingerprint.eq(&signer_fingerprint),
             job_runs::artifacts.eq(&encoded),
             job_runs::finished_at.eq(now),
         ))
@@ -227,6 +237,7 @@ pub(crate) fn record_run(
         builder: BuilderId(builder),
         owner_label: run.owner_label.clone(),
         owner,
+        signer_fingerprint,
         artifacts,
         finished_at: now,
     })
@@ -296,6 +307,142 @@ pub(crate) fn check_reproduce(k: i32) -> Result<(), StoreError> {
             "reproduce must be from 1 to {MAX_REPRODUCE} independent builders, not {k}"
         )))
     }
+}
+
+/// One run's signatures of the job's reproduction statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunSignature {
+    pub(crate) builder: BuilderId,
+    pub(crate) fingerprint: String,
+    pub(crate) sshsig: String,
+    pub(crate) dsse_sig: String,
+}
+
+/// What the k runs of a reproduced job agreed on.
+#[derive(Debug)]
+pub(crate) enum Agreement {
+    /// Every run signed the same reproduction statement: it is published with every run's
+    /// signatures.
+    Statement {
+        statement: String,
+        signature: String,
+        signatures: Vec<RunSignature>,
+    },
+    /// A run's builder sent no reproduction statement (a builder from before them): the
+    /// last run's own statement is published, as for an ordinary job.
+    NoStatement,
+    /// The runs' reproduction statements differ although their artifacts agree.
+    Differ(String),
+}
+
+/// Compares the reproduction statements of `runs` (the last one is the completing attempt,
+/// whose statement is `current`, not yet kept on its attempt row).
+pub(crate) fn agreement(
+    conn: &mut DbConnection,
+    job: JobId,
+    runs: &[JobRun],
+    current: Option<&super::artifacts::Reproduction>,
+) -> Result<Agreement, StoreError> {
+    let Some(current) = current else {
+        return Ok(Agreement::NoStatement);
+    };
+    let Some((last, earlier)) = runs.split_last() else {
+        return Ok(Agreement::NoStatement);
+    };
+    let mut signatures = Vec::with_capacity(runs.len());
+    for run in earlier {
+        let kept: (Option<String>, Option<String>, Option<String>) = job_attempts::table
+            .filter(job_attempts::job_id.eq(job.0))
+            .filter(job_attempts::attempt.eq(run.attempt.0))
+            .select((
+                job_attempts::reproduction_statement,
+                job_attempts::reproduction_signature,
+                job_attempts::reproduction_dsse_signature,
+            ))
+            .first(conn)?;
+        let (Some(statement), Some(sshsig), Some(dsse_sig), Some(fingerprint)) =
+            (kept.0, kept.1, kept.2, run.signer_fingerprint.clone())
+        else {
+            return Ok(Agreement::NoStatement);
+        };
+        if statement != current.statement {
+            return Ok(Agreement::Differ(format!(
+                "unreproducible: the reproduction statements of runs {} and {} differ although \
+                 their artifacts agree",
+                run.run, last.run
+            )));
+        }
+        signatures.push(RunSignature {
+            builder: run.builder,
+            fingerprint,
+            sshsig,
+            dsse_sig,
+        });
+    }
+    let Some(fingerprint) = last.signer_fingerprint.clone() else {
+        return Ok(Agreement::NoStatement);
+    };
+    signatures.push(RunSignature {
+        builder: last.builder,
+        fingerprint,
+        sshsig: current.signature.clone(),
+        dsse_sig: current.dsse_signature.clone(),
+    });
+    Ok(Agreement::Statement {
+        statement: current.statement.clone(),
+        signature: current.signature.clone(),
+        signatures,
+    })
+}
+
+/// Publishes the attempt's artifacts under the reproduction statement every run signed.
+pub(crate) fn publish_reproduced(
+    conn: &mut DbConnection,
+    job: JobId,
+    attempt: Attempt,
+    statement: &str,
+    signature: &str,
+) -> Result<(), StoreError> {
+    diesel::update(
+        artifacts::table
+            .filter(artifacts::job_id.eq(job.0))
+            .filter(artifacts::attempt.eq(attempt.0)),
+    )
+    .set((
+        artifacts::statement.eq(statement),
+        artifacts::statement_signature.eq(signature),
+        artifacts::published.eq(true),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// The published reproduction statement's signatures, one row per run (by key).
+pub(crate) fn record_signatures(
+    conn: &mut DbConnection,
+    job: JobId,
+    signatures: &[RunSignature],
+) -> Result<(), StoreError> {
+    diesel::delete(statement_signatures::table.filter(statement_signatures::job_id.eq(job.0)))
+        .execute(conn)?;
+    for signature in signatures {
+        diesel::delete(
+            statement_signatures::table
+                .filter(statement_signatures::job_id.eq(job.0))
+                .filter(statement_signatures::signer_fingerprint.eq(&signature.fingerprint)),
+        )
+        .execute(conn)?;
+        diesel::insert_into(statement_signatures::table)
+            .values((
+                statement_signatures::job_id.eq(job.0),
+                statement_signatures::signer_fingerprint.eq(&signature.fingerprint),
+                statement_signatures::builder_id.eq(signature.builder.0),
+                statement_signatures::sshsig.eq(&signature.sshsig),
+                statement_signatures::dsse_sig.eq(&signature.dsse_sig),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
 }
 
 /// The project's default `reproduce` for jobs that name none.
@@ -406,6 +553,7 @@ mod tests {
             builder: BuilderId(builder),
             owner_label: "owner".into(),
             owner: owner.map(str::to_owned),
+            signer_fingerprint: None,
             artifacts: vec![],
             finished_at: 0,
         }

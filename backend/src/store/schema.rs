@@ -360,6 +360,7 @@ diesel::table! {
         builder_id -> BigInt,
         owner_label -> Text,
         owner -> Nullable<Text>,
+        signer_fingerprint -> Nullable<Text>,
         artifacts -> Text,
         finished_at -> BigInt,
     }

@@ -15,8 +15,9 @@ use super::ids::{Attempt, JobId};
 use super::jobs::RetryPolicy;
 use super::jobs::{load_job, load_job_row, parse_column, record_event, Job, JobRow};
 use super::reproduction::{
-    publish_kept, record_run, record_verdict, runs_of, JobRun, ReproductionEvidence,
-    ReproductionVerdict, RunCompletion, RunStep,
+    agreement, publish_kept, publish_reproduced, record_run, record_signatures, record_verdict,
+    runs_of, Agreement, JobRun, ReproductionEvidence, ReproductionVerdict, RunCompletion,
+    RunSignature, RunStep,
 };
 use super::schema::{job_attempts, jobs};
 use super::state::{AttemptCause, AttemptOutcome, JobState, OnMismatch, Outcome};
@@ -304,6 +305,7 @@ impl Store {
                 _ => None,
             };
             let run = run.as_ref().filter(|_| row.reproduce > 1);
+            let mut signatures = None;
             let publish_now = match run {
                 Some(run) if completion.outcome == Outcome::Succeeded => {
                     let publication = completion.publication.as_ref().ok_or_else(|| {
@@ -313,7 +315,7 @@ impl Store {
                         )
                     })?;
                     let recorded = record_run(conn, job, attempt, run, now)?;
-                    end_run(
+                    let ended = end_run(
                         conn,
                         &row,
                         &completion,
@@ -321,7 +323,11 @@ impl Store {
                         &run.step,
                         publication,
                         now,
-                    )?
+                    )?;
+                    ended.map(|(job_now, sigs)| {
+                        signatures = sigs;
+                        job_now
+                    })
                 }
                 _ => None,
             };
@@ -384,6 +390,11 @@ impl Store {
             )?;
             if let Some(publication) = &completion.publication {
                 record_outputs(conn, job, attempt, publication)?;
+            }
+            // A reproduced job's statement carries every run's signature (after
+            // record_outputs, which keeps this attempt's own signature only).
+            if let Some(signatures) = &signatures {
+                record_signatures(conn, job, signatures)?;
             }
             Ok(job_now)
         })
@@ -493,7 +504,9 @@ fn retry_or_give_up(
 
 /// A reproducible job's successful run, recorded as `recorded`: queues the job for its next
 /// run, or ends it as `step` says (publishing what it says). `None` for a step that does not
-/// apply to a success (the completion then ends the job as an ordinary one would).
+/// apply to a success (the completion then ends the job as an ordinary one would). With the
+/// job, the signatures of a published reproduction statement, to record once the attempt's
+/// outputs are kept.
 fn end_run(
     conn: &mut DbConnection,
     row: &JobRow,
@@ -502,7 +515,7 @@ fn end_run(
     step: &RunStep,
     publication: &Publication,
     now: i64,
-) -> Result<Option<Job>, StoreError> {
+) -> Result<Option<(Job, Option<Vec<RunSignature>>)>, StoreError> {
     let job = JobId(row.id);
     let required = row.reproduce;
     match step {
@@ -520,14 +533,37 @@ fn end_run(
                 Some(&detail),
             )?;
             record_attempt_cause(conn, job, requeued.attempt, AttemptCause::ReproductionRun)?;
-            Ok(Some(requeued))
+            Ok(Some((requeued, None)))
         }
         RunStep::Reproduced => {
+            let runs = runs_of(conn, job)?;
+            let agreed = agreement(conn, job, &runs, publication.reproduction.as_ref())?;
+            if let Agreement::Differ(summary) = agreed {
+                let evidence = ReproductionEvidence {
+                    summary,
+                    ..ReproductionEvidence::default()
+                };
+                return end_mismatch(conn, row, &evidence, now).map(|j| Some((j, None)));
+            }
             let detail = format!("reproduced by {} of {required} builders", recorded.run);
             let changes = JobChanges::finish(now, completion.error.clone());
             let done =
                 apply_transition(conn, row, JobState::Succeeded, changes, now, Some(&detail))?;
-            publish_in(conn, job, Attempt(row.attempt), publication)?;
+            let attempt = Attempt(row.attempt);
+            let signatures = match agreed {
+                Agreement::Statement {
+                    statement,
+                    signature,
+                    signatures,
+                } => {
+                    publish_reproduced(conn, job, attempt, &statement, &signature)?;
+                    Some(signatures)
+                }
+                Agreement::NoStatement | Agreement::Differ(_) => {
+                    publish_in(conn, job, attempt, publication)?;
+                    None
+                }
+            };
             let evidence = ReproductionEvidence {
                 summary: format!(
                     "{} independent builders produced identical artifacts",
@@ -543,31 +579,43 @@ fn end_run(
                 false,
                 now,
             )?;
-            Ok(Some(done))
+            Ok(Some((done, signatures)))
         }
         RunStep::Mismatch(evidence) => {
-            let published = publish_first_run(conn, row)?;
-            let changes = JobChanges::finish(now, Some(evidence.summary.clone()));
-            let done = apply_transition(
-                conn,
-                row,
-                JobState::Unreproducible,
-                changes,
-                now,
-                Some(&evidence.summary),
-            )?;
-            record_verdict(
-                conn,
-                job,
-                ReproductionVerdict::Mismatch,
-                evidence,
-                published,
-                now,
-            )?;
-            Ok(Some(done))
+            end_mismatch(conn, row, evidence, now).map(|j| Some((j, None)))
         }
         RunStep::RunFailed(_) => Ok(None),
     }
+}
+
+/// The runs disagree: `unreproducible`, with the first run published only for
+/// `on_mismatch: publish_first`.
+fn end_mismatch(
+    conn: &mut DbConnection,
+    row: &JobRow,
+    evidence: &ReproductionEvidence,
+    now: i64,
+) -> Result<Job, StoreError> {
+    let job = JobId(row.id);
+    let published = publish_first_run(conn, row)?;
+    let changes = JobChanges::finish(now, Some(evidence.summary.clone()));
+    let done = apply_transition(
+        conn,
+        row,
+        JobState::Unreproducible,
+        changes,
+        now,
+        Some(&evidence.summary),
+    )?;
+    record_verdict(
+        conn,
+        job,
+        ReproductionVerdict::Mismatch,
+        evidence,
+        published,
+        now,
+    )?;
+    Ok(done)
 }
 
 /// `on_mismatch: publish_first`: publishes the first run's artifacts under its own statement.

@@ -24,7 +24,8 @@ ALTER TABLE projects ADD COLUMN reproduce INTEGER NOT NULL DEFAULT 1;
 -- completion's transaction: which builder built it (and its independence label as the
 -- operator set it: the label's name from `[scheduler] reproduce_independence_label` and the
 -- builder's value, NULL when it has none) and the artifacts' digests as a JSON array of
--- {name, size, sha256}. The claim gives the job's next run only to a builder independent of
+-- {name, size, sha256}, and the fingerprint of the key its completion was verified against
+-- (the signer of its reproduction statement). The claim gives the job's next run only to a builder independent of
 -- every row here.
 CREATE TABLE job_runs (
     job_id BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
@@ -33,6 +34,7 @@ CREATE TABLE job_runs (
     builder_id BIGINT NOT NULL,
     owner_label TEXT NOT NULL,
     owner TEXT,
+    signer_fingerprint TEXT,
     artifacts TEXT NOT NULL,
     finished_at BIGINT NOT NULL,
     PRIMARY KEY (job_id, run)
