@@ -346,8 +346,9 @@ mod tests {
                 storage_keys: BTreeMap::from([("out.tar.gz".into(), "b/out.tar.gz".into())]),
             },
         ];
-        assert!(!all_agree(&[&[a.clone()], &[b.clone()]]));
-        assert!(all_agree(&[&[a.clone()], &[a.clone()]]));
+        let (one_a, one_b) = (vec![a.clone()], vec![b.clone()]);
+        assert!(!all_agree(&[&one_a, &one_b]));
+        assert!(all_agree(&[&one_a, &one_a]));
         let evidence = evidence(&storage, &runs);
         assert_eq!(evidence.artifacts.len(), 1);
         let diff = &evidence.artifacts[0];

@@ -96,9 +96,7 @@ async fn a_crate_reproduced_by_two_builders_carries_both_signatures(db: TestDb) 
         .get_raw(&server.api(&format!("/jobs/{id}/statement")))
         .await;
     assert!(status.is_success(), "{status}");
-    let (status, signers) = server
-        .get_raw(&server.api(&format!("/allowed_signers")))
-        .await;
+    let (status, signers) = server.get_raw(&server.api("/allowed_signers")).await;
     assert!(status.is_success(), "{status}");
     let signers = String::from_utf8(signers).expect("allowed signers text");
     let signatures = server.get_ok(&format!("/jobs/{id}/signatures")).await;

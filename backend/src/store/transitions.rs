@@ -502,6 +502,10 @@ fn retry_or_give_up(
     Ok(requeued)
 }
 
+/// A job ended (or requeued) by a run, with the signatures of a published reproduction
+/// statement when there is one.
+type EndedRun = (Job, Option<Vec<RunSignature>>);
+
 /// A reproducible job's successful run, recorded as `recorded`: queues the job for its next
 /// run, or ends it as `step` says (publishing what it says). `None` for a step that does not
 /// apply to a success (the completion then ends the job as an ordinary one would). With the
@@ -515,7 +519,7 @@ fn end_run(
     step: &RunStep,
     publication: &Publication,
     now: i64,
-) -> Result<Option<(Job, Option<Vec<RunSignature>>)>, StoreError> {
+) -> Result<Option<EndedRun>, StoreError> {
     let job = JobId(row.id);
     let required = row.reproduce;
     match step {
