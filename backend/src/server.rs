@@ -185,6 +185,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let job_feed = JobFeed::new(store.clone(), metrics.clone());
     let actors = actix::Arbiter::new();
+    // Wake-ups between replicas sharing a PostgreSQL database (none on SQLite).
+    let (bus, bus_listener) =
+        crate::actors::replica_bus::ReplicaBus::for_database(&config.database_url);
     let log_sink = LogSink::new(
         store.clone(),
         storage.clone(),
@@ -194,7 +197,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             max_line_bytes: config.limits.max_log_line_bytes,
             flush_interval: config.timings.log_flush_interval,
         },
-    );
+    )
+    .with_replica_bus(bus.clone());
     let log_sink = LogSink::start_in_arbiter(&actors.handle(), move |_| log_sink);
     let scheduler = Scheduler::new(
         store.clone(),
@@ -212,8 +216,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         log_sink.clone(),
         job_feed.clone(),
         storage.clone(),
-    );
+    )
+    .with_replica_bus(bus);
     let scheduler = Scheduler::start_in_arbiter(&actors.handle(), move |_| scheduler);
+    if let Some(listener) = bus_listener {
+        actors.spawn(listener.run(scheduler.clone(), log_sink.clone()));
+    }
     let auth = Auth::new(
         store.clone(),
         backend_id.clone(),

@@ -19,6 +19,7 @@ use buildfleet_protocol::{EventAck, JobEvent, ServerMessage};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::replica_bus::ReplicaBus;
 use super::{CloseSession, Push};
 use crate::logs::LogRecord;
 use crate::metrics::Metrics;
@@ -88,6 +89,20 @@ pub struct LogSink {
     /// Where each attempt's acknowledgements go: the session that holds it. Kept apart from
     /// `attempts`, whose entries are forgotten when idle while a quiet job runs on.
     registrations: HashMap<(JobId, Attempt), Registration>,
+    /// Tells the other replicas that an attempt's lines were stored (disabled on SQLite).
+    bus: ReplicaBus,
+    /// Attempts logged through another replica whose job has viewers here.
+    remote: HashMap<(JobId, Attempt), RemoteLog>,
+}
+
+/// Lines another replica stored, read from the store for this replica's viewers.
+#[derive(Debug, Default, Clone, Copy)]
+struct RemoteLog {
+    /// The last sequence number read and sent to the viewers.
+    sent: u64,
+    /// The highest sequence number announced.
+    wanted: u64,
+    reading: bool,
 }
 
 /// The session that reports on an attempt.
@@ -112,7 +127,15 @@ impl LogSink {
             attempts: HashMap::new(),
             subscribers: HashMap::new(),
             registrations: HashMap::new(),
+            bus: ReplicaBus::disabled(),
+            remote: HashMap::new(),
         }
+    }
+
+    /// Announces stored lines to the other replicas, for their live viewers.
+    pub fn with_replica_bus(mut self, bus: ReplicaBus) -> Self {
+        self.bus = bus;
+        self
     }
 
     /// Tells the attempt's session that everything up to `seq` is stored.
@@ -218,6 +241,11 @@ impl LogSink {
                     .fetch_add(written.lines, Ordering::Relaxed);
                 if !written.bytes.is_empty() {
                     self.fan_out(key, written.bytes);
+                    self.bus.announce(crate::store::notify::Notice::LogAppended {
+                        job: key.0,
+                        attempt: key.1,
+                        seq: written.stored.seq,
+                    });
                 }
                 self.flush(key, ctx);
             }
@@ -420,6 +448,9 @@ impl Actor for LogSink {
             this.registrations
                 .retain(|_, registration| registration.ack_to.connected());
             this.drop_closed_subscribers();
+            let subscribers = &this.subscribers;
+            this.remote
+                .retain(|(job, _), remote| remote.reading || subscribers.contains_key(job));
         });
     }
 }
@@ -585,5 +616,86 @@ impl Handler<Subscribe> for LogSink {
         }
         self.subscribers.entry(msg.job).or_default().push(msg.tx);
         self.count_subscribers();
+    }
+}
+
+/// Another replica stored lines of an attempt up to `seq` (the replica bus): this replica's
+/// viewers of the job get them from the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LogAppendedElsewhere {
+    pub job: JobId,
+    pub attempt: Attempt,
+    pub seq: u64,
+}
+
+impl Handler<LogAppendedElsewhere> for LogSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: LogAppendedElsewhere, ctx: &mut Self::Context) {
+        if !self.subscribers.contains_key(&msg.job) {
+            return; // nobody watches it here
+        }
+        let key = (msg.job, msg.attempt);
+        let remote = self.remote.entry(key).or_default();
+        remote.wanted = remote.wanted.max(msg.seq);
+        self.read_remote(key, ctx);
+    }
+}
+
+impl LogSink {
+    /// Reads the stored lines of an attempt past those already sent and fans them out, one
+    /// read at a time per attempt. The first read starts at the attempt's beginning; viewers
+    /// drop records they already have (by sequence number).
+    fn read_remote(&mut self, key: (JobId, Attempt), ctx: &mut Context<Self>) {
+        let Some(remote) = self.remote.get_mut(&key) else {
+            return;
+        };
+        if remote.reading || remote.wanted <= remote.sent {
+            return;
+        }
+        remote.reading = true;
+        let after = remote.sent;
+        let (store, storage) = (self.store.clone(), self.storage.clone());
+        ctx.spawn(
+            crate::offload::store(move || {
+                let chunks = store.log_chunks(key.0)?;
+                let mine = || chunks.iter().filter(|c| c.attempt == key.1);
+                let seq = |c: &crate::store::LogChunk| u64::try_from(c.last_seq).unwrap_or(0);
+                let from: u64 = mine()
+                    .filter(|c| seq(c) <= after)
+                    .map(|c| u64::try_from(c.length).unwrap_or(0))
+                    .sum();
+                let last = mine().map(seq).max().unwrap_or(after);
+                let (bytes, _) =
+                    crate::logs::read_attempt_log(&*storage, &chunks, key.1, from, u64::MAX)?;
+                Ok::<_, anyhow::Error>((bytes, last))
+            })
+            .into_actor(self)
+            .map(move |read, this, ctx| {
+                let Some(remote) = this.remote.get_mut(&key) else {
+                    return;
+                };
+                remote.reading = false;
+                match read {
+                    Ok(Ok((bytes, last))) => {
+                        let progressed = last > remote.sent;
+                        remote.sent = remote.sent.max(last);
+                        if !bytes.is_empty() {
+                            this.fan_out(key, Bytes::from(bytes));
+                        }
+                        if progressed {
+                            this.read_remote(key, ctx);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(job = %key.0, attempt = %key.1, error = %e, "reading another replica's log lines for live viewers failed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %key.0, attempt = %key.1, error = %e, "reading another replica's log lines for live viewers failed")
+                    }
+                }
+            }),
+        );
     }
 }

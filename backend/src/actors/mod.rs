@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod auth;
 pub mod log_sink;
+pub mod replica_bus;
 pub mod scheduler;
 pub mod session;
 

@@ -213,8 +213,10 @@ pub async fn act(
             .await?;
             // Steering stays an action on a connected builder (an offline one would learn of
             // it only later, which is not what the operator sees): refused before anything
-            // is stored.
-            if !live(&state).await?.contains_key(&id) {
+            // is stored. On PostgreSQL the builder may be connected to another replica, which
+            // this one does not see: the standing is stored and announced to them all.
+            let shared = state.store.backend() == crate::store::Backend::Postgres;
+            if !shared && !live(&state).await?.contains_key(&id) {
                 return Err(ApiError::Conflict(format!("builder {id} is not connected")));
             }
             let command = match action.as_str() {

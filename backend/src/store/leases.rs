@@ -119,7 +119,10 @@ impl Store {
     /// Ends every live attempt whose lease expired at or before `now`: the attempt is
     /// marked lost and its token revoked; the job goes back to `queued` with the next attempt
     /// and one more failed attempt, or to `failed` once `max_attempts` attempts were lost.
-    /// Each job is its own transaction; a lease renewed meanwhile is left alone.
+    /// Each job is its own transaction; a lease renewed meanwhile is left alone. Every
+    /// replica sweeps: on PostgreSQL a job whose row another transaction holds is skipped
+    /// (`SKIP LOCKED`), and one already ended by another replica fails the attempt check, so
+    /// each lost attempt is ended once, by one replica.
     pub fn requeue_expired_leases(&self, now: i64) -> Result<Vec<Requeued>, StoreError> {
         let conn = &mut *self.conn()?;
         let expired: Vec<(i64, i32, Option<i64>)> = job_attempts::table
@@ -214,12 +217,36 @@ impl Store {
     }
 }
 
+/// Takes the job's row lock for this transaction, on PostgreSQL without waiting
+/// (`FOR UPDATE SKIP LOCKED`): every replica sweeps, and a job another one is ending is
+/// skipped rather than waited for (its compare-and-set would lose afterwards anyway). The job
+/// row comes first, as in every other transition, so no lock cycle forms. SQLite has one
+/// writer: nothing to skip.
+fn lock_job_or_skip(conn: &mut DbConnection, job: JobId) -> Result<bool, StoreError> {
+    match conn {
+        DbConnection::Postgresql(pg) => {
+            let locked: Vec<i64> = jobs::table
+                .find(job.0)
+                .select(jobs::id)
+                .for_update()
+                .skip_locked()
+                .load(pg)?;
+            Ok(!locked.is_empty())
+        }
+        DbConnection::Sqlite(_) => Ok(true),
+    }
+}
+
 fn expire(
     conn: &mut DbConnection,
     job: JobId,
     attempt: Attempt,
     now: i64,
 ) -> Result<Job, StoreError> {
+    if !lock_job_or_skip(conn, job)? {
+        // Another replica's sweep (or a writer finishing the job) holds it: theirs to end.
+        return Err(StoreError::Conflict { job });
+    }
     let row = load_job_row(conn, job)?;
     let state: JobState = parse_column(&row.state)?;
     if row.attempt != attempt.0 || !state.is_active() {

@@ -25,6 +25,7 @@ mod labels;
 mod leases;
 mod logs;
 mod migrations;
+pub mod notify;
 mod projects;
 mod queue;
 mod registry;

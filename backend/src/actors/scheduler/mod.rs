@@ -10,10 +10,12 @@ mod completion;
 mod dispatch;
 #[cfg(test)]
 mod fixture;
+mod replicas;
 mod resume;
 mod sweep;
 
 pub use completion::CompleteJob;
+pub use replicas::{FromReplica, ReplicaBusUp};
 pub use resume::ResumeJobs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,6 +32,7 @@ use buildfleet_protocol::{
 };
 
 use super::log_sink::{FlushAttempt, LogSink};
+use super::replica_bus::ReplicaBus;
 use super::{blocking, SessionHandle};
 use crate::completion::verify_completion;
 use crate::job_feed::JobFeed;
@@ -179,6 +182,8 @@ pub struct Scheduler {
     project_grants: HashMap<BuilderId, Option<Vec<ProjectId>>>,
     /// Artifact blobs, read for the evidence of an unreproducible job.
     storage: Arc<dyn crate::storage::Storage>,
+    /// Wake-ups for the other replicas on the same database (disabled on SQLite).
+    bus: ReplicaBus,
 }
 
 impl Scheduler {
@@ -204,7 +209,14 @@ impl Scheduler {
             sweeping: false,
             controls: HashMap::new(),
             project_grants: HashMap::new(),
+            bus: ReplicaBus::disabled(),
         }
+    }
+
+    /// Announces queued jobs, cancels and operators' commands to the other replicas.
+    pub fn with_replica_bus(mut self, bus: ReplicaBus) -> Self {
+        self.bus = bus;
+        self
     }
 
     fn lease_ms(&self) -> i64 {
@@ -571,6 +583,7 @@ impl Handler<JobQueued> for Scheduler {
             self.feed.publish(job);
             self.queued_at.insert(job.id, now);
         }
+        self.announce_queued(&msg.0);
         match msg.0.as_slice() {
             [job] => self.dispatch_job(job, ctx),
             // A batch: one claim per builder with free slots, not one pass per job.
@@ -593,6 +606,12 @@ impl Handler<CancelAttempt> for Scheduler {
 
     fn handle(&mut self, msg: CancelAttempt, _: &mut Self::Context) {
         self.send_cancel(msg.builder, msg.job, msg.attempt, CancelReason::Requested);
+        // The builder may be connected to another replica.
+        self.bus.announce(crate::store::notify::Notice::Cancel {
+            job: msg.job,
+            attempt: msg.attempt,
+            builder: msg.builder,
+        });
     }
 }
 
@@ -613,6 +632,10 @@ impl Handler<ControlBuilder> for Scheduler {
     fn handle(&mut self, msg: ControlBuilder, ctx: &mut Self::Context) -> bool {
         let standing = msg.standing;
         self.controls.insert(msg.builder, standing);
+        self.bus.announce(crate::store::notify::Notice::Builder {
+            builder: msg.builder,
+            change: crate::store::notify::BuilderChange::Control,
+        });
         let Some(slot) = self.builders.get_mut(&msg.builder) else {
             return false;
         };
@@ -642,6 +665,10 @@ impl Handler<SetBuilderProjects> for Scheduler {
     fn handle(&mut self, msg: SetBuilderProjects, ctx: &mut Self::Context) {
         let projects = (!msg.projects.is_empty()).then_some(msg.projects);
         self.project_grants.insert(msg.builder, projects.clone());
+        self.bus.announce(crate::store::notify::Notice::Builder {
+            builder: msg.builder,
+            change: crate::store::notify::BuilderChange::Projects,
+        });
         if let Some(slot) = self.builders.get_mut(&msg.builder) {
             slot.projects = Some(projects);
             self.dispatch_to(msg.builder, ctx);
@@ -658,6 +685,10 @@ impl Handler<RevokeBuilder> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: RevokeBuilder, _: &mut Self::Context) {
+        self.bus.announce(crate::store::notify::Notice::Builder {
+            builder: msg.0,
+            change: crate::store::notify::BuilderChange::Revoke,
+        });
         if let Some(slot) = self.builders.get(&msg.0) {
             slot.session.close(
                 ErrorCode::BuilderRevoked,

@@ -97,6 +97,7 @@ impl Scheduler {
                 this.sweeping = false;
                 match result {
                     Ok((requeued, depth)) => {
+                        this.announce_queued(requeued.iter().map(|lost| &lost.job));
                         for lost in &requeued {
                             this.feed.publish(&lost.job);
                             tracing::info!(job = %lost.job.id, attempt = %lost.lost_attempt, state = %lost.job.state.as_str(), "lease expired");
