@@ -13,7 +13,7 @@ use buildfleet_protocol::dsse::{self, Envelope};
 use buildfleet_protocol::provenance::{self, JobFacts, RunFacts};
 use buildfleet_protocol::{ArtifactDigest, Attempt, JobId, JobMode, Outcome};
 use buildfleet_testkit::builder_client::{sha256_hex, upload_ok, BuilderClient};
-use buildfleet_testkit::cli::{run_cli, CliOutput};
+use buildfleet_testkit::cli::{run_cli, shell_recipe, wait_connected, CliOutput, TestBuilder};
 use buildfleet_testkit::db::TestDb;
 use buildfleet_testkit::keys::TestKey;
 use buildfleet_testkit::server::TestServer;
@@ -23,6 +23,7 @@ use serde_json::json;
 server_tests! {
     offline_verification_checks_the_digest_every_signature_and_the_signers,
     the_digest_lookup_finds_the_publishing_job_for_those_who_see_it,
+    online_verification_of_a_real_builders_artifact,
 }
 
 const ARTIFACT: &[u8] = b"\x7fELF pretend binary built twice, byte for byte\n";
@@ -326,5 +327,119 @@ async fn the_digest_lookup_finds_the_publishing_job_for_those_who_see_it(db: Tes
     assert_eq!(status, StatusCode::OK);
     assert_eq!(admin["artifacts"][0]["job"], hidden, "{admin}");
     builder.close().await;
+    server.shutdown().await;
+}
+
+/// A real builder (in-process, its own WebSocket session and signing) builds a file; the CLI
+/// verifies the downloaded bytes online: by digest, by --job, with the SSHSIG checked by
+/// ssh-keygen; then after the builder's key is rotated (checked at the statement's time) and
+/// revoked (refused, naming the reason).
+async fn online_verification_of_a_real_builders_artifact(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let key = TestKey::generate("real-builder");
+    let id = server.admit(&key).await;
+    let builder = TestBuilder::start(
+        &server,
+        &key,
+        vec![shell_recipe(
+            "make-app",
+            "printf 'an app built for verify\\n' > \"$BUILDFLEET_OUT/app\"",
+            &[("app", "app")],
+        )],
+    )
+    .await;
+    wait_connected(&server, id).await;
+    let source = tempfile::tempdir().expect("source");
+    std::fs::write(source.path().join("README"), "a source\n").expect("write");
+    let submitted = server
+        .cli(&[
+            "job",
+            "submit",
+            source.path().to_str().expect("path"),
+            "--recipe",
+            "make-app",
+            "--wait",
+            "--json",
+        ])
+        .await
+        .ok()
+        .json();
+    let job = submitted["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{submitted}"));
+    let (status, bytes) = server
+        .get_raw(&server.api(&format!("/jobs/{job}/artifacts/app")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write(dir.path(), "app", &bytes);
+    let file = file.to_str().expect("path");
+
+    let out = server.cli(&["verify", file]).await.ok();
+    assert!(
+        out.stdout
+            .contains(&format!("built by real-builder ({})", key.fingerprint)),
+        "{}",
+        out.stdout
+    );
+    let json = server
+        .cli(&["verify", file, "--job", &job.to_string(), "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(json["job"], job);
+    assert_eq!(
+        json["sshsig_checked"], 1,
+        "ssh-keygen checked the SSHSIG: {json}"
+    );
+    server
+        .cli(&["verify", file, "--reproduced-by", "2"])
+        .await
+        .expect_code(5);
+    let mut changed = bytes.clone();
+    changed[0] ^= 1;
+    let changed = write(dir.path(), "app-changed", &changed);
+    server
+        .cli(&[
+            "verify",
+            changed.to_str().expect("path"),
+            "--job",
+            &job.to_string(),
+        ])
+        .await
+        .expect_code(5);
+
+    // Rotated: still verifies at the statement's time. Revoked: refused with the reason.
+    let next = TestKey::generate("real-builder");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = server
+        .post_admin(
+            &format!("/builders/{id}/keys"),
+            &json!({ "public_key": next.public_openssh }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    server.cli(&["verify", file]).await.ok();
+    let (status, body) = server
+        .post_admin(
+            &format!(
+                "/builders/{id}/keys/{}/revoke",
+                key.fingerprint
+                    .to_string()
+                    .replace('/', "%2F")
+                    .replace('+', "%2B")
+                    .replace('=', "%3D")
+            ),
+            &json!({ "reason": "disk sold" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let out = server.cli(&["verify", file]).await.expect_code(5);
+    assert!(
+        out.stderr.contains("revoked key: disk sold"),
+        "{}",
+        out.stderr
+    );
+    drop(builder);
     server.shutdown().await;
 }
