@@ -22,6 +22,13 @@ MSG
         exit 1
     fi
 fi
+# The object-storage tests need an S3-compatible server: moto's, installed into .cache/ from
+# PyPI when missing and started on loopback (scripts/s3-server.sh stop ends it).
+if [ -z "${BUILDFLEET_TEST_S3_URL:-}" ]; then
+    BUILDFLEET_TEST_S3_URL="$(bash scripts/s3-server.sh start)"
+    export BUILDFLEET_TEST_S3_URL
+    echo "S3 server for tests: $BUILDFLEET_TEST_S3_URL (scripts/s3-server.sh stop ends it)" >&2
+fi
 # The end-to-end tests build a real crate offline: have what that needs in cargo's cache.
 bash scripts/e2e-crate.sh >/dev/null
 cargo test --workspace --all-targets --no-fail-fast

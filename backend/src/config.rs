@@ -81,6 +81,116 @@ struct FileConfig {
     registry: Option<RegistryFile>,
     #[serde(default)]
     scheduler: SchedulerFile,
+    #[serde(default)]
+    storage: StorageFile,
+}
+
+/// The `[storage]` table of the file: where sources, logs and artifacts are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    kind: Option<StorageKind>,
+    bucket: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    prefix: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    allow_http: Option<bool>,
+    request_timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    max_retries: Option<usize>,
+    retry_timeout_secs: Option<u64>,
+    replicas: Option<u32>,
+    allow_local_with_shared_database: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StorageKind {
+    Fs,
+    S3,
+}
+
+/// Where blobs live (`[storage]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// Files under `<data_dir>/blobs` (the default).
+    Fs,
+    /// An S3-compatible bucket shared by every replica.
+    S3(Box<crate::storage::S3Settings>),
+}
+
+impl StorageFile {
+    /// The storage these keys ask for; `database_url` decides whether local disk is allowed.
+    fn resolve(&self, database_url: &str) -> anyhow::Result<StorageConfig> {
+        let replicas = self.replicas.unwrap_or(1);
+        if replicas == 0 {
+            anyhow::bail!("[storage] replicas must be at least 1");
+        }
+        match self.kind.unwrap_or(StorageKind::Fs) {
+            StorageKind::Fs => {
+                let forced = self.allow_local_with_shared_database.unwrap_or(false);
+                if is_postgres(database_url) && replicas > 1 && !forced {
+                    anyhow::bail!(
+                        "[storage] kind = \"fs\" keeps blobs on this machine's disk, but \
+                         [storage] replicas = {replicas} backends share the PostgreSQL \
+                         database: the others would not see its sources, logs and artifacts. \
+                         Use kind = \"s3\" (see docs/scale-out.md), or set \
+                         allow_local_with_shared_database = true if every replica mounts the \
+                         same data directory"
+                    );
+                }
+                Ok(StorageConfig::Fs)
+            }
+            StorageKind::S3 => {
+                let bucket = self
+                    .bucket
+                    .clone()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("[storage] kind = \"s3\" needs a bucket"))?;
+                let mut settings = crate::storage::S3Settings::new(bucket);
+                settings.endpoint = self.endpoint.clone();
+                settings.region = self.region.clone();
+                settings.prefix = self.prefix.clone().unwrap_or_default();
+                settings.access_key_id = self.access_key_id.clone();
+                settings.secret_access_key = self.secret_access_key.clone();
+                settings.allow_http = self.allow_http.unwrap_or(false);
+                if let Some(endpoint) = &settings.endpoint {
+                    if endpoint.starts_with("http://") && !settings.allow_http {
+                        anyhow::bail!(
+                            "[storage] endpoint {endpoint} is plain HTTP: set allow_http = true \
+                             to use it"
+                        );
+                    }
+                }
+                let secs = |key: &str, value: Option<u64>, default: Duration| match value {
+                    Some(0) => Err(anyhow::anyhow!("[storage] {key} must be at least 1")),
+                    Some(n) => Ok(Duration::from_secs(n)),
+                    None => Ok(default),
+                };
+                settings.request_timeout = secs(
+                    "request_timeout_secs",
+                    self.request_timeout_secs,
+                    settings.request_timeout,
+                )?;
+                settings.connect_timeout = secs(
+                    "connect_timeout_secs",
+                    self.connect_timeout_secs,
+                    settings.connect_timeout,
+                )?;
+                settings.retry_timeout = secs(
+                    "retry_timeout_secs",
+                    self.retry_timeout_secs,
+                    settings.retry_timeout,
+                )?;
+                if let Some(retries) = self.max_retries {
+                    settings.max_retries = retries;
+                }
+                Ok(StorageConfig::S3(Box::new(settings)))
+            }
+        }
+    }
 }
 
 /// The `[scheduler]` table of the file.
@@ -291,6 +401,7 @@ pub struct ServerConfig {
     /// The registry follower's settings; `None` leaves it off.
     pub registry: Option<RegistrySettings>,
     pub scheduler: SchedulerConfig,
+    pub storage: StorageConfig,
 }
 
 impl ServerConfig {
@@ -310,6 +421,7 @@ impl ServerConfig {
             timings: Timings::default(),
             registry: None,
             scheduler: SchedulerConfig::default(),
+            storage: StorageConfig::Fs,
         }
     }
 
@@ -364,6 +476,7 @@ impl ServerConfig {
         if let Some(label) = &file.scheduler.reproduce_independence_label {
             config.scheduler.reproduce_independence_label = label.clone();
         }
+        config.storage = file.storage.resolve(&config.database_url)?;
         config.registry = file
             .registry
             .as_ref()

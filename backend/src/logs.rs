@@ -4,13 +4,12 @@
 //! chunk rows alone, so bytes of other attempts, and bytes written by a flush that failed or
 //! crashed before its row was committed, are never served.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
 use buildfleet_protocol::{JobEvent, JobEventKind, LogStream, Stage};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::Storage;
+use crate::storage::{BlobRead, Storage};
 use crate::store::{Attempt, LogChunk};
 
 /// One stored log record.
@@ -99,7 +98,7 @@ pub fn read_attempt_log(
     let mut out = Vec::new();
     let mut logical = 0u64;
     // The file of the previous chunk: consecutive chunks are mostly in the same segment.
-    let mut open: Option<(&str, File)> = None;
+    let mut open: Option<(&str, Box<dyn BlobRead>)> = None;
     for chunk in chunks.iter().filter(|c| c.attempt == attempt) {
         let len = u64::try_from(chunk.length).unwrap_or(0);
         let chunk_end = logical + len;

@@ -18,7 +18,7 @@ use crate::http::{self, AppState};
 use crate::job_feed::JobFeed;
 use crate::metrics::Metrics;
 use crate::registry::{FollowerParts, RegistryFollower};
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{FsStorage, S3Storage, Storage};
 use crate::store::Store;
 
 /// A started backend. Dropping it does not stop the server; call [`RunningServer::stop`].
@@ -161,7 +161,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let store = tokio::task::spawn_blocking(move || Store::open(&database_url, pool_size))
         .await?
         .context("opening the database")?;
-    let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(config.data_dir.join("blobs"))?);
+    let storage: Arc<dyn Storage> = match &config.storage {
+        crate::config::StorageConfig::Fs => Arc::new(FsStorage::new(config.data_dir.join("blobs"))?),
+        crate::config::StorageConfig::S3(settings) => {
+            let settings = settings.as_ref().clone();
+            let storage = tokio::task::spawn_blocking(move || S3Storage::connect(&settings))
+                .await??;
+            tracing::info!("blobs in object storage: {}", storage.describe());
+            Arc::new(storage)
+        }
+    };
     let metrics = Arc::new(Metrics::default());
 
     let listener = std::net::TcpListener::bind(config.bind)

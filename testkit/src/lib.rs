@@ -18,5 +18,6 @@ pub mod keys;
 pub mod private_postgres;
 pub mod processes;
 pub mod registry;
+pub mod s3;
 pub mod server;
 pub mod tls;

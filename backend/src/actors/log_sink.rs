@@ -23,7 +23,7 @@ use super::replica_bus::ReplicaBus;
 use super::{CloseSession, Push};
 use crate::logs::LogRecord;
 use crate::metrics::Metrics;
-use crate::storage::Storage;
+use crate::storage::{LogChunkName, Storage};
 use crate::store::{Attempt, JobId, NewLogChunk, Store, StoreError};
 use buildfleet_protocol::ErrorCode;
 
@@ -401,7 +401,13 @@ fn write_events(
     if let Some(first_seq) = first_seq {
         // Bytes whose row is never committed (the insert fails, the process dies) stay in the
         // segment unreferenced: readers go by chunk rows only.
-        let span = storage.append_log(&buffer)?;
+        let name = LogChunkName {
+            job: key.0,
+            attempt: key.1,
+            first_seq,
+            last_seq,
+        };
+        let span = storage.store_log_chunk(&name, &buffer)?;
         store.append_log_chunk(&NewLogChunk {
             job: key.0,
             attempt: key.1,

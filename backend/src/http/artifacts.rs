@@ -2,7 +2,6 @@
 //! statement that vouches for them (or, for a job without artifacts such as a plan-mode job,
 //! for its outcome).
 
-use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use buildfleet_protocol::dsse::{DsseSignature, Envelope};
@@ -14,7 +13,7 @@ use buildfleet_api as api;
 use crate::error::{blocking, ApiError};
 use crate::http::auth::{bearer, Access};
 use crate::http::jobs::{parse_job_id, ATTEMPT_HEADER};
-use crate::http::streaming::{open_stream, receive};
+use crate::http::streaming::{receive, respond, storage_error};
 use crate::http::views;
 use crate::http::AppState;
 use crate::storage::keys;
@@ -101,7 +100,7 @@ pub async fn upload(
             Ok(_) => {
                 storage
                     .commit(received.blob, &key)
-                    .map_err(ApiError::internal)?;
+                    .map_err(storage_error)?;
                 Ok(())
             }
             Err(e) => {
@@ -213,15 +212,16 @@ pub async fn download(
         }
         found => found?,
     };
-    let (len, body) = open_stream(&state.storage, artifact.storage_key).await?;
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    response
         .content_type("application/octet-stream")
         .insert_header((
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{name}\""),
         ))
-        .insert_header((DIGEST_HEADER, artifact.sha256))
-        .body(SizedStream::new(len, body)))
+        .insert_header((DIGEST_HEADER, artifact.sha256));
+    let size = u64::try_from(artifact.size).unwrap_or(0);
+    respond(&req, &state.storage, artifact.storage_key, size, response).await
 }
 
 /// The statement `/statement` serves (see [`crate::store::Store::job_statement`]).

@@ -6,7 +6,7 @@ use buildfleet_protocol::Sha256Digest;
 
 use crate::error::{blocking, ApiError};
 use crate::http::auth::require;
-use crate::http::streaming::{open_stream, receive};
+use crate::http::streaming::{open_stream, receive, storage_error};
 use crate::http::AppState;
 use crate::storage::keys;
 use crate::store::TokenScope;
@@ -40,7 +40,7 @@ pub async fn upload(
     blocking(move || {
         storage
             .commit(received.blob, &stored_key)
-            .map_err(ApiError::internal)?;
+            .map_err(storage_error)?;
         store.put_source(
             &sha256,
             i64::try_from(size).unwrap_or(i64::MAX),
@@ -65,7 +65,8 @@ pub async fn download(
     let source = blocking(move || Ok(store.source(&digest)?))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("source {sha256}")))?;
-    let (len, body) = open_stream(&state.storage, source.storage_key).await?;
+    let blob = open_stream(&state.storage, source.storage_key, None).await?;
+    let (len, body) = (blob.range.end - blob.range.start, blob.body);
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header(("X-Buildfleet-Sha256", sha256.to_string()))

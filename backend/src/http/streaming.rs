@@ -4,8 +4,8 @@
 //! An upload runs as a two-stage pipeline so that receiving overlaps with hashing and writing:
 //! the request's task only reads the body, enforces the size limit and coalesces chunks into
 //! buffers of about [`BATCH_BYTES`]; it hands them through a channel of [`CHANNEL_DEPTH`]
-//! entries to one blocking task that hashes them and writes them with `std::fs::File`, then
-//! `sync_data`s the blob at the end. At most `CHANNEL_DEPTH + 2` buffers are alive at once
+//! entries to one blocking task that hashes them and writes them to the pending blob (a file,
+//! or an object store's multipart upload), then finishes the blob at the end. At most `CHANNEL_DEPTH + 2` buffers are alive at once
 //! (the queue, the one being filled, the one being written), so memory stays bounded.
 //!
 //! Either stage stops the other when it fails: a body error or an over-limit body stops the
@@ -15,8 +15,9 @@
 
 use std::fmt::Display;
 use std::io::{self, Write as _};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix_web::web;
 use bytes::{Bytes, BytesMut};
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::error::ApiError;
-use crate::storage::{PendingBlob, Storage};
+use crate::storage::{is_unavailable, BlobStream, PendingBlob, Storage};
 
 /// Body chunks are coalesced into buffers of about this size before they go to the writer, so
 /// that the per-message cost (a channel hand-off, a wake-up, a `write` call) stays low.
@@ -65,18 +66,14 @@ where
     let pending = web::block(move || storage_for_create.create_pending())
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(storage_error)?;
     // From here on, every way out but success (an error, or this future being dropped because
     // the client went away) discards the blob.
-    let mut guard = DiscardOnDrop {
+    let guard = DiscardOnDrop {
         storage: storage.clone(),
-        blob: Some(pending),
+        blob: Arc::new(Mutex::new(Some(pending))),
     };
-    let file = match &guard.blob {
-        Some(blob) => blob.file.try_clone().map_err(ApiError::internal)?,
-        None => return Err(taken()),
-    };
-    let mut writer = Writer::spawn(file);
+    let mut writer = Writer::spawn(storage.clone(), guard.blob.clone());
     let size = match pump(&mut body, &mut writer, max_bytes).await {
         Ok(size) => size,
         Err(e) => {
@@ -86,8 +83,26 @@ where
         }
     };
     let sha256 = writer.finish().await?;
-    let blob = guard.blob.take().ok_or_else(taken)?;
+    let blob = lock(&guard.blob).take().ok_or_else(taken)?;
     Ok(Received { blob, size, sha256 })
+}
+
+/// A storage error as the client sees it: 503 when the object store is unavailable (the
+/// client may try again), else 500.
+pub fn storage_error(e: io::Error) -> ApiError {
+    if is_unavailable(&e) {
+        ApiError::Unavailable(e.to_string())
+    } else {
+        ApiError::internal(e)
+    }
+}
+
+/// The pending blob's slot, shared by the writer task and the upload; poisoning is ignored
+/// (the blob is discarded or finished either way).
+type Slot = Arc<Mutex<Option<PendingBlob>>>;
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<PendingBlob>> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn taken() -> ApiError {
@@ -130,15 +145,21 @@ where
     Ok(size)
 }
 
-/// Discards the blob it holds when dropped.
+/// Discards the blob it holds when dropped. While the writer task is writing to it, the task
+/// discards it instead when it sees that it was stopped.
 struct DiscardOnDrop {
     storage: Arc<dyn Storage>,
-    blob: Option<PendingBlob>,
+    blob: Slot,
 }
 
 impl Drop for DiscardOnDrop {
     fn drop(&mut self) {
-        if let Some(blob) = self.blob.take() {
+        let taken = match self.blob.try_lock() {
+            Ok(mut slot) => slot.take(),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner().take(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(blob) = taken {
             self.storage.discard(blob);
         }
     }
@@ -163,13 +184,22 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(file: std::fs::File) -> Writer {
+    fn spawn(storage: Arc<dyn Storage>, blob: Slot) -> Writer {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let stop = Arc::new(AtomicBool::new(false));
         let task_stop = stop.clone();
         // The blocking pool `web::block` uses, with a handle that can be polled alongside the
         // body and that reports a panic as an error.
-        let task = actix_rt::task::spawn_blocking(move || write_blob(file, rx, &task_stop));
+        let task = actix_rt::task::spawn_blocking(move || {
+            let outcome = write_blob(&blob, rx, &task_stop);
+            if !matches!(outcome, Ok(Some(_))) && task_stop.load(Ordering::Relaxed) {
+                // Stopped (or abandoned) while the upload may already have let go of the slot.
+                if let Some(pending) = lock(&blob).take() {
+                    storage.discard(pending);
+                }
+            }
+            outcome
+        });
         Writer {
             tx: Some(tx),
             task: Some(task),
@@ -248,7 +278,7 @@ impl Drop for Writer {
 /// The error for a writer that ended before it was told to finish, or failed finishing.
 fn writer_failure(joined: Option<Result<Outcome, JoinError>>) -> ApiError {
     match joined {
-        Some(Ok(Err(e))) => ApiError::internal(e),
+        Some(Ok(Err(e))) => storage_error(e),
         Some(Err(e)) => ApiError::internal(anyhow::Error::new(e).context("the blob writer died")),
         Some(Ok(Ok(_))) | None => {
             ApiError::internal(anyhow::anyhow!("the blob writer stopped unexpectedly"))
@@ -256,26 +286,26 @@ fn writer_failure(joined: Option<Result<Outcome, JoinError>>) -> ApiError {
     }
 }
 
-/// The blocking side: hashes and writes each buffer in order, and on [`Message::Finish`] syncs
-/// the file and answers the digest. Answers `None` when stopped or abandoned first.
-fn write_blob(
-    mut file: std::fs::File,
-    mut rx: mpsc::Receiver<Message>,
-    stop: &AtomicBool,
-) -> Outcome {
+/// The blocking side: hashes and writes each buffer in order, and on [`Message::Finish`]
+/// finishes the blob (syncs the file, completes the upload) and answers the digest. Answers
+/// `None` when stopped or abandoned first.
+fn write_blob(blob: &Slot, mut rx: mpsc::Receiver<Message>, stop: &AtomicBool) -> Outcome {
     let mut hasher = Sha256::new();
     while let Some(message) = rx.blocking_recv() {
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
+        let mut slot = lock(blob);
+        let Some(pending) = slot.as_mut() else {
+            return Ok(None);
+        };
         match message {
             Message::Data(data) => {
                 hasher.update(&data);
-                file.write_all(&data)?;
+                pending.file.write_all(&data)?;
             }
             Message::Finish => {
-                file.flush()?;
-                file.sync_data()?;
+                pending.file.finish()?;
                 return Ok(Some(hex::encode(hasher.finalize())));
             }
         }
@@ -283,24 +313,113 @@ fn write_blob(
     Ok(None)
 }
 
-/// Opens a stored blob as a streamed response body.
+/// Opens a stored blob (or `range` of it) as a streamed response body.
 pub async fn open_stream(
     storage: &Arc<dyn Storage>,
     key: String,
-) -> Result<(u64, tokio_util::io::ReaderStream<tokio::fs::File>), ApiError> {
-    let storage = storage.clone();
-    let file = web::block(move || storage.open(&key))
+    range: Option<Range<u64>>,
+) -> Result<BlobStream, ApiError> {
+    storage
+        .stream(&key, range)
         .await
-        .map_err(ApiError::internal)?
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ApiError::NotFound("stored blob".into()),
-            _ => ApiError::internal(e),
-        })?;
-    let len = file.metadata().map_err(ApiError::internal)?.len();
-    Ok((
-        len,
-        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 64 * 1024),
-    ))
+            _ => storage_error(e),
+        })
+}
+
+/// A `Range` that starts past the blob's end (or asks for none of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
+/// Answers the blob under `key` (`size` bytes, as its row says) with `response`'s status and
+/// headers, or with 206 and the range that the request's `Range` header asks (a resumed
+/// download), or 416 for a range past the end.
+pub async fn respond(
+    req: &actix_web::HttpRequest,
+    storage: &Arc<dyn Storage>,
+    key: String,
+    size: u64,
+    mut response: actix_web::HttpResponseBuilder,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    use actix_web::http::{header, StatusCode};
+    let asked = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    response.insert_header((header::ACCEPT_RANGES, "bytes"));
+    let range = match requested_range(asked, size) {
+        Ok(range) => range,
+        Err(Unsatisfiable) => {
+            return Ok(
+                actix_web::HttpResponse::build(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
+                    .finish(),
+            )
+        }
+    };
+    let partial = range.is_some();
+    let blob = open_stream(storage, key, range).await?;
+    if partial {
+        response.status(StatusCode::PARTIAL_CONTENT);
+        response.insert_header((
+            header::CONTENT_RANGE,
+            format!(
+                "bytes {}-{}/{}",
+                blob.range.start,
+                blob.range.end.saturating_sub(1),
+                blob.total
+            ),
+        ));
+    }
+    let len = blob.range.end - blob.range.start;
+    Ok(response.body(actix_web::body::SizedStream::new(len, blob.body)))
+}
+
+/// The byte range a `Range: bytes=…` header asks of a blob of `total` bytes: `Ok(None)` for
+/// the whole blob (no header, or one this does not serve: several ranges, another unit),
+/// `Err` for a range that is not satisfiable (416).
+pub fn requested_range(
+    header: Option<&str>,
+    total: u64,
+) -> Result<Option<Range<u64>>, Unsatisfiable> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((start, end)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (start, end) = (start.trim(), end.trim());
+    let range = if start.is_empty() {
+        // The last `end` bytes.
+        let Ok(suffix) = end.parse::<u64>() else {
+            return Ok(None);
+        };
+        if suffix == 0 {
+            return Err(Unsatisfiable);
+        }
+        total.saturating_sub(suffix)..total
+    } else {
+        let Ok(first) = start.parse::<u64>() else {
+            return Ok(None);
+        };
+        let last = if end.is_empty() {
+            total.saturating_sub(1)
+        } else {
+            match end.parse::<u64>() {
+                Ok(last) if last >= first => last.min(total.saturating_sub(1)),
+                _ => return Ok(None),
+            }
+        };
+        if first >= total {
+            return Err(Unsatisfiable);
+        }
+        first..last + 1
+    };
+    Ok(Some(range))
 }
 
 #[cfg(test)]
@@ -486,7 +605,9 @@ mod tests {
     impl Storage for Unwritable {
         fn create_pending(&self) -> io::Result<PendingBlob> {
             let mut blob = self.inner.create_pending()?;
-            blob.file = File::open(&self.read_only)?;
+            if let crate::storage::BlobWriter::File(pending) = &mut blob.file {
+                pending.replace_file(File::open(&self.read_only)?);
+            }
             Ok(blob)
         }
         fn commit(&self, blob: PendingBlob, key: &str) -> io::Result<()> {
@@ -495,8 +616,15 @@ mod tests {
         fn discard(&self, blob: PendingBlob) {
             self.inner.discard(blob)
         }
-        fn open(&self, key: &str) -> io::Result<File> {
+        fn open(&self, key: &str) -> io::Result<Box<dyn crate::storage::BlobRead>> {
             self.inner.open(key)
+        }
+        fn stream(
+            &self,
+            key: &str,
+            range: Option<Range<u64>>,
+        ) -> futures_util::future::BoxFuture<'static, io::Result<BlobStream>> {
+            self.inner.stream(key, range)
         }
         fn exists(&self, key: &str) -> bool {
             self.inner.exists(key)
@@ -564,6 +692,29 @@ mod tests {
             failed.err()
         );
         assert_eq!(files(dir.path(), Some(&read_only)), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn range_headers_are_read_as_rfc_9110_says() {
+        let r = |h: &str| requested_range(Some(h), 100);
+        assert_eq!(requested_range(None, 100), Ok(None));
+        assert_eq!(r("bytes=0-9"), Ok(Some(0..10)));
+        assert_eq!(r("bytes=90-"), Ok(Some(90..100)));
+        assert_eq!(r("bytes=90-500"), Ok(Some(90..100)), "clamped to the end");
+        assert_eq!(r("bytes=-10"), Ok(Some(90..100)));
+        assert_eq!(r("bytes=-500"), Ok(Some(0..100)));
+        assert_eq!(r("bytes=100-"), Err(Unsatisfiable), "past the end");
+        assert_eq!(r("bytes=-0"), Err(Unsatisfiable));
+        // Not served as ranges: the whole blob.
+        for whole in [
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=5-1",
+            "bytes=x-",
+            "bytes",
+        ] {
+            assert_eq!(r(whole), Ok(None), "{whole}");
+        }
     }
 
     #[actix_rt::test]

@@ -1,0 +1,353 @@
+//! Blobs in an S3-compatible object store (moto's server on loopback, started by
+//! scripts/s3-server.sh; see buildfleet_testkit::s3): a job end to end on one backend
+//! (upload, download whole and by Range, statement, log whole and live), two backends on one
+//! database and one bucket serving each other's artifacts and logs, a store that dies during
+//! an upload (nothing published; after its restart uploads work), an unreachable store at
+//! start, and the refusal of local disk for several replicas on PostgreSQL.
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use buildfleet_backend::config::StorageConfig;
+use buildfleet_protocol::{CompletionResult, JobAssignment, Outcome};
+use buildfleet_testkit::builder_client::{digest_of, job_ref, upload, upload_ok, BuilderClient};
+use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
+use buildfleet_testkit::s3::{PrivateS3, TestBucket};
+use buildfleet_testkit::server::{error_code, TestServer};
+use buildfleet_testkit::server_tests;
+use serde_json::json;
+
+/// Deterministic bytes that do not repeat at any part size.
+fn data(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn start_on(db: TestDb, bucket: &TestBucket, admin_token: Option<&str>) -> TestServer {
+    let settings = bucket.settings();
+    let token = admin_token.map(str::to_owned);
+    TestServer::start_with(db, move |config| {
+        config.storage = StorageConfig::S3(Box::new(settings));
+        if token.is_some() {
+            config.admin_token = token;
+        }
+    })
+    .await
+}
+
+/// GET `url` with an optional `Range` header: status, Content-Range and body.
+async fn get_range(url: &str, range: Option<&str>) -> (StatusCode, Option<String>, Vec<u8>) {
+    let mut request = awc::Client::new().get(url).timeout(Duration::from_secs(60));
+    if let Some(range) = range {
+        request = request.insert_header(("Range", range));
+    }
+    let mut response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let content_range = response
+        .headers()
+        .get("Content-Range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response
+        .body()
+        .limit(128 * 1024 * 1024)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} body: {e}"));
+    (response.status(), content_range, body.to_vec())
+}
+
+async fn assigned(server: &TestServer, builder: &mut BuilderClient) -> (i64, JobAssignment) {
+    builder.request_jobs(1);
+    let id = server.submit(json!({})).await;
+    let job = builder.next_assignment().await;
+    assert_eq!(job.job_id.0, id);
+    builder.accept(&job);
+    server.wait_for_state(id, "running").await;
+    (id, job)
+}
+
+async fn a_job_runs_end_to_end_on_object_storage(db: TestDb) {
+    let Some(bucket) = TestBucket::create().await else {
+        return;
+    };
+    let server = start_on(db, &bucket, None).await;
+    let key = TestKey::generate("s3-builder");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    let (id, job) = assigned(&server, &mut builder).await;
+
+    // The log, live: read while the job runs, as each flush stored it.
+    builder.log(job_ref(&job), 1, "compiling itoa");
+    builder.expect_event_ack(job_ref(&job), 1).await;
+    assert_eq!(server.log_lines(id).await, ["compiling itoa"]);
+    builder.log(job_ref(&job), 2, "finished");
+    builder.expect_event_ack(job_ref(&job), 2).await;
+    assert_eq!(server.log_lines(id).await, ["compiling itoa", "finished"]);
+
+    // Larger than a multipart part, so the upload has several parts and a short last one.
+    let body = data(17 * 1024 * 1024 + 123);
+    let digest = upload_ok(&job, "out.tar.gz", &body).await;
+    let result = builder
+        .complete(&key, &job, Outcome::Succeeded, vec![digest])
+        .await;
+    assert_eq!(result, CompletionResult::Accepted);
+    server.wait_for_state(id, "succeeded").await;
+
+    let url = server.api(&format!("/jobs/{id}/artifacts/out.tar.gz"));
+    let (status, _, whole) = get_range(&url, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(whole == body, "the whole download differs");
+    // A resumed download: the rest from an offset inside the second part.
+    let from = 9 * 1024 * 1024 + 7;
+    let (status, content_range, rest) = get_range(&url, Some(&format!("bytes={from}-"))).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        content_range.as_deref(),
+        Some(format!("bytes {from}-{}/{}", body.len() - 1, body.len()).as_str())
+    );
+    assert!(rest == body[from..], "the resumed part differs");
+    let (status, _, middle) = get_range(&url, Some("bytes=100-199")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(middle, body[100..200]);
+    let (status, content_range, _) = get_range(&url, Some(&format!("bytes={}-", body.len()))).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(content_range, Some(format!("bytes */{}", body.len())));
+
+    let (status, statement) = server
+        .get_raw(&server.api(&format!("/jobs/{id}/statement")))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&statement)
+    );
+    assert_eq!(server.log_lines(id).await, ["compiling itoa", "finished"]);
+
+    // What went where: the artifact and one object per flushed log batch, nothing pending.
+    let keys = bucket.keys().await;
+    assert!(
+        keys.contains(&format!("artifacts/{id}/1/out.tar.gz")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.starts_with(&format!("logs/{id}/1/"))),
+        "{keys:?}"
+    );
+    assert!(!keys.iter().any(|k| k.starts_with("pending/")), "{keys:?}");
+    server.shutdown().await;
+}
+
+/// Two backends on one PostgreSQL database and one bucket: what one stored, the other serves.
+#[actix_rt::test]
+async fn two_backends_share_artifacts_and_logs() {
+    let Some(db) = TestDb::postgres() else {
+        return;
+    };
+    let Some(bucket) = TestBucket::create().await else {
+        return;
+    };
+    let url = db.url().to_owned();
+    let one = start_on(db, &bucket, Some("shared-admin-token")).await;
+    // The second backend's own TestDb is unused: it is pointed at the first one's database.
+    let spare = TestDb::postgres().expect("PostgreSQL is set");
+    let settings = bucket.settings();
+    let two = TestServer::start_with(spare, move |config| {
+        config.database_url = url;
+        config.admin_token = Some("shared-admin-token".into());
+        config.storage = StorageConfig::S3(Box::new(settings));
+    })
+    .await;
+
+    let key = TestKey::generate("replica-builder");
+    one.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&one.ws_url(), &key).await;
+    let (id, job) = assigned(&one, &mut builder).await;
+    builder.log(job_ref(&job), 1, "built through one");
+    builder.expect_event_ack(job_ref(&job), 1).await;
+    // Live: the job still runs, its log is read through the other backend.
+    assert_eq!(two.log_lines(id).await, ["built through one"]);
+    let body = data(3 * 1024 * 1024);
+    let digest = upload_ok(&job, "out.bin", &body).await;
+    builder.log(job_ref(&job), 2, "uploaded");
+    builder.expect_event_ack(job_ref(&job), 2).await;
+    let result = builder
+        .complete(&key, &job, Outcome::Succeeded, vec![digest])
+        .await;
+    assert_eq!(result, CompletionResult::Accepted);
+    two.wait_for_state(id, "succeeded").await;
+
+    let (status, _, downloaded) =
+        get_range(&two.api(&format!("/jobs/{id}/artifacts/out.bin")), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(downloaded == body, "the artifact read through two differs");
+    let (status, _, tail) = get_range(
+        &two.api(&format!("/jobs/{id}/artifacts/out.bin")),
+        Some("bytes=-10"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(tail, body[body.len() - 10..]);
+    assert_eq!(two.log_lines(id).await, ["built through one", "uploaded"]);
+    assert_eq!(one.log_lines(id).await, ["built through one", "uploaded"]);
+    two.shutdown().await;
+    one.shutdown().await;
+}
+
+/// The store dies during an upload: the upload fails with 503 and nothing is published under
+/// the artifact's key; once the store is back, an upload works.
+#[actix_rt::test]
+async fn a_store_failure_during_an_upload_publishes_nothing() {
+    if TestBucket::create().await.is_none() {
+        return; // no S3 server installed (outside CI)
+    }
+    let mut s3 = PrivateS3::start();
+    let bucket = TestBucket::create_at(&s3.endpoint()).await;
+    let settings = bucket.settings();
+    // The builder's attempt outlives the store's restart (a loaded machine may take seconds).
+    let server = TestServer::start_with(TestDb::sqlite(), move |config| {
+        config.storage = StorageConfig::S3(Box::new(settings));
+        config.timings.heartbeat_timeout = Duration::from_secs(30);
+        config.timings.reconnect_grace = Duration::from_secs(30);
+    })
+    .await;
+    let key = TestKey::generate("s3-failure");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    let (id, job) = assigned(&server, &mut builder).await;
+
+    // 48 MiB: the server is killed while the first parts go up.
+    let body = data(48 * 1024 * 1024);
+    let digest = digest_of("big.bin", &body);
+    let upload_url = job.upload_url.clone();
+    let token = job.job_token.clone();
+    let sha = digest.sha256.to_string();
+    let sent = body.clone();
+    let uploading = tokio::task::spawn_local(async move {
+        upload(&upload_url, &token, "big.bin", &sent, &sha).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s3.stop();
+    let (status, answer) = uploading.await.expect("the upload task");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(error_code(&answer), "unavailable", "{answer}");
+    let (_, listed) = server.get(&format!("/jobs/{id}/artifacts")).await;
+    assert!(
+        !listed.to_string().contains("big.bin"),
+        "published after a failed upload: {listed}"
+    );
+
+    // Back (empty, as moto keeps nothing): the bucket again, then a new upload works.
+    s3.resume_async().await;
+    let again = TestBucket {
+        endpoint: bucket.endpoint.clone(),
+        bucket: bucket.bucket.clone(),
+    };
+    let create = awc::Client::new()
+        .put(format!("{}/{}", again.endpoint, again.bucket))
+        .send()
+        .await
+        .expect("recreating the bucket");
+    assert!(create.status().is_success());
+    assert!(again.keys().await.is_empty(), "nothing was published");
+    let small = data(1024 * 1024);
+    let digest = upload_ok(&job, "small.bin", &small).await;
+    let result = builder
+        .complete(&key, &job, Outcome::Succeeded, vec![digest])
+        .await;
+    assert_eq!(result, CompletionResult::Accepted);
+    let (status, _, downloaded) = get_range(
+        &server.api(&format!("/jobs/{id}/artifacts/small.bin")),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(downloaded == small);
+    server.shutdown().await;
+}
+
+/// An unreachable store stops the backend at start, naming the bucket and the endpoint.
+#[actix_rt::test]
+async fn an_unreachable_store_is_a_clear_error_at_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    // Nothing listens there once the listener is dropped.
+    let bucket = TestBucket {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        bucket: "missing".into(),
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = buildfleet_backend::config::ServerConfig::with_data_dir(dir.path());
+    config.bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.storage = StorageConfig::S3(Box::new(bucket.settings()));
+    let started = std::time::Instant::now();
+    let error = match buildfleet_backend::server::start(config).await {
+        Ok(_) => panic!("started without its object store"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("object storage") && error.contains(&format!("127.0.0.1:{port}")),
+        "{error}"
+    );
+    assert!(error.contains("\"missing\""), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded retries: {:?}",
+        started.elapsed()
+    );
+}
+
+/// Several replicas on PostgreSQL with local disk are refused unless forced; one replica (the
+/// Compose file, the tests) starts as before.
+#[test]
+fn local_disk_is_refused_for_several_replicas_on_postgresql() {
+    use buildfleet_backend::config::{ServeArgs, ServerConfig};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let load = |storage: &str| {
+        let path = dir.path().join("bf.toml");
+        std::fs::write(
+            &path,
+            format!("database_url = \"postgres://bf@127.0.0.1/bf\"\n{storage}"),
+        )
+        .expect("write");
+        ServerConfig::resolve(&ServeArgs {
+            config: Some(path),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..ServeArgs::default()
+        })
+    };
+    assert_eq!(load("").expect("one replica").storage, StorageConfig::Fs);
+    let refused = load("[storage]\nreplicas = 3\n").expect_err("refused");
+    assert!(
+        format!("{refused:#}").contains("allow_local_with_shared_database"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        load("[storage]\nreplicas = 3\nallow_local_with_shared_database = true\n")
+            .expect("forced")
+            .storage,
+        StorageConfig::Fs
+    );
+    let s3 = load("[storage]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\nreplicas = 3\n")
+        .expect("s3");
+    assert!(matches!(s3.storage, StorageConfig::S3(ref s) if s.bucket == "b"));
+    let plain =
+        load("[storage]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n")
+            .expect_err("plain http refused");
+    assert!(format!("{plain:#}").contains("allow_http"), "{plain:#}");
+    assert!(load("[storage]\nkind = \"s3\"\n").is_err(), "no bucket");
+}
+
+server_tests!(a_job_runs_end_to_end_on_object_storage);
