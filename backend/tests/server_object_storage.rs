@@ -350,4 +350,84 @@ fn local_disk_is_refused_for_several_replicas_on_postgresql() {
     assert!(load("[storage]\nkind = \"s3\"\n").is_err(), "no bucket");
 }
 
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status");
+    kib * 1024
+}
+
+/// Uploads `body` as a source to the backend at `url`: the status.
+async fn upload_source(url: &str, body: Vec<u8>) -> StatusCode {
+    let response = awc::Client::new()
+        .post(format!("{url}/api/v1/sources"))
+        .bearer_auth(buildfleet_testkit::processes::ADMIN_TOKEN)
+        .timeout(Duration::from_secs(120))
+        .send_body(body)
+        .await
+        .expect("POST /api/v1/sources");
+    response.status()
+}
+
+/// A 64 MiB upload to the object store raises the backend process's peak memory by far less
+/// than 64 MiB: the body streams through in parts.
+#[actix_rt::test]
+async fn a_large_upload_keeps_the_backends_memory_flat() {
+    let Some(bucket) = TestBucket::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("bf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nkind = \"s3\"\nbucket = \"{}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+             access_key_id = \"testing\"\nsecret_access_key = \"testing\"\nallow_http = true\n",
+            bucket.bucket, bucket.endpoint
+        ),
+    )
+    .expect("config");
+    let database = format!("sqlite://{}", dir.path().join("bf.db").display());
+    let mut backend = buildfleet_testkit::processes::BackendProcess::start(
+        &database,
+        &["--config".to_owned(), config.display().to_string()],
+    )
+    .await;
+    let pid = backend.pid().expect("running");
+    // Warm up every code path (client, TLS-less connection pool, multipart) with 20 MiB.
+    assert_eq!(
+        upload_source(&backend.url, data(20 * 1024 * 1024)).await,
+        StatusCode::CREATED
+    );
+    let before = peak_rss(pid);
+    let size = 64 * 1024 * 1024;
+    let mut body = data(size);
+    body[0] ^= 1; // another digest than any earlier upload
+    assert_eq!(upload_source(&backend.url, body).await, StatusCode::CREATED);
+    let after = peak_rss(pid);
+    let grown = after.saturating_sub(before);
+    eprintln!("peak RSS {before} -> {after} bytes (+{grown}) for a {size}-byte upload");
+    assert!(
+        // A part in flight, the request's queue and allocator slack: tens of MiB at most,
+        // whatever the size; a body held whole would add all of its 64 MiB.
+        grown < (size as u64) / 2,
+        "peak RSS grew by {grown} bytes for a {size}-byte upload"
+    );
+    assert!(
+        bucket
+            .keys()
+            .await
+            .iter()
+            .filter(|k| k.starts_with("sources/"))
+            .count()
+            == 2,
+        "both sources stored"
+    );
+    backend.stop().await;
+}
+
 server_tests!(a_job_runs_end_to_end_on_object_storage);

@@ -325,6 +325,11 @@ impl BackendProcess {
         self.data_dir.path()
     }
 
+    /// The running process's id (`None` once stopped or killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// An API client for this backend as the operator.
     pub fn api(&self) -> Api {
         Api::new(&self.url, ADMIN_TOKEN)

@@ -267,6 +267,9 @@ impl PendingObject {
             return Err(io::Error::other("the upload has already ended"));
         }
         while !data.is_empty() {
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve_exact(PART_BYTES);
+            }
             let take = (PART_BYTES - self.buffer.len()).min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
@@ -279,10 +282,9 @@ impl PendingObject {
 
     /// Sends the buffer as the next part, starting the multipart upload if needed.
     fn send_part(&mut self) -> io::Result<()> {
-        let part = Bytes::from(std::mem::replace(
-            &mut self.buffer,
-            Vec::with_capacity(PART_BYTES),
-        ));
+        // The next buffer is allocated by the next write, after this part is sent: one part
+        // in memory at a time.
+        let part = Bytes::from(std::mem::take(&mut self.buffer));
         let (store, path, upload) = (
             self.inner.store.clone(),
             self.path.clone(),
