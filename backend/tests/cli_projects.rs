@@ -56,6 +56,25 @@ async fn projects_and_tokens_from_the_command_line(db: TestDb) {
         .ok()
         .stdout;
     assert!(shown.contains("weight:") && shown.contains('5'), "{shown}");
+    assert!(shown.contains("1 builder (no reproduction)"), "{shown}");
+    // The project's jobs that name no `reproduce` are built by two independent builders.
+    let changed = server
+        .cli(&["project", "set", "acme/web", "--reproduce", "2", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(changed["reproduce"], 2);
+    let shown = server
+        .cli(&["project", "show", "acme/web"])
+        .await
+        .ok()
+        .stdout;
+    assert!(shown.contains("2 independent builders"), "{shown}");
+    let bad = server
+        .cli(&["project", "set", "acme/web", "--reproduce", "9"])
+        .await
+        .expect_code(3);
+    assert!(bad.stderr.contains("reproduce"), "{}", bad.stderr);
     // Refused before sending, and by the server.
     server
         .cli(&["project", "create", "nope"])

@@ -143,6 +143,37 @@ async fn a_crate_reproduced_by_two_builders_carries_both_signatures(db: TestDb) 
         dsse::verify(&key, &payload, signature)
             .unwrap_or_else(|e| panic!("DSSE signature of {}: {e}", builder.name));
     }
+    // Revoking the key of the run whose signature is not the job's own (the first run's)
+    // still marks the job: every signer of the statement counts.
+    let first = [&one, &two]
+        .into_iter()
+        .find(|b| b.name == builders[0])
+        .expect("the first run's builder");
+    let builder_id = server.get_ok("/builders").await["builders"]
+        .as_array()
+        .expect("builders")
+        .iter()
+        .find(|b| b["name"] == first.name.as_str())
+        .and_then(|b| b["id"].as_i64())
+        .expect("the first run's builder id");
+    let fingerprint = first.key().fingerprint.to_string();
+    let revoke = format!(
+        "/builders/{builder_id}/keys/{}/revoke",
+        fingerprint
+            .replace('/', "%2F")
+            .replace('+', "%2B")
+            .replace('=', "%3D")
+    );
+    let (status, body) = server
+        .post_admin(&revoke, &json!({ "reason": "key leaked" }))
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let (_, page) = server.get_raw(&format!("{}/jobs/{id}", server.url)).await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("Signed by a revoked key: key leaked") && page.contains(&fingerprint),
+        "the job page does not mark the first run's revoked signer"
+    );
     // The artifact downloaded is the one every run built.
     let listing = server.get_ok(&format!("/jobs/{id}/artifacts")).await;
     let artifacts = listing["artifacts"].as_array().expect("artifacts");

@@ -16,7 +16,8 @@ pub enum ProjectCommand {
     List,
     /// Show one project.
     Show(ProjectRef),
-    /// Change whether a project is public, or its fair-share weight. Admin token.
+    /// Change whether a project is public, its fair-share weight or how many independent
+    /// builders reproduce its jobs by default. Admin token.
     Set(SetArgs),
     /// The project's webhooks and their deliveries.
     #[command(subcommand)]
@@ -57,6 +58,10 @@ pub struct SetArgs {
     /// Fair-share weight, 1 to 1000.
     #[arg(long, value_name = "N")]
     pub weight: Option<i32>,
+    /// How many independent builders must build the project's jobs that name no
+    /// `--reproduce` and agree before they publish, 1 to 5 (1: no reproduction).
+    #[arg(long, value_name = "K")]
+    pub reproduce: Option<i32>,
 }
 
 /// Refuses a name that cannot be a project's before sending it (exit 2).
@@ -97,9 +102,10 @@ pub async fn run(api: &Api, json: bool, command: ProjectCommand) -> Result<Outco
         }
         ProjectCommand::Set(args) => {
             check_name(&args.name)?;
-            if args.public.is_none() && args.weight.is_none() {
+            if args.public.is_none() && args.weight.is_none() && args.reproduce.is_none() {
                 return Err(CliError::Usage(
-                    "nothing to change: give --public true|false and/or --weight N".into(),
+                    "nothing to change: give --public true|false, --weight N or --reproduce K"
+                        .into(),
                 ));
             }
             let mut body = json!({});
@@ -108,6 +114,9 @@ pub async fn run(api: &Api, json: bool, command: ProjectCommand) -> Result<Outco
             }
             if let Some(weight) = args.weight {
                 body["weight"] = json!(weight);
+            }
+            if let Some(reproduce) = args.reproduce {
+                body["reproduce"] = json!(reproduce);
             }
             let changed = api
                 .patch(&format!("/projects/{}", args.name), &body)
@@ -126,6 +135,15 @@ fn visibility(public: bool) -> &'static str {
     }
 }
 
+/// A project's default reproduction, as `project show` prints it.
+fn reproduced_by(k: i32) -> String {
+    if k <= 1 {
+        "1 builder (no reproduction)".into()
+    } else {
+        format!("{k} independent builders")
+    }
+}
+
 fn show(json: bool, answer: &Value, done: &str) -> Result<Outcome, CliError> {
     if json {
         print_json(answer);
@@ -139,6 +157,7 @@ fn show(json: bool, answer: &Value, done: &str) -> Result<Outcome, CliError> {
         ("name", project.name),
         ("visibility", visibility(project.public).into()),
         ("weight", project.weight.to_string()),
+        ("reproduced by", reproduced_by(project.reproduce)),
         ("created", utc(project.created_at)),
     ]);
     Ok(Outcome::Success)

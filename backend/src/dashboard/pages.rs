@@ -365,7 +365,7 @@ pub async fn job(
         let chunks = store.log_chunks(id)?;
         let log: StoredLog = read_tail(&*storage, &chunks, attempt).map_err(ApiError::internal)?;
         let statement = store.job_statement(id)?;
-        let revoked = crate::http::builders::revoked_signers(&store, statement.as_ref())?;
+        let revoked = crate::http::builders::revoked_signers(&store, id, statement.as_ref())?;
         Ok((store.list_builders()?, log, store.now_ms(), revoked))
     })
     .await?;
@@ -413,6 +413,7 @@ pub async fn job(
                     tr { td data-label="Name" { a href=(a.url) { (a.name) } } td data-label="Size" { (size(a.size)) } td.mono data-label="SHA-256" { (a.sha256) } }
                 } }
             } }
+            (provenance_links(job.id, detail.artifacts.first().map(|a| a.name.as_str())))
             h2 { "Verify with OpenSSH" }
             pre.log { (verify_instructions(public_url, job.id, &signer, detail.artifacts.first().map(|a| a.name.as_str()))) }
         }
@@ -493,6 +494,20 @@ fn query_value(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The published statement in its three forms, and the one command that checks an artifact
+/// against all of them (every signer, at its signing time).
+fn provenance_links(job: JobId, artifact: Option<&str>) -> Markup {
+    html! {
+        h2 { "Provenance" }
+        p {
+            a href={ "/api/v1/jobs/" (job) "/statement" } { "statement" } " (in-toto, SLSA provenance) · "
+            a href={ "/api/v1/jobs/" (job) "/statement.dsse" } { "DSSE envelope" } " · "
+            a href={ "/api/v1/jobs/" (job) "/signatures" } { "SSH signatures" } " (one per builder that built or reproduced it)"
+        }
+        pre.log { "buildfleet verify " (artifact.unwrap_or("ARTIFACT")) " --job " (job) }
+    }
 }
 
 /// The commands that check a job's statement (and `artifact` against it, if given).

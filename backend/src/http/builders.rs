@@ -13,7 +13,7 @@ use crate::error::{blocking, parse_json, ApiError};
 use crate::http::auth::{require, Access};
 use crate::http::views::ProjectNames;
 use crate::http::{views, AppState};
-use crate::store::{Builder, BuilderId, NewBuilder, Store, TokenScope};
+use crate::store::{Builder, BuilderId, JobId, NewBuilder, Store, TokenScope};
 
 async fn live(state: &AppState) -> Result<BTreeMap<BuilderId, LiveBuilder>, ApiError> {
     state
@@ -439,12 +439,21 @@ pub fn sshsig_signers(armored: &str) -> Vec<String> {
 /// The revoked keys among those that signed `statement` (the job page marks the job).
 pub fn revoked_signers(
     store: &Store,
+    job: JobId,
     statement: Option<&crate::store::AttemptStatement>,
 ) -> Result<Vec<RevokedSigner>, ApiError> {
     let Some(statement) = statement else {
         return Ok(Vec::new());
     };
-    let signers = sshsig_signers(&statement.signature);
+    // A reproduced job's statement carries a signature per run: every signer counts.
+    let mut signers: Vec<String> = store
+        .statement_signatures(job)?
+        .into_iter()
+        .map(|s| s.signer_fingerprint)
+        .collect();
+    if signers.is_empty() {
+        signers = sshsig_signers(&statement.signature);
+    }
     Ok(store
         .builder_keys_by_fingerprint(&signers)?
         .into_iter()
