@@ -145,6 +145,24 @@ async fn a_job_runs_end_to_end_on_object_storage(db: TestDb) {
         "{keys:?}"
     );
     assert!(!keys.iter().any(|k| k.starts_with("pending/")), "{keys:?}");
+
+    // Deleting the job's artifacts deletes their objects.
+    let (status, answer) = server
+        .call(
+            awc::http::Method::DELETE,
+            &format!("/jobs/{id}/artifacts"),
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let keys = bucket.keys().await;
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.starts_with(&format!("artifacts/{id}/"))),
+        "{keys:?}"
+    );
     server.shutdown().await;
 }
 
