@@ -162,11 +162,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .await?
         .context("opening the database")?;
     let storage: Arc<dyn Storage> = match &config.storage {
-        crate::config::StorageConfig::Fs => Arc::new(FsStorage::new(config.data_dir.join("blobs"))?),
+        crate::config::StorageConfig::Fs => {
+            Arc::new(FsStorage::new(config.data_dir.join("blobs"))?)
+        }
         crate::config::StorageConfig::S3(settings) => {
             let settings = settings.as_ref().clone();
-            let storage = tokio::task::spawn_blocking(move || S3Storage::connect(&settings))
-                .await??;
+            let storage =
+                tokio::task::spawn_blocking(move || S3Storage::connect(&settings)).await??;
             tracing::info!("blobs in object storage: {}", storage.describe());
             Arc::new(storage)
         }

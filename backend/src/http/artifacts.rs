@@ -98,9 +98,7 @@ pub async fn upload(
         let recorded = store.record_artifact(&new);
         match recorded {
             Ok(_) => {
-                storage
-                    .commit(received.blob, &key)
-                    .map_err(storage_error)?;
+                storage.commit(received.blob, &key).map_err(storage_error)?;
                 Ok(())
             }
             Err(e) => {
