@@ -200,6 +200,7 @@ impl Backend {
                     &database.url,
                     &admin_token,
                     settings,
+                    &data_dir.join("backend.log"),
                 )?;
                 let pid = child.id();
                 (Running::Child(child), addr, pid)
@@ -269,6 +270,77 @@ impl Drop for Backend {
     }
 }
 
+/// A second backend process on the same database, data directory and admin token as a
+/// [`Backend`]: a replica. Killed when dropped.
+pub struct Replica {
+    pub ws_url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    /// Starts a replica of this backend (the backend binary only: two in-process servers
+    /// would share one process's figures).
+    pub async fn start_replica(
+        &self,
+        mode: &BackendMode,
+        settings: &BackendSettings,
+    ) -> anyhow::Result<Replica> {
+        let BackendMode::Binary(binary) = mode else {
+            bail!("a replica runs the backend binary; --in-process has none");
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("buildfleet-bench-replica-")
+            .tempdir_in(bench_tmp_root())
+            .context("creating the replica's directory")?;
+        let mut config_settings = settings.clone();
+        if let Some(pool) = std::env::var("BUILDFLEET_BENCH_DB_POOL_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config_settings.db_pool_size = Some(pool);
+        }
+        let (child, addr) = spawn_binary(
+            binary,
+            dir.path(),
+            &self.data_dir,
+            &self._database.url,
+            &self.admin_token,
+            &config_settings,
+            // Its own log, beside its configuration: the data directory is shared.
+            &dir.path().join("backend.log"),
+        )?;
+        let replica = Replica {
+            ws_url: format!("ws://{addr}/api/v1/builders/connect"),
+            child,
+            _dir: dir,
+        };
+        let client = awc::Client::new();
+        let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let ok = client
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(replica);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the replica at {addr} did not become healthy");
+            }
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Where data directories go: `BUILDFLEET_BENCH_TMP`, else the system temp directory.
 pub fn bench_tmp_root() -> PathBuf {
     std::env::var_os("BUILDFLEET_BENCH_TMP")
@@ -308,13 +380,14 @@ fn spawn_binary(
     database_url: &str,
     admin_token: &str,
     settings: &BackendSettings,
+    log: &Path,
 ) -> anyhow::Result<(Child, String)> {
     let config = dir.join("backend.toml");
     std::fs::write(
         &config,
         config_toml(data_dir, database_url, admin_token, settings),
     )?;
-    let log = std::fs::File::create(data_dir.join("backend.log"))?;
+    let log = std::fs::File::create(log)?;
     // A profiler that runs the program in the same process (valgrind), e.g.
     // BUILDFLEET_BENCH_BACKEND_WRAPPER="valgrind --tool=massif --massif-out-file=/tmp/m.out".
     let wrapper = std::env::var("BUILDFLEET_BENCH_BACKEND_WRAPPER").unwrap_or_default();

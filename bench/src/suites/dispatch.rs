@@ -14,6 +14,30 @@ const RECIPE: &str = "bench-noop";
 const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> anyhow::Result<()> {
+    measure(db, options, result, false).await
+}
+
+/// The same, with a second backend process (a replica) on the same PostgreSQL database and
+/// data directory: jobs are submitted through the first, the builders are connected to the
+/// second, so every job reaches its builder through the replica bus (`LISTEN`/`NOTIFY`).
+pub async fn run_across_replicas(
+    db: DbKind,
+    options: &RunOptions,
+    result: &mut SuiteResult,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(db, DbKind::Postgres),
+        "dispatch-replicas needs --db postgres: SQLite is one process"
+    );
+    measure(db, options, result, true).await
+}
+
+async fn measure(
+    db: DbKind,
+    options: &RunOptions,
+    result: &mut SuiteResult,
+    across_replicas: bool,
+) -> anyhow::Result<()> {
     let builders = options.size(100, 10);
     let jobs = options.jobs.unwrap_or(options.size(1000, 50));
     let warmup = options.size(20, 5);
@@ -28,6 +52,18 @@ pub async fn run(db: DbKind, options: &RunOptions, result: &mut SuiteResult) -> 
         result,
     )
     .await?;
+    let _replica = if across_replicas {
+        let replica = s
+            .backend
+            .start_replica(&options.backend, &BackendSettings::default())
+            .await?;
+        result.param("replicas", 2);
+        result.note("jobs submitted through replica A, builders connected to replica B");
+        s.fleet.ws_url = replica.ws_url.clone();
+        Some(replica)
+    } else {
+        None
+    };
     let identities = fleet::admit_fleet(&s.api, "dispatch", builders, 16).await?;
     let _fleet = fleet::connect_fleet(&s.fleet, &identities, 32).await?;
 

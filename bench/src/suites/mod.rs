@@ -27,6 +27,9 @@ pub enum Suite {
     All,
     RealBuilders,
     Dispatch,
+    /// Dispatch across two backend processes on one PostgreSQL database: submitted through
+    /// one, the builders connected to the other. Not in `all` (PostgreSQL only).
+    DispatchReplicas,
     Lifecycle,
     IdleSessions,
     ReconnectStorm,
@@ -52,6 +55,7 @@ impl Suite {
             Suite::All => "all",
             Suite::RealBuilders => "real-builders",
             Suite::Dispatch => "dispatch",
+            Suite::DispatchReplicas => "dispatch-replicas",
             Suite::Lifecycle => "lifecycle",
             Suite::IdleSessions => "idle-sessions",
             Suite::ReconnectStorm => "reconnect-storm",
@@ -95,6 +99,7 @@ pub async fn run(suite: Suite, db: DbKind, options: &RunOptions) -> SuiteResult 
     let outcome = match suite {
         Suite::RealBuilders => real_builders::run(db, options, &mut result).await,
         Suite::Dispatch => dispatch::run(db, options, &mut result).await,
+        Suite::DispatchReplicas => dispatch::run_across_replicas(db, options, &mut result).await,
         Suite::Lifecycle => lifecycle::run(db, options, &mut result).await,
         Suite::IdleSessions => idle_sessions::run(db, options, &mut result).await,
         Suite::ReconnectStorm => reconnect_storm::run(db, options, &mut result).await,

@@ -31,9 +31,11 @@ impl Handler<FromReplica> for Scheduler {
     fn handle(&mut self, msg: FromReplica, ctx: &mut Self::Context) {
         match msg.0 {
             Notice::JobQueued { project, recipe } => {
-                // Only builders that may take it claim; the claim itself checks labels and
-                // fair share, and another replica's builder may win it (SKIP LOCKED).
-                let wanted: Vec<BuilderId> = self
+                // One claim, by the builder here with the most free slots that may take it
+                // (as for a job submitted here): a claim per idle builder would have them all
+                // query for one job. The claim checks labels and fair share; another
+                // replica's builder may win it (SKIP LOCKED), and the sweep is the net.
+                let best = self
                     .builders
                     .iter()
                     .filter(|(_, slot)| {
@@ -41,9 +43,9 @@ impl Handler<FromReplica> for Scheduler {
                             && slot.recipes.contains(&recipe)
                             && slot.serves(project)
                     })
-                    .map(|(id, _)| *id)
-                    .collect();
-                for builder in wanted {
+                    .max_by_key(|(id, slot)| (slot.free_slots(), std::cmp::Reverse(id.0)))
+                    .map(|(id, _)| *id);
+                if let Some(builder) = best {
                     self.dispatch_to(builder, ctx);
                 }
             }
