@@ -84,6 +84,24 @@ fn expect_eq(
     }
 }
 
+/// Like [`expect_eq`] for values without a display form (lists, descriptors): compared as
+/// values, shown as their debug form when they differ.
+fn expect_same<T: PartialEq + std::fmt::Debug>(
+    field: &'static str,
+    found: &T,
+    expected: &T,
+) -> Result<(), StatementError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(StatementError::Mismatch {
+            field,
+            found: format!("{found:?}"),
+            expected: format!("{expected:?}"),
+        })
+    }
+}
+
 /// Verifies `response` for `job` against the key and the attempt's uploads, and returns
 /// what to publish.
 pub fn verify_completion(
@@ -127,13 +145,7 @@ pub fn verify_completion(
         statement.outcome.as_str(),
         response.outcome.as_str(),
     )?;
-    if statement.artifacts != response.artifacts {
-        return Err(StatementError::Mismatch {
-            field: "artifacts",
-            found: format!("{:?}", statement.artifacts),
-            expected: format!("{:?}", response.artifacts),
-        });
-    }
+    expect_same("artifacts", &statement.artifacts, &response.artifacts)?;
     if statement.mode == JobMode::Plan && !(statement.artifacts.is_empty() && uploads.is_empty()) {
         return Err(StatementError::ArtifactsInPlanMode);
     }
@@ -298,29 +310,19 @@ fn verify_in_toto(
         &details.metadata.invocation_id,
         &expected.run_details.metadata.invocation_id,
     )?;
-    if details.byproducts != expected.run_details.byproducts {
-        return Err(StatementError::Mismatch {
-            field: "runDetails.byproducts",
-            found: format!("{:?}", details.byproducts),
-            expected: format!("{:?}", expected.run_details.byproducts),
-        });
-    }
-    if definition.resolved_dependencies != expected.build_definition.resolved_dependencies {
-        return Err(StatementError::Mismatch {
-            field: "buildDefinition.resolvedDependencies",
-            found: format!("{:?}", definition.resolved_dependencies),
-            expected: format!("{:?}", expected.build_definition.resolved_dependencies),
-        });
-    }
+    expect_same(
+        "runDetails.byproducts",
+        &details.byproducts,
+        &expected.run_details.byproducts,
+    )?;
+    expect_same(
+        "buildDefinition.resolvedDependencies",
+        &definition.resolved_dependencies,
+        &expected.build_definition.resolved_dependencies,
+    )?;
     // Subjects: exactly the response's artifacts (names and digests), which are checked
     // against the uploads below.
-    if statement.subject != rebuilt.subject {
-        return Err(StatementError::Mismatch {
-            field: "subject",
-            found: format!("{:?}", statement.subject),
-            expected: format!("{:?}", rebuilt.subject),
-        });
-    }
+    expect_same("subject", &statement.subject, &rebuilt.subject)?;
     if facts.mode == JobMode::Plan && !(response.artifacts.is_empty() && uploads.is_empty()) {
         return Err(StatementError::ArtifactsInPlanMode);
     }
