@@ -78,6 +78,16 @@ async fn readme_first_build_succeeds_from_a_fresh_directory(db: TestDb) {
             .any(|(path, size)| path.ends_with(".rlib") && *size > 0),
         "the artifact holds the built library: {files:?}"
     );
+    // The README's next line: any copy of the file checked in one command, the job found by
+    // its digest.
+    let verified = run_cli_in(cwd, &server.url, &["verify", ARTIFACT])
+        .await
+        .ok();
+    assert!(
+        verified.stdout.contains("built by local-1"),
+        "{}",
+        verified.stdout
+    );
 
     server.stop().await;
 }
