@@ -11,7 +11,9 @@ use buildfleet_protocol::signing::{
     self, BuildStatement, SigningError, CHALLENGE_NAMESPACE, STATEMENT_FORMAT, STATEMENT_NAMESPACE,
 };
 use buildfleet_protocol::ssh_key::{PrivateKey, PublicKey};
-use buildfleet_protocol::{JobMode, JobResponse, SignedStatement};
+use buildfleet_protocol::{
+    dsse, Attempt, JobId, JobMode, JobResponse, Outcome, Sha256Digest, SignedStatement,
+};
 
 /// The fuzz key (made with `ssh-keygen -t ed25519`); it signs fuzz inputs and nothing else.
 const PRIVATE_KEY: &str = include_str!("../keys/fuzz_ed25519");
@@ -64,6 +66,28 @@ pub fn check(bytes: &[u8]) {
         Ok(statement) => check_verified(&fresh, &statement),
         Err(SigningError::Statement(detail)) => assert!(!detail.is_empty()),
         Err(other) => panic!("a signature made by the key does not verify: {other}"),
+    }
+    // As a builder of today sends it: the same text with a DSSE signature too, so it takes
+    // the in-toto path of the completion checks (chosen by `_type`). Accepted or refused with
+    // a message, never a panic.
+    let in_toto = JobResponse {
+        job_id: JobId(1),
+        attempt: Attempt(1),
+        outcome: Outcome::Succeeded,
+        exit_status: None,
+        error: None,
+        artifacts: Vec::new(),
+        plan: None,
+        statement: fresh.clone(),
+        dsse_signature: Some(
+            dsse::sign(key, text.as_bytes())
+                .expect("the fuzz key signs")
+                .sig,
+        ),
+        reproduction: None,
+    };
+    if let Err(error) = verify_completion(&fixed_job(), &in_toto, public, BACKEND_ID, &[]) {
+        assert!(!error.to_string().is_empty());
     }
     assert!(matches!(
         signing::verify(
@@ -201,5 +225,24 @@ fn job_for(statement: &BuildStatement) -> store::Job {
         retry_not_before: None,
         manual_retries: 0,
         project: store::ProjectId::DEFAULT,
+        reproduce: 1,
+        on_mismatch: store::OnMismatch::Fail,
     }
+}
+
+/// The job an arbitrary text sent as an in-toto statement is checked against.
+fn fixed_job() -> store::Job {
+    job_for(&BuildStatement {
+        format: STATEMENT_FORMAT.into(),
+        backend_id: BACKEND_ID.into(),
+        builder: signing::fingerprint(key().public_key()),
+        job_id: JobId(1),
+        attempt: Attempt(1),
+        source_sha256: Sha256Digest::from_bytes(&[0xab; 32]),
+        recipe: "cargo-build".into(),
+        mode: JobMode::Build,
+        annotations: Default::default(),
+        outcome: Outcome::Succeeded,
+        artifacts: Vec::new(),
+    })
 }
