@@ -167,12 +167,16 @@ async fn a_published_version_is_built_served_verified_and_installed(db: TestDb) 
     );
     assert!(verified, "ssh-keygen -Y verify: {output}");
     let signed: Value = serde_json::from_slice(&statement).expect("statement JSON");
+    // An in-toto statement: the archive is its subject, the crate in its build definition.
     assert_eq!(
-        signed["artifacts"][0]["sha256"],
+        signed["subject"][0]["digest"]["sha256"],
         sha256_hex(&archive),
         "{signed:#}"
     );
-    assert_eq!(signed["annotations"]["crate"], SAMPLE_BINARY);
+    assert_eq!(
+        signed["predicate"]["buildDefinition"]["externalParameters"]["annotations"]["crate"],
+        SAMPLE_BINARY
+    );
 
     install_with_cargo_binstall(&server, &ca, &release, &archive);
 

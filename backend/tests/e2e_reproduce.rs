@@ -174,6 +174,10 @@ async fn a_crate_reproduced_by_two_builders_carries_both_signatures(db: TestDb) 
         page.contains("Signed by a revoked key: key leaked") && page.contains(&fingerprint),
         "the job page does not mark the first run's revoked signer"
     );
+    assert!(
+        page.contains("reproduced by 2 of 2 builders"),
+        "the job page does not say it was reproduced"
+    );
     // The artifact downloaded is the one every run built.
     let listing = server.get_ok(&format!("/jobs/{id}/artifacts")).await;
     let artifacts = listing["artifacts"].as_array().expect("artifacts");
@@ -222,6 +226,15 @@ async fn a_recipe_writing_the_time_ends_unreproducible_with_evidence(db: TestDb)
     assert!(
         diff.contains("-") && diff.contains("+") && diff.contains(" built"),
         "{diff}"
+    );
+    // The job page says so, with the file that differs and its diff.
+    let (_, page) = server.get_raw(&format!("{}/jobs/{id}", server.url)).await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("unreproducible")
+            && page.contains("dist.tar.gz differs")
+            && page.contains("dist/BUILD_INFO"),
+        "the job page does not show the evidence"
     );
     // Nothing published.
     assert!(detail["artifacts"]

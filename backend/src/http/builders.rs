@@ -202,21 +202,25 @@ pub async fn act(
             }
         }
         "drain" | "pause" | "resume" => {
-            blocking({
+            let (builder, now) = blocking({
                 let store = store.clone();
                 move || {
-                    store
+                    let builder = store
                         .builder_by_id(id)?
-                        .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))
+                        .ok_or_else(|| ApiError::NotFound(format!("builder {id}")))?;
+                    Ok((builder, store.now_ms()))
                 }
             })
             .await?;
             // Steering stays an action on a connected builder (an offline one would learn of
             // it only later, which is not what the operator sees): refused before anything
             // is stored. On PostgreSQL the builder may be connected to another replica, which
-            // this one does not see: the standing is stored and announced to them all.
+            // this one does not see: there it counts as connected while another replica
+            // records its heartbeats (`last_seen_at`, written each sweep), and the standing
+            // is stored and announced to them all.
             let shared = state.store.backend() == crate::store::Backend::Postgres;
-            if !shared && !live(&state).await?.contains_key(&id) {
+            let elsewhere = shared && heard_of_lately(&state, builder.last_seen_at, now);
+            if !elsewhere && !live(&state).await?.contains_key(&id) {
                 return Err(ApiError::Conflict(format!("builder {id} is not connected")));
             }
             let command = match action.as_str() {
@@ -434,6 +438,15 @@ pub fn sshsig_signers(armored: &str) -> Vec<String> {
         rest = &rest[start + len + END.len()..];
     }
     found
+}
+
+/// Whether some replica heard from a builder within a heartbeat timeout and two sweeps (the
+/// sweep records contact at most one interval late).
+fn heard_of_lately(state: &AppState, last_seen_at: Option<i64>, now_ms: i64) -> bool {
+    let timings = &state.config.timings;
+    let window = timings.heartbeat_timeout + timings.sweep_interval * 2;
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    last_seen_at.is_some_and(|seen| now_ms.saturating_sub(seen) <= window_ms)
 }
 
 /// The revoked keys among those that signed `statement` (the job page marks the job).

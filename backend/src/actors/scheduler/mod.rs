@@ -338,6 +338,23 @@ impl Handler<Register> for Scheduler {
         if slot.projects.is_none() {
             self.load_projects(builder, session, ctx);
         }
+        // Other replicas on the database tell a builder connected here by its recent contact
+        // (`last_seen_at`, which the sweep records up to an interval late): the connection
+        // itself is recorded at once.
+        if self.store.backend() == crate::store::Backend::Postgres {
+            let store = self.store.clone();
+            ctx.spawn(
+                crate::actors::blocking_for_sessions(move || {
+                    store.touch_builder_last_seen(builder)
+                })
+                .into_actor(self)
+                .map(move |result, _, _| {
+                    if let Err(e) = result {
+                        tracing::warn!(%builder, error = %e, "recording a builder's connection failed");
+                    }
+                }),
+            );
+        }
         // The newer session wins: after a network cut it is the builder's real connection
         // while the old socket lingers half-open. The old one is told `session_replaced`; a
         // builder backs off long after that, so two processes with one key do not ping-pong.
