@@ -38,8 +38,8 @@ pub mod source;
 pub mod strategy;
 pub mod supervisor;
 pub mod unpack;
-pub mod versions;
 pub mod upload;
+pub mod versions;
 
 use std::future::Future;
 use std::rc::Rc;

@@ -241,11 +241,12 @@ impl LogSink {
                     .fetch_add(written.lines, Ordering::Relaxed);
                 if !written.bytes.is_empty() {
                     self.fan_out(key, written.bytes);
-                    self.bus.announce(crate::store::notify::Notice::LogAppended {
-                        job: key.0,
-                        attempt: key.1,
-                        seq: written.stored.seq,
-                    });
+                    self.bus
+                        .announce(crate::store::notify::Notice::LogAppended {
+                            job: key.0,
+                            attempt: key.1,
+                            seq: written.stored.seq,
+                        });
                 }
                 self.flush(key, ctx);
             }

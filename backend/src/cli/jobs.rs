@@ -692,7 +692,11 @@ fn print_reproduction(r: &buildfleet_api::Reproduction) {
                     None => "absent".into(),
                 })
                 .collect();
-            let text = if entry.text_diff.is_some() { " (text diff in --json)" } else { "" };
+            let text = if entry.text_diff.is_some() {
+                " (text diff in --json)"
+            } else {
+                ""
+            };
             println!("    {}: {}{text}", entry.path, sides.join(" vs "));
         }
         if artifact.entries_truncated {
