@@ -218,7 +218,7 @@ api GET /api/v1/allowed_signers >allowed_signers
 principal=$(ssh-keygen -Y find-principals -s statement.sig -f allowed_signers)
 ssh-keygen -Y verify -f allowed_signers -I "$principal" -n buildfleet-statement \
     -s statement.sig <statement
-json '"\n".join(a["sha256"] + "  " + a["name"] for a in d["artifacts"])' <statement >SHA256SUMS
+json '"\n".join(s["digest"]["sha256"] + "  " + s["name"] for s in d["subject"])' <statement >SHA256SUMS
 [ -s SHA256SUMS ] || die "the statement lists no artifact"
 while read -r _ name; do
     api GET "/api/v1/jobs/$job/artifacts/$name" >"$name"
