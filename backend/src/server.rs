@@ -148,6 +148,46 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     file.write_all(contents.as_bytes())
 }
 
+/// A start refused because of the backend id (issue 16 item 6).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendIdError {
+    /// The configuration names an id other than the one the database holds for the cluster.
+    #[error(
+        "the configured backend_id {configured:?} differs from the cluster's backend id \
+         {stored:?} stored in the database: every replica must use the cluster's id; remove \
+         the backend_id setting to use it (changing the cluster's id is done in the database, \
+         see docs/scale-out.md)"
+    )]
+    ConflictsWithCluster { configured: String, stored: String },
+}
+
+/// The backend id this replica signs with: the cluster's, stored in the database by the first
+/// backend to start (its configured `backend_id`, else its public URL). A configured id must
+/// be the stored one, so no replica signs under a name the others would refuse.
+async fn cluster_backend_id(
+    store: &Store,
+    configured: Option<String>,
+    public_url: &str,
+) -> anyhow::Result<String> {
+    let candidate = configured.clone().unwrap_or_else(|| public_url.to_owned());
+    let lookup = store.clone();
+    let stored = tokio::task::spawn_blocking(move || lookup.cluster_backend_id(&candidate))
+        .await?
+        .context("reading the cluster's backend id")?;
+    match configured {
+        Some(configured) if configured != stored => {
+            Err(BackendIdError::ConflictsWithCluster { configured, stored }.into())
+        }
+        Some(_) => Ok(stored),
+        None => {
+            if stored != public_url {
+                tracing::info!("backend id {stored} (the cluster's, stored in the database)");
+            }
+            Ok(stored)
+        }
+    }
+}
+
 /// Starts the backend on the configured address and returns once it listens.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     // Embedders build a ServerConfig by hand; they get the same checks as `serve`.
@@ -189,10 +229,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .unwrap_or_else(|| format!("{scheme}://{addr}"))
         .trim_end_matches('/')
         .to_owned();
-    let backend_id = config
-        .backend_id
-        .clone()
-        .unwrap_or_else(|| public_url.clone());
+    let backend_id = cluster_backend_id(&store, config.backend_id.clone(), &public_url).await?;
 
     let job_feed = JobFeed::new(store.clone(), metrics.clone());
     let actors = actix::Arbiter::new();

@@ -15,6 +15,7 @@ mod builder_keys;
 mod builders;
 mod claim;
 mod clock;
+mod cluster;
 mod connection;
 mod enrolment;
 mod error;

@@ -376,6 +376,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    cluster_identity (id) {
+        id -> Integer,
+        backend_id -> Text,
+    }
+}
+
 diesel::joinable!(job_runs -> jobs (job_id));
 diesel::joinable!(job_reproductions -> jobs (job_id));
 
@@ -408,4 +415,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     project_retention,
     job_expirations,
     statement_signatures,
+    cluster_identity,
 );
