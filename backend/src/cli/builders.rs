@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::client::Api;
 use super::exit::{CliError, Outcome};
-use super::output::{age, or_dash, pairs, print_json, utc, Table};
+use super::output::{age, or_dash, pairs, print_fields, print_json, utc, Table};
 use buildfleet_api::{Builder, BuilderRecord};
 
 use super::client::parse;
@@ -17,8 +17,14 @@ use super::client::parse;
 pub enum BuilderCommand {
     /// Admit a builder: trust its SSH public key under a name. It can connect from then on.
     Admit(AdmitArgs),
-    /// List the admitted builders, and whether each is connected.
+    /// List the admitted builders, whether each is connected, and the projects it serves.
     List,
+    /// Show one builder: its state, labels, recipes, keys' fingerprint and the projects it
+    /// serves.
+    Show(BuilderRef),
+    /// Make a builder serve only the named projects' jobs (private to them), or every
+    /// project's again with --shared (admin token). Without either, print what it serves.
+    Projects(ProjectsArgs),
     /// Let a disabled builder connect and take jobs again.
     Enable(BuilderRef),
     /// Refuse a builder: its session is closed and it gets no jobs until enabled.
@@ -93,6 +99,19 @@ pub struct AdmitArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ProjectsArgs {
+    /// The builder's id, or its name.
+    #[arg(value_name = "ID")]
+    pub builder: String,
+    /// The projects (`organisation/project`) whose jobs it runs, and no others'.
+    #[arg(value_name = "ORG/NAME")]
+    pub projects: Vec<String>,
+    /// Serve every project again (no longer private).
+    #[arg(long, conflicts_with = "projects")]
+    pub shared: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BuilderRef {
     /// The builder's id, or its name.
     #[arg(value_name = "ID")]
@@ -113,6 +132,8 @@ pub async fn run(api: &Api, json: bool, command: BuilderCommand) -> Result<Outco
     match command {
         BuilderCommand::Admit(args) => admit(api, json, args).await,
         BuilderCommand::List => list(api, json).await,
+        BuilderCommand::Show(b) => show(api, json, &b).await,
+        BuilderCommand::Projects(args) => projects(api, json, args).await,
         BuilderCommand::Enable(b) => act(api, json, &b, "enable").await,
         BuilderCommand::Disable(b) => act(api, json, &b, "disable").await,
         BuilderCommand::Drain(b) => act(api, json, &b, "drain").await,
@@ -275,6 +296,7 @@ async fn list(api: &Api, json: bool) -> Result<Outcome, CliError> {
         "RECIPES",
         "LABELS",
         "DECLARED",
+        "PROJECTS",
         "LAST SEEN",
         "FINGERPRINT",
     ]);
@@ -297,11 +319,113 @@ async fn list(api: &Api, json: bool) -> Result<Outcome, CliError> {
                 .as_ref()
                 .filter(|l| !l.declared_labels.is_empty())
                 .map_or_else(|| "-".to_owned(), |l| pairs(&l.declared_labels)),
+            served(b),
             or_dash(b.record.last_seen_at.map(age)),
             b.record.fingerprint.clone(),
         ]);
     }
     table.print();
+    Ok(Outcome::Success)
+}
+
+/// The projects a builder serves, for a table cell: `shared` when it serves all.
+fn served(b: &Builder) -> String {
+    if b.projects.is_empty() {
+        "shared".into()
+    } else {
+        b.projects.join(",")
+    }
+}
+
+/// The projects a builder serves, in a sentence's words.
+fn serves(b: &Builder) -> String {
+    if b.projects.is_empty() {
+        "every project (shared)".into()
+    } else {
+        format!("only {} (private)", b.projects.join(", "))
+    }
+}
+
+async fn show(api: &Api, json: bool, builder: &BuilderRef) -> Result<Outcome, CliError> {
+    let id = resolve(api, &builder.builder).await?.record.id;
+    // Read by id, as `--json` prints the API's own answer for the one builder.
+    let answer = api.get(&format!("/builders/{id}")).await?;
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let b: Builder = parse(&answer)?;
+    let live = b.live.as_ref();
+    print_fields(&[
+        ("builder", format!("{} (id {})", b.record.name, b.record.id)),
+        ("state", state(&b)),
+        ("connected", if b.connected { "yes" } else { "no" }.into()),
+        (
+            "jobs",
+            live.map_or_else(
+                || "-".to_owned(),
+                |l| format!("{} running, at most {}", l.active_jobs, l.max_concurrent),
+            ),
+        ),
+        (
+            "recipes",
+            live.filter(|l| !l.recipes.is_empty())
+                .map_or_else(|| "-".to_owned(), |l| l.recipes.join(", ")),
+        ),
+        ("labels", pairs(&b.record.labels)),
+        (
+            "declared",
+            live.filter(|l| !l.declared_labels.is_empty())
+                .map_or_else(|| "-".to_owned(), |l| pairs(&l.declared_labels)),
+        ),
+        ("projects", serves(&b)),
+        ("fingerprint", b.record.fingerprint.clone()),
+        ("admitted", utc(b.record.created_at)),
+        ("last seen", or_dash(b.record.last_seen_at.map(utc))),
+    ]);
+    Ok(Outcome::Success)
+}
+
+/// `builder projects`: sets the projects a builder serves (`PUT /builders/{id}/projects`),
+/// or prints them when none are given and not `--shared`.
+async fn projects(api: &Api, json: bool, args: ProjectsArgs) -> Result<Outcome, CliError> {
+    // Refused before anything is sent, the builder looked up included.
+    for project in &args.projects {
+        super::projects::check_name(project)?;
+    }
+    let target = resolve(api, &args.builder).await?;
+    if args.projects.is_empty() && !args.shared {
+        if json {
+            print_json(&json!({ "builder": target.record.id, "projects": target.projects }));
+        } else {
+            println!("builder {} serves {}", target.record.name, serves(&target));
+        }
+        return Ok(Outcome::Success);
+    }
+    let target = target.record;
+    let answer = api
+        .put(
+            &format!("/builders/{}/projects", target.id),
+            &json!({ "projects": args.projects }),
+        )
+        .await
+        .map_err(|e| {
+            let unknown_project =
+                e.api_code() == Some("not_found") && e.to_string().contains("there is no project");
+            let e = e.map_api_message(|m| name_in_message(m, &target));
+            if unknown_project {
+                e.hint("buildfleet project list shows the projects (nothing was changed)")
+            } else {
+                e
+            }
+        })?
+        .unwrap_or(Value::Null);
+    if json {
+        print_json(&answer);
+        return Ok(Outcome::Success);
+    }
+    let b: Builder = parse(&answer)?;
+    println!("builder {} now serves {}", b.record.name, serves(&b));
     Ok(Outcome::Success)
 }
 

@@ -287,6 +287,10 @@ impl Api {
         self.call(Method::PATCH, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Option<Value>, CliError> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Option<Value>, CliError> {
         self.call(Method::DELETE, path, None).await
     }
