@@ -562,7 +562,11 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
     };
     let mut fields: Vec<(&str, String)> = vec![("job", job.id.to_string())];
     let mut field = |name: &'static str, value: String| fields.push((name, value));
+    field("project", job.project.clone());
     field("state", job.state.to_string());
+    if let (JobState::Queued, Some(standing)) = (job.state, &detail.queue) {
+        field("queue", wait::standing_words(standing));
+    }
     if let Some(error) = &job.error {
         field("error", error.clone());
     }
@@ -571,10 +575,7 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
     field("labels", pairs(&job.required_labels));
     field("source", job.source_url.clone());
     field("sha256", job.source_sha256.clone());
-    field(
-        "attempt",
-        format!("{} of at most {}", job.attempt, job.max_attempts),
-    );
+    field("attempt", attempt_summary(job));
     field("builder", names.of(job.builder_id));
     field("priority", job.priority.to_string());
     field("timeout", format!("{}s", job.timeout_secs));
@@ -595,11 +596,19 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
     if !detail.attempts.is_empty() {
         println!();
         let mut table = Table::new(&[
-            "ATTEMPT", "BUILDER", "OUTCOME", "EXIT", "ASSIGNED", "FINISHED", "ERROR",
+            "ATTEMPT",
+            "STARTED AS",
+            "BUILDER",
+            "OUTCOME",
+            "EXIT",
+            "ASSIGNED",
+            "FINISHED",
+            "ERROR",
         ]);
         for a in &detail.attempts {
             table.row(vec![
                 a.attempt.to_string(),
+                a.started_because.describe().to_owned(),
                 names.of(a.builder),
                 or_dash(a.outcome),
                 or_dash(a.exit_status),
@@ -637,6 +646,23 @@ async fn show(api: &Api, json: bool, id: i64) -> Result<Outcome, CliError> {
         table.print();
     }
     Ok(Outcome::Success)
+}
+
+/// The attempt number with what bounds it, as the dashboard's job page says it: the
+/// number counts every hand-over, `max_attempts` bounds the failures since submission or
+/// the last manual retry, and manual retries are counted apart (`3 · 1 of 2 attempts failed
+/// · 2 manual retries`).
+fn attempt_summary(job: &Job) -> String {
+    let mut summary = format!(
+        "{} · {} of {} attempts failed",
+        job.attempt, job.failed_attempts, job.max_attempts
+    );
+    match job.manual_retries {
+        0 => {}
+        1 => summary.push_str(" · 1 manual retry"),
+        n => summary.push_str(&format!(" · {n} manual retries")),
+    }
+    summary
 }
 
 /// A reproducible job: "reproduced by k of k builders" or "unreproducible", each run's

@@ -181,15 +181,23 @@ impl Said {
 /// slots); starts in about 40 s`, or `job 12 cannot start: no builder matches: …` (or
 /// `job 12 is queued: waiting for a builder: …` when an admitted one is offline).
 fn standing_line(id: i64, s: &QueueStanding) -> String {
+    let words = standing_words(s);
+    // With an admitted builder offline that may match, the reason says it waits for one.
+    if s.blocked.is_some() && s.matching_builders_offline == 0 {
+        format!(
+            "job {id} cannot start: {words}; still waiting, in case a matching builder connects"
+        )
+    } else {
+        format!("job {id} is queued: {words}")
+    }
+}
+
+/// Where a queued job stands, as `job show` prints it and `--wait` says it: `3rd in line for
+/// 2 matching builders (1 online, 1 offline, 0 free slots); starts in about 40 s`, or the
+/// reason no builder takes it (`no builder matches: …`, `waiting for a builder: …`).
+pub(super) fn standing_words(s: &QueueStanding) -> String {
     if let Some(blocked) = &s.blocked {
-        // With an admitted builder offline that may match, the reason says it waits for one.
-        return if s.matching_builders_offline == 0 {
-            format!(
-                "job {id} cannot start: {blocked}; still waiting, in case a matching builder connects"
-            )
-        } else {
-            format!("job {id} is queued: {blocked}")
-        };
+        return blocked.clone();
     }
     let place = if s.position_capped {
         format!("{} or later", ordinal(s.position))
@@ -210,7 +218,7 @@ fn standing_line(id: i64, s: &QueueStanding) -> String {
         None => "no estimate yet (no recent run of this recipe)".to_owned(),
     };
     format!(
-        "job {id} is queued: {place} in line for {matching} matching builder{} ({} online{offline}, {} free slot{}); {start}",
+        "{place} in line for {matching} matching builder{} ({} online{offline}, {} free slot{}); {start}",
         plural(u64::from(matching)),
         s.matching_builders_online,
         s.free_slots,
