@@ -3,7 +3,10 @@
 //! invisible to a token of another project and to anonymous callers (404, with the very
 //! answer a job that does not exist gets, never 403), visible to its own project's read
 //! token (which still cannot act: 403), while a public project's job stays readable by all.
-//! Revoked and expired tokens are refused (401). Both databases.
+//! Revoked and expired tokens are refused (401). The statement's DSSE envelope and signature
+//! list, a private builder's keys, the lookup of an artifact by digest, another project's
+//! webhook named under one's own project, and the dashboard's webhooks pages are hidden the
+//! same way. Both databases.
 
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ use buildfleet_testkit::server::{test_client, wait_until, TestServer, SOURCE_SHA
 use buildfleet_testkit::server_tests;
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 
 server_tests! {
     every_route_hides_a_private_job_from_other_projects_and_anonymous_callers,
@@ -83,6 +87,12 @@ async fn submit(server: &TestServer, project: &str) -> i64 {
     job["id"].as_i64().expect("job id")
 }
 
+/// The bytes of the artifact [`run_to_success`] publishes for job `id`: its own, so its
+/// SHA-256 finds that one job.
+fn artifact_bytes(id: i64) -> Vec<u8> {
+    format!("an app binary of job {id}").into_bytes()
+}
+
 /// Runs the next job on `builder` to success: one log line, one artifact, a signed statement.
 async fn run_to_success(server: &TestServer, builder: &mut BuilderClient, key: &TestKey, id: i64) {
     builder.request_jobs(1);
@@ -96,7 +106,7 @@ async fn run_to_success(server: &TestServer, builder: &mut BuilderClient, key: &
     wait_for_state(server, id, "running").await;
     builder.log(job_ref(&job), 1, "compiling app");
     builder.expect_event_ack(job_ref(&job), 1).await;
-    let digest = upload_ok(&job, ARTIFACT, b"an app binary").await;
+    let digest = upload_ok(&job, ARTIFACT, &artifact_bytes(id)).await;
     let result = builder
         .complete(key, &job, Outcome::Succeeded, vec![digest])
         .await;
@@ -130,10 +140,34 @@ fn read_routes(id: i64) -> Vec<String> {
         &format!("/artifacts/{ARTIFACT}"),
         "/statement",
         "/statement.sig",
+        "/statement.dsse",
+        "/signatures",
     ]
     .iter()
     .map(|tail| format!("/jobs/{id}{tail}"))
     .collect()
+}
+
+/// `route` of a job the caller sees answered as for a job that exists: 200, or for what the
+/// job has not got, a 404 that says so (which tells the job exists): a build-mode job has no
+/// plan, and the scripted builder's statement (`buildfleet-statement/v1`, SSHSIG only) has
+/// no DSSE envelope.
+fn assert_seen(route: &str, status: StatusCode, body: &Value) {
+    let missing_part = if route.ends_with("/plan") {
+        Some("build-mode")
+    } else if route.ends_with("/statement.dsse") {
+        Some("has no DSSE signature")
+    } else {
+        None
+    };
+    match missing_part {
+        Some(said) => {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{route}: {body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(said), "{route}: {body}");
+        }
+        None => assert_eq!(status, StatusCode::OK, "{route}: {body}"),
+    }
 }
 
 /// The answer for a job that does not exist, with its id swapped for `id`'s: what a caller
@@ -231,6 +265,8 @@ async fn every_route_hides_a_private_job_from_other_projects_and_anonymous_calle
     run_to_success(&server, &mut builder, &key, secret).await;
     let open = submit(&server, "acme/open").await;
     run_to_success(&server, &mut builder, &key, open).await;
+    let secret_sha256 = hex::encode(Sha256::digest(artifact_bytes(secret)));
+    let unknown_sha256 = "ab".repeat(32);
 
     // Read routes: hidden from another project's tokens and from anonymous callers.
     for token in [
@@ -301,22 +337,49 @@ async fn every_route_hides_a_private_job_from_other_projects_and_anonymous_calle
             body["error"]["message"],
             format!("builder {private_builder} not found")
         );
+        // Its keys too: answered as a builder that does not exist, before any token check.
+        let keys = format!("/builders/{private_builder}/keys");
+        let (status, body) = get(&server, &keys, token).await;
+        let (_, missing) = get(&server, "/builders/999999/keys", token).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{keys} with {token:?}: {body}"
+        );
+        assert_eq!(
+            body.to_string(),
+            missing
+                .to_string()
+                .replace("999999", &private_builder.to_string()),
+            "{keys}: a hidden builder must be told apart from no builder in nothing"
+        );
+        // Looking its artifact up by digest finds nothing, as for a digest no job has.
+        let (status, found) = get(
+            &server,
+            &format!("/artifacts/by-sha256/{secret_sha256}"),
+            token,
+        )
+        .await;
+        let (_, none) = get(
+            &server,
+            &format!("/artifacts/by-sha256/{unknown_sha256}"),
+            token,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        assert_eq!(found["artifacts"], json!([]), "{found}");
+        assert_eq!(
+            found.to_string(),
+            none.to_string().replace(&unknown_sha256, &secret_sha256),
+            "the hidden job's artifact is as absent as a missing one"
+        );
     }
 
     // The public project's job: every read route answers anyone.
     for token in [None, Some(rival_submit.as_str())] {
         for route in read_routes(open) {
             let (status, body) = get(&server, &route, token).await;
-            if route.ends_with("/plan") {
-                // A build-mode job has no plan: said so, which tells it exists (it is public).
-                assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-                assert!(body["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("build-mode"));
-            } else {
-                assert_eq!(status, StatusCode::OK, "{route} with {token:?}: {body}");
-            }
+            assert_seen(&route, status, &body);
         }
     }
     let (_, detail) = get(&server, &format!("/jobs/{open}"), None).await;
@@ -325,14 +388,7 @@ async fn every_route_hides_a_private_job_from_other_projects_and_anonymous_calle
     // Its own project's read token sees every route, the listing and the private builder...
     for route in read_routes(secret) {
         let (status, body) = get(&server, &route, Some(&own_read)).await;
-        if route.ends_with("/plan") {
-            assert!(body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("build-mode"));
-        } else {
-            assert_eq!(status, StatusCode::OK, "{route}: {body}");
-        }
+        assert_seen(&route, status, &body);
     }
     let (_, text) = get(
         &server,
@@ -353,6 +409,27 @@ async fn every_route_hides_a_private_job_from_other_projects_and_anonymous_calle
     );
     let listed = job_ids(&server, "/jobs?project=acme/secret", Some(&own_read)).await;
     assert_eq!(listed, [secret]);
+    let (_, found) = get(
+        &server,
+        &format!("/artifacts/by-sha256/{secret_sha256}"),
+        Some(&own_read),
+    )
+    .await;
+    assert_eq!(
+        found["artifacts"],
+        json!([{ "job": secret, "attempt": 1, "name": ARTIFACT }])
+    );
+    let (status, keys) = get(
+        &server,
+        &format!("/builders/{private_builder}/keys"),
+        Some(&own_read),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(
+        keys["keys"][0]["fingerprint"],
+        private_key.fingerprint.as_str()
+    );
     let listed = job_ids(&server, "/jobs", Some(&own_read)).await;
     assert!(
         listed.contains(&secret) && listed.contains(&open),
@@ -791,6 +868,55 @@ async fn a_private_projects_own_routes_are_hidden_from_other_projects_and_anonym
         "{hidden}"
     );
 
+    // A project's admin naming another project's webhook under its own project: as a
+    // webhook that does not exist, and the webhook stays.
+    for (method, tail) in [(Method::DELETE, ""), (Method::GET, "/deliveries")] {
+        let path = format!("/projects/rival/app/webhooks/{hook}{tail}");
+        let missing_path = format!("/projects/rival/app/webhooks/999999{tail}");
+        let (status, answer) = server
+            .call(method.clone(), &path, Some(&rival_admin), None)
+            .await;
+        let (_, missing) = server
+            .call(method.clone(), &missing_path, Some(&rival_admin), None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {answer}");
+        assert_eq!(
+            answer.to_string(),
+            missing.to_string().replace("999999", &hook.to_string()),
+            "{method} {path}"
+        );
+    }
+
+    // The dashboard's pages, with the rival admin token as the session cookie (or none): the
+    // project's page is the page of a project that does not exist, the overview leaves it out.
+    for cookie in [Some(rival_admin.as_str()), None] {
+        let (status, html) = page(&server, "/projects/acme/secret/webhooks", cookie).await;
+        let (missing_status, missing) =
+            page(&server, "/projects/acme/nothing/webhooks", cookie).await;
+        assert_eq!(
+            (status, missing_status),
+            (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
+            "{cookie:?}: {html}"
+        );
+        assert_eq!(
+            html,
+            missing.replace("acme/nothing", "acme/secret"),
+            "the page of a hidden project is that of a missing one ({cookie:?})"
+        );
+        let (status, html) = page(&server, "/webhooks", cookie).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!html.contains("acme/secret"), "{cookie:?}: {html}");
+        assert_eq!(html.contains("rival/app"), cookie.is_some(), "{html}");
+    }
+    let (status, html) = page(&server, "/projects/acme/secret/webhooks", Some(&own_admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("http://127.0.0.1:9/hook"),
+        "its admin sees its webhook"
+    );
+    let (_, html) = page(&server, "/webhooks", Some(&own_admin)).await;
+    assert!(html.contains("acme/secret") && !html.contains("rival/app"));
+
     // Its own admin token gets through.
     for path in [
         "/projects/acme/secret/webhooks".to_owned(),
@@ -802,6 +928,18 @@ async fn a_private_projects_own_routes_are_hidden_from_other_projects_and_anonym
             .await;
         assert_eq!(status, StatusCode::OK, "{path}: {answer}");
     }
+    let (_, hooks) = server
+        .call(
+            Method::GET,
+            "/projects/acme/secret/webhooks",
+            Some(&own_admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        hooks["webhooks"][0]["id"], hook,
+        "the webhook is still there: {hooks}"
+    );
     let (status, answer) = server
         .call(
             Method::DELETE,
@@ -812,4 +950,22 @@ async fn a_private_projects_own_routes_are_hidden_from_other_projects_and_anonym
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     server.shutdown().await;
+}
+
+/// A dashboard page with `cookie` as the session cookie: status and HTML.
+async fn page(server: &TestServer, path: &str, cookie: Option<&str>) -> (StatusCode, String) {
+    let mut request = test_client(None).get(format!("{}{path}", server.url));
+    if let Some(cookie) = cookie {
+        request = request.insert_header(("Cookie", format!("buildfleet_token={cookie}")));
+    }
+    let mut response = request.send().await.expect("GET page");
+    let body = response
+        .body()
+        .limit(8 * 1024 * 1024)
+        .await
+        .expect("page body");
+    (
+        response.status(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
