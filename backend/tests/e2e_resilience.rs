@@ -30,7 +30,7 @@ async fn connection_cut_mid_build_resumes_with_an_exact_log(db: TestDb) {
     let server = start_server(db).await;
     let proxy = TcpProxy::start(server.addr).await;
     let builder = E2eBuilder::start(&server, "behind-a-proxy", |config| {
-        config.connect_url = connect_url_of(proxy.addr);
+        config.connect_urls = vec![connect_url_of(proxy.addr)];
     })
     .await;
     let (digest, _) = upload_source(&server, small_source()).await;

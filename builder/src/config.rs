@@ -92,9 +92,11 @@ pub struct RunArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "BUILDFLEET_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Backend base URL, ws:// or wss:// (e.g. ws://127.0.0.1:8000).
-    #[arg(long, env = "BUILDFLEET_BACKEND_URL")]
-    pub backend_url: Option<String>,
+    /// Backend base URL, ws:// or wss:// (e.g. ws://127.0.0.1:8000); several replicas as a
+    /// comma-separated list or by repeating the flag: the builder dials the next one when a
+    /// connection fails.
+    #[arg(long, env = "BUILDFLEET_BACKEND_URL", value_delimiter = ',')]
+    pub backend_url: Vec<String>,
     /// OpenSSH private key (Ed25519, ECDSA or RSA, unencrypted).
     #[arg(long, env = "BUILDFLEET_KEY")]
     pub key: Option<PathBuf>,
@@ -150,8 +152,9 @@ pub enum StrategyKind {
 /// point somewhere else for them.
 #[derive(Debug, Clone)]
 pub struct BuilderConfig {
-    /// Full WebSocket URL of the connect endpoint.
-    pub connect_url: String,
+    /// Full WebSocket URLs of the connect endpoint, one per backend replica, in the order
+    /// they are dialed (never empty).
+    pub connect_urls: Vec<String>,
     pub key_path: PathBuf,
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -181,7 +184,7 @@ impl BuilderConfig {
         work_dir: impl Into<PathBuf>,
     ) -> Result<Self, ConfigError> {
         Ok(BuilderConfig {
-            connect_url: connect_url(backend_url)?,
+            connect_urls: connect_urls(&[backend_url.to_owned()])?,
             key_path: absolute("key", key_path.into())?,
             name: validated_name(name)?,
             labels: BTreeMap::new(),
@@ -472,7 +475,7 @@ impl ToolchainEnv {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    backend_url: Option<String>,
+    backend_url: Option<OneOrMany>,
     key: Option<PathBuf>,
     name: Option<String>,
     #[serde(default)]
@@ -573,16 +576,21 @@ impl RunArgs {
     }
 
     fn merge(&self, file: FileConfig) -> Result<BuilderConfig, ConfigError> {
-        let backend_url =
-            self.backend_url
-                .clone()
-                .or(file.backend_url)
-                .ok_or(ConfigError::Missing {
-                    what: "backend URL",
-                    flag: "--backend-url",
-                    env: "BUILDFLEET_BACKEND_URL",
-                    key: "backend_url",
-                })?;
+        let backend_urls = if self.backend_url.iter().any(|u| !u.trim().is_empty()) {
+            self.backend_url.clone()
+        } else {
+            file.backend_url
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default()
+        };
+        if backend_urls.iter().all(|u| u.trim().is_empty()) {
+            return Err(ConfigError::Missing {
+                what: "backend URL",
+                flag: "--backend-url",
+                env: "BUILDFLEET_BACKEND_URL",
+                key: "backend_url",
+            });
+        }
         let key_path = self.key.clone().or(file.key).ok_or(ConfigError::Missing {
             what: "private key",
             flag: "--key",
@@ -648,7 +656,7 @@ impl RunArgs {
         };
 
         Ok(BuilderConfig {
-            connect_url: connect_url(&backend_url)?,
+            connect_urls: connect_urls(&backend_urls)?,
             key_path: absolute("key", key_path)?,
             name: validated_name(&name)?,
             labels,
@@ -722,6 +730,47 @@ fn host_name() -> Option<String> {
     let name = raw.trim().to_owned();
     buildfleet_protocol::signing::validate_builder_name(&name).ok()?;
     Some(name)
+}
+
+/// `backend_url` of the file: one URL (possibly a comma-separated list) or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(url) => vec![url],
+            OneOrMany::Many(urls) => urls,
+        }
+    }
+}
+
+/// The connect URLs of `backend_urls`, each of which may itself be a comma-separated list;
+/// blanks are skipped and a repeated URL is dialed once.
+pub fn connect_urls(backend_urls: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut urls = Vec::new();
+    for url in backend_urls
+        .iter()
+        .flat_map(|u| u.split(','))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        let full = connect_url(url)?;
+        if !urls.contains(&full) {
+            urls.push(full);
+        }
+    }
+    if urls.is_empty() {
+        return Err(ConfigError::BackendUrl {
+            url: backend_urls.join(","),
+            reason: "no URL given",
+        });
+    }
+    Ok(urls)
 }
 
 /// `ws://host:port[/prefix]` → `ws://host:port[/prefix]/api/v1/builders/connect`.

@@ -20,6 +20,7 @@ use buildfleet_protocol::{
 use futures_util::stream::{SplitSink, StreamExt};
 use rand::Rng;
 
+use crate::backends::Backends;
 use crate::identity::Identity;
 use crate::supervisor::{
     CloseConnection, Fatal, FromServer, Outgoing, SessionClosed, SessionOpened, Supervisor,
@@ -138,7 +139,7 @@ struct SocketEvent {
 }
 
 pub struct Connection {
-    url: String,
+    backends: Arc<Backends>,
     name: String,
     identity: Arc<Identity>,
     capabilities: Capabilities,
@@ -165,7 +166,7 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(
-        url: String,
+        backends: Arc<Backends>,
         name: String,
         identity: Arc<Identity>,
         capabilities: Capabilities,
@@ -174,7 +175,7 @@ impl Connection {
         policy: ReconnectPolicy,
     ) -> Self {
         Connection {
-            url,
+            backends,
             name,
             identity,
             capabilities,
@@ -211,11 +212,11 @@ impl Connection {
         self.phase = Phase::Dialing;
         self.resumed_at = None;
         self.last_heard = Instant::now();
+        let url = self.backends.current_connect_url().to_owned();
         let request = self
             .client
-            .ws(self.url.as_str())
+            .ws(url.as_str())
             .max_frame_size(MAX_INCOMING_FRAME);
-        let url = self.url.clone();
         tracing::debug!(%url, session, "connecting");
         let dial = async move { tokio::time::timeout(HANDSHAKE_TIMEOUT, request.connect()).await };
         ctx.spawn(dial.into_actor(self).map(move |result, act, ctx| {
@@ -287,9 +288,17 @@ impl Connection {
             return;
         }
         let delay = self.backoff.next_delay().max(floor);
+        // With several replicas, the next dial goes to the next one: the one just lost may
+        // be down for good (its jobs resume on whichever replica answers).
+        let next_url = if self.backends.len() > 1 {
+            self.backends.advance()
+        } else {
+            self.backends.current_connect_url()
+        };
         tracing::warn!(
             reason,
             retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            next = %next_url,
             "connection lost"
         );
         ctx.run_later(delay, |act, ctx| act.connect(ctx));

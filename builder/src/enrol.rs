@@ -72,13 +72,18 @@ pub async fn enrol(config: &BuilderConfig, token: &str) -> Result<Enrolment, Enr
     let (public_key, fingerprint) = ensure_key(&config.key_path, &config.name)?;
     let tls = http::tls_config(config.ca_cert.as_deref())?;
     let client = http::client(&tls);
-    let base = api_base_url(&config.connect_url);
+    // Any replica enrols: a try that gets no answer goes to the next one.
+    let bases: Vec<String> = config
+        .connect_urls
+        .iter()
+        .map(|url| api_base_url(url))
+        .collect();
     let request = serde_json::json!({
         "token": token,
         "name": config.name,
         "public_key": public_key,
     });
-    let (status, body) = with_retries(&base, || {
+    let (status, body) = with_retries(&bases, |base| {
         client
             .post(format!("{base}/api/v1/enrol"))
             .send_json(&request)
@@ -93,7 +98,7 @@ pub async fn enrol(config: &BuilderConfig, token: &str) -> Result<Enrolment, Enr
         _ => {}
     }
     // A conflict: either this key is admitted already, or the name belongs to another key.
-    if status == 409 && is_admitted(&client, &base, &fingerprint).await? {
+    if status == 409 && is_admitted(&client, &bases, &fingerprint).await? {
         tracing::info!(%fingerprint, "this key is admitted already");
         return Ok(Enrolment::AlreadyAdmitted { fingerprint });
     }
@@ -129,7 +134,7 @@ fn ensure_key(path: &Path, name: &str) -> Result<(String, Fingerprint), EnrolErr
 /// Whether the backend lists a builder with `fingerprint` (the builder list is public).
 async fn is_admitted(
     client: &awc::Client,
-    base: &str,
+    bases: &[String],
     fingerprint: &Fingerprint,
 ) -> Result<bool, EnrolError> {
     #[derive(Deserialize)]
@@ -140,7 +145,7 @@ async fn is_admitted(
     struct Builders {
         builders: Vec<Listed>,
     }
-    let (status, body) = with_retries(base, || {
+    let (status, body) = with_retries(bases, |base| {
         client.get(format!("{base}/api/v1/builders")).send()
     })
     .await?;
@@ -158,19 +163,31 @@ async fn is_admitted(
     Ok(listed.builders.iter().any(|b| b.fingerprint == wanted))
 }
 
-/// Sends the request `send` makes until the backend answers with anything but a 5xx, backing
-/// off between tries, for at most [`ENROL_PATIENCE`]; returns the status and body.
-async fn with_retries<F, Fut, S>(base: &str, mut send: F) -> Result<(u16, Vec<u8>), EnrolError>
+/// Sends the request `send` makes to a backend of `bases` until one answers with anything but
+/// a 5xx, each try to the next of them, backing off between tries, for at most
+/// [`ENROL_PATIENCE`]; returns the status and body.
+async fn with_retries<F, Fut, S>(
+    bases: &[String],
+    mut send: F,
+) -> Result<(u16, Vec<u8>), EnrolError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(&str) -> Fut,
     Fut: std::future::Future<Output = Result<awc::ClientResponse<S>, awc::error::SendRequestError>>,
     S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
 {
     let deadline = tokio::time::Instant::now() + ENROL_PATIENCE;
     let mut delay = FIRST_RETRY_DELAY;
+    let mut turns = bases.iter().cycle();
     loop {
+        let Some(base) = turns.next() else {
+            return Err(EnrolError::Unreachable {
+                url: String::new(),
+                patience: ENROL_PATIENCE,
+                last_error: "no backend URL is configured".into(),
+            });
+        };
         let attempt = async {
-            let mut response = send().await.map_err(|e| e.to_string())?;
+            let mut response = send(base).await.map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
             let body = response
                 .body()

@@ -17,6 +17,7 @@ use buildfleet_protocol::{
 };
 
 use crate::artifacts;
+use crate::backends::Backends;
 use crate::config::{Limits, Strategy, ToolchainEnv};
 use crate::event_buffer::{now_ms, EventBuffer};
 use crate::identity::Identity;
@@ -30,6 +31,8 @@ use crate::upload;
 /// What every job of this builder shares.
 pub struct JobEnv {
     pub client: awc::Client,
+    /// The backend replicas: sources and uploads of a replica go to the current one.
+    pub backends: Arc<Backends>,
     pub identity: Arc<Identity>,
     pub recipes: RecipeBook,
     pub strategy: Strategy,
@@ -258,7 +261,7 @@ async fn fetch_and_unpack(
         let deadline = run.stop.deadline();
         let source: CachedSource = run
             .stop
-            .race(env.sources.get(&env.client, &spec, deadline))
+            .race(env.sources.get(&env.client, &env.backends, &spec, deadline))
             .await
             .map_err(SourceFailure::Stopped)?
             .map_err(|e| SourceFailure::Failed(e.kind(), e.to_string()))?;
@@ -498,6 +501,7 @@ async fn upload_artifacts(
         let job = &run.assignment;
         let upload = upload::upload(
             &env.client,
+            &env.backends,
             &job.upload_url,
             &job.job_token,
             artifact,

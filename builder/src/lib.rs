@@ -24,6 +24,7 @@
 )]
 
 pub mod artifacts;
+pub mod backends;
 pub mod config;
 pub mod connection;
 pub mod enrol;
@@ -49,6 +50,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use buildfleet_protocol::{Capabilities, Fingerprint};
 use tokio::sync::oneshot;
+
+use crate::backends::Backends;
 
 pub use config::BuilderConfig;
 pub use supervisor::Shutdown;
@@ -166,8 +169,10 @@ pub async fn start(config: BuilderConfig) -> Result<Builder, BuilderError> {
         .and_then(|r| r)
         .map_err(|(path, source)| BuilderError::WorkDir { path, source })?;
 
+    let backends = Arc::new(Backends::new(config.connect_urls.clone()));
     let env = Rc::new(job::JobEnv {
         client: http::client(&tls),
+        backends: backends.clone(),
         identity: identity.clone(),
         recipes: config.recipes.clone(),
         strategy: config.strategy.clone(),
@@ -190,7 +195,7 @@ pub async fn start(config: BuilderConfig) -> Result<Builder, BuilderError> {
     let (done_tx, done) = oneshot::channel();
     let supervisor = supervisor::Supervisor::new(env, config.max_concurrent_jobs, done_tx).start();
     let connection = connection::Connection::new(
-        config.connect_url.clone(),
+        backends.clone(),
         config.name.clone(),
         identity.clone(),
         capabilities,
@@ -200,7 +205,7 @@ pub async fn start(config: BuilderConfig) -> Result<Builder, BuilderError> {
     )
     .start();
     supervisor.do_send(SetConnection(connection.recipient()));
-    tracing::info!(fingerprint = %identity.fingerprint, url = %config.connect_url, "builder started");
+    tracing::info!(fingerprint = %identity.fingerprint, urls = %config.connect_urls.join(","), "builder started");
     Ok(Builder {
         supervisor,
         done,

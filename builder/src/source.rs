@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::backends::Backends;
 use crate::http::{Retrier, Retry};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,13 +66,15 @@ impl SourceError {
 /// budget of ten minutes). On any error the partial file is removed.
 pub async fn fetch(
     client: &awc::Client,
+    backends: &Backends,
     spec: &SourceSpec,
     dest: &Path,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<u64, SourceError> {
     let mut retrier = Retrier::new(deadline);
     let result = loop {
-        let (error, retry) = match fetch_once(client, spec, dest).await {
+        let (error, retry) = match fetch_once(client, &backends.route(&spec.url), spec, dest).await
+        {
             Ok(size) => break Ok(size),
             Err(failure) => failure,
         };
@@ -96,14 +99,15 @@ pub async fn fetch(
 /// One try; a failure comes with whether it is worth another.
 async fn fetch_once(
     client: &awc::Client,
+    url: &str,
     spec: &SourceSpec,
     dest: &Path,
 ) -> Result<u64, (SourceError, Retry)> {
-    let lower = spec.url.to_ascii_lowercase();
+    let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err((SourceError::Scheme(spec.url.clone()), Retry::Never));
     }
-    let mut response = client.get(spec.url.as_str()).send().await.map_err(|e| {
+    let mut response = client.get(url).send().await.map_err(|e| {
         let retry = Retry::for_send_error(&e);
         (SourceError::Fetch(e.to_string()), retry)
     })?;
@@ -301,6 +305,7 @@ impl SourceCache {
     pub async fn get(
         &self,
         client: &awc::Client,
+        backends: &Backends,
         spec: &SourceSpec,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<CachedSource, SourceError> {
@@ -330,7 +335,7 @@ impl SourceCache {
                 state.next_partial
             ))
         };
-        let size = fetch(client, spec, &partial, deadline).await?;
+        let size = fetch(client, backends, spec, &partial, deadline).await?;
         if size > self.inner.max_bytes {
             // Too big to keep (or caching is off): this job's own file.
             return Ok(CachedSource {

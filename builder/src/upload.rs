@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio_util::io::ReaderStream;
 
 use crate::artifacts::PreparedArtifact;
+use crate::backends::Backends;
 use crate::http::{Retrier, Retry};
 
 /// Header carrying the SHA-256 the builder declares for the body.
@@ -61,6 +62,7 @@ struct Stored {
 /// start before `deadline` (the job's; `None`: a fixed budget of ten minutes).
 pub async fn upload(
     client: &awc::Client,
+    backends: &Backends,
     upload_url: &str,
     job_token: &str,
     artifact: &PreparedArtifact,
@@ -68,10 +70,11 @@ pub async fn upload(
 ) -> Result<ArtifactDigest, UploadError> {
     let mut retrier = Retrier::new(deadline);
     loop {
-        let (error, retry) = match upload_once(client, upload_url, job_token, artifact).await {
-            Ok(digest) => return Ok(digest),
-            Err(failure) => failure,
-        };
+        let (error, retry) =
+            match upload_once(client, &backends.route(upload_url), job_token, artifact).await {
+                Ok(digest) => return Ok(digest),
+                Err(failure) => failure,
+            };
         if retry == Retry::Never {
             return Err(error);
         }

@@ -58,8 +58,8 @@ fn a_full_toml_file_resolves() {
     let args = parse(&["--config", file.path().to_str().unwrap()]).unwrap();
     let config = args.resolve().unwrap();
     assert_eq!(
-        config.connect_url,
-        "wss://builds.example.com/api/v1/builders/connect"
+        config.connect_urls,
+        ["wss://builds.example.com/api/v1/builders/connect"]
     );
     assert_eq!(config.name, "from-file");
     assert_eq!(config.max_concurrent_jobs, 3);
@@ -123,8 +123,8 @@ fn flags_override_the_file_and_labels_merge() {
     .unwrap();
     let config = args.resolve().unwrap();
     assert_eq!(
-        config.connect_url,
-        "ws://127.0.0.1:8000/api/v1/builders/connect"
+        config.connect_urls,
+        ["ws://127.0.0.1:8000/api/v1/builders/connect"]
     );
     assert_eq!(config.name, "from-flag");
     assert_eq!(config.max_concurrent_jobs, 8);
@@ -135,6 +135,62 @@ fn flags_override_the_file_and_labels_merge() {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     assert_eq!(labels, ["arch=aarch64", "gpu=none", "os=linux", "tier=2"]);
+}
+
+/// Several replicas: a comma-separated flag, a repeated flag or a TOML list, dialed in the
+/// order given, each once; one bad URL of the list is named.
+#[test]
+fn several_backend_urls_resolve_in_order() {
+    let base = ["--key", "/k", "--name", "b1"];
+    let replicas = [
+        "ws://a:8000/api/v1/builders/connect",
+        "ws://b:8000/api/v1/builders/connect",
+        "wss://c/bf/api/v1/builders/connect",
+    ];
+    let mut args = base.to_vec();
+    args.extend([
+        "--backend-url",
+        "ws://a:8000, ws://b:8000,,wss://c/bf/,ws://a:8000",
+    ]);
+    assert_eq!(
+        parse(&args).unwrap().resolve().unwrap().connect_urls,
+        replicas
+    );
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--backend-url",
+        "ws://a:8000",
+        "--backend-url",
+        "ws://b:8000",
+        "--backend-url",
+        "wss://c/bf",
+    ]);
+    assert_eq!(
+        parse(&args).unwrap().resolve().unwrap().connect_urls,
+        replicas
+    );
+
+    let file = config_file(
+        r#"backend_url = ["ws://a:8000", "ws://b:8000", "wss://c/bf"]
+key = "/k"
+name = "b1"
+"#,
+    );
+    let args = parse(&["--config", file.path().to_str().unwrap()]).unwrap();
+    assert_eq!(args.resolve().unwrap().connect_urls, replicas);
+
+    let mut args = base.to_vec();
+    args.extend(["--backend-url", "ws://a:8000,http://b:8000"]);
+    let err = parse(&args).unwrap().resolve().unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::BackendUrl { url, .. } if url == "http://b:8000"),
+        "{err}"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--backend-url", " , "]);
+    let err = parse(&args).unwrap().resolve().unwrap_err();
+    assert!(err.to_string().contains("BUILDFLEET_BACKEND_URL"), "{err}");
 }
 
 fn resolve_err(args: &[&str]) -> ConfigError {

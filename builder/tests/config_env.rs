@@ -28,8 +28,8 @@ fn environment_variables_are_read() {
     }
     let config = parsed.unwrap().resolve().unwrap();
     assert_eq!(
-        config.connect_url,
-        "ws://10.0.0.1:9000/prefix/api/v1/builders/connect"
+        config.connect_urls,
+        ["ws://10.0.0.1:9000/prefix/api/v1/builders/connect"]
     );
     assert_eq!(config.key_path.to_str(), Some("/keys/builder"));
     assert_eq!(config.name, "flag-wins");

@@ -64,6 +64,7 @@ async fn an_upload_waits_out_a_backend_restart() {
     let started = Instant::now();
     let digest = upload(
         &client(),
+        &one_backend(),
         &format!("http://{addr}/upload"),
         TOKEN,
         &artifact,
@@ -101,6 +102,7 @@ async fn a_source_fetch_waits_out_a_backend_restart() {
     let started = Instant::now();
     let size = fetch(
         &client(),
+        &one_backend(),
         &spec,
         &dest,
         deadline_in(Duration::from_secs(30)),
@@ -126,6 +128,7 @@ async fn service_unavailable_is_retried_after_its_retry_after() {
     let started = Instant::now();
     upload(
         &client(),
+        &one_backend(),
         &format!("{}/upload", server.base),
         TOKEN,
         &artifact,
@@ -149,6 +152,7 @@ async fn a_client_error_is_not_retried() {
     let artifact = artifact(dir.path(), b"payload");
     let err = upload(
         &client(),
+        &one_backend(),
         &format!("{}/upload", server.base),
         TOKEN,
         &artifact,
@@ -170,6 +174,7 @@ async fn a_client_error_is_not_retried() {
     };
     let err = fetch(
         &client(),
+        &one_backend(),
         &spec,
         &dir.path().join("archive"),
         deadline_in(Duration::from_secs(30)),

@@ -156,22 +156,50 @@ async fn the_size_bound_evicts_the_least_recently_used_source() {
     let on_disk = |i: u8| dir.path().join(sha256(&body(i)).as_str()).exists();
 
     for i in [0, 1, 0] {
-        drop(cache.get(&client, &spec(i), None).await.unwrap());
+        drop(
+            cache
+                .get(&client, &one_backend(), &spec(i), None)
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(gets(&server), 2, "the third get is a hit");
     // Source 1 is now the least recently used: storing 2 must evict it, not 0.
-    drop(cache.get(&client, &spec(2), None).await.unwrap());
+    drop(
+        cache
+            .get(&client, &one_backend(), &spec(2), None)
+            .await
+            .unwrap(),
+    );
     assert!(on_disk(0) && on_disk(2));
     assert!(!on_disk(1), "the least recently used entry is evicted");
     assert_eq!(cache.total_bytes(), 20_000);
-    drop(cache.get(&client, &spec(1), None).await.unwrap());
+    drop(
+        cache
+            .get(&client, &one_backend(), &spec(1), None)
+            .await
+            .unwrap(),
+    );
     assert_eq!(gets(&server), 4, "an evicted source is fetched again");
 
     // An entry in use is not evicted under its job, however old.
-    let held = cache.get(&client, &spec(2), None).await.unwrap();
+    let held = cache
+        .get(&client, &one_backend(), &spec(2), None)
+        .await
+        .unwrap();
     assert!(!held.fetched);
-    drop(cache.get(&client, &spec(3), None).await.unwrap());
-    drop(cache.get(&client, &spec(0), None).await.unwrap());
+    drop(
+        cache
+            .get(&client, &one_backend(), &spec(3), None)
+            .await
+            .unwrap(),
+    );
+    drop(
+        cache
+            .get(&client, &one_backend(), &spec(0), None)
+            .await
+            .unwrap(),
+    );
     assert!(held.path.exists(), "a source in use stays");
     assert!(cache.total_bytes() <= 30_000);
     drop(held);
@@ -190,7 +218,10 @@ async fn the_size_bound_evicts_the_least_recently_used_source() {
         sha256: sha256(&big),
         max_bytes: 1 << 20,
     };
-    let source = cache.get(&client, &spec, None).await.unwrap();
+    let source = cache
+        .get(&client, &one_backend(), &spec, None)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&source.path).unwrap(), big);
     let path = source.path.clone();
     drop(source);
@@ -214,7 +245,7 @@ async fn a_cache_reopened_keeps_its_sources_and_drops_partial_downloads() {
     drop(
         SourceCache::open(dir.path(), 1 << 20)
             .unwrap()
-            .get(&client, &spec, None)
+            .get(&client, &one_backend(), &spec, None)
             .await
             .unwrap(),
     );
@@ -222,7 +253,13 @@ async fn a_cache_reopened_keeps_its_sources_and_drops_partial_downloads() {
     let cache = SourceCache::open(dir.path(), 1 << 20).unwrap();
     assert!(!dir.path().join("partial-1-1").exists());
     assert_eq!(cache.total_bytes(), 1000);
-    assert!(!cache.get(&client, &spec, None).await.unwrap().fetched);
+    assert!(
+        !cache
+            .get(&client, &one_backend(), &spec, None)
+            .await
+            .unwrap()
+            .fetched
+    );
     assert_eq!(gets(&server), 1);
 }
 

@@ -3,7 +3,8 @@
 
 mod common;
 
-use buildfleet_builder::config::Strategy;
+use buildfleet_builder::backends::Backends;
+use buildfleet_builder::config::{connect_url, Strategy};
 use buildfleet_builder::recipes::RecipeConfig;
 use buildfleet_builder::source::{fetch, SourceError};
 use buildfleet_protocol::{BuildErrorKind, Outcome, SourceSpec};
@@ -23,9 +24,62 @@ async fn fetches_and_verifies_a_source() {
         sha256: sha256(&body),
         max_bytes: 1 << 20,
     };
-    let size = fetch(&client, &spec, &dest, None).await.expect("fetch");
+    let size = fetch(&client, &one_backend(), &spec, &dest, None)
+        .await
+        .expect("fetch");
     assert_eq!(size, body.len() as u64);
     assert_eq!(std::fs::read(&dest).unwrap(), body);
+}
+
+/// A source URL naming a configured replica that is gone is fetched from the replica the
+/// builder is connected to now; another host's URL is not.
+#[actix_rt::test]
+async fn a_source_of_a_dead_replica_comes_from_the_current_one() {
+    let server = start_server();
+    let body = vec![3u8; 50_000];
+    let url = server.put_file("/api/v1/sources/abc", body.clone());
+    let live = url
+        .strip_suffix("/api/v1/sources/abc")
+        .and_then(|base| base.strip_prefix("http://"))
+        .expect("the server's origin")
+        .to_owned();
+    // A port nothing listens on: the replica that handed out the URL and died.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let backends = Backends::new(vec![
+        connect_url(&format!("ws://{dead}")).unwrap(),
+        connect_url(&format!("ws://{live}")).unwrap(),
+    ]);
+    backends.advance();
+    let client =
+        buildfleet_builder::http::client(&buildfleet_builder::http::tls_config(None).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SourceSpec {
+        url: format!("http://{dead}/api/v1/sources/abc"),
+        sha256: sha256(&body),
+        max_bytes: 1 << 20,
+    };
+    let dest = dir.path().join("archive");
+    let size = fetch(&client, &backends, &spec, &dest, None)
+        .await
+        .expect("fetched from the live replica");
+    assert_eq!(size, body.len() as u64);
+
+    // Back on the first replica, the same URL has nowhere else to go.
+    backends.advance();
+    let deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(300));
+    let err = fetch(
+        &client,
+        &backends,
+        &spec,
+        &dir.path().join("again"),
+        deadline,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), BuildErrorKind::SourceFetch, "{err}");
 }
 
 #[actix_rt::test]
@@ -42,7 +96,9 @@ async fn a_source_over_the_limit_is_refused_and_removed() {
         sha256: sha256(&body),
         max_bytes: 100_000,
     };
-    let err = fetch(&client, &spec, &dest, None).await.unwrap_err();
+    let err = fetch(&client, &one_backend(), &spec, &dest, None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, SourceError::TooLarge { limit: 100_000 }),
         "{err}"

@@ -514,9 +514,12 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     pub async fn start(upstream: SocketAddr) -> TcpProxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
+        TcpProxy::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream).await
+    }
+
+    /// A proxy listening on `bind` (a port reserved with [`free_port`], say).
+    pub async fn start_on(bind: SocketAddr, upstream: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind(bind).await.expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (cut, _) = watch::channel(0u64);
         let (hole, _) = watch::channel(None);
@@ -587,6 +590,32 @@ impl TcpProxy {
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    /// Goes away as a dead host's process would: open connections dropped, new ones
+    /// refused (the port is closed).
+    pub async fn close(&self) {
+        self.accept_loop.abort();
+        self.cut();
+        // The listener goes when the aborted task is dropped; wait until connects fail.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the proxy on {} still accepts after closing",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A port of 127.0.0.1 that was free a moment ago, for an address needed before its
+/// listener can start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// The end of the hole in force now, if one is.

@@ -79,10 +79,10 @@ pub fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// Points a builder made for a plain backend at the same backend over TLS, trusting `ca`.
 pub fn over_tls(config: &mut BuilderConfig, ca: PathBuf) {
-    config.connect_url = format!(
+    config.connect_urls = vec![format!(
         "wss://{}/api/v1/builders/connect",
-        server_addr(&config.connect_url)
-    );
+        server_addr(&config.connect_urls[0])
+    )];
     config.ca_cert = Some(ca);
 }
 

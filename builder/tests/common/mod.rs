@@ -147,6 +147,14 @@ impl TestServer {
     }
 }
 
+/// The backends of a builder with one backend URL: no URL is rerouted.
+pub fn one_backend() -> buildfleet_builder::backends::Backends {
+    buildfleet_builder::backends::Backends::new(vec![buildfleet_builder::config::connect_url(
+        "ws://127.0.0.1:9",
+    )
+    .expect("connect URL")])
+}
+
 pub fn test_identity(dir: &Path) -> Arc<Identity> {
     let path = dir.join("builder_key");
     buildfleet_builder::identity::keygen(&path, "test").expect("keygen");
@@ -174,6 +182,7 @@ pub fn job_env_with_cache(
     std::fs::create_dir_all(&jobs_dir).unwrap();
     JobEnv {
         client: buildfleet_builder::http::client(&tls),
+        backends: Arc::new(one_backend()),
         identity: test_identity(work),
         recipes: RecipeBook::with_builtins(recipes).expect("recipes"),
         strategy,
