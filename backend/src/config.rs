@@ -38,7 +38,8 @@ pub struct ServeArgs {
     /// The URL builders and users reach this backend at (used in upload and source URLs).
     #[arg(long, env = "BUILDFLEET_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Name this backend signs into challenges; defaults to the public URL.
+    /// Name the cluster signs into challenges and statements, stored in the database on first
+    /// start (then the public URL by default); a different value than the stored one is refused.
     #[arg(long, env = "BUILDFLEET_BACKEND_ID")]
     pub backend_id: Option<String>,
     /// Admin bearer token; default: generated once and kept in `<data-dir>/admin-token`.
