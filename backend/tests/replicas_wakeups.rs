@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use buildfleet_backend::actors::replica_bus::APPLICATION_NAME;
 use buildfleet_backend::config::ServerConfig;
 use buildfleet_backend::server::{self, RunningServer};
-use buildfleet_protocol::{ControlCommand, JobAssignment, ServerMessage};
+use buildfleet_protocol::{
+    BuildError, BuildErrorKind, ClientMessage, CompletionResult, ControlCommand, JobAssignment,
+    Outcome, ServerMessage,
+};
 use buildfleet_testkit::builder_client::{job_ref, BuilderClient};
 use buildfleet_testkit::db::TestDb;
 use buildfleet_testkit::keys::TestKey;
@@ -50,6 +53,7 @@ mod postgres {
         pause_and_drain_on_one_replica_reach_the_builder_on_the_other,
         a_live_log_on_one_replica_shows_lines_streamed_to_the_other,
         wake_ups_work_again_after_the_listener_connection_is_killed,
+        an_automatic_retry_on_one_replica_reaches_a_builder_on_the_other,
     }
 }
 
@@ -335,5 +339,41 @@ async fn wake_ups_work_again_after_the_listener_connection_is_killed(db: TestDb)
     let second = replicas.a.submit(json!({})).await;
     let assigned = assignment_within_limit(&mut builder, "after the reconnect").await;
     assert_eq!(assigned.job_id.0, second);
+    replicas.shutdown().await;
+}
+
+/// A job retried automatically by A's completion (no back-off) reaches the idle builder on B
+/// by notice: A's own builder is busy asking for nothing.
+async fn an_automatic_retry_on_one_replica_reaches_a_builder_on_the_other(db: TestDb) {
+    let replicas = Replicas::start(db).await;
+    let key_a = TestKey::generate("fails-on-a");
+    replicas.a.admit(&key_a).await;
+    let mut on_a = BuilderClient::connect_ready(&replicas.a.ws_url(), &key_a).await;
+    assert_eq!(control(&mut on_a).await, ControlCommand::Resume);
+    on_a.request_jobs(1);
+    let job = replicas
+        .a
+        .submit(json!({ "retry": { "exit_codes": [3], "backoff_initial_ms": 0 } }))
+        .await;
+    let first = assignment_within_limit(&mut on_a, "the first run on A").await;
+    assert_eq!(first.job_id.0, job);
+    // Only now B's builder is there: the submission's notice is long gone.
+    let (mut on_b, _) = builder_on_b(&replicas, "retries-on-b", 1).await;
+
+    on_a.accept(&first);
+    let mut response = on_a.job_response(&key_a, &first, Outcome::Failed, vec![]);
+    response.exit_status = Some(3);
+    response.error = Some(BuildError {
+        kind: BuildErrorKind::CommandFailed,
+        message: "exit status 3 in the test".into(),
+    });
+    on_a.send(ClientMessage::JobResponse(response));
+    assert_eq!(
+        on_a.expect_completion_ack(job_ref(&first)).await,
+        CompletionResult::Accepted
+    );
+
+    let retried = assignment_within_limit(&mut on_b, "the automatic retry from A").await;
+    assert_eq!((retried.job_id.0, retried.attempt.0), (job, 2));
     replicas.shutdown().await;
 }

@@ -320,7 +320,12 @@ impl Scheduler {
     /// back-off, else by a sweep when the back-off ends (which releases it and dispatches).
     fn dispatch_after_backoff(&mut self, job: &Job, ctx: &mut Context<Self>) {
         match job.retry_not_before {
-            None => self.dispatch_all(ctx),
+            None => {
+                // The next run may well be for a builder on another replica (a reproducible
+                // job's next run must be on another builder).
+                self.announce_queued(std::iter::once(job));
+                self.dispatch_all(ctx);
+            }
             Some(not_before) => {
                 let wait_ms = u64::try_from(not_before - self.store.now_ms()).unwrap_or(0);
                 ctx.run_later(Duration::from_millis(wait_ms), |this, ctx| this.sweep(ctx));
