@@ -113,6 +113,9 @@ enum StorageKind {
     S3,
 }
 
+/// `log_flush_interval_ms` when blobs are in an object store and the setting is not given.
+pub const OBJECT_STORE_LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Where blobs live (`[storage]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageConfig {
@@ -470,7 +473,8 @@ impl ServerConfig {
             .or(file.local_builders)
             .unwrap_or(u32::from(embedded));
         config.limits = args.limits.over(&file.limits).resolve();
-        config.timings = args.timings.over(&file.timings).resolve();
+        let timings = args.timings.over(&file.timings);
+        config.timings = timings.resolve();
         if let Some(secs) = file.scheduler.fair_share_window_secs {
             config.scheduler.fair_share_window = Duration::from_secs(secs);
         }
@@ -478,6 +482,12 @@ impl ServerConfig {
             config.scheduler.reproduce_independence_label = label.clone();
         }
         config.storage = file.storage.resolve(&config.database_url)?;
+        if matches!(config.storage, StorageConfig::S3(_)) && timings.log_flush_interval_ms.is_none()
+        {
+            // Each flush of a job's log is one PUT: at the 50 ms of a local disk a bucket would
+            // take 20 requests a second per printing job.
+            config.timings.log_flush_interval = OBJECT_STORE_LOG_FLUSH_INTERVAL;
+        }
         config.registry = file
             .registry
             .as_ref()
@@ -670,6 +680,24 @@ mod tests {
         assert_eq!(
             config.timings.handshake_timeout,
             Timings::default().handshake_timeout
+        );
+    }
+
+    #[test]
+    fn object_storage_flushes_logs_less_often_unless_told() {
+        let s3 = "[storage]\nkind = \"s3\"\nbucket = \"b\"\n";
+        let config = resolve_toml(s3).expect("resolves");
+        assert_eq!(
+            config.timings.log_flush_interval,
+            OBJECT_STORE_LOG_FLUSH_INTERVAL
+        );
+        let config = resolve_toml(&format!("{s3}[timings]\nlog_flush_interval_ms = 80\n"))
+            .expect("resolves");
+        assert_eq!(config.timings.log_flush_interval, Duration::from_millis(80));
+        let config = resolve_toml("").expect("resolves");
+        assert_eq!(
+            config.timings.log_flush_interval,
+            Timings::default().log_flush_interval
         );
     }
 
