@@ -53,6 +53,20 @@ async function refreshMain(keep) {
   if (!keepsLog) startLog();
 }
 
+// An API error beside the form or button it is about (`box`, a `.form-error`), else in the
+// page's message box.
+function showError(box, text) {
+  if (!box) { showMessage(text, true); return; }
+  box.textContent = text;
+  box.hidden = false;
+}
+
+function clearError(box) {
+  if (!box) return;
+  box.hidden = true;
+  box.textContent = "";
+}
+
 async function api(method, path, body, headers) {
   const response = await fetch(path, {
     method,
@@ -127,10 +141,13 @@ async function syncSession() {
 
 // Buttons with `data-action` call the API (POST unless `data-method` says otherwise). One
 // with `data-confirm` asks for a second press first: no dialog, so keyboards and tests reach it.
+// One with `data-error-box` shows a refusal in that element, beside it.
 function setupActions(root) {
   root.querySelectorAll("button[data-action]").forEach((button) => {
     let disarm = null;
+    const box = button.dataset.errorBox ? document.getElementById(button.dataset.errorBox) : null;
     button.addEventListener("click", async () => {
+      clearError(box);
       if (button.dataset.confirm && !button.classList.contains("armed")) {
         button.dataset.label = button.textContent;
         button.textContent = button.dataset.confirm;
@@ -149,7 +166,11 @@ function setupActions(root) {
         showMessage((button.dataset.label || button.textContent) + ": done.", false);
       } catch (e) {
         button.disabled = false;
-        showMessage(e.message, true);
+        if (button.dataset.label) {
+          button.classList.remove("armed");
+          button.textContent = button.dataset.label;
+        }
+        showError(box, e.message);
       }
     });
   });
@@ -336,25 +357,99 @@ function setupTokens() {
       showMessage(e.message, true);
     }
   });
-  const copy = document.getElementById("copy-secret");
-  if (copy && !copy.dataset.ready) {
-    copy.dataset.ready = "1";
-    copy.addEventListener("click", async () => {
-      const secret = document.getElementById("created-secret").textContent;
-      try {
-        await navigator.clipboard.writeText(secret);
-        showMessage("Token copied.", false);
-      } catch (_) {
-        // No clipboard (plain http, an old browser): select it for a manual copy.
-        const range = document.createRange();
-        range.selectNodeContents(document.getElementById("created-secret"));
-        const selection = window.getSelection();
-        selection.removeAllRanges();
-        selection.addRange(range);
-        showMessage("Select and copy the token shown (the clipboard is not available here).", false);
-      }
-    });
-  }
+  setupCopy("copy-secret", "created-secret", "token");
+}
+
+// A copy button for a secret shown once (`what`: "token", "secret"). The box it sits in is
+// kept across refreshes, so the button is set up once.
+function setupCopy(buttonId, secretId, what) {
+  const copy = document.getElementById(buttonId);
+  if (!copy || copy.dataset.ready) return;
+  copy.dataset.ready = "1";
+  copy.addEventListener("click", async () => {
+    const shown = document.getElementById(secretId);
+    try {
+      await navigator.clipboard.writeText(shown.textContent);
+      showMessage(what.charAt(0).toUpperCase() + what.slice(1) + " copied.", false);
+    } catch (_) {
+      // No clipboard (plain http, an old browser): select it for a manual copy.
+      const range = document.createRange();
+      range.selectNodeContents(shown);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      showMessage("Select and copy the " + what + " shown (the clipboard is not available here).", false);
+    }
+  });
+}
+
+// Retention limits as the server's pages word them.
+function describeLimits(limits) {
+  const parts = [];
+  if (limits.max_age_days !== null && limits.max_age_days !== undefined) parts.push(limits.max_age_days + " days");
+  if (limits.keep_last !== null && limits.keep_last !== undefined) parts.push("the last " + limits.keep_last + " jobs");
+  return parts.length ? parts.join(", at most ") : "kept";
+}
+
+// A project's webhooks page (its admin): the retention policy, replaced as a whole (a field
+// that says none, or is empty, has no limit).
+function setupRetention() {
+  const form = document.getElementById("retention-form");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const box = form.querySelector(".form-error");
+    clearError(box);
+    const data = new FormData(form);
+    const limit = (name, what) => {
+      const raw = (data.get(name) || "").trim();
+      if (raw === "" || raw.toLowerCase() === "none") return null;
+      if (!/^[0-9]+$/.test(raw)) throw new Error(what + ": " + JSON.stringify(raw) + " is not a whole number (or none for no limit).");
+      return Number(raw);
+    };
+    try {
+      const policy = {
+        artifacts: {
+          max_age_days: limit("artifacts_max_age_days", "Artifacts' max age"),
+          keep_last: limit("artifacts_keep_last", "Artifacts of the last jobs"),
+        },
+        logs: {
+          max_age_days: limit("logs_max_age_days", "Logs' max age"),
+          keep_last: limit("logs_keep_last", "Logs of the last jobs"),
+        },
+      };
+      const saved = await api("PUT", "/api/v1/projects/" + form.dataset.project + "/retention", JSON.stringify(policy), { "Content-Type": "application/json" });
+      await refreshMain([]);
+      showMessage("Retention of " + saved.project + " saved: artifacts " + describeLimits(saved.artifacts) + "; logs " + describeLimits(saved.logs) + ".", false);
+    } catch (e) {
+      showError(box, e.message);
+    }
+  });
+}
+
+// A project's webhooks page (its admin): add a webhook; its secret is shown once.
+function setupWebhooks() {
+  const form = document.getElementById("webhook-form");
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const box = form.querySelector(".form-error");
+    clearError(box);
+    const data = new FormData(form);
+    const body = { url: (data.get("url") || "").trim(), events: data.getAll("events") };
+    const secret = (data.get("secret") || "").trim();
+    if (secret) body.secret = secret;
+    try {
+      const created = await postJson("/api/v1/projects/" + form.dataset.project + "/webhooks", body);
+      await refreshMain(["created-webhook"]);
+      document.getElementById("webhook-secret").textContent = created.secret;
+      document.getElementById("created-webhook").hidden = false;
+      showMessage("Added webhook #" + created.id + " for " + created.events.join(", ") + ".", false);
+    } catch (e) {
+      showError(box, e.message);
+    }
+  });
+  setupCopy("copy-webhook-secret", "webhook-secret", "secret");
 }
 
 function utc(ms) {
@@ -608,6 +703,8 @@ function setupPage(root) {
   setupEnrolment();
   setupProjects();
   setupTokens();
+  setupRetention();
+  setupWebhooks();
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -18,6 +18,10 @@
 //! - The projects page's create and change forms, the tokens page's create (the secret shown
 //!   once) and revoke, and a job submitted by a project's token to its project with a retry
 //!   policy from the submit form's "Retry" fieldset.
+//! - A project's webhooks page: a webhook added through the form (its secret shown once) and
+//!   removed, the retention policy set through its form; a finished job's artifacts deleted
+//!   and a queued job boosted from their pages; the API's refusals shown beside the form or
+//!   button.
 //! - The registry follower's pages (against the test kit's local registry) at both widths,
 //!   and a crate submitted by name through the form, resolved by the server.
 //!
@@ -324,12 +328,18 @@ async fn check_keyboard(browser: &mut Browser, what: &str) {
     assert!(missed.is_empty(), "{what}: Tab never reaches {names:#}");
 }
 
-/// Saves the admin token in the browser, as typing it into the header field does.
+/// Saves the admin token in the browser, as typing it into the header field does, and
+/// returns once the session cookie holds it too (the page's own update of the cookie runs
+/// on its own time: the same request is made here and awaited), so a page loaded next is
+/// rendered for the token.
 async fn enter_token(browser: &mut Browser, token: &str) {
     browser
         .eval(&format!(
-            "(() => {{ const i = document.getElementById('admin-token'); i.value = {token:?}; \
-             i.dispatchEvent(new Event('change')); return true; }})()"
+            "(async () => {{ const i = document.getElementById('admin-token'); i.value = {token:?}; \
+             i.dispatchEvent(new Event('change')); \
+             const r = await fetch('/session', {{ method: 'POST', credentials: 'same-origin', \
+               headers: {{ Authorization: 'Bearer ' + {token:?} }} }}); \
+             return r.ok; }})()"
         ))
         .await;
 }
@@ -395,6 +405,14 @@ async fn every_page_and_state_fits_a_laptop_and_a_phone() {
     let spare_id = server.admit(&spare).await;
     let (digest, _) = upload_source(&server, small_source()).await;
     let gates = tempfile::tempdir().unwrap();
+    // A webhook nobody answers: the project's page lists its failing deliveries.
+    let (status, hook) = server
+        .post_admin(
+            "/projects/default/default/webhooks",
+            &json!({ "url": "http://127.0.0.1:9/a-receiver-that-is-not-there" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
 
     let long_link = format!(
         "https://ci.invalid/{}",
@@ -538,6 +556,11 @@ async fn every_page_and_state_fits_a_laptop_and_a_phone() {
         ("submit", "/submit".into(), "true".into()),
         ("projects", "/projects".into(), "document.querySelector('#project-create-form') !== null".into()),
         ("tokens", "/tokens".into(), "document.querySelector('#token-form') !== null".into()),
+        (
+            "project-webhooks",
+            "/projects/default/default/webhooks".into(),
+            "document.querySelector('#retention-form') !== null && document.querySelector('table.deliveries') !== null".into(),
+        ),
         ("error-unknown-job", "/jobs/999999".into(), "true".into()),
     ];
     for (name, path, ready) in &pages {
@@ -660,6 +683,9 @@ async fn every_page_and_state_fits_a_laptop_and_a_phone() {
         format!("/jobs/{failed}"),
         "/projects".to_owned(),
         "/tokens".to_owned(),
+        "/projects/default/default/webhooks".to_owned(),
+        format!("/jobs/{succeeded}"),
+        format!("/jobs/{queued}"),
     ] {
         load(&mut browser, &format!("{base}{path}")).await;
         check_keyboard(&mut browser, &path).await;
@@ -1466,5 +1492,258 @@ async fn projects_and_tokens_are_managed_and_a_job_submitted_with_a_retry_policy
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     drop(browser);
+    server.shutdown().await;
+}
+
+/// The text of `selector` once it shows (a refusal beside its form or button).
+async fn shown_text(browser: &mut Browser, selector: &str) -> String {
+    browser
+        .wait_for(
+            &format!(
+                "(() => {{ const e = document.querySelector({selector:?}); return !!e && !e.hidden && e.textContent; }})()"
+            ),
+            STEP,
+        )
+        .await
+        .as_str()
+        .expect("text")
+        .to_owned()
+}
+
+/// A project's webhooks and retention, a job's artifacts and a queued job's boost, from the
+/// pages as the project's admin uses them; each refusal of the API shows beside its form or
+/// button.
+#[actix_rt::test]
+async fn webhooks_retention_artifacts_and_boost_are_managed_from_the_pages() {
+    let server = start(TestDb::sqlite()).await;
+    let builder = start_builder(&server, "actions-builder").await;
+    let (digest, _) = upload_source(&server, small_source()).await;
+    let built = submit_built(&server, &digest, json!({ "recipe": BUILD_RECIPE })).await;
+    wait_outcome(&server, built, "succeeded", JOB_LIMIT).await;
+    let queued = server.submit(json!({ "recipe": NOBODY_RECIPE })).await;
+    let base = server.url.clone();
+    let hooks_page = format!("{base}/projects/default/default/webhooks");
+    let mut browser = Browser::launch().await;
+    browser.set_viewport(LAPTOP.0, LAPTOP.1, false).await;
+    load(&mut browser, &hooks_page).await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('webhook-form') === null && document.getElementById('retention-form') === null")
+            .await,
+        json!(true),
+        "no forms without a token"
+    );
+    // Entering the token renders the page again, with its forms.
+    enter_token(&mut browser, &server.admin_token).await;
+    browser
+        .wait_for("!!document.getElementById('webhook-form')", STEP)
+        .await;
+
+    // A webhook without events is refused by the API, beside the form.
+    set_field(
+        &mut browser,
+        "#webhook-form [name=url]",
+        "http://127.0.0.1:9/hook",
+    )
+    .await;
+    browser
+        .eval("(() => { document.querySelectorAll('#webhook-form [name=events]').forEach((c) => { c.checked = false; }); return true; })()")
+        .await;
+    click(&mut browser, "#webhook-form button[type=submit]").await;
+    let refused = shown_text(&mut browser, "#webhook-form .form-error").await;
+    assert!(
+        refused.starts_with("bad_request: events is empty"),
+        "{refused}"
+    );
+    audit_both(&mut browser, "webhook-refused", "a refused webhook").await;
+    // With two events: listed, and its secret shown this once.
+    browser
+        .eval("(() => { for (const e of ['queued', 'finished']) document.querySelector('#webhook-form [name=events][value=' + e + ']').checked = true; return true; })()")
+        .await;
+    click(&mut browser, "#webhook-form button[type=submit]").await;
+    let said = message(&mut browser).await;
+    assert!(
+        said.starts_with("Added webhook #") && said.ends_with(" for queued, finished."),
+        "{said}"
+    );
+    let secret = shown_text(&mut browser, "#created-webhook").await;
+    assert!(secret.contains("will not be shown again"), "{secret}");
+    let secret = browser
+        .eval("document.getElementById('webhook-secret').textContent")
+        .await;
+    assert!(
+        secret.as_str().is_some_and(|s| s.starts_with("whsec_")),
+        "{secret}"
+    );
+    browser
+        .wait_for(
+            text_has("section.webhook", "http://127.0.0.1:9/hook").as_str(),
+            STEP,
+        )
+        .await;
+    let listed = server
+        .call(
+            awc::http::Method::GET,
+            "/projects/default/default/webhooks",
+            Some(&server.admin_token),
+            None,
+        )
+        .await
+        .1;
+    let hooks = listed["webhooks"].as_array().expect("webhooks").clone();
+    assert_eq!(hooks.len(), 1, "{listed}");
+    assert_eq!(hooks[0]["url"], "http://127.0.0.1:9/hook");
+    assert_eq!(hooks[0]["events"], json!(["queued", "finished"]));
+    let hook = hooks[0]["id"].as_i64().expect("id");
+    audit_both(&mut browser, "webhook-added", "an added webhook").await;
+
+    // The retention form: a limit out of bounds is the API's refusal, beside the form; then a
+    // policy with a limit lifted ("none", or left empty) is saved and shown.
+    set_field(
+        &mut browser,
+        "#retention-form [name=artifacts_max_age_days]",
+        "99999",
+    )
+    .await;
+    click(&mut browser, "#retention-form button[type=submit]").await;
+    let refused = shown_text(&mut browser, "#retention-form .form-error").await;
+    assert!(
+        refused.starts_with("bad_request: ") && refused.contains("artifacts.max_age_days 99999"),
+        "{refused}"
+    );
+    audit_both(&mut browser, "retention-refused", "a refused policy").await;
+    set_field(
+        &mut browser,
+        "#retention-form [name=artifacts_max_age_days]",
+        "30",
+    )
+    .await;
+    set_field(
+        &mut browser,
+        "#retention-form [name=artifacts_keep_last]",
+        "none",
+    )
+    .await;
+    set_field(&mut browser, "#retention-form [name=logs_max_age_days]", "").await;
+    set_field(&mut browser, "#retention-form [name=logs_keep_last]", "10").await;
+    click(&mut browser, "#retention-form button[type=submit]").await;
+    let said = message(&mut browser).await;
+    assert_eq!(
+        said,
+        "Retention of default/default saved: artifacts 30 days; logs the last 10 jobs."
+    );
+    browser
+        .wait_for(text_has("#storage", "kept: 30 days").as_str(), STEP)
+        .await;
+    assert!(browser
+        .eval(&text_has("#storage", "kept: the last 10 jobs"))
+        .await
+        .as_bool()
+        .unwrap());
+    let policy = server.get_ok("/projects/default/default/retention").await;
+    assert_eq!(
+        (policy["artifacts"].clone(), policy["logs"].clone()),
+        (
+            json!({ "max_age_days": 30, "keep_last": null }),
+            json!({ "max_age_days": null, "keep_last": 10 })
+        )
+    );
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#retention-form [name=logs_max_age_days]').value")
+            .await,
+        json!("none"),
+        "the form shows the saved policy"
+    );
+    audit_both(&mut browser, "retention-saved", "a saved policy").await;
+
+    // The webhook removed (a second press confirms).
+    let remove = format!("#webhook-{hook} button.danger");
+    click(&mut browser, &remove).await;
+    click(&mut browser, &remove).await;
+    browser
+        .wait_for("!!document.getElementById('no-webhooks')", STEP)
+        .await;
+    let listed = server
+        .call(
+            awc::http::Method::GET,
+            "/projects/default/default/webhooks",
+            Some(&server.admin_token),
+            None,
+        )
+        .await
+        .1;
+    assert_eq!(listed["webhooks"], json!([]));
+
+    // The finished job's artifacts deleted from its page.
+    load(&mut browser, &format!("{base}/jobs/{built}")).await;
+    browser
+        .wait_for(text_has("#artifacts", "demo.txt").as_str(), STEP)
+        .await;
+    click(&mut browser, "#delete-artifacts").await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('delete-artifacts').textContent")
+            .await,
+        json!("Delete 1 artifact for good? Press again to confirm")
+    );
+    click(&mut browser, "#delete-artifacts").await;
+    assert_eq!(message(&mut browser).await, "Delete artifacts: done.");
+    browser
+        .wait_for(
+            text_has(
+                "#artifacts-deleted",
+                "by the project's retention or an admin",
+            )
+            .as_str(),
+            STEP,
+        )
+        .await;
+    let job = server.job(built).await;
+    assert_eq!(job["artifacts"], json!([]), "{job}");
+    assert!(job["artifacts_expired_at"].is_i64(), "{job}");
+    audit_both(&mut browser, "job-artifacts-deleted", "deleted artifacts").await;
+
+    // A queued job's page rendered for the admin; the token is then changed to an admin
+    // token of the project, which may not boost: refused beside the button.
+    let (status, project_admin) = server
+        .post_admin(
+            "/tokens",
+            &json!({ "project": "default/default", "scope": "admin", "description": "project admin" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{project_admin}");
+    let project_admin = project_admin["secret"].as_str().expect("secret").to_owned();
+    load(&mut browser, &format!("{base}/jobs/{queued}")).await;
+    enter_token(&mut browser, &project_admin).await;
+    click(&mut browser, "#boost-job").await;
+    let refused = shown_text(&mut browser, "#boost-error").await;
+    assert_eq!(
+        refused,
+        "forbidden: this API token is an admin token of one project; this needs the admin token or an admin token of no project"
+    );
+    assert_eq!(server.job(queued).await["priority"], 0);
+    audit_both(&mut browser, "job-boost-refused", "a refused boost").await;
+
+    // The admin's token again: boosted, the page says so.
+    enter_token(&mut browser, &server.admin_token).await;
+    click(&mut browser, "#boost-job").await;
+    browser
+        .wait_for(text_has("#job-priority", "boosted").as_str(), STEP)
+        .await;
+    assert_eq!(
+        server.job(queued).await["priority"],
+        json!(buildfleet_backend::store::BOOST_PRIORITY)
+    );
+    assert_eq!(
+        browser
+            .eval("document.getElementById('boost-job') === null")
+            .await,
+        json!(true),
+        "no second boost"
+    );
+    audit_both(&mut browser, "job-boosted", "a boosted job").await;
+    drop(browser);
+    builder.stop().await;
     server.shutdown().await;
 }

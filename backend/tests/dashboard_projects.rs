@@ -1,12 +1,14 @@
 //! The dashboard under the access model (issue 17): the builders page, the projects and
 //! tokens pages, and the jobs list by project show a visitor what its session cookie's token
 //! may see, and nothing of a private project it may not (a builder private to it, its jobs,
-//! its name). Real HTTP against the backend in process, a real scripted builder, both
-//! databases.
+//! its name); the forms and buttons that act (webhooks, retention, deleting a job's
+//! artifacts, boosting a queued job) show only to a visitor whose token may use them. Real
+//! HTTP against the backend in process, a real scripted builder, both databases.
 
 use awc::http::StatusCode;
 use buildfleet_backend::store::BuilderId;
-use buildfleet_testkit::builder_client::BuilderClient;
+use buildfleet_protocol::{CompletionResult, Outcome};
+use buildfleet_testkit::builder_client::{upload_ok, BuilderClient};
 use buildfleet_testkit::db::TestDb;
 use buildfleet_testkit::keys::TestKey;
 use buildfleet_testkit::server::{test_client, wait_until, TestServer, SOURCE_SHA256};
@@ -19,6 +21,7 @@ server_tests! {
     the_jobs_list_filters_by_project_and_hides_private_projects,
     the_tokens_page_lists_the_tokens_the_visitor_manages,
     the_submit_form_offers_the_projects_the_token_may_submit_to,
+    the_forms_that_act_show_only_to_whoever_may_use_them,
 }
 
 /// A dashboard page with `cookie` as the session cookie: status and HTML.
@@ -490,4 +493,197 @@ async fn the_submit_form_offers_the_projects_the_token_may_submit_to(db: TestDb)
         options(&page_ok(&server, "/submit", None).await),
         ["default/default"]
     );
+}
+
+/// The element of `html` that starts with `start` (its opening tag's text up to the id),
+/// up to the end of `tag`.
+fn element<'a>(html: &'a str, start: &str, tag: &str) -> &'a str {
+    let at = html
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} is on the page: {html}"));
+    let from = html[..at].rfind('<').expect("an opening tag");
+    let close = format!("</{tag}>");
+    let end = at + html[at..].find(&close).expect("the element ends") + close.len();
+    &html[from..end]
+}
+
+/// Runs one job of `project` to success on `builder`, with the artifact `out.tar.gz`.
+async fn finished_with_artifact(
+    server: &TestServer,
+    builder: &mut BuilderClient,
+    key: &TestKey,
+    project: &str,
+) -> i64 {
+    builder.request_jobs(1);
+    let id = submit(server, project, "cargo-build").await;
+    let job = builder.next_assignment().await;
+    assert_eq!(job.job_id.0, id);
+    builder.accept(&job);
+    wait_for_state(server, id, "running").await;
+    let digest = upload_ok(&job, "out.tar.gz", b"built bytes").await;
+    let result = builder
+        .complete(key, &job, Outcome::Succeeded, vec![digest])
+        .await;
+    assert_eq!(result, CompletionResult::Accepted);
+    wait_for_state(server, id, "succeeded").await;
+    id
+}
+
+async fn the_forms_that_act_show_only_to_whoever_may_use_them(db: TestDb) {
+    let server = TestServer::start(db).await;
+    create_project(&server, "acme/open", true, 1).await;
+    create_project(&server, "rival/app", false, 1).await;
+    let read = token(&server, "acme/open", "read").await;
+    let submitter = token(&server, "acme/open", "submit").await;
+    let own_admin = token(&server, "acme/open", "admin").await;
+    let rival_admin = token(&server, "rival/app", "admin").await;
+    let (status, hook) = server
+        .post_admin(
+            "/projects/acme/open/webhooks",
+            &json!({ "url": "http://127.0.0.1:9/hook", "events": ["finished"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let hook = hook["id"].as_i64().expect("webhook id");
+    let (status, policy) = server
+        .call(
+            awc::http::Method::PUT,
+            "/projects/acme/open/retention",
+            Some(&server.admin_token),
+            Some(&json!({ "artifacts": { "max_age_days": 30 }, "logs": { "keep_last": 5 } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    let key = TestKey::generate("open-builder");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    let done = finished_with_artifact(&server, &mut builder, &key, "acme/open").await;
+    let queued = submit(&server, "acme/open", "nobody-offers-this").await;
+
+    let remove = format!("data-action=\"/api/v1/projects/acme/open/webhooks/{hook}\"");
+    for (who, cookie, project_admin, admin) in [
+        ("anonymous", None, false, false),
+        (
+            "the project's read token",
+            Some(read.as_str()),
+            false,
+            false,
+        ),
+        (
+            "the project's submit token",
+            Some(submitter.as_str()),
+            false,
+            false,
+        ),
+        (
+            "another project's admin token",
+            Some(rival_admin.as_str()),
+            false,
+            false,
+        ),
+        (
+            "the project's admin token",
+            Some(own_admin.as_str()),
+            true,
+            false,
+        ),
+        (
+            "the admin token",
+            Some(server.admin_token.as_str()),
+            true,
+            true,
+        ),
+    ] {
+        let html = page_ok(&server, "/projects/acme/open/webhooks", cookie).await;
+        assert!(
+            html.contains("kept: 30 days") && html.contains("kept: the last 5 jobs"),
+            "{who}: the policy is shown to whoever sees the project: {html}"
+        );
+        for (what, needle) in [
+            ("the add-webhook form", "id=\"webhook-form\""),
+            ("the retention form", "id=\"retention-form\""),
+            ("the webhook", "http://127.0.0.1:9/hook"),
+            ("the webhook's remove button", remove.as_str()),
+            ("the box for a new secret", "id=\"created-webhook\""),
+        ] {
+            assert_eq!(html.contains(needle), project_admin, "{who}: {what}");
+        }
+        let finished = page_ok(&server, &format!("/jobs/{done}"), cookie).await;
+        assert!(finished.contains("out.tar.gz"), "{who}: the artifact");
+        assert_eq!(
+            finished.contains("id=\"delete-artifacts\""),
+            project_admin,
+            "{who}: Delete artifacts"
+        );
+        assert!(
+            !finished.contains("id=\"boost-job\""),
+            "{who}: a finished job"
+        );
+        let waiting = page_ok(&server, &format!("/jobs/{queued}"), cookie).await;
+        assert_eq!(waiting.contains("id=\"boost-job\""), admin, "{who}: Boost");
+        assert!(
+            !waiting.contains("id=\"delete-artifacts\""),
+            "{who}: a queued job has nothing to delete"
+        );
+    }
+
+    // The retention form holds the policy, "none" where there is no limit; the delete button
+    // names what it deletes on its confirming press.
+    let html = page_ok(&server, "/projects/acme/open/webhooks", Some(&own_admin)).await;
+    for (field, value) in [
+        ("artifacts_max_age_days", "30"),
+        ("artifacts_keep_last", "none"),
+        ("logs_max_age_days", "none"),
+        ("logs_keep_last", "5"),
+    ] {
+        assert!(
+            html.contains(&format!("name=\"{field}\" value=\"{value}\"")),
+            "{field} = {value}: {html}"
+        );
+    }
+    assert!(html.contains("data-project=\"acme/open\""), "{html}");
+    let finished = page_ok(&server, &format!("/jobs/{done}"), Some(&own_admin)).await;
+    let button = element(&finished, "id=\"delete-artifacts\"", "button");
+    assert!(
+        button.contains(&format!("data-action=\"/api/v1/jobs/{done}/artifacts\""))
+            && button.contains("data-method=\"DELETE\"")
+            && button.contains("data-confirm=\"Delete 1 artifact for good?"),
+        "{button}"
+    );
+
+    // Boosted, the job says so and offers no second boost.
+    let (status, answer) = server
+        .post_admin(&format!("/jobs/{queued}/boost"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let boosted = page_ok(
+        &server,
+        &format!("/jobs/{queued}"),
+        Some(&server.admin_token),
+    )
+    .await;
+    assert!(!boosted.contains("id=\"boost-job\""), "{boosted}");
+    assert!(
+        boosted.contains("boosted (ahead of every project"),
+        "{boosted}"
+    );
+    // Deleted, the artifacts say when, and there is nothing left to delete.
+    let (status, answer) = server
+        .call(
+            awc::http::Method::DELETE,
+            &format!("/jobs/{done}/artifacts"),
+            Some(&own_admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let deleted = page_ok(&server, &format!("/jobs/{done}"), Some(&own_admin)).await;
+    assert!(!deleted.contains("id=\"delete-artifacts\""), "{deleted}");
+    assert!(
+        element(&deleted, "id=\"artifacts-deleted\"", "p")
+            .contains("by the project's retention or an admin"),
+        "{deleted}"
+    );
+    builder.close().await;
+    server.shutdown().await;
 }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use maud::{html, Markup};
 
 use super::pages::{format_duration, format_time};
-use crate::store::{annotation_headline, BuilderId, Job, JobAttempt, JobMode, JobState};
+use crate::store::{
+    annotation_headline, BuilderId, Job, JobAttempt, JobMode, JobState, BOOST_PRIORITY,
+};
 
 /// Longest message line a list shows; the job page has the whole message.
 const LIST_MESSAGE_CHARS: usize = 90;
@@ -52,12 +54,14 @@ pub fn title(job: &Job) -> String {
 }
 
 /// The job page's head: heading with the state, what it builds, the actions, and the facts.
+/// `may_boost`: the visitor is the admin, who may put a queued job ahead of all others.
 pub fn head(
     job: &Job,
     project: &str,
     attempts: &[JobAttempt],
     names: &BTreeMap<BuilderId, String>,
     now: i64,
+    may_boost: bool,
 ) -> Markup {
     let builder_name = |b: BuilderId| names.get(&b).map_or("(removed)", String::as_str);
     html! {
@@ -71,7 +75,14 @@ pub fn head(
         }
         @if let Some(message) = message_line(job) { p.job-message { (message) } }
         @if job.state.is_active() || job.state == JobState::Queued {
-            p.actions { button.secondary type="button" data-action={ "/api/v1/jobs/" (job.id) "/cancel" } { "Cancel job" } }
+            p.actions {
+                button.secondary type="button" data-action={ "/api/v1/jobs/" (job.id) "/cancel" } { "Cancel job" }
+                @if may_boost && job.state == JobState::Queued && job.priority != BOOST_PRIORITY {
+                    button.secondary #boost-job type="button" data-action={ "/api/v1/jobs/" (job.id) "/boost" }
+                        data-error-box="boost-error" { "Boost" }
+                    span.form-error #boost-error role="alert" hidden {}
+                }
+            }
         } @else if job.state != JobState::Succeeded {
             p.actions { button.secondary type="button" data-action={ "/api/v1/jobs/" (job.id) "/retry" } { "Retry job" } }
         }

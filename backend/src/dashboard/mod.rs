@@ -8,7 +8,8 @@
 //! `job_log.rs` the job page's head and log pane; `builders_page.rs` and `submit_page.rs`
 //! the builders page (cards, admitting keys, enrolment tokens) and the submit form;
 //! `projects_page.rs` and `tokens_page.rs` the projects (jobs, fair share, private builders)
-//! and the API tokens the visitor's token manages.
+//! and the API tokens the visitor's token manages; `webhooks_page.rs` the projects' storage,
+//! and to a project's admin its webhooks and the forms that change them and its retention.
 
 mod builders_page;
 mod chain;

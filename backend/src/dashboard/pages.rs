@@ -19,7 +19,7 @@ use crate::http::jobs::{load_detail, parse_job_id, resolve_project, JobDetail};
 use crate::http::AppState;
 use crate::store::{
     AnnotationFilter, Annotations, Attempt, Builder, BuilderId, Job, JobFilter, JobId, JobMode,
-    JobState, ProjectId, Store, StoreError,
+    JobState, ProjectId, Store, StoreError, BOOST_PRIORITY,
 };
 
 const PAGE_SIZE: usize = 50;
@@ -383,8 +383,10 @@ pub async fn job(
         log: &log,
         search,
     };
+    let may_delete_artifacts =
+        job.state.is_terminal() && super::webhooks_page::may_administer(&access, job.project);
     let body = html! {
-        (job_summary::head(job, &detail.project, &detail.attempts, &names, now))
+        (job_summary::head(job, &detail.project, &detail.attempts, &names, now, access.is_admin()))
         @for r in &revoked {
             p.job-error.revoked-signer { "Signed by a revoked key: " (r.reason) " (builder " (r.builder) ", key " span.mono { (r.fingerprint) } "). Its statement no longer verifies." }
         }
@@ -392,7 +394,9 @@ pub async fn job(
             tr { th { "Source" } td.mono { (job.source_url) br; "sha256:" (job.source_sha256) } }
             tr { th { "Parameters" } td.mono { @if job.parameters.is_empty() { span.muted { "none" } } (job.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")) } }
             tr { th { "Required labels" } td.mono { @if job.required_labels.is_empty() { span.muted { "none" } } (pairs(&job.required_labels)) } }
-            tr { th { "Priority" } td { (job.priority) } }
+            tr { th { "Priority" } td #job-priority {
+                @if job.priority == BOOST_PRIORITY { "boosted (ahead of every project's work)" } @else { (job.priority) }
+            } }
             tr { th { "Timeout" } td { (format_duration(job.timeout_secs.saturating_mul(1000))) } }
         } } }
         (super::waiting::section(detail.queue.as_ref()))
@@ -405,14 +409,26 @@ pub async fn job(
         (log_view.render())
         h2 { "Artifacts" }
         @if detail.artifacts.is_empty() {
-            p.muted { "No published artifacts." }
+            @if let Some(at) = detail.expired.artifacts_expired_at {
+                p.muted #artifacts-deleted { "Deleted " (job_summary::time(at)) ", by the project's retention or an admin." }
+            } @else {
+                p.muted { "No published artifacts." }
+            }
         } @else {
-            div.table-wrap { table.stack {
+            div.table-wrap { table.stack #artifacts {
                 thead { tr { th { "Name" } th { "Size" } th { "SHA-256" } } }
                 tbody { @for a in &detail.artifacts {
                     tr { td data-label="Name" { a href=(a.url) { (a.name) } } td data-label="Size" { (size(a.size)) } td.mono data-label="SHA-256" { (a.sha256) } }
                 } }
             } }
+            @if may_delete_artifacts {
+                p.actions {
+                    button.danger #delete-artifacts type="button" data-action={ "/api/v1/jobs/" (job.id) "/artifacts" } data-method="DELETE"
+                        data-error-box="delete-artifacts-error"
+                        data-confirm={ "Delete " (detail.artifacts.len()) " artifact" @if detail.artifacts.len() != 1 { "s" } " for good? Press again to confirm" } { "Delete artifacts" }
+                    span.form-error #delete-artifacts-error role="alert" hidden {}
+                }
+            }
             (provenance_links(job.id, detail.artifacts.first().map(|a| a.name.as_str())))
             h2 { "Verify with OpenSSH" }
             pre.log { (verify_instructions(public_url, job.id, &signer, detail.artifacts.first().map(|a| a.name.as_str()))) }
