@@ -2,13 +2,14 @@
 //! tokens pages, and the jobs list by project show a visitor what its session cookie's token
 //! may see, and nothing of a private project it may not (a builder private to it, its jobs,
 //! its name); the forms and buttons that act (webhooks, retention, deleting a job's
-//! artifacts, boosting a queued job) show only to a visitor whose token may use them. Real
-//! HTTP against the backend in process, a real scripted builder, both databases.
+//! artifacts, boosting a queued job) show only to a visitor whose token may use them; a
+//! queued job's page says why it waits, with the figures of the API's `queue`. Real HTTP
+//! against the backend in process, a real scripted builder, both databases.
 
 use awc::http::StatusCode;
 use buildfleet_backend::store::BuilderId;
 use buildfleet_protocol::{CompletionResult, Outcome};
-use buildfleet_testkit::builder_client::{upload_ok, BuilderClient};
+use buildfleet_testkit::builder_client::{default_capabilities, upload_ok, BuilderClient};
 use buildfleet_testkit::db::TestDb;
 use buildfleet_testkit::keys::TestKey;
 use buildfleet_testkit::server::{test_client, wait_until, TestServer, SOURCE_SHA256};
@@ -22,6 +23,7 @@ server_tests! {
     the_tokens_page_lists_the_tokens_the_visitor_manages,
     the_submit_form_offers_the_projects_the_token_may_submit_to,
     the_forms_that_act_show_only_to_whoever_may_use_them,
+    a_queued_jobs_page_says_why_it_waits_as_the_api_does,
 }
 
 /// A dashboard page with `cookie` as the session cookie: status and HTML.
@@ -495,6 +497,14 @@ async fn the_submit_form_offers_the_projects_the_token_may_submit_to(db: TestDb)
     );
 }
 
+/// Text as maud puts it in a page.
+fn escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// The element of `html` that starts with `start` (its opening tag's text up to the id),
 /// up to the end of `tag`.
 fn element<'a>(html: &'a str, start: &str, tag: &str) -> &'a str {
@@ -684,6 +694,82 @@ async fn the_forms_that_act_show_only_to_whoever_may_use_them(db: TestDb) {
             .contains("by the project's retention or an admin"),
         "{deleted}"
     );
+    builder.close().await;
+    server.shutdown().await;
+}
+
+async fn a_queued_jobs_page_says_why_it_waits_as_the_api_does(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let key = TestKey::generate("one-slot");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect(&server.ws_url()).await;
+    builder
+        .handshake_with(&key, default_capabilities(1), Vec::new())
+        .await;
+    // One run of the recipe, made to have taken five minutes: the typical duration.
+    let first = finished_with_artifact(&server, &mut builder, &key, "default/default").await;
+    server.execute_sql(&format!(
+        "UPDATE jobs SET started_at = finished_at - 300000 WHERE id = {first}"
+    ));
+    // The builder's one slot is taken; two jobs wait behind it.
+    builder.request_jobs(1);
+    let busy = submit(&server, "default/default", "cargo-build").await;
+    let held = builder.next_assignment().await;
+    assert_eq!(held.job_id.0, busy);
+    builder.accept(&held);
+    wait_for_state(&server, busy, "running").await;
+    submit(&server, "default/default", "cargo-build").await;
+    let second = submit(&server, "default/default", "cargo-build").await;
+
+    let standing = server.get_ok(&format!("/jobs/{second}")).await["queue"].clone();
+    assert_eq!(standing["position"], 2, "{standing}");
+    assert_eq!(standing["matching_builders_online"], 1, "{standing}");
+    assert_eq!(standing["free_slots"], 0, "{standing}");
+    assert_eq!(standing["typical_duration_secs"], 300, "{standing}");
+    // Two rounds of five minutes, the running one taken as half done.
+    assert_eq!(standing["estimated_start_secs"], 450, "{standing}");
+    let html = page_ok(&server, &format!("/jobs/{second}"), None).await;
+    let section = element(&html, "id=\"queue-standing\"", "section");
+    for expected in [
+        "Position <strong>2</strong>".to_owned(),
+        "1 matching builder online, 0 free slots".to_owned(),
+        format!(
+            "about <time datetime=\"PT{}S\">8 min</time>",
+            standing["estimated_start_secs"]
+        ),
+        format!(
+            "took <time datetime=\"PT{}S\">5 min</time>",
+            standing["typical_duration_secs"]
+        ),
+    ] {
+        assert!(section.contains(&expected), "{expected:?} in {section}");
+    }
+    assert!(!section.contains("class=\"blocked\""), "{section}");
+
+    // A job no builder can run says why, in the API's words.
+    let nobody = submit(&server, "default/default", "nobody-offers-this").await;
+    let blocked = server.get_ok(&format!("/jobs/{nobody}")).await["queue"]["blocked"]
+        .as_str()
+        .expect("a blocked job says why")
+        .to_owned();
+    assert_eq!(
+        blocked,
+        "no builder matches: no connected builder offers recipe \"nobody-offers-this\" (they offer: cargo-build)"
+    );
+    let html = page_ok(&server, &format!("/jobs/{nobody}"), None).await;
+    let section = element(&html, "id=\"queue-standing\"", "section");
+    assert!(
+        section.contains(&format!(
+            "<p class=\"blocked\" role=\"status\">{}</p>",
+            escaped(&blocked)
+        )),
+        "{section}"
+    );
+    assert!(!section.contains("Position"), "{section}");
+    assert!(!section.contains("<time"), "no estimate: {section}");
+    // Only a queued job has the box.
+    let html = page_ok(&server, &format!("/jobs/{busy}"), None).await;
+    assert!(!html.contains("id=\"queue-standing\""), "{html}");
     builder.close().await;
     server.shutdown().await;
 }

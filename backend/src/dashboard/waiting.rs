@@ -23,11 +23,11 @@ pub fn section(standing: Option<&QueueStanding>) -> Markup {
                         " · " (s.matching_builders_offline) " offline"
                     }
                 }
-                p.muted {
+                p.muted #queue-estimate {
                     @match (s.estimated_start_secs, s.typical_duration_secs) {
                         (Some(0), _) => "Should start at once.",
                         (Some(start), Some(typical)) => {
-                            "Likely to start in about " (rough(start)) "; similar jobs took " (rough(typical)) "."
+                            "Likely to start in about " (duration(start)) "; similar jobs took " (duration(typical)) "."
                         }
                         _ => "No estimate yet: no recent successful job of this recipe.",
                     }
@@ -43,6 +43,11 @@ fn plural(n: u32) -> &'static str {
     } else {
         "s"
     }
+}
+
+/// A span of seconds in words, with the exact figure for machines (an ISO 8601 duration).
+fn duration(secs: u64) -> Markup {
+    html! { time datetime={ "PT" (secs) "S" } { (rough(secs)) } }
 }
 
 /// Seconds as "45 s", "12 min", "3 h 20 min".
