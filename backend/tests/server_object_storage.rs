@@ -3,18 +3,22 @@
 //! (upload, download whole and by Range, statement, log whole and live), two backends on one
 //! database and one bucket serving each other's artifacts and logs, a store that dies during
 //! an upload (nothing published; after its restart uploads work), an unreachable store at
-//! start, and the refusal of local disk for several replicas on PostgreSQL.
+//! start, and the refusal of local disk for several replicas on PostgreSQL. Retention on the
+//! bucket: expiry by count and by age removes the artifact and log objects and the storage
+//! gauges drop; deletes that fail while the store is down are recorded and done once it is
+//! back.
 
 use std::time::Duration;
 
 use awc::http::StatusCode;
 use buildfleet_backend::config::StorageConfig;
+use buildfleet_backend::store::JobId;
 use buildfleet_protocol::{CompletionResult, JobAssignment, Outcome};
 use buildfleet_testkit::builder_client::{digest_of, job_ref, upload, upload_ok, BuilderClient};
 use buildfleet_testkit::db::TestDb;
 use buildfleet_testkit::keys::TestKey;
 use buildfleet_testkit::s3::{PrivateS3, TestBucket};
-use buildfleet_testkit::server::{error_code, TestServer};
+use buildfleet_testkit::server::{error_code, wait_until, TestServer};
 use buildfleet_testkit::server_tests;
 use serde_json::json;
 
@@ -448,4 +452,171 @@ async fn a_large_upload_keeps_the_backends_memory_flat() {
     backend.stop().await;
 }
 
-server_tests!(a_job_runs_end_to_end_on_object_storage);
+/// The storage gauge of `/metrics` for `default/default`'s `kind` (artifacts, logs).
+async fn storage_gauge(server: &TestServer, kind: &str) -> i64 {
+    let metrics = server.metrics().await;
+    let prefix =
+        format!("buildfleet_project_storage_bytes{{project=\"default/default\",kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("a gauge value")
+}
+
+async fn wait_gauge(server: &TestServer, kind: &str, expected: i64) {
+    wait_until(&format!("the {kind} gauge to be {expected}"), || async {
+        (storage_gauge(server, kind).await == expected).then_some(())
+    })
+    .await;
+}
+
+/// A finished job of the connected `builder`: `lines` log lines stored, then the artifact
+/// `out.bin` of `size` bytes. Answers its id and the bytes of its log rows.
+async fn finished(
+    server: &TestServer,
+    builder: &mut BuilderClient,
+    key: &TestKey,
+    lines: u64,
+    size: usize,
+) -> (i64, i64) {
+    let (id, job) = assigned(server, builder).await;
+    for seq in 1..=lines {
+        builder.log(job_ref(&job), seq, &format!("line {seq} of job {id}"));
+        // One acknowledgement per line: each is a flush of its own, an object of its own.
+        builder.expect_event_ack(job_ref(&job), seq).await;
+    }
+    let digest = upload_ok(&job, "out.bin", &data(size)).await;
+    let result = builder
+        .complete(key, &job, Outcome::Succeeded, vec![digest])
+        .await;
+    assert_eq!(result, CompletionResult::Accepted);
+    server.wait_for_state(id, "succeeded").await;
+    let log_bytes = server
+        .with_store(move |s| {
+            s.log_chunks(JobId(id))
+                .expect("log chunks")
+                .iter()
+                .map(|c| c.length)
+                .sum::<i64>()
+        })
+        .await;
+    (id, log_bytes)
+}
+
+/// The keys of `job`'s artifacts and log objects in `keys`.
+fn objects_of(keys: &[String], job: i64) -> Vec<String> {
+    keys.iter()
+        .filter(|k| {
+            k.starts_with(&format!("artifacts/{job}/")) || k.starts_with(&format!("logs/{job}/"))
+        })
+        .cloned()
+        .collect()
+}
+
+async fn set_retention(server: &TestServer, policy: serde_json::Value) {
+    let (status, body) = server
+        .call(
+            awc::http::Method::PUT,
+            "/projects/default/default/retention",
+            Some(&server.admin_token),
+            Some(&policy),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn retention_removes_expired_objects_from_the_bucket(db: TestDb) {
+    let Some(bucket) = TestBucket::create().await else {
+        return;
+    };
+    let server = start_on(db, &bucket, None).await;
+    let key = TestKey::generate("retention-builder");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    let mut jobs = Vec::new();
+    for n in 0..4 {
+        let size = 1000 + n * 100;
+        let (id, log_bytes) = finished(&server, &mut builder, &key, 3, size).await;
+        jobs.push((id, i64::try_from(size).expect("size"), log_bytes));
+    }
+    let keys = bucket.keys().await;
+    for (id, _, _) in &jobs {
+        let objects = objects_of(&keys, *id);
+        assert!(
+            objects.contains(&format!("artifacts/{id}/1/out.bin")),
+            "{objects:?}"
+        );
+        assert_eq!(
+            objects.iter().filter(|k| k.starts_with("logs/")).count(),
+            3,
+            "one object per flushed line: {objects:?}"
+        );
+    }
+    let artifact_bytes = |of: &[(i64, i64, i64)]| of.iter().map(|j| j.1).sum::<i64>();
+    let log_bytes = |of: &[(i64, i64, i64)]| of.iter().map(|j| j.2).sum::<i64>();
+    wait_gauge(&server, "artifacts", artifact_bytes(&jobs)).await;
+    wait_gauge(&server, "logs", log_bytes(&jobs)).await;
+
+    // By count: the two newest jobs keep their objects, the two oldest lose theirs.
+    set_retention(
+        &server,
+        json!({ "artifacts": { "keep_last": 2 }, "logs": { "keep_last": 2 } }),
+    )
+    .await;
+    let old: Vec<i64> = jobs[..2].iter().map(|j| j.0).collect();
+    wait_until(
+        "the two oldest jobs' objects to leave the bucket",
+        || async {
+            let keys = bucket.keys().await;
+            old.iter()
+                .all(|id| objects_of(&keys, *id).is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    let keys = bucket.keys().await;
+    for (id, _, _) in &jobs[2..] {
+        assert_eq!(objects_of(&keys, *id).len(), 4, "kept: {keys:?}");
+    }
+    wait_gauge(&server, "artifacts", artifact_bytes(&jobs[2..])).await;
+    wait_gauge(&server, "logs", log_bytes(&jobs[2..])).await;
+    for id in &old {
+        let detail = server.job(*id).await;
+        assert!(
+            detail["artifacts_expired_at"].is_i64() && detail["logs_expired_at"].is_i64(),
+            "{detail}"
+        );
+    }
+
+    // By age: everything finished is older than 0 days.
+    set_retention(
+        &server,
+        json!({ "artifacts": { "max_age_days": 0 }, "logs": { "max_age_days": 0 } }),
+    )
+    .await;
+    wait_until("every job's objects to leave the bucket", || async {
+        let keys = bucket.keys().await;
+        jobs.iter()
+            .all(|(id, _, _)| objects_of(&keys, *id).is_empty())
+            .then_some(())
+    })
+    .await;
+    wait_gauge(&server, "artifacts", 0).await;
+    wait_gauge(&server, "logs", 0).await;
+    let (status, usage) = server.get("/projects/default/default/retention").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (usage["artifact_bytes"].clone(), usage["log_bytes"].clone()),
+        (json!(0), json!(0))
+    );
+    builder.close().await;
+    server.shutdown().await;
+}
+
+server_tests!(
+    a_job_runs_end_to_end_on_object_storage,
+    retention_removes_expired_objects_from_the_bucket,
+);
