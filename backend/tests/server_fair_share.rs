@@ -5,19 +5,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use awc::http::StatusCode;
+use awc::http::{Method, StatusCode};
 use buildfleet_backend::store::{NewProject, ProjectId, TokenScope};
-use buildfleet_protocol::{Outcome, ServerMessage};
+use buildfleet_protocol::{CompletionResult, JobAssignment, Outcome, ServerMessage};
 use buildfleet_testkit::builder_client::BuilderClient;
 use buildfleet_testkit::db::TestDb;
 use buildfleet_testkit::keys::TestKey;
 use buildfleet_testkit::server::{TestServer, SOURCE_SHA256};
 use buildfleet_testkit::server_tests;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 server_tests! {
     a_small_project_is_not_starved_by_a_deep_backlog,
     weights_three_to_one_share_builder_time_three_to_one,
+    weights_share_builder_time_when_run_times_differ,
     private_builders_serve_only_their_projects,
     a_boost_goes_ahead_of_every_project_and_only_the_admin_may_boost,
 }
@@ -73,35 +75,128 @@ async fn connect(server: &TestServer, name: &str) -> (TestKey, i64, BuilderClien
 
 /// Runs jobs on `builder` as a real one would: accepts what it is given, works on it for
 /// `hold`, completes it and asks for as many jobs as it finished. Stops after `count`
-/// assignments, or as soon as `done` says so; returns the job ids in the order assigned.
+/// assignments, or as soon as `done` says so; returns the job ids in the order assigned, one
+/// list per `jobs` frame (one claim).
 async fn work(
     builder: &mut BuilderClient,
     key: &TestKey,
     count: usize,
     hold: Duration,
     mut done: impl FnMut(&[i64]) -> bool,
-) -> Vec<i64> {
+) -> Vec<Vec<i64>> {
     let mut assigned = Vec::new();
+    let mut batches = Vec::new();
     while assigned.len() < count && !done(&assigned) {
         let jobs = builder.next_jobs().await;
         for job in &jobs {
             builder.accept(job);
             assigned.push(job.job_id.0);
         }
+        batches.push(jobs.iter().map(|j| j.job_id.0).collect());
         tokio::time::sleep(hold).await;
-        for job in &jobs {
-            let result = builder
-                .complete(key, job, Outcome::Succeeded, Vec::new())
-                .await;
-            assert!(
-                matches!(result, buildfleet_protocol::CompletionResult::Accepted),
-                "completion of job {}: {result:?}",
-                job.job_id.0
-            );
-        }
+        complete_all(builder, key, &jobs).await;
         builder.request_jobs(u32::try_from(jobs.len()).expect("a few jobs"));
     }
-    assigned
+    batches
+}
+
+async fn complete_all(builder: &mut BuilderClient, key: &TestKey, jobs: &[JobAssignment]) {
+    for job in jobs {
+        let result = builder
+            .complete(key, job, Outcome::Succeeded, Vec::new())
+            .await;
+        assert!(
+            matches!(result, CompletionResult::Accepted),
+            "completion of job {}: {result:?}",
+            job.job_id.0
+        );
+    }
+}
+
+/// Runs jobs as a builder of [`SLOTS`] slots would, each for its own `run_time`: completes
+/// each as soon as its time is up and asks for one job per completion. Stops asking after
+/// `count` assignments and returns once the jobs it holds are done, with the ids assigned.
+async fn work_timed(
+    builder: &mut BuilderClient,
+    key: &TestKey,
+    count: usize,
+    run_time: impl Fn(i64) -> Duration,
+) -> Vec<i64> {
+    let mut assigned = Vec::new();
+    let mut running: Vec<(Instant, JobAssignment)> = Vec::new();
+    builder.request_jobs(SLOTS);
+    loop {
+        let now = Instant::now();
+        let (due, still): (Vec<_>, Vec<_>) = running.into_iter().partition(|(end, _)| *end <= now);
+        running = still;
+        let due: Vec<JobAssignment> = due.into_iter().map(|(_, job)| job).collect();
+        complete_all(builder, key, &due).await;
+        if !due.is_empty() && assigned.len() < count {
+            builder.request_jobs(u32::try_from(due.len()).expect("a few jobs"));
+        }
+        if running.is_empty() && assigned.len() >= count {
+            return assigned;
+        }
+        let wait = running
+            .iter()
+            .map(|(end, _)| end.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_secs(10));
+        let jobs = builder
+            .try_expect(wait, "a jobs frame", |m| match m {
+                ServerMessage::Jobs(jobs) => Some(jobs.jobs.clone()),
+                _ => None,
+            })
+            .await;
+        match jobs {
+            Some(jobs) => {
+                for job in jobs {
+                    builder.accept(&job);
+                    let id = job.job_id.0;
+                    assigned.push(id);
+                    running.push((Instant::now() + run_time(id), job));
+                }
+            }
+            None => assert!(
+                !running.is_empty(),
+                "no job came within {wait:?} with every slot free"
+            ),
+        }
+    }
+}
+
+/// The builder time (ms) the finished jobs of `project` took, read from each job's own
+/// attempts in the API: from the attempt's assignment (its slot is the builder's from then)
+/// to its end. Not from `started_at`: that is when the backend recorded the accept, which
+/// can lag the assignment by tens of milliseconds when the scripted builder sends several
+/// small frames back to back (its WebSocket has Nagle's algorithm on), undercounting short
+/// jobs. Answers the number of jobs and their time.
+async fn builder_time_ms(server: &TestServer, project: &str) -> (usize, i64) {
+    let admin = Some(server.admin_token.as_str());
+    let (status, list) = server
+        .call(
+            Method::GET,
+            &format!("/jobs?project={project}&state=succeeded&limit=1000"),
+            admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let jobs = list["jobs"].as_array().expect("jobs");
+    let mut used = 0;
+    for job in jobs {
+        let id = job["id"].as_i64().expect("id");
+        let (status, detail) = server
+            .call(Method::GET, &format!("/jobs/{id}"), admin, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{detail}");
+        for attempt in detail["attempts"].as_array().expect("attempts") {
+            let assigned = attempt["assigned_at"].as_i64().expect("assigned_at");
+            let finished = attempt["finished_at"].as_i64().expect("finished_at");
+            used += finished - assigned;
+        }
+    }
+    (jobs.len(), used)
 }
 
 async fn put(
@@ -138,7 +233,8 @@ async fn set_projects(server: &TestServer, builder: i64, projects: &[&str]) -> V
 }
 
 /// Project A has a deep backlog and has been using the builder; project B queues 10 jobs.
-/// B's jobs take the next free slots instead of waiting behind A's backlog.
+/// B has used no builder time, so its jobs take the next free slots: once B queued, the only
+/// jobs of A that run before B's last one starts are those A was already running.
 async fn a_small_project_is_not_starved_by_a_deep_backlog(db: TestDb) {
     let server = TestServer::start(db).await;
     create_project(&server, "a", 1).await;
@@ -147,31 +243,56 @@ async fn a_small_project_is_not_starved_by_a_deep_backlog(db: TestDb) {
     let a_jobs = queue(&server, "acme/a", 1000).await;
     builder.request_jobs(SLOTS);
     let hold = Duration::from_millis(20);
-    let before = work(&mut builder, &key, 24, hold, |_| false).await;
+    let before = work(&mut builder, &key, 24, hold, |_| false).await.concat();
     assert!(
         before.iter().all(|id| a_jobs.contains(id)),
         "only A had work"
     );
+    // Every slot busy with A's work (the credits `work` asked for last) when B queues, so
+    // no claim is under way or owed that could not yet see B's jobs.
+    let mut running = Vec::new();
+    while running.len() < SLOTS as usize {
+        for job in builder.next_jobs().await {
+            builder.accept(&job);
+            running.push(job);
+        }
+    }
+    assert!(running.iter().all(|j| a_jobs.contains(&j.job_id.0)));
 
     let b_jobs: BTreeSet<i64> = queue(&server, "acme/b", 10).await.into_iter().collect();
+    complete_all(&mut builder, &key, &running).await;
+    builder.request_jobs(SLOTS);
     let after = work(&mut builder, &key, 200, hold, |assigned| {
         b_jobs.iter().all(|b| assigned.contains(b))
     })
     .await;
+    // Each claim hands out its slots one at a time to the project lowest in builder time:
+    // B, until B has nothing left. So every claim before the one that took B's last job
+    // holds B's jobs only (that one may fill its other slots with A's).
     let last_b = after
         .iter()
-        .rposition(|id| b_jobs.contains(id))
+        .rposition(|batch| batch.iter().any(|id| b_jobs.contains(id)))
         .expect("B's jobs ran");
-    let a_first = after[..last_b]
+    let a_early: Vec<i64> = after[..last_b]
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|id| !b_jobs.contains(id))
+        .collect();
+    assert!(
+        a_early.is_empty(),
+        "A's jobs {a_early:?} took slots while B's waited; claims: {after:?}"
+    );
+    let a_with_last_b = after[last_b]
         .iter()
         .filter(|id| !b_jobs.contains(id))
         .count();
     assert!(
-        a_first <= SLOTS as usize + 10,
-        "{a_first} of A's jobs started before B's 10 were all assigned: {after:?}"
+        a_with_last_b < SLOTS as usize,
+        "the claim that took B's last job took one of B's: {after:?}"
     );
     // And A goes on once B has had its share.
-    let rest = work(&mut builder, &key, 8, hold, |_| false).await;
+    let rest = work(&mut builder, &key, 8, hold, |_| false).await.concat();
     assert!(rest.iter().all(|id| a_jobs.contains(id)), "{rest:?}");
 }
 
@@ -193,7 +314,8 @@ async fn weights_three_to_one_share_builder_time_three_to_one(db: TestDb) {
     let ran = work(&mut builder, &key, 160, Duration::from_millis(15), |_| {
         false
     })
-    .await;
+    .await
+    .concat();
     let heavy_count = ran.iter().filter(|id| heavy_jobs.contains(id)).count();
     let light_count = ran.iter().filter(|id| light_jobs.contains(id)).count();
     assert_eq!(heavy_count + light_count, ran.len());
@@ -212,6 +334,52 @@ async fn weights_three_to_one_share_builder_time_three_to_one(db: TestDb) {
     assert!(
         (2.7..=3.3).contains(&time_ratio),
         "builder time {heavy_ms}:{light_ms} ms (ratio {time_ratio:.2}), not 3:1 ± 10 %"
+    );
+}
+
+/// Weights 3 and 1 share builder *time* 3:1, not jobs: the heavy project's jobs run twice as
+/// long as the light one's, so it gets 1.5 jobs for each of the light project's. A
+/// scheduler sharing slots by job count would give 3:1 jobs and 6:1 time. Builder time is
+/// read from the jobs' own attempts in the API, not from the scheduler's bookkeeping.
+async fn weights_share_builder_time_when_run_times_differ(db: TestDb) {
+    const HEAVY_RUN: Duration = Duration::from_millis(80);
+    const LIGHT_RUN: Duration = Duration::from_millis(40);
+    let server = TestServer::start(db).await;
+    create_project(&server, "heavy", 3).await;
+    create_project(&server, "light", 1).await;
+    let heavy_jobs: BTreeSet<i64> = queue(&server, "acme/heavy", 300)
+        .await
+        .into_iter()
+        .collect();
+    queue(&server, "acme/light", 300).await;
+    let (key, _, mut builder) = connect(&server, "timed").await;
+    work_timed(&mut builder, &key, 120, |id| {
+        if heavy_jobs.contains(&id) {
+            HEAVY_RUN
+        } else {
+            LIGHT_RUN
+        }
+    })
+    .await;
+    let (heavy_count, heavy_ms) = builder_time_ms(&server, "acme/heavy").await;
+    let (light_count, light_ms) = builder_time_ms(&server, "acme/light").await;
+    assert!(
+        heavy_count + light_count >= 120,
+        "{heavy_count} + {light_count} jobs ran"
+    );
+    let time_ratio = heavy_ms as f64 / light_ms.max(1) as f64;
+    assert!(
+        (2.55..=3.45).contains(&time_ratio),
+        "builder time {heavy_ms}:{light_ms} ms (ratio {time_ratio:.2}), not 3:1 ± 15 % \
+         ({heavy_count}:{light_count} jobs)"
+    );
+    // Sharing by count would run 3 heavy jobs for each light one. By time it is 1.5 for
+    // 40 ms against 80 ms; the per-job overhead (a few round trips) lifts it towards 1.9.
+    let count_ratio = heavy_count as f64 / light_count.max(1) as f64;
+    assert!(
+        (1.2..=2.4).contains(&count_ratio),
+        "jobs ran {heavy_count}:{light_count} (ratio {count_ratio:.2}): runs twice as long \
+         should get about half the jobs per unit of weight, not 3:1 by count"
     );
 }
 
