@@ -2,15 +2,21 @@
 //! binary against a running backend: a webhook added (its secret printed once), listed, its
 //! (empty) delivery log read and removed; a project's retention shown and changed one limit at
 //! a time, the others kept; a finished job's artifacts deleted and a queued job's refused; a
-//! project's submit token refused where its admin is needed. Both databases.
+//! project's submit token refused where its admin is needed; a job's published artifact
+//! downloaded (verified), deleted with `artifact delete`, and then gone: the download is the
+//! documented 404 saying it was deleted. Both databases.
 
+use buildfleet_protocol::{CompletionResult, Outcome};
+use buildfleet_testkit::builder_client::{job_ref, upload_ok, BuilderClient};
 use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::keys::TestKey;
 use buildfleet_testkit::server::TestServer;
 use buildfleet_testkit::server_tests;
 use serde_json::json;
 
 server_tests! {
     webhooks_retention_and_artifact_deletion_from_the_command_line,
+    a_published_artifact_deleted_from_the_command_line_is_gone,
 }
 
 async fn webhooks_retention_and_artifact_deletion_from_the_command_line(db: TestDb) {
@@ -186,5 +192,99 @@ async fn webhooks_retention_and_artifact_deletion_from_the_command_line(db: Test
         deleted.stdout.trim(),
         format!("deleted 0 artifact(s) of job {queued}")
     );
+    server.shutdown().await;
+}
+
+async fn a_published_artifact_deleted_from_the_command_line_is_gone(db: TestDb) {
+    let server = TestServer::start(db).await;
+    let key = TestKey::generate("publisher");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    builder.request_jobs(1);
+    let id = server.submit(json!({})).await;
+    let job = builder.next_assignment().await;
+    builder.accept(&job);
+    server.wait_for_state(id, "running").await;
+    builder.log(job_ref(&job), 1, "building");
+    builder.expect_event_ack(job_ref(&job), 1).await;
+    let bytes = b"a real artifact's bytes".to_vec();
+    let digest = upload_ok(&job, "out.bin", &bytes).await;
+    let result = builder
+        .complete(&key, &job, Outcome::Succeeded, vec![digest])
+        .await;
+    assert_eq!(result, CompletionResult::Accepted);
+    server.wait_for_state(id, "succeeded").await;
+    let id_text = id.to_string();
+
+    // Published: listed, and downloaded with its statement verified by ssh-keygen.
+    let listed = server
+        .cli(&["artifact", "list", &id_text])
+        .await
+        .ok()
+        .stdout;
+    assert!(listed.contains("out.bin"), "{listed}");
+    let out = tempfile::tempdir().unwrap();
+    let first = out.path().join("first.bin");
+    server
+        .cli(&[
+            "artifact",
+            "download",
+            &id_text,
+            "out.bin",
+            "-o",
+            first.to_str().unwrap(),
+        ])
+        .await
+        .ok();
+    assert_eq!(std::fs::read(&first).unwrap(), bytes);
+
+    let deleted = server.cli(&["artifact", "delete", &id_text]).await.ok();
+    assert_eq!(
+        deleted.stdout.trim(),
+        format!("deleted 1 artifact(s) of job {id}")
+    );
+    // Gone: the API's download is 404 saying so, the CLI's is that error (exit 3), and the
+    // job records when.
+    let (status, answer) = server.get(&format!("/jobs/{id}/artifacts/out.bin")).await;
+    assert_eq!(status, awc::http::StatusCode::NOT_FOUND, "{answer}");
+    let message = answer["error"]["message"].as_str().expect("a message");
+    assert!(message.contains("were deleted"), "{message}");
+    let second = out.path().join("second.bin");
+    let refused = server
+        .cli(&[
+            "artifact",
+            "download",
+            &id_text,
+            "out.bin",
+            "-o",
+            second.to_str().unwrap(),
+        ])
+        .await
+        .expect_code(3);
+    assert!(
+        refused.stderr.starts_with(&format!(
+            "error: artifact \"out.bin\" of job {id} is gone: the artifacts of job {id} were \
+             deleted"
+        )) && refused.stderr.contains("(not_found, HTTP 404)"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!second.exists(), "nothing written");
+    let detail = server.job(id).await;
+    assert!(detail["artifacts_expired_at"].is_i64(), "{detail}");
+    assert_eq!(detail["artifacts"], json!([]));
+    let listed = server
+        .cli(&["artifact", "list", &id_text, "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(listed["artifacts"], json!([]), "{listed}");
+    // Deleting again deletes nothing and says so.
+    let again = server.cli(&["artifact", "delete", &id_text]).await.ok();
+    assert_eq!(
+        again.stdout.trim(),
+        format!("deleted 0 artifact(s) of job {id}")
+    );
+    builder.close().await;
     server.shutdown().await;
 }

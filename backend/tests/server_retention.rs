@@ -1,11 +1,13 @@
 //! Retention over real HTTP with scripted builders: a short policy deletes finished jobs'
 //! artifacts and logs (files, rows) and the job says so, running and queued jobs keep theirs,
-//! keep-last-N keeps the newest N, an admin's `DELETE /jobs/{id}/artifacts` (refused to
+//! keep-last-N keeps the newest N (for artifacts and for logs), a single pass goes through
+//! more jobs than one batch, an admin's `DELETE /jobs/{id}/artifacts` (refused to
 //! others), bad policies are refused, and the storage gauges of `/metrics` follow.
 
 use std::time::Duration;
 
 use awc::http::StatusCode;
+use buildfleet_backend::janitor::BATCH_JOBS;
 use buildfleet_backend::store::{JobId, TokenScope};
 use buildfleet_protocol::{JobAssignment, Outcome};
 use buildfleet_testkit::builder_client::{job_ref, upload_ok, BuilderClient};
@@ -17,6 +19,7 @@ use serde_json::{json, Value};
 
 server_tests! {
     a_short_retention_deletes_finished_jobs_data_only,
+    one_pass_deletes_more_jobs_than_a_batch_and_logs_keep_the_newest,
     keep_last_keeps_the_newest_jobs_artifacts,
     an_admin_deletes_a_jobs_artifacts_and_others_cannot,
     bad_retention_policies_are_refused,
@@ -199,6 +202,89 @@ async fn a_short_retention_deletes_finished_jobs_data_only(db: TestDb) {
     assert_eq!(read["logs"]["max_age_days"], 0);
     drop(still_running);
     builder.close().await;
+    server.shutdown().await;
+}
+
+/// More finished jobs than one janitor batch, and a policy that deletes every job's artifacts
+/// and every log but the newest few: the one pass after a restart (the janitor's interval is
+/// longer than the test, so no later pass helps) deletes them all, batch after batch, and
+/// keeps exactly the newest jobs' logs.
+async fn one_pass_deletes_more_jobs_than_a_batch_and_logs_keep_the_newest(db: TestDb) {
+    const LOGS_KEPT: usize = 5;
+    let mut server = TestServer::start_with(db, |config| {
+        config.timings.janitor_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let (mut builder, key) = connected(&server, "many").await;
+    // More than one batch of each kind: 70 artifacts, 65 logs to delete.
+    let total = usize::try_from(BATCH_JOBS).expect("a batch size") + 20;
+    let mut ids = Vec::with_capacity(total);
+    for n in 0..total {
+        let body = [u8::try_from(n % 256).expect("a byte"); 64];
+        ids.push(finished_with_artifact(&server, &mut builder, &key, &body).await);
+    }
+    builder.close().await;
+    // The pass at start found no policy: everything is there.
+    assert!(ids.iter().all(|id| artifact_file(&server, *id).is_file()));
+    set_retention(
+        &server,
+        json!({ "artifacts": { "max_age_days": 0 }, "logs": { "keep_last": LOGS_KEPT } }),
+    )
+    .await;
+    // No pass runs until the restart: what is deleted below is one pass's work.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let untouched = ids.clone();
+    let expired_early = server
+        .with_store(move |store| {
+            untouched
+                .iter()
+                .filter(|id| store.job_expiry(JobId(**id)).expect("expiry") != Default::default())
+                .count()
+        })
+        .await;
+    assert_eq!(expired_early, 0, "a pass ran before the restart");
+
+    server.restart().await;
+    let expired = wait_until("one pass to delete every batch", || async {
+        let all = ids.clone();
+        let expiry = server
+            .with_store(move |store| {
+                all.iter()
+                    .map(|id| store.job_expiry(JobId(*id)).expect("expiry"))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        let artifacts = expiry
+            .iter()
+            .filter(|e| e.artifacts_expired_at.is_some())
+            .count();
+        let logs = expiry
+            .iter()
+            .filter(|e| e.logs_expired_at.is_some())
+            .count();
+        (artifacts == total && logs == total - LOGS_KEPT).then_some(expiry)
+    })
+    .await;
+    let (old, newest) = ids.split_at(total - LOGS_KEPT);
+    for (id, expired) in ids.iter().zip(&expired) {
+        assert!(!artifact_file(&server, *id).exists(), "job {id}'s artifact");
+        assert_eq!(
+            expired.logs_expired_at.is_some(),
+            old.contains(id),
+            "job {id}: only the {LOGS_KEPT} newest jobs keep their logs"
+        );
+    }
+    for id in old.iter().step_by(10) {
+        assert!(server.log_records(*id).await.is_empty(), "job {id}");
+        assert_eq!(download(&server, *id).await.0, StatusCode::NOT_FOUND);
+    }
+    for id in newest {
+        assert_eq!(server.log_records(*id).await.len(), 3, "job {id}");
+        let detail = server.job(*id).await;
+        assert!(detail.get("logs_expired_at").is_none(), "{detail}");
+        assert!(detail["artifacts_expired_at"].is_i64(), "{detail}");
+    }
+    assert_eq!(wait_gauge(&server, "artifacts", |v| v == 0).await, 0);
     server.shutdown().await;
 }
 
