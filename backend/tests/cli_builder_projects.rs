@@ -260,5 +260,11 @@ async fn a_builder_is_made_private_to_projects_and_shared_again(db: TestDb) {
         "builder ci-1 now serves every project (shared)\n"
     );
     assert_eq!(projects_of(&server, id).await, json!([]));
+    let read = server
+        .cli(&["builder", "projects", "ci-1", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!((&read["id"], &read["projects"]), (&json!(id), &json!([])));
     server.shutdown().await;
 }

@@ -396,7 +396,8 @@ async fn projects(api: &Api, json: bool, args: ProjectsArgs) -> Result<Outcome, 
     let target = resolve(api, &args.builder).await?;
     if args.projects.is_empty() && !args.shared {
         if json {
-            print_json(&json!({ "builder": target.record.id, "projects": target.projects }));
+            // The API's answer, as every --json prints: the builder, with its `projects`.
+            print_json(&api.get(&format!("/builders/{}", target.record.id)).await?);
         } else {
             println!("builder {} serves {}", target.record.name, serves(&target));
         }
