@@ -727,3 +727,15 @@ impl Api {
         }
     }
 }
+
+impl Api {
+    /// `GET /builders`: every admitted builder, with `connected` and `live` as this backend
+    /// sees them (a replica counts as connected only the builders connected to it).
+    pub async fn builders(&self) -> Vec<Value> {
+        let list = self.get_json("/builders").await;
+        list.as_array()
+            .or_else(|| list["builders"].as_array())
+            .cloned()
+            .unwrap_or_else(|| panic!("GET /builders: no list in {list}"))
+    }
+}
