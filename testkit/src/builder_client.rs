@@ -60,7 +60,9 @@ pub struct BuilderClient {
 impl BuilderClient {
     /// Opens the WebSocket to `url` (`ws://…/api/v1/builders/connect`).
     pub async fn connect(url: &str) -> BuilderClient {
-        let (sink, stream) = connection::dial(&awc::Client::new(), url)
+        // TCP_NODELAY as a real builder's: two frames in a row (two accepts) must not wait
+        // out a delayed ACK.
+        let (sink, stream) = connection::dial(&crate::server::test_client(None), url)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         BuilderClient::over(sink, stream)
