@@ -4,12 +4,11 @@
 //! chunk rows alone, so bytes of other attempts, and bytes written by a flush that failed or
 //! crashed before its row was committed, are never served.
 
-use std::io::{Read, Seek, SeekFrom};
 
 use buildfleet_protocol::{JobEvent, JobEventKind, LogStream, Stage};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{BlobRead, Storage};
+use crate::storage::Storage;
 use crate::store::{Attempt, LogChunk};
 
 /// One stored log record.
@@ -95,39 +94,34 @@ pub fn read_attempt_log(
     offset: u64,
     max_bytes: u64,
 ) -> std::io::Result<(Vec<u8>, u64)> {
-    let mut out = Vec::new();
-    let mut logical = 0u64;
-    // The file of the previous chunk: consecutive chunks are mostly in the same segment.
-    let mut open: Option<(&str, Box<dyn BlobRead>)> = None;
+    // The stored ranges that hold the wanted bytes, fetched in one call.
+    let mut wanted = Vec::new();
+    let (mut logical, mut taken) = (0u64, 0u64);
     for chunk in chunks.iter().filter(|c| c.attempt == attempt) {
         let len = u64::try_from(chunk.length).unwrap_or(0);
         let chunk_end = logical + len;
-        let read = out.len() as u64;
-        if chunk_end > offset && read < max_bytes {
+        if chunk_end > offset && taken < max_bytes {
             let skip = offset.saturating_sub(logical);
-            let want = (len - skip).min(max_bytes - read);
-            let (_, file) = match open.take() {
-                Some((location, file)) if location == chunk.location => {
-                    open.insert((location, file))
-                }
-                _ => open.insert((chunk.location.as_str(), storage.open(&chunk.location)?)),
-            };
-            file.seek(SeekFrom::Start(
-                u64::try_from(chunk.byte_offset).unwrap_or(0) + skip,
-            ))?;
-            let start = out.len();
-            file.take(want).read_to_end(&mut out)?;
-            if ((out.len() - start) as u64) < want {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "stored log {} is shorter than its chunk at offset {}",
-                        chunk.location, chunk.byte_offset
-                    ),
-                ));
-            }
+            let want = (len - skip).min(max_bytes - taken);
+            let start = u64::try_from(chunk.byte_offset).unwrap_or(0) + skip;
+            wanted.push((chunk, (chunk.location.clone(), start..start + want)));
+            taken += want;
         }
         logical = chunk_end;
+    }
+    let ranges: Vec<_> = wanted.iter().map(|(_, range)| range.clone()).collect();
+    let mut out = Vec::with_capacity(usize::try_from(taken).unwrap_or(0));
+    for ((chunk, (_, range)), bytes) in wanted.iter().zip(storage.read_ranges(&ranges)?) {
+        if (bytes.len() as u64) < range.end - range.start {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "stored log {} is shorter than its chunk at offset {}",
+                    chunk.location, chunk.byte_offset
+                ),
+            ));
+        }
+        out.extend_from_slice(&bytes);
     }
     let next = offset + out.len() as u64;
     Ok((out, next))

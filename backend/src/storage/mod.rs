@@ -144,6 +144,26 @@ pub trait Storage: Send + Sync + 'static {
         range: Option<Range<u64>>,
     ) -> BoxFuture<'static, io::Result<BlobStream>>;
     fn exists(&self, key: &str) -> bool;
+    /// The bytes of each `(key, range)`, in order; a blob shorter than its range gives fewer
+    /// bytes, for the caller to judge. An object store fetches several at once: a log is
+    /// many small objects.
+    fn read_ranges(&self, ranges: &[(String, Range<u64>)]) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(ranges.len());
+        // Consecutive ranges are mostly in one file (a log segment): opened once.
+        let mut open: Option<(&str, Box<dyn BlobRead>)> = None;
+        for (key, range) in ranges {
+            let (_, file) = match open.take() {
+                Some((at, file)) if at == key => open.insert((at, file)),
+                _ => open.insert((key.as_str(), self.open(key)?)),
+            };
+            file.seek(io::SeekFrom::Start(range.start))?;
+            let mut bytes = Vec::new();
+            file.take(range.end.saturating_sub(range.start))
+                .read_to_end(&mut bytes)?;
+            out.push(bytes);
+        }
+        Ok(out)
+    }
     /// Appends one log chunk to this process's current log segment and returns the segment's
     /// key and the offset where the chunk starts. Safe to call from many threads at once.
     fn append_log(&self, bytes: &[u8]) -> io::Result<SegmentSpan>;
