@@ -16,6 +16,7 @@ use buildfleet_backend::store::JobId;
 use buildfleet_protocol::{CompletionResult, JobAssignment, Outcome};
 use buildfleet_testkit::builder_client::{digest_of, job_ref, upload, upload_ok, BuilderClient};
 use buildfleet_testkit::db::TestDb;
+use buildfleet_testkit::e2e::TcpProxy;
 use buildfleet_testkit::keys::TestKey;
 use buildfleet_testkit::s3::{PrivateS3, TestBucket};
 use buildfleet_testkit::server::{error_code, wait_until, TestServer};
@@ -616,7 +617,165 @@ async fn retention_removes_expired_objects_from_the_bucket(db: TestDb) {
     server.shutdown().await;
 }
 
+/// PUTs `body` under `key` in `bucket` (moto takes an unsigned request).
+async fn put_object(bucket: &TestBucket, key: &str, body: Vec<u8>) {
+    let url = format!("{}/{}/{key}", bucket.endpoint, bucket.bucket);
+    let response = awc::Client::new()
+        .put(&url)
+        .send_body(body)
+        .await
+        .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+    assert!(
+        response.status().is_success(),
+        "PUT {url}: {}",
+        response.status()
+    );
+}
+
+/// Waits up to `limit` for `check`, every 100 ms.
+async fn wait_long<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The store dies before the janitor's pass that expires two jobs: their rows go, the
+/// objects' deletes fail and stay recorded (with their failure). The store comes back holding
+/// its objects (a real store keeps them over a restart; moto keeps nothing, so they are put
+/// back while the backend cannot reach it yet, through a proxy closed meanwhile); then the
+/// janitor deletes them and forgets them.
+async fn failed_blob_deletes_are_done_once_the_store_is_back(db: TestDb) {
+    if TestBucket::create().await.is_none() {
+        return; // no S3 server installed (outside CI)
+    }
+    let mut s3 = PrivateS3::start();
+    let bucket = TestBucket::create_at(&s3.endpoint()).await;
+    let upstream: std::net::SocketAddr = s3
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the S3 server's address");
+    let proxy = TcpProxy::start(upstream).await;
+    let through_proxy = TestBucket {
+        endpoint: format!("http://{}", proxy.addr),
+        bucket: bucket.bucket.clone(),
+    };
+    let server = start_on(db, &through_proxy, None).await;
+    let key = TestKey::generate("s3-janitor");
+    server.admit(&key).await;
+    let mut builder = BuilderClient::connect_ready(&server.ws_url(), &key).await;
+    let mut jobs = Vec::new();
+    for size in [2048, 4096] {
+        jobs.push(finished(&server, &mut builder, &key, 2, size).await.0);
+    }
+    let kept = bucket.keys().await;
+    let mut objects: Vec<String> = jobs.iter().flat_map(|id| objects_of(&kept, *id)).collect();
+    objects.sort();
+    assert_eq!(
+        objects.len(),
+        6,
+        "an artifact and two log objects each: {kept:?}"
+    );
+
+    s3.stop();
+    set_retention(
+        &server,
+        json!({ "artifacts": { "max_age_days": 0 }, "logs": { "max_age_days": 0 } }),
+    )
+    .await;
+    // The rows go at once; each delete that failed is recorded with why.
+    let pending = wait_long(
+        "the failed deletes to be recorded",
+        Duration::from_secs(60),
+        || async {
+            let detail = server.job(jobs[1]).await;
+            let expired =
+                detail["logs_expired_at"].is_i64() && detail["artifacts_expired_at"].is_i64();
+            let pending = server
+                .with_store(|s| s.pending_blob_deletions().expect("pending deletions"))
+                .await;
+            (expired && pending.iter().any(|p| p.attempts > 0)).then_some(pending)
+        },
+    )
+    .await;
+    let mut recorded: Vec<String> = pending.iter().map(|p| p.key.clone()).collect();
+    recorded.sort();
+    recorded.dedup();
+    assert_eq!(
+        recorded, objects,
+        "every object of the expired jobs is recorded"
+    );
+    let failed = pending
+        .iter()
+        .find(|p| p.attempts > 0)
+        .expect("a failed delete");
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("object storage unavailable")),
+        "{failed:?}"
+    );
+    for id in &jobs {
+        let detail = server.job(*id).await;
+        assert_eq!(detail["artifacts"], json!([]), "{detail}");
+    }
+
+    // Back with its objects, still out of the backend's reach; then reachable again.
+    proxy.close().await;
+    s3.resume_async().await;
+    let create = awc::Client::new()
+        .put(format!("{}/{}", bucket.endpoint, bucket.bucket))
+        .send()
+        .await
+        .expect("recreating the bucket");
+    assert!(create.status().is_success());
+    for object in &objects {
+        put_object(
+            &bucket,
+            object,
+            format!("kept by the store: {object}").into_bytes(),
+        )
+        .await;
+    }
+    assert_eq!(bucket.keys().await, objects);
+    let still = server
+        .with_store(|s| s.pending_blob_deletions().expect("pending deletions"))
+        .await;
+    assert!(!still.is_empty(), "the deletes wait for the store");
+    let _proxy = TcpProxy::start_on(proxy.addr, upstream).await;
+    wait_long(
+        "the recorded objects to leave the bucket",
+        Duration::from_secs(60),
+        || async {
+            let keys = bucket.keys().await;
+            let pending = server
+                .with_store(|s| s.pending_blob_deletions().expect("pending deletions"))
+                .await;
+            (keys.is_empty() && pending.is_empty()).then_some(())
+        },
+    )
+    .await;
+    wait_gauge(&server, "artifacts", 0).await;
+    wait_gauge(&server, "logs", 0).await;
+    builder.close().await;
+    server.shutdown().await;
+}
+
 server_tests!(
     a_job_runs_end_to_end_on_object_storage,
     retention_removes_expired_objects_from_the_bucket,
+    failed_blob_deletes_are_done_once_the_store_is_back,
 );

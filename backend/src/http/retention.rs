@@ -112,13 +112,16 @@ pub async fn delete_artifacts(
             job.state
         )));
     }
-    let store = state.store.clone();
-    let storage = state.storage.clone();
-    let (deleted, expiry) = blocking(move || {
-        let deleted = crate::janitor::delete_job_artifacts(&store, storage.as_ref(), id)?;
-        Ok((deleted, store.job_expiry(id)?))
-    })
+    // Rows first, then the blobs outside the database permit (see `crate::janitor`).
+    let deleted = crate::janitor::delete_job_artifacts(
+        &state.store,
+        &state.storage,
+        id,
+        state.config.timings.janitor_interval,
+    )
     .await?;
+    let store = state.store.clone();
+    let expiry = blocking(move || Ok(store.job_expiry(id)?)).await?;
     state.janitor.do_send(crate::janitor::RefreshUsage);
     Ok(
         HttpResponse::Ok().json(api::notifications::DeletedArtifacts {

@@ -1,6 +1,11 @@
 //! Retention of projects' artifacts and logs: the policies, which finished jobs' data has
 //! expired, deleting it in small batches (the janitor, `crate::janitor`), the marks a job keeps
-//! of what was deleted, and the bytes each project stores.
+//! of what was deleted, and the bytes each project stores. Deleting rows records their blobs
+//! for removal in the same transaction (`blob_deletions.rs`).
+//!
+//! The bytes a project stores are counted from its rows: the sizes of its jobs' artifact rows
+//! and the lengths of their log chunk rows. Sources (shared by digest, of no project) and
+//! uploads not yet committed are not counted.
 //!
 //! A finished job's artifacts (logs) expire once it finished longer ago than the max age, or
 //! once it is not among the project's newest `keep_last` finished jobs: either limit deletes.
@@ -9,6 +14,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
+use super::blob_deletions;
 use super::connection::DbConnection;
 use super::error::StoreError;
 use super::ids::{JobId, ProjectId};
@@ -278,11 +284,16 @@ impl Store {
             .collect())
     }
 
-    /// Deletes the artifact rows of finished `jobs` and marks them expired, in one
-    /// transaction; answers the storage keys of the blobs to remove (after the commit, so a
-    /// failed transaction never leaves rows pointing at removed files). A job not finished
-    /// is left alone.
-    pub fn delete_artifacts(&self, jobs_to_clear: &[JobId]) -> Result<Vec<String>, StoreError> {
+    /// Deletes the artifact rows of finished `jobs` and marks them expired, and records their
+    /// blobs for removal (leased to the caller until `lease_until`), in one transaction;
+    /// answers the keys recorded, which the caller removes after the commit (so a failed
+    /// transaction never leaves rows pointing at removed blobs) and then forgets. A job not
+    /// finished is left alone.
+    pub fn delete_artifacts(
+        &self,
+        jobs_to_clear: &[JobId],
+        lease_until: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let now = self.now_ms();
         let ids: Vec<i64> = jobs_to_clear.iter().map(|j| j.0).collect();
         self.write(|conn| {
@@ -291,22 +302,30 @@ impl Store {
                 .filter(jobs::finished_at.is_not_null())
                 .select(jobs::id)
                 .load(conn)?;
-            let keys: Vec<String> = artifacts::table
+            let mut keys: Vec<String> = artifacts::table
                 .filter(artifacts::job_id.eq_any(&finished))
                 .select(artifacts::storage_key)
                 .load(conn)?;
+            keys.sort();
+            keys.dedup();
             diesel::delete(artifacts::table.filter(artifacts::job_id.eq_any(&finished)))
                 .execute(conn)?;
             for job in &finished {
                 mark_expired(conn, JobId(*job), DataKind::Artifacts, now)?;
             }
+            blob_deletions::record(conn, &keys, now, lease_until)?;
             Ok(keys)
         })
     }
 
-    /// Deletes the log chunk rows of finished `jobs` and marks them expired; answers the
-    /// segments (storage keys) those rows pointed into, for [`Store::log_location_in_use`].
-    pub fn delete_logs(&self, jobs_to_clear: &[JobId]) -> Result<Vec<String>, StoreError> {
+    /// Deletes the log chunk rows of finished `jobs` and marks them expired, in one
+    /// transaction that also records for removal each location (a log object, a segment) no
+    /// row points into any more, leased to the caller until `lease_until`; answers those.
+    pub fn delete_logs(
+        &self,
+        jobs_to_clear: &[JobId],
+        lease_until: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let now = self.now_ms();
         let ids: Vec<i64> = jobs_to_clear.iter().map(|j| j.0).collect();
         self.write(|conn| {
@@ -326,18 +345,16 @@ impl Store {
             for job in &finished {
                 mark_expired(conn, JobId(*job), DataKind::Logs, now)?;
             }
-            Ok(locations)
+            // A shared segment other jobs' rows still point into stays; it is recorded when
+            // the last of them goes.
+            let used = blob_deletions::log_locations_in_use(conn, &locations)?;
+            let unused: Vec<String> = locations
+                .into_iter()
+                .filter(|l| !used.contains(l))
+                .collect();
+            blob_deletions::record(conn, &unused, now, lease_until)?;
+            Ok(unused)
         })
-    }
-
-    /// Whether any log chunk row still points into `location`.
-    pub fn log_location_in_use(&self, location: &str) -> Result<bool, StoreError> {
-        Ok(log_chunks::table
-            .filter(log_chunks::location.eq(location))
-            .select(log_chunks::id)
-            .first::<i64>(&mut *self.conn()?)
-            .optional()?
-            .is_some())
     }
 
     /// What of a job's data was deleted.

@@ -383,6 +383,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    blob_deletions (id) {
+        id -> BigInt,
+        storage_key -> Text,
+        recorded_at -> BigInt,
+        next_attempt_at -> BigInt,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(job_runs -> jobs (job_id));
 diesel::joinable!(job_reproductions -> jobs (job_id));
 
@@ -416,4 +427,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_expirations,
     statement_signatures,
     cluster_identity,
+    blob_deletions,
 );
