@@ -696,8 +696,31 @@ function startLog() {
   if (log) startLiveTail(log);
 }
 
+// A builder card's projects form (admin): the whole list is PUT; an empty one makes the
+// builder shared by every project again.
+function setupBuilderProjects(root) {
+  root.querySelectorAll("form.builder-projects").forEach((form) => {
+    const box = form.querySelector(".form-error");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      clearError(box);
+      const projects = String(new FormData(form).get("projects") || "")
+        .split(",").map((p) => p.trim()).filter((p) => p);
+      try {
+        await api("PUT", "/api/v1/builders/" + form.dataset.builder + "/projects",
+          JSON.stringify({ projects }), { "Content-Type": "application/json" });
+        await refreshMain([]);
+        showMessage(projects.length ? "Now serves only " + projects.join(", ") + "." : "Now serves every project.", false);
+      } catch (e) {
+        showError(box, e.message);
+      }
+    });
+  });
+}
+
 function setupPage(root) {
   setupActions(root);
+  setupBuilderProjects(root);
   setupSubmit();
   setupAdmit();
   setupEnrolment();

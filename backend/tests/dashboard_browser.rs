@@ -874,6 +874,60 @@ async fn builders_are_admitted_enrolled_and_steered_from_the_page() {
         )
         .await;
 
+    // The projects it serves: private to one, an unknown project refused beside the form,
+    // then shared again.
+    let projects_form = format!("{card} form.builder-projects");
+    let projects_of = |id: i64| {
+        let server = &server;
+        async move { server.get_ok(&format!("/builders/{id}")).await["projects"].clone() }
+    };
+    set_field(
+        &mut browser,
+        &format!("{projects_form} input"),
+        "default/default",
+    )
+    .await;
+    click(&mut browser, &format!("{projects_form} button")).await;
+    assert_eq!(
+        message(&mut browser).await,
+        "Now serves only default/default."
+    );
+    assert_eq!(projects_of(worker.id).await, json!(["default/default"]));
+    browser
+        .wait_for(text_has(&card, "default/default").as_str(), STEP)
+        .await;
+    audit_both(
+        &mut browser,
+        "builders-private",
+        "a builder private to a project",
+    )
+    .await;
+    set_field(
+        &mut browser,
+        &format!("{projects_form} input"),
+        "nobody/nothing",
+    )
+    .await;
+    click(&mut browser, &format!("{projects_form} button")).await;
+    browser
+        .wait_for(
+            &format!(
+                "(() => {{ const e = document.querySelector({:?}); return !!e && !e.hidden && e.textContent.includes('nobody/nothing'); }})()",
+                format!("{projects_form} .form-error")
+            ),
+            STEP,
+        )
+        .await;
+    assert_eq!(
+        projects_of(worker.id).await,
+        json!(["default/default"]),
+        "a refused change changes nothing"
+    );
+    set_field(&mut browser, &format!("{projects_form} input"), "").await;
+    click(&mut browser, &format!("{projects_form} button")).await;
+    assert_eq!(message(&mut browser).await, "Now serves every project.");
+    assert_eq!(projects_of(worker.id).await, json!([]));
+
     // Remove the pasted builder: the first press asks, the second removes.
     let remove = format!("#builder-{pasted_id} button.danger");
     click(&mut browser, &remove).await;

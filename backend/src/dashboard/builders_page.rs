@@ -207,6 +207,15 @@ fn card(b: &Builder, live: Option<&LiveBuilder>, running: &[Job], private_to: &[
                 button.danger type="button" data-action={ "/api/v1/builders/" (id) }
                     data-method="DELETE" data-confirm={ "Remove " (b.name) "? Press again to confirm" } { "Remove" }
             }
+            form.builder-projects data-builder=(id) {
+                label {
+                    "Serves only (organisation/project, comma separated; empty: every project)"
+                    input name="projects" value=(private_to.join(", ")) autocomplete="off"
+                        placeholder="every project";
+                }
+                button.secondary type="submit" { "Save projects" }
+                p.form-error role="alert" hidden {}
+            }
         }
     }
 }
