@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 server_tests! {
     a_queued_job_shows_its_position_builders_and_estimate,
     a_job_nobody_can_run_says_so_at_once,
+    the_estimate_takes_the_crates_own_run_times_once_there_are_enough,
 }
 
 async fn standing(server: &TestServer, id: i64) -> Value {
@@ -130,4 +131,48 @@ async fn a_job_nobody_can_run_says_so_at_once(db: TestDb) {
         s["blocked"],
         "waiting for a builder: no connected builder with recipe \"cargo-build\" has the labels arch=riscv64; 1 admitted builder that may match is offline"
     );
+}
+
+/// A job annotated with a crate is estimated from that crate's recent runs of its recipe once
+/// there are `MIN_CRATE_SAMPLES` of them, else from the recipe's (the median either way).
+async fn the_estimate_takes_the_crates_own_run_times_once_there_are_enough(db: TestDb) {
+    let server = TestServer::start(db).await;
+    // Finished runs, their times set in the database: seven of no crate at 60 s, three of
+    // "slow" at 900 s, two of "rare" at 3000 s. The recipe's median is 60 s.
+    let runs: [(Option<&str>, i64, usize); 3] = [
+        (None, 60, 7),
+        (Some("slow"), 900, 3),
+        (Some("rare"), 3000, 2),
+    ];
+    for (krate, secs, count) in runs {
+        for _ in 0..count {
+            let id = server.submit(submission(krate)).await;
+            server.execute_sql(&format!(
+                "UPDATE jobs SET state = 'succeeded', started_at = 1000, finished_at = {} \
+                 WHERE id = {id}",
+                1000 + secs * 1000
+            ));
+        }
+    }
+    let typical = |krate: Option<&'static str>| {
+        let server = &server;
+        async move {
+            let id = server.submit(submission(krate)).await;
+            standing(server, id).await["typical_duration_secs"].clone()
+        }
+    };
+    assert_eq!(typical(Some("slow")).await, 900, "three runs of its own");
+    assert_eq!(
+        typical(Some("rare")).await,
+        60,
+        "two are too few: the recipe's"
+    );
+    assert_eq!(typical(None).await, 60);
+}
+
+fn submission(krate: Option<&str>) -> Value {
+    match krate {
+        Some(krate) => json!({ "annotations": { "crate": krate, "version": "1.0.0" } }),
+        None => json!({}),
+    }
 }
