@@ -257,8 +257,23 @@ async fn run_pass(
     }
     if removing {
         remove_due(store, storage, interval).await?;
+        remove_stale_pending(storage).await;
     }
     Ok(())
+}
+
+/// Uploads a backend received but never committed (it died in between) are removed once
+/// they are this old; committing takes seconds.
+pub const STALE_PENDING: Duration = Duration::from_secs(3600);
+
+async fn remove_stale_pending(storage: &Arc<dyn Storage>) {
+    let storage = storage.clone();
+    match crate::offload::cpu(move || storage.remove_stale_pending(STALE_PENDING)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(removed)) => tracing::info!(removed, "removed uploads left uncommitted"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "removing uploads left uncommitted failed"),
+        Err(e) => tracing::warn!(error = %e, "removing uploads left uncommitted stopped"),
+    }
 }
 
 /// Removes the recorded blobs whose time has come (failed before, or left by a remover

@@ -779,3 +779,35 @@ server_tests!(
     retention_removes_expired_objects_from_the_bucket,
     failed_blob_deletes_are_done_once_the_store_is_back,
 );
+
+/// An upload received but never committed (its backend died between the two) is left under
+/// `pending/`; the janitor's sweep removes such objects by age and nothing else.
+#[actix_rt::test]
+async fn uploads_left_uncommitted_are_removed_by_age() {
+    use buildfleet_backend::storage::{S3Storage, Storage};
+    let Some(bucket) = TestBucket::create().await else {
+        return;
+    };
+    put_object(&bucket, "pending/left-by-a-crash", b"partial".to_vec()).await;
+    put_object(&bucket, "artifacts/1/1/kept.txt", b"kept".to_vec()).await;
+    let storage = std::sync::Arc::new(S3Storage::new(&bucket.settings()).expect("storage"));
+    let sweep = move |older_than: Duration| {
+        let storage = storage.clone();
+        async move {
+            tokio::task::spawn_blocking(move || storage.remove_stale_pending(older_than))
+                .await
+                .expect("sweep thread")
+                .expect("sweep")
+        }
+    };
+    assert_eq!(
+        sweep(Duration::from_secs(3600)).await,
+        0,
+        "too young to be stale"
+    );
+    assert_eq!(bucket.keys().await.len(), 2);
+    // Seconds pass: object stores keep modification times to the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(sweep(Duration::ZERO).await, 1);
+    assert_eq!(bucket.keys().await, ["artifacts/1/1/kept.txt"]);
+}

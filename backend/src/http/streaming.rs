@@ -635,6 +635,9 @@ mod tests {
         fn remove(&self, key: &str) -> io::Result<()> {
             self.inner.remove(key)
         }
+        fn remove_stale_pending(&self, older_than: std::time::Duration) -> io::Result<usize> {
+            self.inner.remove_stale_pending(older_than)
+        }
     }
 
     fn unwritable(root: &Path) -> (Arc<dyn Storage>, PathBuf) {

@@ -94,6 +94,25 @@ fn open_range(path: &Path, range: Option<Range<u64>>) -> io::Result<(File, u64, 
 }
 
 impl Storage for FsStorage {
+    fn remove_stale_pending(&self, older_than: std::time::Duration) -> io::Result<usize> {
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(older_than) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for entry in fs::read_dir(self.root.join("tmp"))? {
+            let entry = entry?;
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified < cutoff);
+            // Another pass (another process) may have taken it first.
+            if stale && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn create_pending(&self) -> io::Result<PendingBlob> {
         let name = format!(
             "{:016x}{:016x}",
@@ -201,6 +220,36 @@ mod tests {
         for bad in ["../x", "/etc/passwd", "a/../../x", "", "a//b"] {
             assert!(storage.open(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn only_old_uncommitted_uploads_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsStorage::new(dir.path()).unwrap();
+        let mut left = storage.create_pending().unwrap();
+        left.file.write_all(b"left by a crash").unwrap();
+        let BlobWriter::File(pending) = &left.file else {
+            panic!("a file")
+        };
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&pending.path)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let left_path = pending.path.clone();
+        let mut fresh = storage.create_pending().unwrap();
+        fresh.file.write_all(b"still arriving").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(storage.remove_stale_pending(hour).unwrap(), 1);
+        assert!(!left_path.exists());
+        storage.commit(fresh, "artifacts/1/1/a").unwrap();
+        assert_eq!(
+            read_all(storage.open("artifacts/1/1/a").unwrap()),
+            b"still arriving"
+        );
+        assert_eq!(storage.remove_stale_pending(hour).unwrap(), 0);
     }
 
     #[test]

@@ -174,6 +174,10 @@ pub trait Storage: Send + Sync + 'static {
         self.append_log(bytes)
     }
     fn remove(&self, key: &str) -> io::Result<()>;
+    /// Removes pending blobs last written before `older_than` ago: uploads whose backend died
+    /// between receiving and committing them (an upload in progress is written to, or on an
+    /// object store not listed before its multipart upload completes). Returns how many.
+    fn remove_stale_pending(&self, older_than: std::time::Duration) -> io::Result<usize>;
 }
 
 /// Checks a key the backend made: relative, no empty, `.` or `..` parts.

@@ -564,6 +564,32 @@ impl Storage for S3Storage {
         })?
     }
 
+    fn remove_stale_pending(&self, older_than: Duration) -> io::Result<usize> {
+        let prefix = self.inner.path(keys::PENDING)?;
+        let cutoff_ms = unix_millis_now()
+            .saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+        let store = self.inner.store.clone();
+        self.inner.run(async move {
+            let stale: Vec<ObjectPath> = store
+                .list(Some(&prefix))
+                .try_filter(|meta| {
+                    std::future::ready(meta.last_modified.timestamp_millis() < cutoff_ms)
+                })
+                .map_ok(|meta| meta.location)
+                .try_collect()
+                .await
+                .map_err(|e| store_error("listing", keys::PENDING, e))?;
+            let mut removed = 0;
+            for path in stale {
+                match store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                    Err(e) => return Err(store_error("deleting", path.as_ref(), e)),
+                }
+            }
+            Ok(removed)
+        })?
+    }
+
     fn append_log(&self, bytes: &[u8]) -> io::Result<SegmentSpan> {
         let key = format!(
             "logs/unnamed/{:016x}{:016x}.jsonl",
@@ -643,4 +669,11 @@ async fn open_stream(
     })
     .boxed();
     Ok(BlobStream { total, range, body })
+}
+
+/// Now as Unix milliseconds, as the store's `last_modified` counts them.
+fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
