@@ -4,7 +4,9 @@
 # nothing can be pulled). The Dockerfiles stay as a user would use them; only their bases come
 # from here instead of Docker Hub:
 #
-#   debian:bookworm-slim     a Debian bookworm root filesystem made with debootstrap (minbase)
+#   debian:bookworm-slim     a Debian bookworm root filesystem made with debootstrap (minbase),
+#                            carrying this machine's extra CAs for images that install
+#                            ca-certificates
 #   rust:1.95-bookworm       that filesystem + gcc, libc6-dev, make, perl, pkg-config and this
 #   rust:1.95-slim-bookworm  machine's own Rust toolchain, laid out like the official image
 #                            (RUSTUP_HOME=/usr/local/rustup, CARGO_HOME=/usr/local/cargo),
@@ -73,6 +75,14 @@ chroot_apt_install() {
     : >"$dir/etc/resolv.conf"
 }
 
+copy_extra_cas() {
+    local dir=$1
+    if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+        mkdir -p "$dir/usr/local/share/ca-certificates"
+        cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+    fi
+}
+
 import_rootfs() {
     local dir=$1 image=$2
     shift 2
@@ -106,6 +116,11 @@ path-include /usr/share/doc/*/copyright
 path-exclude /usr/share/man/*
 path-exclude /usr/share/info/*
 EOF
+    # Certificate authorities this machine added to its own trust store (a TLS-inspecting
+    # egress proxy in CI, say), laid where Debian's ca-certificates package looks: inert in
+    # this image, trusted by any image derived from it that installs ca-certificates (pip in
+    # docker/s3-server.Dockerfile fetches through that proxy).
+    copy_extra_cas "$dir"
     : >"$dir/etc/resolv.conf"
     import_rootfs "$dir" "$DEBIAN_IMAGE" --change 'CMD ["bash"]'
 }
@@ -121,10 +136,8 @@ make_rust() {
     chroot_apt_install "$dir" ca-certificates gcc libc6-dev make perl pkg-config
     # Certificate authorities this machine added to its own trust store (a TLS-inspecting
     # egress proxy in CI, say) are trusted in the build stage too, or cargo cannot fetch.
-    if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
-        cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
-        chroot "$dir" update-ca-certificates >/dev/null 2>&1
-    fi
+    copy_extra_cas "$dir"
+    chroot "$dir" update-ca-certificates >/dev/null 2>&1
     local dest=$dir/usr/local/rustup/toolchains/$version-x86_64-unknown-linux-gnu
     mkdir -p "$dest" "$dir/usr/local/cargo/bin"
     # The toolchain without its HTML docs (most of its size).
@@ -163,7 +176,29 @@ make_postgres() {
         --change 'CMD ["postgres"]'
 }
 
-if have_image "$DEBIAN_IMAGE"; then log "$DEBIAN_IMAGE exists"; else make_debian; fi
+# A Debian image made here by an earlier version of this script, without the extra CAs, is
+# made again (images derived from it could not fetch through the machine's proxy). An image
+# pulled from a registry (it has a repository digest) is never replaced.
+debian_lacks_extra_cas() {
+    compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null || return 1
+    [ "$(docker image inspect -f '{{len .RepoDigests}}' "$DEBIAN_IMAGE")" = 0 ] || return 1
+    local present crt
+    present=$(docker run --rm --network none --entrypoint ls "$DEBIAN_IMAGE" \
+        /usr/local/share/ca-certificates 2>/dev/null || true)
+    for crt in /usr/local/share/ca-certificates/*.crt; do
+        grep -qxF "$(basename "$crt")" <<<"$present" || return 0
+    done
+    return 1
+}
+
+if ! have_image "$DEBIAN_IMAGE"; then
+    make_debian
+elif debian_lacks_extra_cas; then
+    log "$DEBIAN_IMAGE was made without this machine's extra CAs: making it again"
+    make_debian
+else
+    log "$DEBIAN_IMAGE exists"
+fi
 if have_image "$RUST_IMAGE"; then log "$RUST_IMAGE exists"; else make_rust; fi
 if ! have_image "$RUST_SLIM_IMAGE"; then
     # One local image stands in for both: the slim one is a subset of what it holds.
