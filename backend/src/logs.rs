@@ -4,7 +4,6 @@
 //! chunk rows alone, so bytes of other attempts, and bytes written by a flush that failed or
 //! crashed before its row was committed, are never served.
 
-
 use buildfleet_protocol::{JobEvent, JobEventKind, LogStream, Stage};
 use serde::{Deserialize, Serialize};
 
