@@ -150,6 +150,14 @@ async fn fetch_once(
         hasher.update(&chunk);
         file.write_all(&chunk).await.map_err(|e| never(e.into()))?;
     }
+    // A body shorter than its declared length was cut (its server died after the headers):
+    // another try, not a digest mismatch.
+    if let Some(declared) = declared.filter(|&len| len != size) {
+        let error = SourceError::Fetch(format!(
+            "the transfer ended after {size} of {declared} bytes"
+        ));
+        return Err((error, Retry::After(None)));
+    }
     // No fsync: the file is verified again whenever it is used (see the module docs), so a
     // crash that tears it costs a re-fetch, never a wrong build.
     file.flush().await.map_err(|e| never(e.into()))?;

@@ -237,3 +237,46 @@ async fn a_job_whose_deadline_comes_first_fails_with_an_upload_error() {
         started.elapsed()
     );
 }
+
+/// A server that dies after sending a source's headers (Content-Length and no body) costs a
+/// try, not the job: the next try gets the whole source.
+#[actix_rt::test]
+async fn a_source_cut_after_its_headers_is_fetched_again() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = b"the whole source archive".to_vec();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = body.clone();
+    actix_rt::spawn(async move {
+        for cut in [true, false] {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                served.len()
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            if !cut {
+                socket.write_all(&served).await.unwrap();
+            }
+            socket.shutdown().await.unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SourceSpec {
+        url: format!("http://{addr}/src.tar.gz"),
+        sha256: sha256(&body),
+        max_bytes: 1 << 20,
+    };
+    let size = fetch(
+        &client(),
+        &one_backend(),
+        &spec,
+        &dir.path().join("archive"),
+        deadline_in(Duration::from_secs(30)),
+    )
+    .await
+    .expect("the second try gets it");
+    assert_eq!(size, body.len() as u64);
+}
