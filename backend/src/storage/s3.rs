@@ -34,6 +34,7 @@ use super::{
     StoreUnavailable,
 };
 use crate::log_segments::SegmentSpan;
+use crate::store::{Clock as _, SystemClock};
 
 /// The size of each part of a multipart upload (S3 wants at least 5 MiB but for the last).
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
@@ -566,7 +567,8 @@ impl Storage for S3Storage {
 
     fn remove_stale_pending(&self, older_than: Duration) -> io::Result<usize> {
         let prefix = self.inner.path(keys::PENDING)?;
-        let cutoff_ms = unix_millis_now()
+        let cutoff_ms = SystemClock
+            .now_ms()
             .saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
         let store = self.inner.store.clone();
         self.inner.run(async move {
@@ -669,11 +671,4 @@ async fn open_stream(
     })
     .boxed();
     Ok(BlobStream { total, range, body })
-}
-
-/// Now as Unix milliseconds, as the store's `last_modified` counts them.
-fn unix_millis_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
